@@ -1,0 +1,618 @@
+/* backup: the standby side of a protected VM, and its activation.
+ *
+ * Owns: the replica (guest RAM file mapped read-write, the last committed
+ * device state), the staging area of the epoch in flight, the hot-standby
+ * QEMU (started paused with -incoming defer on the replica once the first
+ * epoch is committed), and activation.
+ *
+ * The replica only ever changes at an epoch commit: a whole epoch is
+ * received, every record verified (wire.c) and every page decoded into the
+ * staging area first; only after EPOCH_END checks out are the staged pages
+ * copied into the replica, which cannot fail. A corrupt, truncated or
+ * missing record drops the connection and the staging area, never the
+ * replica. The ACK is sent after the copy: what it acknowledges is in the
+ * replica. (The replica lives in tmpfs: it survives a restart of this
+ * daemon's connection, not of the host; the committed device state is
+ * kept in memory, so a restart of checkpointd itself loses the ability to
+ * activate — see docs/checkpoint.md.)
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "codec.h"
+#include "daemon.h"
+#include "log.h"
+#include "msgid.h"
+#include "util.h"
+#include "wire.h"
+
+#define HELLO_TIMEOUT_MS 5000
+
+struct backup_replica {
+        int ram_fd;
+        uint8_t *ram;
+        uint64_t npages;
+        bool valid;              /* holds a committed epoch */
+        uint8_t *devstate;       /* committed device state */
+        size_t devstate_len, devstate_cap;
+        /* the epoch being received */
+        uint64_t st_epoch;
+        uint32_t *st_pfn;
+        uint8_t *st_pages;
+        size_t st_n, st_cap;
+        uint8_t *st_dev;
+        size_t st_dev_len, st_dev_cap;
+        uint8_t *seen;           /* bitmap: pfn staged in this epoch */
+};
+
+static void replica_free(struct backup_replica *b)
+{
+        if (!b)
+                return;
+        if (b->ram)
+                munmap(b->ram, b->npages * HAVMS_PAGE_SIZE);
+        if (b->ram_fd >= 0)
+                close(b->ram_fd);
+        free(b->devstate);
+        free(b->st_pfn);
+        free(b->st_pages);
+        free(b->st_dev);
+        free(b->seen);
+        free(b);
+}
+
+static int replica_open(const struct host_config *h, const struct vm_config *c,
+                        struct backup_replica **ret)
+{
+        struct backup_replica *b = calloc(1, sizeof(*b));
+        if (!b)
+                return -ENOMEM;
+        b->ram_fd = -1;
+        uint64_t bytes = (uint64_t)c->memory_mib << 20;
+        b->npages = bytes / HAVMS_PAGE_SIZE;
+        char path[CFG_PATH_MAX + 64];
+        qemu_ram_path(h, c->name, path, sizeof(path));
+        int r = mkdir_p(h->ram_dir, 0700);
+        if (r < 0)
+                goto fail;
+        b->ram_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (b->ram_fd < 0) {
+                r = -errno;
+                goto fail;
+        }
+        /* Reserve every page now: a tmpfs that fills up later would kill
+         * us with SIGBUS in the middle of applying an epoch. */
+        if (ftruncate(b->ram_fd, (off_t)bytes) < 0 || fallocate(b->ram_fd, 0, 0, (off_t)bytes) < 0) {
+                r = -errno;
+                goto fail;
+        }
+        void *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, b->ram_fd, 0);
+        if (m == MAP_FAILED) {
+                r = -errno;
+                goto fail;
+        }
+        b->ram = m;
+        b->seen = calloc((b->npages + 7) / 8, 1);
+        if (!b->seen) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        *ret = b;
+        return 0;
+fail:
+        replica_free(b);
+        return r;
+}
+
+static void staging_reset(struct backup_replica *b)
+{
+        for (size_t i = 0; i < b->st_n; i++)
+                b->seen[b->st_pfn[i] / 8] &= (uint8_t)~(1u << (b->st_pfn[i] % 8));
+        b->st_n = 0;
+        b->st_dev_len = 0;
+        b->st_epoch = 0;
+}
+
+static int stage_page(struct backup_replica *b, const struct wire_page *pg)
+{
+        if (pg->pfn >= b->npages)
+                return -EBADMSG;
+        uint32_t pfn = (uint32_t)pg->pfn;
+        if (b->seen[pfn / 8] & (1u << (pfn % 8)))
+                return -EBADMSG; /* a page twice in one epoch: not from our encoder */
+        if (b->st_n == b->st_cap) {
+                size_t cap = b->st_cap ? b->st_cap * 2 : 4096;
+                uint32_t *np = realloc(b->st_pfn, cap * sizeof(uint32_t));
+                if (!np)
+                        return -ENOMEM;
+                b->st_pfn = np;
+                uint8_t *pp = realloc(b->st_pages, cap * HAVMS_PAGE_SIZE);
+                if (!pp)
+                        return -ENOMEM;
+                b->st_pages = pp;
+                b->st_cap = cap;
+        }
+        uint8_t *dst = b->st_pages + b->st_n * HAVMS_PAGE_SIZE;
+        int r = codec_page_decode(pg->enc, pg->data, pg->len,
+                                  b->ram + (uint64_t)pfn * HAVMS_PAGE_SIZE, dst);
+        if (r < 0)
+                return r;
+        b->seen[pfn / 8] |= (uint8_t)(1u << (pfn % 8));
+        b->st_pfn[b->st_n++] = pfn;
+        return 0;
+}
+
+static int stage_devstate(struct backup_replica *b, const struct wire_msg *m)
+{
+        struct wire_devstate d;
+        int r = wire_get_devstate(m, &d);
+        if (r < 0 || d.offset != b->st_dev_len)
+                return -EBADMSG; /* chunks come in order, without gaps */
+        size_t need = b->st_dev_len + d.raw_len;
+        if (need > b->st_dev_cap) {
+                size_t cap = b->st_dev_cap ? b->st_dev_cap : 1 << 20;
+                while (cap < need)
+                        cap *= 2;
+                uint8_t *nb = realloc(b->st_dev, cap);
+                if (!nb)
+                        return -ENOMEM;
+                b->st_dev = nb;
+                b->st_dev_cap = cap;
+        }
+        r = codec_chunk_decode(d.enc, d.data, d.len, b->st_dev + b->st_dev_len, d.raw_len);
+        if (r < 0)
+                return r;
+        b->st_dev_len = need;
+        return 0;
+}
+
+/* Pre-copy pages go straight into the replica: it is not usable yet. */
+static int apply_sync_pages(struct backup_replica *b, const struct wire_msg *m)
+{
+        struct wire_pages_iter it;
+        struct wire_page pg;
+        int r = wire_pages_iter_init(&it, m);
+        while (r == 0 && (r = wire_pages_next(&it, &pg)) == 1) {
+                if (pg.pfn >= b->npages)
+                        return -EBADMSG;
+                uint8_t *dst = b->ram + pg.pfn * HAVMS_PAGE_SIZE;
+                r = codec_page_decode(pg.enc, pg.data, pg.len, dst, dst);
+        }
+        return r;
+}
+
+static int stage_pages(struct backup_replica *b, const struct wire_msg *m)
+{
+        struct wire_pages_iter it;
+        struct wire_page pg;
+        int r = wire_pages_iter_init(&it, m);
+        while (r == 0 && (r = wire_pages_next(&it, &pg)) == 1)
+                r = stage_page(b, &pg);
+        return r;
+}
+
+/* The commit: the only place the replica changes once it is valid. */
+static void commit(struct backup_replica *b)
+{
+        for (size_t i = 0; i < b->st_n; i++)
+                memcpy(b->ram + (uint64_t)b->st_pfn[i] * HAVMS_PAGE_SIZE,
+                       b->st_pages + i * HAVMS_PAGE_SIZE, HAVMS_PAGE_SIZE);
+        uint8_t *t = b->devstate;
+        size_t tc = b->devstate_cap;
+        b->devstate = b->st_dev;
+        b->devstate_cap = b->st_dev_cap;
+        b->devstate_len = b->st_dev_len;
+        b->st_dev = t;
+        b->st_dev_cap = tc;
+        b->valid = true;
+}
+
+struct session {
+        struct daemon *d;
+        struct vm *v;
+        int fd;
+        char primary[WIRE_NAME_LEN];
+        struct wire_msg in;
+        struct wire_buf out;
+};
+
+static void refuse(int fd, uint32_t code, const char *text)
+{
+        struct wire_buf b = { 0 };
+        if (wire_put_error(&b, code, text) == 0)
+                write_full(fd, b.data, b.len, now_ns() + 1000000000ull);
+        wire_buf_free(&b);
+}
+
+static void start_hot_standby(struct session *s)
+{
+        struct vm *v = s->v;
+        char err[256] = "";
+        struct qemu_vm *q = NULL;
+        if (v->qemu)
+                return;
+        int r = qemu_launch(&s->d->host, &v->cfg, QEMU_START_INCOMING, &q, err, sizeof(err));
+        if (r < 0) {
+                log_msg(LOG_LVL_ERR, MSG_BK_STANDBY_FAIL, v->name, -1,
+                        "hot-standby QEMU did not start: %s (activation will retry)", err);
+                return;
+        }
+        pthread_mutex_lock(&v->lock);
+        v->qemu = q;
+        pthread_mutex_unlock(&v->lock);
+}
+
+/* Returns 0 when the primary ended protection, negative errno otherwise. */
+static int receive_loop(struct session *s)
+{
+        struct vm *v = s->v;
+        struct backup_replica *b = v->replica;
+        uint64_t timeout_ns = (uint64_t)v->cfg.ack_timeout_ms * 1000000u;
+        for (;;) {
+                int r = wire_recv(s->fd, now_ns() + timeout_ns, &s->in);
+                if (r < 0)
+                        return r;
+                const struct wire_hdr *h = &s->in.hdr;
+                switch (h->type) {
+                case WIRE_SYNC_PAGES:
+                        if (b->valid)
+                                return -EPROTO;
+                        r = apply_sync_pages(b, &s->in);
+                        break;
+                case WIRE_EPOCH_PAGES:
+                case WIRE_EPOCH_DEVSTATE:
+                        if (b->st_epoch == 0) {
+                                if (h->epoch == 0 || (b->valid && h->epoch != v->committed_epoch + 1))
+                                        return -EPROTO;
+                                b->st_epoch = h->epoch;
+                        } else if (h->epoch != b->st_epoch)
+                                return -EPROTO;
+                        r = h->type == WIRE_EPOCH_PAGES ? stage_pages(b, &s->in)
+                                                        : stage_devstate(b, &s->in);
+                        break;
+                case WIRE_EPOCH_END: {
+                        struct wire_epoch_end e;
+                        r = wire_get_epoch_end(&s->in, &e);
+                        if (r < 0)
+                                break;
+                        if (h->epoch == 0 || (b->st_epoch && h->epoch != b->st_epoch) ||
+                            (b->valid && h->epoch != v->committed_epoch + 1) ||
+                            e.pages != b->st_n || e.devstate_bytes != b->st_dev_len ||
+                            b->st_dev_len == 0)
+                                return -EPROTO;
+                        bool first = !b->valid;
+                        size_t n = b->st_n;
+                        commit(b);
+                        staging_reset(b);
+                        pthread_mutex_lock(&v->lock);
+                        v->committed_epoch = v->epoch = h->epoch;
+                        v->last_commit_wall_ms = wall_ms();
+                        v->last_stop_wall_ms = e.stop_wall_ms;
+                        vm_set_state(v, VM_BK_STANDBY);
+                        pthread_mutex_unlock(&v->lock);
+                        struct wire_ack a = { .pages_applied = n };
+                        wire_buf_reset(&s->out);
+                        r = wire_put_ack(&s->out, h->epoch, &a);
+                        if (r == 0)
+                                r = write_full(s->fd, s->out.data, s->out.len, now_ns() + timeout_ns);
+                        if (r < 0)
+                                return r;
+                        if (first) {
+                                log_msg(LOG_LVL_NOTICE, MSG_BK_READY, v->name, (int64_t)h->epoch,
+                                        "replica committed; starting the hot-standby QEMU");
+                                start_hot_standby(s);
+                        }
+                        break;
+                }
+                case WIRE_ERROR: {
+                        struct wire_error e;
+                        r = wire_get_error(&s->in, &e);
+                        if (r == 0 && e.code == WIRE_ERR_SHUTDOWN)
+                                return 0;
+                        if (r == 0)
+                                log_msg(LOG_LVL_WARN, MSG_BK_PRIMARY_LOST, v->name, -1,
+                                        "primary %s reported: %s", s->primary, e.text);
+                        return -ECONNABORTED;
+                }
+                default:
+                        return -EPROTO;
+                }
+                if (r < 0)
+                        return r == -EPROTO ? r : r == -ENOMEM ? r : -EBADMSG;
+        }
+}
+
+static void end_session(struct session *s, int r)
+{
+        struct vm *v = s->v;
+        struct backup_replica *b = v->replica;
+        staging_reset(b);
+        bool discard = r == 0 || !b->valid;
+        if (r == 0)
+                log_msg(LOG_LVL_NOTICE, MSG_BK_DISCARDED, v->name, (int64_t)v->committed_epoch,
+                        "primary %s ended protection; replica discarded", s->primary);
+        else if (r == -EBADMSG || r == -EPROTO)
+                log_msg(LOG_LVL_ERR, MSG_BK_CORRUPT, v->name, (int64_t)v->committed_epoch,
+                        "%s record from primary %s: connection dropped, epoch in flight "
+                        "discarded, replica %s",
+                        r == -EBADMSG ? "corrupt" : "unexpected", s->primary,
+                        b->valid ? "at its last committed epoch, untouched" : "incomplete (no commit yet)");
+        if (r != 0 && b->valid)
+                log_msg(LOG_LVL_WARN, MSG_BK_PRIMARY_LOST, v->name, (int64_t)v->committed_epoch,
+                        "primary %s lost (%s): replica at epoch %llu can be activated",
+                        s->primary, strerror(-r), (unsigned long long)v->committed_epoch);
+        struct qemu_vm *q = NULL;
+        pthread_mutex_lock(&v->lock);
+        v->conn_fd = -1;
+        v->link_up = false;
+        vm_set_state(v, discard ? VM_DEFINED : VM_BK_ORPHANED);
+        if (r < 0)
+                vm_set_error(v, "primary %s lost: %s", s->primary, strerror(-r));
+        if (discard) {
+                q = v->qemu;
+                v->qemu = NULL;
+                v->replica = NULL;
+        } else {
+                b = NULL;
+        }
+        /* from here a new session may take the VM */
+        v->thread_running = false;
+        pthread_cond_broadcast(&v->idle);
+        pthread_mutex_unlock(&v->lock);
+        qemu_destroy(q);
+        replica_free(b);
+}
+
+static void *session_thread(void *arg)
+{
+        struct session *s = arg;
+        int r = receive_loop(s);
+        end_session(s, r);
+        close(s->fd);
+        wire_msg_free(&s->in);
+        wire_buf_free(&s->out);
+        free(s);
+        return NULL;
+}
+
+/* Stop the session of v (if any) and wait for it to end. */
+static void session_stop(struct vm *v)
+{
+        pthread_mutex_lock(&v->lock);
+        if (v->thread_running && v->conn_fd >= 0)
+                shutdown(v->conn_fd, SHUT_RDWR);
+        while (v->thread_running)
+                pthread_cond_wait(&v->idle, &v->lock);
+        pthread_mutex_unlock(&v->lock);
+}
+
+static int check_hello(struct daemon *d, const struct wire_hello *h, struct vm **ret_v,
+                       char *why, size_t whylen, uint32_t *code)
+{
+        struct vm *v;
+        char err[256];
+        *code = WIRE_ERR_UNKNOWN_VM;
+        if (daemon_vm(d, h->vm, true, &v, err, sizeof(err)) < 0) {
+                snprintf(why, whylen, "%s", err);
+                return -ENOENT;
+        }
+        *code = WIRE_ERR_MISMATCH;
+        if (h->page_size != HAVMS_PAGE_SIZE || h->ram_bytes != (uint64_t)v->cfg.memory_mib << 20) {
+                snprintf(why, whylen, "memory size differs: primary %llu MiB, %s defines %u MiB",
+                         (unsigned long long)(h->ram_bytes >> 20), d->host.name, v->cfg.memory_mib);
+                return -EINVAL;
+        }
+        if (h->config_digest != vm_config_digest(&v->cfg)) {
+                snprintf(why, whylen, "VM definition differs between %s and %s "
+                         "(memory, CPUs, machine, NICs or qemu_args)", h->host, d->host.name);
+                return -EINVAL;
+        }
+        *code = WIRE_ERR_BUSY;
+        pthread_mutex_lock(&v->lock);
+        enum vm_state st = v->state;
+        pthread_mutex_unlock(&v->lock);
+        if (vm_state_is_primary(st) || st == VM_ACTIVATING) {
+                snprintf(why, whylen, "%s is %s on %s: refusing to become its standby",
+                         h->vm, vm_state_name(st), d->host.name);
+                return -EBUSY;
+        }
+        *ret_v = v;
+        return 0;
+}
+
+static void *hello_thread(void *arg)
+{
+        struct session *s = arg;
+        struct wire_hello h;
+        char why[600];
+        uint32_t code = WIRE_ERR_PROTOCOL;
+        struct vm *v = NULL;
+        int r = wire_recv(s->fd, now_ns() + HELLO_TIMEOUT_MS * 1000000ull, &s->in);
+        if (r == 0)
+                r = wire_get_hello(&s->in, &h);
+        if (r < 0) {
+                snprintf(why, sizeof(why), "expected HELLO (%s)", strerror(-r));
+                goto refused;
+        }
+        r = check_hello(s->d, &h, &v, why, sizeof(why), &code);
+        if (r < 0)
+                goto refused;
+        /* A primary that reconnects before we noticed its old connection
+         * died: end the old session first. */
+        session_stop(v);
+        pthread_mutex_lock(&v->lock);
+        if (v->state == VM_ACTIVATING || vm_state_is_primary(v->state)) {
+                pthread_mutex_unlock(&v->lock);
+                code = WIRE_ERR_BUSY;
+                snprintf(why, sizeof(why), "%.64s became active on %.64s", h.vm, s->d->host.name);
+                goto refused;
+        }
+        struct qemu_vm *old_q = v->qemu;
+        v->qemu = NULL;
+        pthread_mutex_unlock(&v->lock);
+        /* A re-sync rewrites the replica: the old hot standby cannot stay. */
+        qemu_destroy(old_q);
+        if (!v->replica) {
+                r = replica_open(&s->d->host, &v->cfg, &v->replica);
+                if (r < 0) {
+                        code = r == -ENOSPC ? WIRE_ERR_NOSPACE : WIRE_ERR_INTERNAL;
+                        snprintf(why, sizeof(why), "%s cannot hold the replica in %s: %s",
+                                 s->d->host.name, s->d->host.ram_dir, strerror(-r));
+                        goto refused;
+                }
+        }
+        v->replica->valid = false;
+        staging_reset(v->replica);
+        snprintf(s->primary, sizeof(s->primary), "%s", h.host);
+        s->v = v;
+        struct wire_welcome w = { .last_committed = 0 };
+        wire_buf_reset(&s->out);
+        r = wire_put_welcome(&s->out, &w);
+        if (r == 0)
+                r = write_full(s->fd, s->out.data, s->out.len, now_ns() + 2000000000ull);
+        if (r < 0)
+                goto closed;
+        pthread_mutex_lock(&v->lock);
+        vm_set_state(v, VM_BK_SYNCING);
+        snprintf(v->peer, sizeof(v->peer), "%.32s", h.host);
+        v->conn_fd = s->fd;
+        v->link_up = true;
+        v->last_error[0] = 0;
+        v->committed_epoch = 0;
+        v->thread_running = true;
+        pthread_mutex_unlock(&v->lock);
+        log_msg(LOG_LVL_INFO, MSG_BK_CONNECTED, v->name, -1,
+                "primary %s connected: receiving the initial sync", h.host);
+        return session_thread(s);
+refused:
+        log_msg(LOG_LVL_WARN, MSG_BK_REFUSED, r == 0 ? NULL : (h.vm[0] ? h.vm : NULL), -1,
+                "refused a primary: %s", why);
+        refuse(s->fd, code, why);
+closed:
+        close(s->fd);
+        wire_msg_free(&s->in);
+        wire_buf_free(&s->out);
+        free(s);
+        return NULL;
+}
+
+void backup_accept(struct daemon *d, int fd)
+{
+        struct session *s = calloc(1, sizeof(*s));
+        pthread_t t;
+        if (!s) {
+                close(fd);
+                return;
+        }
+        s->d = d;
+        s->fd = fd;
+        set_nonblock(fd, true);
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        /* detached: whoever waits for a session waits on v->idle */
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&t, &attr, hello_thread, s) != 0) {
+                close(fd);
+                free(s);
+        }
+        pthread_attr_destroy(&attr);
+}
+
+void backup_discard(struct daemon *d, struct vm *v)
+{
+        (void)d;
+        pthread_mutex_lock(&v->lock);
+        struct qemu_vm *q = v->qemu;
+        struct backup_replica *b = v->replica;
+        bool backup_role = !vm_state_is_primary(v->state) && v->state != VM_ACTIVATING;
+        if (backup_role) {
+                v->qemu = NULL;
+                v->replica = NULL;
+        }
+        pthread_mutex_unlock(&v->lock);
+        if (!backup_role)
+                return;
+        qemu_destroy(q);
+        replica_free(b);
+}
+
+int backup_activate(struct daemon *d, struct vm *v, bool force, char *err, size_t errlen)
+{
+        uint64_t t0 = now_ns();
+        pthread_mutex_lock(&v->lock);
+        enum vm_state st = v->state;
+        pthread_mutex_unlock(&v->lock);
+        if (st == VM_BK_STANDBY && !force) {
+                snprintf(err, errlen, "%s's primary %s is still connected and replicating: "
+                         "activating here would run two copies. Use --force only if %s is "
+                         "known to be dead (fenced)", v->name, v->peer, v->peer);
+                return -EBUSY;
+        }
+        if (st != VM_BK_STANDBY && st != VM_BK_ORPHANED) {
+                snprintf(err, errlen, "%s is %s here: only a backup holding a committed replica "
+                         "can be activated", v->name, vm_state_name(st));
+                return -EINVAL;
+        }
+        session_stop(v); /* a forced activation cuts the primary off first */
+        pthread_mutex_lock(&v->lock);
+        if (v->state != VM_BK_ORPHANED && v->state != VM_BK_STANDBY) {
+                snprintf(err, errlen, "%s is %s here: no committed replica", v->name,
+                         vm_state_name(v->state));
+                pthread_mutex_unlock(&v->lock);
+                return -EINVAL;
+        }
+        vm_set_state(v, VM_ACTIVATING);
+        struct backup_replica *b = v->replica;
+        struct qemu_vm *q = v->qemu;
+        v->qemu = NULL;
+        uint64_t epoch = v->committed_epoch;
+        pthread_mutex_unlock(&v->lock);
+        log_msg(LOG_LVL_NOTICE, MSG_ACTIVATE_START, v->name, (int64_t)epoch,
+                "activating from the last committed epoch");
+
+        int r = 0;
+        if (!q || qemu_exited(q)) {
+                qemu_destroy(q);
+                q = NULL;
+                r = qemu_launch(&d->host, &v->cfg, QEMU_START_INCOMING, &q, err, errlen);
+        }
+        if (r == 0 && (r = qemu_load_devstate(q, b->devstate, b->devstate_len, 10000)) < 0)
+                snprintf(err, errlen, "loading the device state failed: %s (%s)", strerror(-r),
+                         qmp_last_error(q->qmp));
+        if (r == 0 && (r = qemu_cont(q, 5000)) < 0)
+                snprintf(err, errlen, "cont failed: %s", qmp_last_error(q->qmp));
+        if (r < 0) {
+                log_msg(LOG_LVL_ERR, MSG_ACTIVATE_FAILED, v->name, (int64_t)epoch,
+                        "activation failed: %s", err);
+                qemu_destroy(q);
+                pthread_mutex_lock(&v->lock);
+                vm_set_state(v, VM_BK_ORPHANED); /* the replica is untouched: retry is possible */
+                vm_set_error(v, "activation failed: %s", err);
+                pthread_mutex_unlock(&v->lock);
+                return r;
+        }
+        uint64_t ms = (now_ns() - t0) / 1000000u;
+        /* Tell the LAN's switches where the guest's MACs are now; a failure
+         * here is not fatal: the guest's own traffic teaches them too. */
+        qemu_announce(q, 2000);
+        pthread_mutex_lock(&v->lock);
+        v->qemu = q;
+        v->replica = NULL;
+        v->activation_ms = ms;
+        v->peer[0] = 0;
+        vm_set_state(v, VM_RUNNING);
+        pthread_mutex_unlock(&v->lock);
+        replica_free(b);
+        log_msg(LOG_LVL_NOTICE, MSG_ACTIVATED, v->name, (int64_t)epoch,
+                "VM running on %s from epoch %llu (activation took %llu ms); it is UNPROTECTED "
+                "until `havmsctl protect %s` finds a standby",
+                d->host.name, (unsigned long long)epoch, (unsigned long long)ms, v->name);
+        return 0;
+}

@@ -1,0 +1,344 @@
+/* commands: the control commands of checkpointd, one table. Each handler
+ * gets the VM (looked up by the table's rule) and the request's "args",
+ * adds its result fields to resp, and returns 0 or -errno with a reason in
+ * err. havmsctl is a thin client of this table. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "log.h"
+#include "msgid.h"
+#include "util.h"
+
+#define ERRLEN 512
+
+typedef int (*cmd_fn)(struct daemon *d, struct vm *v, json_object *args,
+                      json_object *resp, char *err);
+
+static const char *arg_str(json_object *args, const char *key)
+{
+        json_object *o;
+        if (args && json_object_object_get_ex(args, key, &o) && json_object_is_type(o, json_type_string))
+                return json_object_get_string(o);
+        return NULL;
+}
+
+static bool arg_bool(json_object *args, const char *key)
+{
+        json_object *o;
+        return args && json_object_object_get_ex(args, key, &o) && json_object_get_boolean(o);
+}
+
+static void add_str(json_object *o, const char *k, const char *v) { json_object_object_add(o, k, json_object_new_string(v)); }
+static void add_int(json_object *o, const char *k, int64_t v) { json_object_object_add(o, k, json_object_new_int64(v)); }
+static void add_dbl(json_object *o, const char *k, double v)
+{
+        /* rounded so the JSON stays readable */
+        json_object_object_add(o, k, json_object_new_double(round(v * 1000.0) / 1000.0));
+}
+
+/* ---- lifecycle ---- */
+
+static int cmd_start(struct daemon *d, struct vm *v, json_object *args, json_object *resp, char *err)
+{
+        pthread_mutex_lock(&v->lock);
+        enum vm_state st = v->state;
+        pthread_mutex_unlock(&v->lock);
+        if (st != VM_DEFINED) {
+                snprintf(err, ERRLEN, "%s is already %s on %s", v->name, vm_state_name(st), d->host.name);
+                return -EBUSY;
+        }
+        struct qemu_vm *q = NULL;
+        int r = qemu_launch(&d->host, &v->cfg, QEMU_START_FRESH, &q, err, ERRLEN);
+        if (r == 0 && (r = qemu_cont(q, 5000)) < 0)
+                snprintf(err, ERRLEN, "cont: %s", qmp_last_error(q->qmp));
+        if (r < 0) {
+                qemu_destroy(q);
+                return r;
+        }
+        pthread_mutex_lock(&v->lock);
+        v->qemu = q;
+        v->epoch = v->committed_epoch = 0;
+        v->last_error[0] = 0;
+        vm_set_state(v, VM_RUNNING);
+        pthread_mutex_unlock(&v->lock);
+        log_msg(LOG_LVL_NOTICE, MSG_VM_STARTED, v->name, -1, "started on %s (QEMU pid %d), unprotected",
+                d->host.name, (int)q->pid);
+        add_int(resp, "pid", q->pid);
+        return 0;
+}
+
+static int cmd_stop(struct daemon *d, struct vm *v, json_object *args, json_object *resp, char *err)
+{
+        pthread_mutex_lock(&v->lock);
+        enum vm_state st = v->state;
+        pthread_mutex_unlock(&v->lock);
+        if (!vm_state_is_primary(st)) {
+                snprintf(err, ERRLEN, "%s is not running on %s (it is %s)", v->name, d->host.name,
+                         vm_state_name(st));
+                return -EINVAL;
+        }
+        primary_stop(v);
+        pthread_mutex_lock(&v->lock);
+        struct qemu_vm *q = v->qemu;
+        v->qemu = NULL;
+        vm_set_state(v, VM_DEFINED);
+        pthread_mutex_unlock(&v->lock);
+        qemu_quit(q, 3000);
+        qemu_destroy(q);
+        log_msg(LOG_LVL_NOTICE, MSG_VM_STOPPED, v->name, -1, "stopped on %s", d->host.name);
+        return 0;
+}
+
+static int cmd_protect(struct daemon *d, struct vm *v, json_object *args, json_object *resp, char *err)
+{
+        const char *peer = arg_str(args, "peer");
+        if (!peer || !*peer)
+                peer = v->cfg.peer;
+        if (!*peer) {
+                snprintf(err, ERRLEN, "no standby named: give --peer HOST or set [protection] peer in %s",
+                         v->cfg.source);
+                return -EINVAL;
+        }
+        if (!strcmp(peer, d->host.name)) {
+                snprintf(err, ERRLEN, "the standby must be another host than %s", d->host.name);
+                return -EINVAL;
+        }
+        pthread_mutex_lock(&v->lock);
+        int r = 0;
+        if (v->state != VM_RUNNING) {
+                snprintf(err, ERRLEN, "%s is %s on %s: protect needs it running here, unprotected",
+                         v->name, vm_state_name(v->state), d->host.name);
+                r = -EINVAL;
+        } else if (v->thread_running) {
+                snprintf(err, ERRLEN, "%s: protection is still shutting down, try again", v->name);
+                r = -EBUSY;
+        } else {
+                r = primary_start(d, v, peer, err, ERRLEN);
+        }
+        pthread_mutex_unlock(&v->lock);
+        if (r == 0)
+                add_str(resp, "peer", peer);
+        return r;
+}
+
+static int cmd_unprotect(struct daemon *d, struct vm *v, json_object *args, json_object *resp, char *err)
+{
+        pthread_mutex_lock(&v->lock);
+        enum vm_state st = v->state;
+        pthread_mutex_unlock(&v->lock);
+        if (st == VM_RUNNING) {
+                snprintf(err, ERRLEN, "%s is not protected", v->name);
+                return -EINVAL;
+        }
+        if (!vm_state_is_primary(st)) {
+                snprintf(err, ERRLEN, "%s is %s on %s: run unprotect on its primary",
+                         v->name, vm_state_name(st), d->host.name);
+                return -EINVAL;
+        }
+        primary_stop(v);
+        log_msg(LOG_LVL_NOTICE, MSG_PROTECT_END, v->name, -1, "protection ended by the operator");
+        return 0;
+}
+
+static int cmd_activate(struct daemon *d, struct vm *v, json_object *args, json_object *resp, char *err)
+{
+        int r = backup_activate(d, v, arg_bool(args, "force"), err, ERRLEN);
+        if (r == 0) {
+                pthread_mutex_lock(&v->lock);
+                add_int(resp, "activation_ms", (int64_t)v->activation_ms);
+                add_int(resp, "epoch", (int64_t)v->committed_epoch);
+                pthread_mutex_unlock(&v->lock);
+        }
+        return r;
+}
+
+/* ---- reading ---- */
+
+static int cmp_float(const void *a, const void *b)
+{
+        float x = *(const float *)a, y = *(const float *)b;
+        return x < y ? -1 : x > y;
+}
+
+/* Percentile p (0..100) of field at byte offset off in the epochs counted. */
+static double pct(const struct vm *v, size_t off, bool is_u32, double p, float *tmp, size_t n,
+                  uint64_t first)
+{
+        if (!n)
+                return 0;
+        for (size_t i = 0; i < n; i++) {
+                const uint8_t *e = (const uint8_t *)&v->stats[(first + i) % STATS_RING];
+                tmp[i] = is_u32 ? (float)*(const uint32_t *)(e + off) : *(const float *)(e + off);
+        }
+        qsort(tmp, n, sizeof(float), cmp_float);
+        size_t k = (size_t)ceil(p / 100.0 * (double)n);
+        return tmp[k ? k - 1 : 0];
+}
+
+static json_object *stats_json(struct vm *v)
+{
+        json_object *o = json_object_new_object();
+        uint64_t from = v->stats_from;
+        if (v->n_stats - from > STATS_RING)
+                from = v->n_stats - STATS_RING;
+        size_t n = (size_t)(v->n_stats - from);
+        float *tmp = calloc(n ? n : 1, sizeof(float));
+        if (!tmp)
+                return o;
+#define F(field) offsetof(struct epoch_stat, field)
+        add_int(o, "epochs", (int64_t)n);
+        add_dbl(o, "pause_ms_p50", pct(v, F(pause_ms), false, 50, tmp, n, from));
+        add_dbl(o, "pause_ms_p99", pct(v, F(pause_ms), false, 99, tmp, n, from));
+        add_dbl(o, "pause_ms_max", pct(v, F(pause_ms), false, 100, tmp, n, from));
+        json_object *parts = json_object_new_object();
+        add_dbl(parts, "stop", pct(v, F(stop_ms), false, 50, tmp, n, from));
+        add_dbl(parts, "scan", pct(v, F(scan_ms), false, 50, tmp, n, from));
+        add_dbl(parts, "copy", pct(v, F(copy_ms), false, 50, tmp, n, from));
+        add_dbl(parts, "devstate", pct(v, F(devstate_ms), false, 50, tmp, n, from));
+        add_dbl(parts, "cont", pct(v, F(cont_ms), false, 50, tmp, n, from));
+        json_object_object_add(o, "pause_parts_ms_p50", parts);
+        add_dbl(o, "commit_ms_p50", pct(v, F(commit_ms), false, 50, tmp, n, from));
+        add_dbl(o, "commit_ms_p99", pct(v, F(commit_ms), false, 99, tmp, n, from));
+        add_dbl(o, "dirty_pages_p50", pct(v, F(dirty_pages), true, 50, tmp, n, from));
+        add_dbl(o, "raw_bytes_per_epoch_p50", pct(v, F(raw_bytes), true, 50, tmp, n, from));
+        add_dbl(o, "wire_bytes_per_epoch_p50", pct(v, F(wire_bytes), true, 50, tmp, n, from));
+        uint64_t raw = 0, wire = 0;
+        for (size_t i = 0; i < n; i++) {
+                raw += v->stats[(from + i) % STATS_RING].raw_bytes;
+                wire += v->stats[(from + i) % STATS_RING].wire_bytes;
+        }
+        add_dbl(o, "compression_ratio", wire ? (double)raw / (double)wire : 0);
+#undef F
+        free(tmp);
+        return o;
+}
+
+static json_object *vm_json(struct daemon *d, struct vm *v)
+{
+        json_object *o = json_object_new_object();
+        pthread_mutex_lock(&v->lock);
+        add_str(o, "name", v->name);
+        add_str(o, "state", vm_state_name(v->state));
+        add_str(o, "role", vm_state_is_primary(v->state) ? "primary"
+                           : v->state == VM_DEFINED ? "none" : "backup");
+        add_str(o, "host", d->host.name);
+        add_str(o, "peer", v->peer);
+        bool replicating = v->state == VM_SYNCING || v->state == VM_PROTECTED ||
+                           v->state == VM_DEGRADED || v->state == VM_CONNECTING ||
+                           v->state == VM_BK_SYNCING || v->state == VM_BK_STANDBY ||
+                           v->state == VM_BK_ORPHANED;
+        add_str(o, "link", !replicating ? "none" : v->link_up ? "up" : "down");
+        add_int(o, "epoch", (int64_t)v->epoch);
+        add_int(o, "committed_epoch", (int64_t)v->committed_epoch);
+        add_int(o, "epoch_ms", v->cfg.epoch_ms);
+        /* lag: how old the state the replica holds is (its stop time) */
+        int64_t lag = v->last_stop_wall_ms ? (int64_t)(wall_ms() - v->last_stop_wall_ms) : -1;
+        add_int(o, "lag_ms", replicating && v->committed_epoch ? lag : -1);
+        if (v->n_stats)
+                add_dbl(o, "last_pause_ms", v->stats[(v->n_stats - 1) % STATS_RING].pause_ms);
+        if (v->state == VM_SYNCING) {
+                json_object *s = json_object_new_object();
+                double el = (double)(wall_ms() - v->sync.started_ms) / 1000.0;
+                double pc = v->sync.total_bytes ? 100.0 * (double)v->sync.sent_bytes /
+                                                          (double)v->sync.total_bytes : 0;
+                double rate = el > 0 ? (double)v->sync.sent_bytes / 1048576.0 / el : 0;
+                add_dbl(s, "percent", pc);
+                add_dbl(s, "mib_s", rate);
+                add_dbl(s, "eta_s", rate > 0 ? (double)(v->sync.total_bytes - v->sync.sent_bytes) /
+                                                       1048576.0 / rate : -1);
+                add_int(s, "round", v->sync.round);
+                add_int(s, "round_pages", (int64_t)v->sync.last_round_pages);
+                json_object_object_add(o, "sync", s);
+        }
+        if (v->qemu)
+                add_int(o, "qemu_pid", v->qemu->pid);
+        if (v->activation_ms)
+                add_int(o, "activation_ms", (int64_t)v->activation_ms);
+        add_int(o, "epochs_failed", (int64_t)v->epochs_failed);
+        if (v->last_error[0])
+                add_str(o, "last_error", v->last_error);
+        pthread_mutex_unlock(&v->lock);
+        return o;
+}
+
+static int cmd_status(struct daemon *d, struct vm *v, json_object *args, json_object *resp, char *err)
+{
+        json_object *arr = json_object_new_array();
+        if (v) {
+                json_object_array_add(arr, vm_json(d, v));
+        } else {
+                pthread_mutex_lock(&d->table_lock);
+                unsigned n = d->n_vms;
+                struct vm *list[DAEMON_MAX_VMS];
+                memcpy(list, d->vms, n * sizeof(*list));
+                pthread_mutex_unlock(&d->table_lock);
+                for (unsigned i = 0; i < n; i++)
+                        json_object_array_add(arr, vm_json(d, list[i]));
+        }
+        add_str(resp, "host", d->host.name);
+        json_object_object_add(resp, "vms", arr);
+        return 0;
+}
+
+static int cmd_stats(struct daemon *d, struct vm *v, json_object *args, json_object *resp, char *err)
+{
+        pthread_mutex_lock(&v->lock);
+        if (arg_bool(args, "reset"))
+                v->stats_from = v->n_stats;
+        json_object_object_add(resp, "stats", stats_json(v));
+        add_int(resp, "epoch_ms", v->cfg.epoch_ms);
+        pthread_mutex_unlock(&v->lock);
+        return 0;
+}
+
+enum vm_rule { VM_NONE, VM_OPTIONAL, VM_REQUIRED };
+
+static const struct command {
+        const char *name;
+        enum vm_rule vm;
+        cmd_fn fn;
+} commands[] = {
+        { "start", VM_REQUIRED, cmd_start },
+        { "stop", VM_REQUIRED, cmd_stop },
+        { "protect", VM_REQUIRED, cmd_protect },
+        { "unprotect", VM_REQUIRED, cmd_unprotect },
+        { "activate", VM_REQUIRED, cmd_activate },
+        { "status", VM_OPTIONAL, cmd_status },
+        { "stats", VM_REQUIRED, cmd_stats },
+};
+
+json_object *daemon_dispatch(struct daemon *d, json_object *req)
+{
+        json_object *resp = json_object_new_object();
+        char err[ERRLEN] = "";
+        const char *cmd = arg_str(req, "cmd"), *vmname = arg_str(req, "vm");
+        json_object *args = NULL;
+        json_object_object_get_ex(req, "args", &args);
+        int r = -EINVAL;
+        const struct command *c = NULL;
+        for (size_t i = 0; cmd && i < ARRAY_SIZE(commands); i++)
+                if (!strcmp(commands[i].name, cmd))
+                        c = &commands[i];
+        if (!c) {
+                snprintf(err, sizeof(err), "unknown command '%s'", cmd ? cmd : "");
+                goto out;
+        }
+        struct vm *v = NULL;
+        if (c->vm == VM_REQUIRED && !vmname) {
+                snprintf(err, sizeof(err), "%s needs a VM name", c->name);
+                goto out;
+        }
+        if (vmname && (r = daemon_vm(d, vmname, true, &v, err, sizeof(err))) < 0)
+                goto out;
+        r = c->fn(d, v, args, resp, err);
+out:
+        json_object_object_add(resp, "ok", json_object_new_boolean(r == 0));
+        if (r < 0)
+                add_str(resp, "error", err[0] ? err : strerror(-r));
+        return resp;
+}

@@ -1,0 +1,256 @@
+#include "daemon.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include "ctl.h"
+#include "log.h"
+#include "msgid.h"
+#include "util.h"
+
+#define CTL_TIMEOUT_MS 2000
+
+static struct vm *vm_new(const struct vm_config *c)
+{
+        struct vm *v = calloc(1, sizeof(*v));
+        if (!v)
+                return NULL;
+        snprintf(v->name, sizeof(v->name), "%s", c->name);
+        v->cfg = *c;
+        v->state = VM_DEFINED;
+        v->conn_fd = -1;
+        v->wake_fd = -1;
+        pthread_mutex_init(&v->lock, NULL);
+        pthread_cond_init(&v->idle, NULL);
+        return v;
+}
+
+int daemon_vm(struct daemon *d, const char *name, bool create, struct vm **ret,
+              char *err, size_t errlen)
+{
+        int r = 0;
+        pthread_mutex_lock(&d->table_lock);
+        for (unsigned i = 0; i < d->n_vms; i++) {
+                if (!strcmp(d->vms[i]->name, name)) {
+                        *ret = d->vms[i];
+                        goto out;
+                }
+        }
+        struct vm_config c;
+        r = vm_config_find(&d->host, name, &c, err, errlen);
+        if (r < 0)
+                goto out;
+        if (!create) {
+                r = -ENOENT;
+                snprintf(err, errlen, "unknown VM '%s'", name);
+                goto out;
+        }
+        if (d->n_vms >= DAEMON_MAX_VMS) {
+                r = -ENOSPC;
+                snprintf(err, errlen, "too many VMs (at most %d per host)", DAEMON_MAX_VMS);
+                goto out;
+        }
+        struct vm *v = vm_new(&c);
+        if (!v) {
+                r = -ENOMEM;
+                goto out;
+        }
+        d->vms[d->n_vms++] = v;
+        *ret = v;
+out:
+        pthread_mutex_unlock(&d->table_lock);
+        return r;
+}
+
+/* Make every valid definition in vm_dir known, and say which are not. */
+static void load_definitions(struct daemon *d)
+{
+        DIR *dir = opendir(d->host.vm_dir);
+        if (!dir)
+                return;
+        struct dirent *e;
+        while ((e = readdir(dir))) {
+                size_t n = strlen(e->d_name);
+                if (n < 6 || strcmp(e->d_name + n - 5, ".conf"))
+                        continue;
+                char name[CFG_NAME_MAX], err[512];
+                if (n - 5 >= sizeof(name))
+                        continue;
+                memcpy(name, e->d_name, n - 5);
+                name[n - 5] = 0;
+                struct vm *v;
+                if (daemon_vm(d, name, true, &v, err, sizeof(err)) < 0)
+                        log_msg(LOG_LVL_WARN, MSG_BAD_DEFINITION, NULL, -1, "ignored: %s", err);
+        }
+        closedir(dir);
+}
+
+static int add_fd(struct daemon *d, int fd)
+{
+        struct epoll_event ev = { .events = EPOLLIN, .data.fd = fd };
+        return epoll_ctl(d->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
+}
+
+int daemon_init(struct daemon *d, const char *config_path, char *err, size_t errlen)
+{
+        memset(d, 0, sizeof(*d));
+        d->ctl_fd = d->repl_fd = d->epoll_fd = d->signal_fd = d->tick_fd = -1;
+        pthread_mutex_init(&d->table_lock, NULL);
+        int r = host_config_load(config_path, &d->host, err, errlen);
+        if (r < 0)
+                return r;
+        char dir[CFG_PATH_MAX];
+        snprintf(dir, sizeof(dir), "%s", d->host.control_socket);
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir) {
+                *slash = 0;
+                mkdir_p(dir, 0755);
+        }
+        if ((r = mkdir_p(d->host.state_dir, 0700)) < 0 || (r = mkdir_p(d->host.ram_dir, 0700)) < 0 ||
+            (r = mkdir_p(d->host.log_dir, 0755)) < 0) {
+                snprintf(err, errlen, "cannot create %s, %s or %s: %s", d->host.state_dir,
+                         d->host.ram_dir, d->host.log_dir, strerror(-r));
+                return r;
+        }
+        /* Signals are read from a signalfd by the event loop; block them
+         * before any thread exists so every thread inherits the mask. */
+        sigset_t mask;
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGTERM);
+        pthread_sigmask(SIG_BLOCK, &mask, NULL);
+        signal(SIGPIPE, SIG_IGN);
+        d->signal_fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+        d->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+        d->tick_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+        if (d->signal_fd < 0 || d->epoll_fd < 0 || d->tick_fd < 0) {
+                snprintf(err, errlen, "cannot set up the event loop: %s", strerror(errno));
+                return -errno;
+        }
+        struct itimerspec its = { .it_interval = { .tv_sec = 1 }, .it_value = { .tv_sec = 1 } };
+        timerfd_settime(d->tick_fd, 0, &its, NULL);
+        r = ctl_listen(d->host.control_socket, &d->ctl_fd);
+        if (r < 0) {
+                snprintf(err, errlen, "control socket %s: %s", d->host.control_socket,
+                         r == -EADDRINUSE ? "another checkpointd is running" : strerror(-r));
+                return r;
+        }
+        r = tcp_listen(d->host.listen, &d->repl_fd);
+        if (r < 0) {
+                snprintf(err, errlen, "replication listener %s: %s", d->host.listen, strerror(-r));
+                return r;
+        }
+        if ((r = add_fd(d, d->signal_fd)) < 0 || (r = add_fd(d, d->tick_fd)) < 0 ||
+            (r = add_fd(d, d->ctl_fd)) < 0 || (r = add_fd(d, d->repl_fd)) < 0) {
+                snprintf(err, errlen, "epoll: %s", strerror(-r));
+                return r;
+        }
+        load_definitions(d);
+        return 0;
+}
+
+static void handle_ctl(struct daemon *d)
+{
+        int fd = accept4(d->ctl_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0)
+                return;
+        json_object *req = NULL, *resp;
+        int r = ctl_read(fd, CTL_TIMEOUT_MS, &req);
+        if (r < 0) {
+                resp = json_object_new_object();
+                json_object_object_add(resp, "ok", json_object_new_boolean(0));
+                json_object_object_add(resp, "error", json_object_new_string("malformed request"));
+        } else {
+                resp = daemon_dispatch(d, req);
+        }
+        ctl_write(fd, resp, CTL_TIMEOUT_MS);
+        json_object_put(req);
+        json_object_put(resp);
+        close(fd);
+}
+
+/* Once a second: notice VMs whose QEMU died while no replication thread
+ * was watching it. */
+static void tick(struct daemon *d)
+{
+        pthread_mutex_lock(&d->table_lock);
+        for (unsigned i = 0; i < d->n_vms; i++) {
+                struct vm *v = d->vms[i];
+                struct qemu_vm *dead = NULL;
+                pthread_mutex_lock(&v->lock);
+                if (!v->thread_running && v->qemu && v->state != VM_ACTIVATING &&
+                    qemu_exited(v->qemu)) {
+                        dead = v->qemu;
+                        v->qemu = NULL;
+                        if (vm_state_is_primary(v->state)) {
+                                vm_set_state(v, VM_DEFINED);
+                                vm_set_error(v, "QEMU exited (status %d)", dead->exit_status);
+                                log_msg(LOG_LVL_ERR, MSG_VM_EXITED, v->name, -1,
+                                        "QEMU exited unexpectedly (status %d); see %s/%s.qemu.log",
+                                        dead->exit_status, d->host.log_dir, v->name);
+                        }
+                }
+                pthread_mutex_unlock(&v->lock);
+                qemu_destroy(dead);
+        }
+        pthread_mutex_unlock(&d->table_lock);
+}
+
+int daemon_run(struct daemon *d)
+{
+        log_msg(LOG_LVL_NOTICE, MSG_DAEMON_STARTED, NULL, -1,
+                "checkpointd on host %s: control %s, replication %s", d->host.name,
+                d->host.control_socket, d->host.listen);
+        while (!d->quit) {
+                struct epoll_event evs[8];
+                int n = epoll_wait(d->epoll_fd, evs, 8, -1);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return -errno;
+                for (int i = 0; i < n; i++) {
+                        int fd = evs[i].data.fd;
+                        if (fd == d->ctl_fd) {
+                                handle_ctl(d);
+                        } else if (fd == d->repl_fd) {
+                                int cfd;
+                                if (tcp_accept(d->repl_fd, &cfd) == 0)
+                                        backup_accept(d, cfd);
+                        } else if (fd == d->tick_fd) {
+                                uint64_t x;
+                                if (read(d->tick_fd, &x, sizeof(x)) > 0)
+                                        tick(d);
+                        } else if (fd == d->signal_fd) {
+                                struct signalfd_siginfo si;
+                                if (read(d->signal_fd, &si, sizeof(si)) > 0)
+                                        d->quit = true;
+                        }
+                }
+        }
+        return 0;
+}
+
+/* Protection ends cleanly (standbys are told); guests keep running: a
+ * stopped daemon must not take its VMs down. */
+void daemon_shutdown(struct daemon *d)
+{
+        log_msg(LOG_LVL_NOTICE, MSG_DAEMON_STOPPING, NULL, -1,
+                "checkpointd stopping: ending protection; running guests are left running");
+        for (unsigned i = 0; i < d->n_vms; i++)
+                primary_stop(d->vms[i]);
+        if (d->ctl_fd >= 0) {
+                close(d->ctl_fd);
+                unlink(d->host.control_socket);
+        }
+        if (d->repl_fd >= 0)
+                close(d->repl_fd);
+}

@@ -1,0 +1,44 @@
+/* daemon: checkpointd's process-wide state and its one event loop.
+ *
+ * Owns: the host configuration, the table of VMs this host knows, the
+ * control socket (havmsctl), the replication listener (primaries of VMs
+ * this host backs up connect here), reaping QEMU children. Each VM in
+ * protection has one replication thread (primary.c or backup.c); the
+ * control thread never blocks on a replication socket.
+ */
+#pragma once
+#include <json-c/json.h>
+#include <stdbool.h>
+
+#include "config.h"
+#include "vm.h"
+
+#define DAEMON_MAX_VMS 64
+
+struct daemon {
+        struct host_config host;
+        pthread_mutex_t table_lock;
+        struct vm *vms[DAEMON_MAX_VMS];
+        unsigned n_vms;
+        int ctl_fd, repl_fd, epoll_fd, signal_fd, tick_fd;
+        volatile bool quit;
+};
+
+int daemon_init(struct daemon *d, const char *config_path, char *err, size_t errlen);
+int daemon_run(struct daemon *d);
+void daemon_shutdown(struct daemon *d);
+
+/* Find a VM by name; with create, load its definition and add it. */
+int daemon_vm(struct daemon *d, const char *name, bool create, struct vm **ret,
+              char *err, size_t errlen);
+
+/* Command handlers (commands.c): fill *resp; return 0 or -errno with
+ * resp's "error" set. */
+json_object *daemon_dispatch(struct daemon *d, json_object *req);
+
+/* Replication roles (primary.c, backup.c). */
+int primary_start(struct daemon *d, struct vm *v, const char *peer, char *err, size_t errlen);
+void primary_stop(struct vm *v);
+void backup_accept(struct daemon *d, int fd);
+int backup_activate(struct daemon *d, struct vm *v, bool force, char *err, size_t errlen);
+void backup_discard(struct daemon *d, struct vm *v);

@@ -1,0 +1,649 @@
+/* primary: the replication thread of a VM that runs on this host.
+ *
+ * Owns, while it runs: the VM's QEMU (QMP), the dirty tracker, a read-only
+ * mapping of guest RAM, the shadow copy (what the replica holds, the base
+ * of XOR deltas), and the connection to the standby. The epoch order is
+ * the Remus order of docs/checkpoint.md:
+ *
+ *   stop -> scan+re-arm -> copy dirty pages -> device state -> cont
+ *        -> encode+send (VM runs) -> EPOCH_END -> await ACK -> committed
+ *
+ * Any failure after `stop` continues the VM before anything else: losing
+ * the standby must never stop the guest. A lost standby is retried every
+ * reconnect_ms; a new connection always starts with a full sync.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include "codec.h"
+#include "daemon.h"
+#include "log.h"
+#include "msgid.h"
+#include "tracker.h"
+#include "util.h"
+#include "wire.h"
+
+#define QMP_TIMEOUT_MS 2000
+#define DEVSTATE_TIMEOUT_MS 5000
+#define SEND_BATCH (1u << 20)      /* flush a PAGES record at ~1 MiB */
+#define DEVSTATE_CHUNK (1u << 20)
+
+struct primary {
+        struct daemon *d;
+        struct vm *v;
+        struct vm_config cfg;
+        char peer[CFG_NAME_MAX];
+        char peer_addr[128];
+        int fd;                   /* connection to the standby, -1 if none */
+        int wake_fd;              /* eventfd: the control thread wants us */
+        struct tracker *tracker;
+        int ram_fd;
+        const uint8_t *ram;
+        uint64_t npages;
+        uint8_t *shadow;          /* replica's copy; NULL without xor_delta */
+        uint32_t *dirty;          /* npages entries */
+        uint8_t *staging;         /* copies of dirty pages, grown on demand */
+        size_t staging_pages;
+        uint8_t *devstate;
+        size_t devstate_cap;
+        uint8_t *chunk;           /* encoded device state chunk */
+        struct wire_buf wb;
+        struct wire_msg in;
+        uint64_t wire_bytes;      /* bytes sent in the current epoch/pass */
+        uint8_t enc[CODEC_PAGE_MAX], scratch[CODEC_PAGE_MAX];
+};
+
+static float ms_since(uint64_t t0) { return (float)(now_ns() - t0) / 1e6f; }
+
+static bool stop_requested(struct primary *p) { return p->v->stop_requested; }
+
+static int send_buf(struct primary *p)
+{
+        if (!p->wb.len)
+                return 0;
+        uint64_t deadline = now_ns() + (uint64_t)p->cfg.ack_timeout_ms * 1000000u;
+        int r = write_full(p->fd, p->wb.data, p->wb.len, deadline);
+        p->wire_bytes += p->wb.len;
+        wire_buf_reset(&p->wb);
+        return r;
+}
+
+static void drop_connection(struct primary *p)
+{
+        if (p->fd < 0)
+                return;
+        pthread_mutex_lock(&p->v->lock);
+        p->v->conn_fd = -1;
+        p->v->link_up = false;
+        pthread_mutex_unlock(&p->v->lock);
+        close(p->fd);
+        p->fd = -1;
+}
+
+static void set_state(struct primary *p, enum vm_state s)
+{
+        pthread_mutex_lock(&p->v->lock);
+        vm_set_state(p->v, s);
+        pthread_mutex_unlock(&p->v->lock);
+}
+
+/* ---- connection ---- */
+
+static int connect_peer(struct primary *p)
+{
+        int r = tcp_connect(p->peer_addr, now_ns() + 3000000000ull, &p->fd);
+        if (r < 0)
+                return r;
+        struct wire_hello h = {
+                .page_size = HAVMS_PAGE_SIZE,
+                .ram_bytes = p->npages * HAVMS_PAGE_SIZE,
+                .config_digest = vm_config_digest(&p->cfg),
+        };
+        snprintf(h.vm, sizeof(h.vm), "%s", p->cfg.name);
+        snprintf(h.host, sizeof(h.host), "%s", p->d->host.name);
+        wire_buf_reset(&p->wb);
+        if ((r = wire_put_hello(&p->wb, &h)) < 0 || (r = send_buf(p)) < 0)
+                goto fail;
+        r = wire_recv(p->fd, now_ns() + 5000000000ull, &p->in);
+        if (r < 0)
+                goto fail;
+        if (p->in.hdr.type == WIRE_ERROR) {
+                struct wire_error e;
+                if (wire_get_error(&p->in, &e) == 0) {
+                        log_msg(LOG_LVL_WARN, MSG_PEER_REFUSED, p->cfg.name, -1,
+                                "standby %s refused protection: %s", p->peer, e.text);
+                        pthread_mutex_lock(&p->v->lock);
+                        vm_set_error(p->v, "standby %s refused: %s", p->peer, e.text);
+                        pthread_mutex_unlock(&p->v->lock);
+                }
+                r = -ECONNREFUSED;
+                goto fail;
+        }
+        struct wire_welcome w;
+        r = wire_get_welcome(&p->in, &w);
+        if (r < 0)
+                goto fail;
+        pthread_mutex_lock(&p->v->lock);
+        p->v->conn_fd = p->fd;
+        p->v->link_up = true;
+        p->v->last_error[0] = 0;
+        pthread_mutex_unlock(&p->v->lock);
+        return 0;
+fail:
+        drop_connection(p);
+        return r;
+}
+
+/* ---- pages ---- */
+
+static int add_page(struct primary *p, enum wire_type type, uint64_t epoch,
+                    uint32_t pfn, const uint8_t *data, uint64_t *raw_bytes)
+{
+        uint8_t *shadow = p->shadow ? p->shadow + (uint64_t)pfn * HAVMS_PAGE_SIZE : NULL;
+        /* the first pass has no replica copy to delta against */
+        const uint8_t *prev = type == WIRE_SYNC_PAGES && p->v->sync.round == 0 ? NULL : shadow;
+        uint8_t enc;
+        uint32_t len;
+        int r = codec_page_encode(data, prev, p->enc, p->scratch, &enc, &len);
+        if (r < 0)
+                return r;
+        if (p->wb.len == 0 && (r = wire_pages_begin(&p->wb, type, epoch)) < 0)
+                return r;
+        r = wire_pages_add(&p->wb, pfn, enc, p->enc, len);
+        if (r < 0)
+                return r;
+        if (shadow)
+                memcpy(shadow, data, HAVMS_PAGE_SIZE);
+        *raw_bytes += HAVMS_PAGE_SIZE;
+        if (p->wb.len >= SEND_BATCH) {
+                if ((r = wire_finish(&p->wb)) < 0 || (r = send_buf(p)) < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int flush_pages(struct primary *p)
+{
+        int r = 0;
+        if (p->wb.len && (r = wire_finish(&p->wb)) == 0)
+                r = send_buf(p);
+        return r;
+}
+
+/* Read the whole dirty set (the tracker re-arms what it returns). */
+static int scan_all(struct primary *p, size_t *ret_n)
+{
+        size_t n = 0;
+        int r = tracker_scan(p->tracker, p->dirty, p->npages, &n);
+        if (r < 0)
+                return r;
+        *ret_n = n;
+        return 0;
+}
+
+static void progress(struct primary *p, uint64_t sent, uint32_t round, uint64_t round_pages)
+{
+        pthread_mutex_lock(&p->v->lock);
+        p->v->sync.sent_bytes = sent;
+        p->v->sync.round = round;
+        p->v->sync.last_round_pages = round_pages;
+        pthread_mutex_unlock(&p->v->lock);
+}
+
+/* Full copy of guest RAM while the VM runs, then pre-copy rounds of what
+ * it dirtied meanwhile, until a round is small enough for one epoch. */
+static int initial_sync(struct primary *p)
+{
+        struct vm *v = p->v;
+        uint64_t raw = 0, t0 = now_ms();
+        size_t n;
+        pthread_mutex_lock(&v->lock);
+        vm_set_state(v, VM_SYNCING);
+        v->sync = (struct sync_progress){
+                .total_bytes = p->npages * HAVMS_PAGE_SIZE,
+                .started_ms = wall_ms(),
+        };
+        pthread_mutex_unlock(&v->lock);
+
+        /* Re-arm everything: from here on, every write is caught. */
+        int r = scan_all(p, &n);
+        if (r < 0)
+                return r;
+        uint64_t last_log = now_ms();
+        for (uint64_t pfn = 0; pfn < p->npages; pfn++) {
+                r = add_page(p, WIRE_SYNC_PAGES, 0, (uint32_t)pfn,
+                             p->ram + pfn * HAVMS_PAGE_SIZE, &raw);
+                if (r < 0)
+                        return r;
+                if ((pfn & 1023) == 1023) {
+                        progress(p, (pfn + 1) * HAVMS_PAGE_SIZE, 0, 0);
+                        if (stop_requested(p))
+                                return -ECANCELED;
+                        if (now_ms() - last_log >= 2000) {
+                                last_log = now_ms();
+                                uint64_t el = now_ms() - t0;
+                                log_msg(LOG_LVL_INFO, MSG_SYNC_PROGRESS, v->name, -1,
+                                        "initial sync %.0f%%, %.1f MiB/s",
+                                        100.0 * (double)(pfn + 1) / (double)p->npages,
+                                        el ? (double)raw / 1048576.0 / ((double)el / 1000.0) : 0.0);
+                        }
+                }
+        }
+        if ((r = flush_pages(p)) < 0)
+                return r;
+        progress(p, p->npages * HAVMS_PAGE_SIZE, 0, p->npages);
+
+        for (uint32_t round = 1; round <= p->cfg.precopy_max_rounds; round++) {
+                if ((r = scan_all(p, &n)) < 0)
+                        return r;
+                progress(p, p->npages * HAVMS_PAGE_SIZE, round, n);
+                for (size_t i = 0; i < n; i++) {
+                        r = add_page(p, WIRE_SYNC_PAGES, 0, p->dirty[i],
+                                     p->ram + (uint64_t)p->dirty[i] * HAVMS_PAGE_SIZE, &raw);
+                        if (r < 0)
+                                return r;
+                }
+                if ((r = flush_pages(p)) < 0)
+                        return r;
+                if (n < p->cfg.precopy_done_pages)
+                        break;
+        }
+        log_msg(LOG_LVL_INFO, MSG_SYNC_PROGRESS, v->name, -1,
+                "pre-copy done in %llu ms: %.1f MiB of pages, %.1f MiB on the wire",
+                (unsigned long long)(now_ms() - t0), (double)raw / 1048576.0,
+                (double)p->wire_bytes / 1048576.0);
+        return 0;
+}
+
+/* ---- one epoch ---- */
+
+static int grow_staging(struct primary *p, size_t pages)
+{
+        if (pages <= p->staging_pages)
+                return 0;
+        size_t want = pages < 4096 ? 4096 : pages;
+        uint8_t *s = realloc(p->staging, want * HAVMS_PAGE_SIZE);
+        if (!s)
+                return -ENOMEM;
+        p->staging = s;
+        p->staging_pages = want;
+        return 0;
+}
+
+static int send_devstate(struct primary *p, uint64_t epoch, size_t len)
+{
+        for (size_t off = 0; off < len; off += DEVSTATE_CHUNK) {
+                size_t n = len - off < DEVSTATE_CHUNK ? len - off : DEVSTATE_CHUNK;
+                struct wire_devstate ds = { .offset = off, .raw_len = (uint32_t)n };
+                int r = codec_chunk_encode(p->devstate + off, n, p->chunk, &ds.enc, &ds.len);
+                if (r < 0)
+                        return r;
+                ds.data = p->chunk;
+                if ((r = wire_put_devstate(&p->wb, epoch, &ds)) < 0 || (r = send_buf(p)) < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int await_ack(struct primary *p, uint64_t epoch)
+{
+        uint64_t deadline = now_ns() + (uint64_t)p->cfg.ack_timeout_ms * 1000000u;
+        int r = wire_recv(p->fd, deadline, &p->in);
+        if (r < 0)
+                return r;
+        if (p->in.hdr.type == WIRE_ERROR) {
+                struct wire_error e;
+                if (wire_get_error(&p->in, &e) == 0)
+                        log_msg(LOG_LVL_WARN, MSG_PEER_REFUSED, p->cfg.name, (int64_t)epoch,
+                                "standby %s: %s", p->peer, e.text);
+                return -ECONNABORTED;
+        }
+        struct wire_ack a;
+        if (wire_get_ack(&p->in, &a) < 0 || p->in.hdr.epoch != epoch)
+                return -EBADMSG;
+        return 0;
+}
+
+/* Returns 0 when committed; -ECHILD when the VM is gone; another negative
+ * errno when the standby is lost (the VM is running either way). */
+static int run_epoch(struct primary *p, uint64_t epoch)
+{
+        struct qemu_vm *q = p->v->qemu;
+        struct epoch_stat st = { 0 };
+        uint64_t raw = 0;
+        size_t n = 0, dslen = 0;
+        bool stopped = false;
+
+        uint64_t t0 = now_ns();
+        uint64_t stop_wall = wall_ms();
+        int r = qemu_stop(q, QMP_TIMEOUT_MS);
+        if (r < 0)
+                goto out;
+        stopped = true;
+        uint64_t t1 = now_ns();
+        r = scan_all(p, &n);
+        if (r < 0)
+                goto out;
+        uint64_t t2 = now_ns();
+        if ((r = grow_staging(p, n)) < 0)
+                goto out;
+        for (size_t i = 0; i < n; i++)
+                memcpy(p->staging + i * HAVMS_PAGE_SIZE,
+                       p->ram + (uint64_t)p->dirty[i] * HAVMS_PAGE_SIZE, HAVMS_PAGE_SIZE);
+        uint64_t t3 = now_ns();
+        r = qemu_save_devstate(q, &p->devstate, &p->devstate_cap, &dslen, DEVSTATE_TIMEOUT_MS);
+        if (r < 0)
+                goto out;
+        uint64_t t4 = now_ns();
+        r = qemu_cont(q, QMP_TIMEOUT_MS);
+        if (r < 0)
+                goto out;
+        stopped = false;
+        uint64_t t5 = now_ns();
+        st.stop_ms = (float)(t1 - t0) / 1e6f;
+        st.scan_ms = (float)(t2 - t1) / 1e6f;
+        st.copy_ms = (float)(t3 - t2) / 1e6f;
+        st.devstate_ms = (float)(t4 - t3) / 1e6f;
+        st.cont_ms = (float)(t5 - t4) / 1e6f;
+        st.pause_ms = (float)(t5 - t0) / 1e6f;
+        st.dirty_pages = (uint32_t)n;
+
+        /* The VM runs again; the rest overlaps with it. */
+        p->wire_bytes = 0;
+        wire_buf_reset(&p->wb);
+        for (size_t i = 0; i < n && r == 0; i++)
+                r = add_page(p, WIRE_EPOCH_PAGES, epoch, p->dirty[i],
+                             p->staging + i * HAVMS_PAGE_SIZE, &raw);
+        if (r == 0)
+                r = flush_pages(p);
+        if (r == 0) {
+                size_t need = codec_chunk_bound(DEVSTATE_CHUNK);
+                if (!p->chunk && !(p->chunk = malloc(need)))
+                        r = -ENOMEM;
+        }
+        if (r == 0)
+                r = send_devstate(p, epoch, dslen);
+        if (r == 0) {
+                struct wire_epoch_end e = { .pages = n, .devstate_bytes = dslen,
+                                            .stop_wall_ms = stop_wall };
+                r = wire_put_epoch_end(&p->wb, epoch, &e);
+                if (r == 0)
+                        r = send_buf(p);
+        }
+        if (r == 0)
+                r = await_ack(p, epoch);
+        if (r < 0)
+                goto out;
+        st.commit_ms = ms_since(t0);
+        st.raw_bytes = (uint32_t)(raw + dslen);
+        st.wire_bytes = (uint32_t)p->wire_bytes;
+        pthread_mutex_lock(&p->v->lock);
+        vm_record_epoch(p->v, &st);
+        p->v->committed_epoch = epoch;
+        p->v->last_commit_wall_ms = wall_ms();
+        p->v->last_stop_wall_ms = stop_wall;
+        pthread_mutex_unlock(&p->v->lock);
+out:
+        if (stopped && qemu_cont(q, QMP_TIMEOUT_MS) < 0)
+                r = -ECHILD;
+        if (r < 0 && qemu_exited(q))
+                r = -ECHILD;
+        return r;
+}
+
+/* ---- the thread ---- */
+
+static int wait_wake_or(struct primary *p, int other_fd, int timeout_ms)
+{
+        struct pollfd fds[2] = { { .fd = p->wake_fd, .events = POLLIN },
+                                 { .fd = other_fd, .events = POLLIN } };
+        int r = poll(fds, other_fd >= 0 ? 2 : 1, timeout_ms);
+        if (r > 0 && (fds[0].revents & POLLIN)) {
+                uint64_t x;
+                ssize_t k = read(p->wake_fd, &x, sizeof(x));
+                (void)k;
+        }
+        return r;
+}
+
+static int protected_loop(struct primary *p)
+{
+        int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+        if (tfd < 0)
+                return -errno;
+        struct itimerspec its = {
+                .it_interval = { .tv_nsec = (long)p->cfg.epoch_ms % 1000 * 1000000,
+                                 .tv_sec = p->cfg.epoch_ms / 1000 },
+        };
+        its.it_value = its.it_interval;
+        timerfd_settime(tfd, 0, &its, NULL);
+        int r = 0;
+        while (!stop_requested(p)) {
+                wait_wake_or(p, tfd, -1);
+                if (stop_requested(p))
+                        break;
+                uint64_t ticks;
+                if (read(tfd, &ticks, sizeof(ticks)) != sizeof(ticks))
+                        continue;
+                pthread_mutex_lock(&p->v->lock);
+                uint64_t epoch = ++p->v->epoch;
+                pthread_mutex_unlock(&p->v->lock);
+                r = run_epoch(p, epoch);
+                if (r < 0)
+                        break;
+        }
+        close(tfd);
+        return r;
+}
+
+static int setup(struct primary *p)
+{
+        struct qemu_vm *q = p->v->qemu;
+        p->npages = q->ram_bytes / HAVMS_PAGE_SIZE;
+        p->ram_fd = open(q->ram_path, O_RDONLY | O_CLOEXEC);
+        if (p->ram_fd < 0)
+                return -errno;
+        void *m = mmap(NULL, q->ram_bytes, PROT_READ, MAP_SHARED, p->ram_fd, 0);
+        if (m == MAP_FAILED)
+                return -errno;
+        p->ram = m;
+        if (p->cfg.xor_delta) {
+                m = mmap(NULL, q->ram_bytes, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+                if (m == MAP_FAILED)
+                        return -errno;
+                p->shadow = m;
+        }
+        p->dirty = calloc(p->npages, sizeof(uint32_t));
+        if (!p->dirty)
+                return -ENOMEM;
+        uint64_t start, len;
+        int r = tracker_find_mapping(q->pid, q->ram_path, &start, &len);
+        if (r < 0)
+                return r;
+        const char *why = NULL;
+        r = tracker_open(p->cfg.tracker, q->pid, start, q->ram_bytes, &p->tracker, &why);
+        if (r < 0) {
+                log_msg(LOG_LVL_ERR, MSG_TRACKER_FAILED, p->cfg.name, -1,
+                        "cannot track dirty pages: %s", why ? why : strerror(-r));
+                pthread_mutex_lock(&p->v->lock);
+                vm_set_error(p->v, "cannot track dirty pages: %s", why ? why : strerror(-r));
+                pthread_mutex_unlock(&p->v->lock);
+                return r;
+        }
+        return qemu_migration_setup(q, QMP_TIMEOUT_MS);
+}
+
+static void teardown(struct primary *p)
+{
+        tracker_close(p->tracker);
+        if (p->ram)
+                munmap((void *)p->ram, p->npages * HAVMS_PAGE_SIZE);
+        if (p->shadow)
+                munmap(p->shadow, p->npages * HAVMS_PAGE_SIZE);
+        if (p->ram_fd >= 0)
+                close(p->ram_fd);
+        free(p->dirty);
+        free(p->staging);
+        free(p->devstate);
+        free(p->chunk);
+        wire_buf_free(&p->wb);
+        wire_msg_free(&p->in);
+}
+
+static void send_goodbye(struct primary *p)
+{
+        if (p->fd < 0)
+                return;
+        wire_buf_reset(&p->wb);
+        if (wire_put_error(&p->wb, WIRE_ERR_SHUTDOWN, "primary ended protection") == 0)
+                send_buf(p);
+}
+
+static void *primary_thread(void *arg)
+{
+        struct primary *p = arg;
+        struct vm *v = p->v;
+        bool was_protected = false, vm_gone = false;
+        int r = setup(p);
+        if (r < 0)
+                goto out;
+        log_msg(LOG_LVL_INFO, MSG_PROTECT_START, v->name, -1,
+                "protecting to standby %s (%s), epoch %u ms, tracker %s", p->peer,
+                p->peer_addr, p->cfg.epoch_ms, tracker_name(p->tracker));
+        while (!stop_requested(p)) {
+                set_state(p, was_protected ? VM_DEGRADED : VM_CONNECTING);
+                r = connect_peer(p);
+                if (r < 0) {
+                        wait_wake_or(p, -1, (int)p->cfg.reconnect_ms);
+                        if (qemu_exited(v->qemu)) {
+                                vm_gone = true;
+                                break;
+                        }
+                        continue;
+                }
+                if (was_protected)
+                        log_msg(LOG_LVL_NOTICE, MSG_STANDBY_BACK, v->name, -1,
+                                "standby %s is back: full re-sync", p->peer);
+                uint64_t t0 = now_ms();
+                p->wire_bytes = 0;
+                r = initial_sync(p);
+                if (r == 0) {
+                        pthread_mutex_lock(&v->lock);
+                        uint64_t epoch = ++v->epoch;
+                        pthread_mutex_unlock(&v->lock);
+                        r = run_epoch(p, epoch);
+                }
+                if (r == 0) {
+                        set_state(p, VM_PROTECTED);
+                        was_protected = true;
+                        log_msg(LOG_LVL_NOTICE, MSG_PROTECTED, v->name, (int64_t)v->epoch,
+                                "protected: standby %s holds a committed replica (sync took %llu ms)",
+                                p->peer, (unsigned long long)(now_ms() - t0));
+                        r = protected_loop(p);
+                }
+                if (r == -ECHILD) {
+                        vm_gone = true;
+                        break;
+                }
+                if (stop_requested(p))
+                        break;
+                pthread_mutex_lock(&v->lock);
+                v->epochs_failed++;
+                vm_set_error(v, "standby %s lost: %s", p->peer, strerror(-r));
+                pthread_mutex_unlock(&v->lock);
+                log_msg(LOG_LVL_WARN, MSG_STANDBY_LOST, v->name, (int64_t)v->epoch,
+                        "standby %s lost (%s): VM keeps running UNPROTECTED; retrying every %u ms",
+                        p->peer, strerror(-r), p->cfg.reconnect_ms);
+                drop_connection(p);
+                was_protected = true;
+        }
+out:
+        if (p->fd >= 0 && !vm_gone && v->stop_requested)
+                send_goodbye(p);
+        drop_connection(p);
+        teardown(p);
+        pthread_mutex_lock(&v->lock);
+        if (vm_gone) {
+                vm_set_state(v, VM_DEFINED);
+                vm_set_error(v, "VM exited while protected");
+                log_msg(LOG_LVL_ERR, MSG_VM_EXITED, v->name, (int64_t)v->epoch,
+                        "QEMU exited on this host; the standby keeps the last committed epoch");
+        } else {
+                if (r < 0 && r != -ECANCELED && !v->stop_requested)
+                        vm_set_error(v, "protection failed: %s", strerror(-r));
+                vm_set_state(v, VM_RUNNING);
+        }
+        v->thread_running = false;
+        pthread_cond_broadcast(&v->idle);
+        pthread_mutex_unlock(&v->lock);
+        close(p->wake_fd);
+        free(p);
+        return NULL;
+}
+
+int primary_start(struct daemon *d, struct vm *v, const char *peer, char *err, size_t errlen)
+{
+        const struct cfg_peer *cp = host_config_peer(&d->host, peer);
+        if (!cp) {
+                snprintf(err, errlen, "unknown peer '%s': add [peer %s] to %s", peer, peer,
+                         d->host.source);
+                return -ENOENT;
+        }
+        struct primary *p = calloc(1, sizeof(*p));
+        if (!p)
+                return -ENOMEM;
+        p->d = d;
+        p->v = v;
+        p->cfg = v->cfg;
+        p->fd = -1;
+        p->ram_fd = -1;
+        snprintf(p->peer, sizeof(p->peer), "%s", peer);
+        snprintf(p->peer_addr, sizeof(p->peer_addr), "%s", cp->address);
+        p->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (p->wake_fd < 0) {
+                free(p);
+                return -errno;
+        }
+        v->stop_requested = false;
+        v->wake_fd = p->wake_fd;
+        snprintf(v->peer, sizeof(v->peer), "%s", peer);
+        v->last_error[0] = 0;
+        v->thread_running = true;
+        vm_set_state(v, VM_CONNECTING);
+        int r = -pthread_create(&v->thread, NULL, primary_thread, p);
+        if (r < 0) {
+                v->thread_running = false;
+                vm_set_state(v, VM_RUNNING);
+                close(p->wake_fd);
+                free(p);
+                snprintf(err, errlen, "cannot start replication thread");
+        }
+        return r;
+}
+
+/* Called without v->lock. Ends protection and waits for the thread. */
+void primary_stop(struct vm *v)
+{
+        pthread_mutex_lock(&v->lock);
+        if (!v->thread_running) {
+                pthread_mutex_unlock(&v->lock);
+                return;
+        }
+        v->stop_requested = true;
+        uint64_t one = 1;
+        ssize_t k = write(v->wake_fd, &one, sizeof(one));
+        (void)k;
+        pthread_t t = v->thread;
+        pthread_mutex_unlock(&v->lock);
+        pthread_join(t, NULL);
+}

@@ -1,0 +1,475 @@
+#include "qemu.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "log.h"
+#include "util.h"
+
+extern char **environ;
+
+#define QEMU_MAX_ARGS 128
+
+void qemu_ram_path(const struct host_config *h, const char *vm, char *buf, size_t len)
+{
+        snprintf(buf, len, "%s/%s.ram", h->ram_dir, vm);
+}
+
+void qemu_tap_name(const char *vm, unsigned idx, char *buf, size_t len)
+{
+        /* IFNAMSIZ is 16: readable when the name fits, hashed otherwise */
+        if (strlen(vm) <= 9)
+                snprintf(buf, len, "hv-%s-%u", vm, idx);
+        else
+                snprintf(buf, len, "hv%08x-%u", (unsigned)XXH32(vm, strlen(vm), 0), idx);
+}
+
+struct argv_builder {
+        char *argv[QEMU_MAX_ARGS + 1];
+        int n;
+        bool overflow;
+};
+
+static void arg(struct argv_builder *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void arg(struct argv_builder *a, const char *fmt, ...)
+{
+        if (a->n >= QEMU_MAX_ARGS) {
+                a->overflow = true;
+                return;
+        }
+        va_list ap;
+        va_start(ap, fmt);
+        if (vasprintf(&a->argv[a->n], fmt, ap) < 0)
+                a->overflow = true;
+        else
+                a->n++;
+        va_end(ap);
+}
+
+static void argv_free(struct argv_builder *a)
+{
+        for (int i = 0; i < a->n; i++)
+                free(a->argv[i]);
+}
+
+static const char *pick_accel(const struct vm_config *c)
+{
+        if (strcmp(c->accel, "auto"))
+                return c->accel;
+        return access("/dev/kvm", R_OK | W_OK) == 0 ? "kvm" : "tcg";
+}
+
+static void build_argv(const struct host_config *h, const struct vm_config *c,
+                       const struct qemu_vm *q, enum qemu_start_mode mode,
+                       struct argv_builder *a)
+{
+        arg(a, "%s", h->qemu);
+        arg(a, "-name");
+        arg(a, "guest=%s,debug-threads=on", c->name);
+        arg(a, "-machine");
+        arg(a, "%s,accel=%s,memory-backend=havms-ram", c->machine, pick_accel(c));
+        arg(a, "-cpu");
+        arg(a, "%s", c->cpu);
+        arg(a, "-smp");
+        arg(a, "%u", c->vcpus);
+        arg(a, "-m");
+        arg(a, "%uM", c->memory_mib);
+        /* Guest RAM in a named shared file: the tracker watches QEMU's
+         * mapping of it, checkpointd reads it through its own mapping, and
+         * x-ignore-shared keeps it out of the device-state stream. */
+        arg(a, "-object");
+        arg(a, "memory-backend-file,id=havms-ram,size=%uM,mem-path=%s,share=on",
+            c->memory_mib, q->ram_path);
+        arg(a, "-nodefaults");
+        arg(a, "-no-user-config");
+        arg(a, "-vga");
+        arg(a, "none");
+        arg(a, "-display");
+        arg(a, "none");
+        arg(a, "-chardev");
+        arg(a, "file,id=havms-con,path=%s,append=on", q->console_path);
+        arg(a, "-serial");
+        arg(a, "chardev:havms-con");
+        arg(a, "-qmp");
+        arg(a, "unix:%s,server=on,wait=off", q->qmp_path);
+        if (c->kernel[0]) {
+                arg(a, "-kernel");
+                arg(a, "%s", c->kernel);
+        }
+        if (c->initrd[0]) {
+                arg(a, "-initrd");
+                arg(a, "%s", c->initrd);
+        }
+        if (c->cmdline[0]) {
+                arg(a, "-append");
+                arg(a, "%s", c->cmdline);
+        }
+        if (c->disk[0]) {
+                arg(a, "-drive");
+                arg(a, "file=%s,format=raw,if=virtio,cache=none,aio=threads", c->disk);
+        }
+        for (unsigned i = 0; i < c->n_nics; i++) {
+                char tap[16];
+                qemu_tap_name(c->name, i, tap, sizeof(tap));
+                arg(a, "-netdev");
+                arg(a, "tap,id=havms-net%u,ifname=%s,script=no,downscript=no", i, tap);
+                arg(a, "-device");
+                arg(a, "%s,netdev=havms-net%u,mac=%s", c->nics[i].model, i, c->nics[i].mac);
+        }
+        /* Always start paused: a fresh guest is continued once the driver
+         * is ready; a hot standby waits for activation. */
+        arg(a, "-S");
+        if (mode == QEMU_START_INCOMING) {
+                arg(a, "-incoming");
+                arg(a, "defer");
+        }
+        if (c->qemu_args[0]) {
+                char buf[CFG_TEXT_MAX];
+                strcpy(buf, c->qemu_args);
+                for (char *s = NULL, *t = strtok_r(buf, " \t", &s); t; t = strtok_r(NULL, " \t", &s))
+                        arg(a, "%s", t);
+        }
+}
+
+static int attach_taps(const struct vm_config *c)
+{
+        for (unsigned i = 0; i < c->n_nics; i++) {
+                if (!c->nics[i].bridge[0])
+                        continue;
+                char tap[16];
+                qemu_tap_name(c->name, i, tap, sizeof(tap));
+                char *argv[] = { "ip", "link", "set", "dev", tap, "master",
+                                 (char *)c->nics[i].bridge, "up", NULL };
+                pid_t pid;
+                if (posix_spawnp(&pid, "ip", NULL, NULL, argv, environ) != 0)
+                        return -ENOEXEC;
+                int st;
+                if (waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+                        return -ENODEV;
+        }
+        return 0;
+}
+
+static int spawn_qemu(const struct host_config *h, struct argv_builder *a,
+                      const char *logpath, pid_t *ret_pid)
+{
+        posix_spawn_file_actions_t fa;
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+        posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, logpath,
+                                         O_WRONLY | O_CREAT | O_APPEND, 0644);
+        posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
+
+        /* environment: ours plus LD_PRELOAD of the uffd library */
+        size_t n_env = 0;
+        while (environ[n_env])
+                n_env++;
+        char **env = calloc(n_env + 2, sizeof(char *));
+        char *preload = NULL;
+        int r = -ENOMEM;
+        if (!env || asprintf(&preload, "LD_PRELOAD=%s", h->uffd_preload) < 0)
+                goto out;
+        size_t k = 0;
+        for (size_t i = 0; i < n_env; i++)
+                if (strncmp(environ[i], "LD_PRELOAD=", 11))
+                        env[k++] = environ[i];
+        if (h->uffd_preload[0])
+                env[k++] = preload;
+        env[k] = NULL;
+
+        posix_spawnattr_t attr;
+        posix_spawnattr_init(&attr);
+        /* QEMU gets default signal dispositions and its own process group
+         * so a ^C at the daemon's terminal is not delivered to it. */
+        sigset_t all;
+        sigfillset(&all);
+        posix_spawnattr_setsigdefault(&attr, &all);
+        sigset_t none;
+        sigemptyset(&none);
+        posix_spawnattr_setsigmask(&attr, &none);
+        posix_spawnattr_setpgroup(&attr, 0);
+        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK |
+                                                POSIX_SPAWN_SETPGROUP);
+        int e = posix_spawnp(ret_pid, a->argv[0], &fa, &attr, a->argv, env);
+        posix_spawnattr_destroy(&attr);
+        r = e ? -e : 0;
+out:
+        posix_spawn_file_actions_destroy(&fa);
+        free(env);
+        free(preload);
+        return r;
+}
+
+int qemu_launch(const struct host_config *h, const struct vm_config *c,
+                enum qemu_start_mode mode, struct qemu_vm **ret, char *err, size_t errlen)
+{
+        struct argv_builder a = { 0 };
+        struct qemu_vm *q = calloc(1, sizeof(*q));
+        int r = -ENOMEM;
+        if (!q)
+                goto fail;
+        q->pid = -1;
+        q->pidfd = -1;
+        strcpy(q->name, c->name);
+        q->ram_bytes = (uint64_t)c->memory_mib << 20;
+        q->incoming = mode == QEMU_START_INCOMING;
+        qemu_ram_path(h, c->name, q->ram_path, sizeof(q->ram_path));
+        snprintf(q->qmp_path, sizeof(q->qmp_path), "%s/qmp-%s.sock", h->state_dir, c->name);
+        snprintf(q->console_path, sizeof(q->console_path), "%s/%s.console", h->log_dir, c->name);
+        char logpath[CFG_PATH_MAX + 64];
+        snprintf(logpath, sizeof(logpath), "%s/%s.qemu.log", h->log_dir, c->name);
+
+        if ((r = mkdir_p(h->ram_dir, 0700)) < 0 || (r = mkdir_p(h->state_dir, 0700)) < 0 ||
+            (r = mkdir_p(h->log_dir, 0755)) < 0) {
+                snprintf(err, errlen, "cannot create state directories: %s", strerror(-r));
+                goto fail;
+        }
+        if (mode == QEMU_START_FRESH)
+                unlink(q->ram_path); /* a fresh boot must not inherit old RAM */
+        else if (access(q->ram_path, R_OK) < 0) {
+                r = -ENOENT;
+                snprintf(err, errlen, "no replica RAM file %s", q->ram_path);
+                goto fail;
+        }
+        unlink(q->qmp_path);
+
+        build_argv(h, c, q, mode, &a);
+        if (a.overflow) {
+                r = -E2BIG;
+                snprintf(err, errlen, "QEMU command line too long (qemu_args?)");
+                goto fail;
+        }
+        r = spawn_qemu(h, &a, logpath, &q->pid);
+        if (r < 0) {
+                snprintf(err, errlen, "cannot start %s: %s", h->qemu, strerror(-r));
+                goto fail;
+        }
+        q->pidfd = (int)syscall(SYS_pidfd_open, q->pid, 0);
+
+        /* QEMU creates the QMP socket early; wait for it, but notice a
+         * QEMU that died on a bad command line instead of waiting. */
+        uint64_t deadline = now_ns() + 15000000000ull;
+        for (;;) {
+                r = qmp_connect(q->qmp_path, 1000, &q->qmp);
+                if (r == 0)
+                        break;
+                if (qemu_exited(q) || now_ns() > deadline) {
+                        snprintf(err, errlen, "QEMU did not come up (see %s)", logpath);
+                        r = -ECHILD;
+                        goto fail;
+                }
+                struct pollfd p = { .fd = q->pidfd, .events = POLLIN };
+                poll(&p, 1, 20); /* wake at once if QEMU exits */
+        }
+        r = attach_taps(c);
+        if (r < 0) {
+                snprintf(err, errlen, "cannot attach the VM's taps to their bridges (ip link set master)");
+                goto fail;
+        }
+        argv_free(&a);
+        *ret = q;
+        return 0;
+fail:
+        argv_free(&a);
+        qemu_destroy(q);
+        return r;
+}
+
+bool qemu_exited(struct qemu_vm *q)
+{
+        if (q->exited)
+                return true;
+        int st;
+        pid_t p = waitpid(q->pid, &st, WNOHANG);
+        if (p == q->pid || (p < 0 && errno == ECHILD)) {
+                q->exited = true;
+                q->exit_status = p == q->pid ? st : -1;
+        }
+        return q->exited;
+}
+
+void qemu_destroy(struct qemu_vm *q)
+{
+        if (!q)
+                return;
+        if (q->pid > 0 && !qemu_exited(q)) {
+                kill(q->pid, SIGKILL);
+                int st;
+                waitpid(q->pid, &st, 0);
+                q->exited = true;
+        }
+        qmp_close(q->qmp);
+        if (q->pidfd >= 0)
+                close(q->pidfd);
+        if (q->qmp_path[0])
+                unlink(q->qmp_path);
+        free(q);
+}
+
+void qemu_quit(struct qemu_vm *q, int timeout_ms)
+{
+        if (!q || qemu_exited(q))
+                return;
+        if (q->qmp && qmp_execute(q->qmp, "quit", NULL, timeout_ms, NULL) == 0 && q->pidfd >= 0) {
+                struct pollfd p = { .fd = q->pidfd, .events = POLLIN };
+                poll(&p, 1, timeout_ms);
+        }
+        qemu_exited(q); /* qemu_destroy kills what is left */
+}
+
+int qemu_stop(struct qemu_vm *q, int timeout_ms)
+{
+        return qmp_execute(q->qmp, "stop", NULL, timeout_ms, NULL);
+}
+
+int qemu_cont(struct qemu_vm *q, int timeout_ms)
+{
+        return qmp_execute(q->qmp, "cont", NULL, timeout_ms, NULL);
+}
+
+int qemu_migration_setup(struct qemu_vm *q, int timeout_ms)
+{
+        int r = qmp_execute_json(q->qmp, "migrate-set-capabilities",
+                                 "{\"capabilities\":["
+                                 "{\"capability\":\"x-ignore-shared\",\"state\":true},"
+                                 "{\"capability\":\"events\",\"state\":true}]}",
+                                 timeout_ms, NULL);
+        if (r < 0)
+                return r;
+        /* The device state is sent with the VM stopped: never throttle it. */
+        return qmp_execute_json(q->qmp, "migrate-set-parameters",
+                                "{\"max-bandwidth\":100000000000}", timeout_ms, NULL);
+}
+
+/* After the stream ended, the MIGRATION event tells how it ended. */
+static int await_migration_end(struct qemu_vm *q, uint64_t deadline)
+{
+        for (;;) {
+                uint64_t now = now_ns();
+                int left = now >= deadline ? 0 : (int)((deadline - now) / 1000000);
+                json_object *ev = NULL, *data, *st;
+                int r = qmp_wait_event(q->qmp, "MIGRATION", left, &ev);
+                if (r < 0)
+                        return r;
+                const char *s = "";
+                if (json_object_object_get_ex(ev, "data", &data) &&
+                    json_object_object_get_ex(data, "status", &st))
+                        s = json_object_get_string(st);
+                r = !strcmp(s, "completed") ? 0 : !strcmp(s, "failed") || !strcmp(s, "cancelled") ? -EIO : 1;
+                json_object_put(ev);
+                if (r <= 0)
+                        return r;
+        }
+}
+
+int qemu_save_devstate(struct qemu_vm *q, uint8_t **buf, size_t *cap,
+                       size_t *ret_len, int timeout_ms)
+{
+        uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000u;
+        int sv[2] = { -1, -1 };
+        size_t len = 0;
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+                return -errno;
+        qmp_clear_events(q->qmp);
+        int r = qmp_send_fd(q->qmp, "havms-ds", sv[1], timeout_ms);
+        close(sv[1]);
+        if (r < 0)
+                goto out;
+        r = qmp_execute_json(q->qmp, "migrate", "{\"uri\":\"fd:havms-ds\"}", timeout_ms, NULL);
+        if (r < 0)
+                goto out;
+        set_nonblock(sv[0], true);
+        for (;;) {
+                if (*cap - len < 65536) {
+                        size_t ncap = *cap ? *cap * 2 : 1 << 20;
+                        uint8_t *nb = realloc(*buf, ncap);
+                        if (!nb) {
+                                r = -ENOMEM;
+                                goto out;
+                        }
+                        *buf = nb;
+                        *cap = ncap;
+                }
+                ssize_t n = read(sv[0], *buf + len, *cap - len);
+                if (n > 0) {
+                        len += (size_t)n;
+                        continue;
+                }
+                if (n == 0)
+                        break; /* QEMU closed its end: the stream is complete */
+                if (errno == EINTR)
+                        continue;
+                if (errno != EAGAIN) {
+                        r = -errno;
+                        goto out;
+                }
+                r = wait_fd(sv[0], POLLIN, deadline);
+                if (r < 0)
+                        goto out;
+        }
+        r = await_migration_end(q, deadline);
+        if (r == 0)
+                *ret_len = len;
+out:
+        close(sv[0]);
+        return r;
+}
+
+int qemu_load_devstate(struct qemu_vm *q, const uint8_t *buf, size_t len, int timeout_ms)
+{
+        uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000u;
+        int sv[2] = { -1, -1 };
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+                return -errno;
+        int r = qemu_migration_setup(q, timeout_ms);
+        if (r == 0)
+                r = qmp_send_fd(q->qmp, "havms-in", sv[1], timeout_ms);
+        close(sv[1]);
+        if (r == 0)
+                r = qmp_execute_json(q->qmp, "migrate-incoming", "{\"uri\":\"fd:havms-in\"}",
+                                     timeout_ms, NULL);
+        if (r == 0) {
+                set_nonblock(sv[0], true);
+                r = write_full(sv[0], buf, len, deadline);
+        }
+        close(sv[0]); /* EOF ends the stream for QEMU */
+        if (r == 0)
+                r = await_migration_end(q, deadline);
+        if (r == 0)
+                q->incoming = false;
+        return r;
+}
+
+int qemu_announce(struct qemu_vm *q, int timeout_ms)
+{
+        return qmp_execute_json(q->qmp, "announce-self",
+                                "{\"initial\":50,\"max\":550,\"rounds\":5,\"step\":100}",
+                                timeout_ms, NULL);
+}
+
+int qemu_run_state(struct qemu_vm *q, char *buf, size_t len, int timeout_ms)
+{
+        json_object *res = NULL, *st;
+        int r = qmp_execute(q->qmp, "query-status", NULL, timeout_ms, &res);
+        if (r < 0)
+                return r;
+        if (json_object_object_get_ex(res, "status", &st))
+                snprintf(buf, len, "%s", json_object_get_string(st));
+        else
+                r = -EBADMSG;
+        json_object_put(res);
+        return r;
+}

@@ -1,0 +1,68 @@
+/* qemu: one QEMU process running (or waiting to run) one VM on this host.
+ *
+ * Owns: the QEMU command line (guest RAM in a shared memory-backend-file,
+ * -nodefaults, a QMP socket, the uffd preload library), the process, its
+ * QMP connection, the taps, and the VM-level operations built on QMP: stop,
+ * cont, device-state save (migration to an fd with x-ignore-shared, so only
+ * device state travels, never the shared RAM), device-state load into an
+ * -incoming QEMU, announce-self. Does not own: guest RAM contents or
+ * replication (primary.c / backup.c), dirty tracking (lib/tracker).
+ *
+ * QEMU is never daemonized: the uffd the tracker needs is bound to the
+ * address space it was created in (docs/tracker.md).
+ */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "config.h"
+#include "qmp.h"
+
+struct qemu_vm {
+        char name[CFG_NAME_MAX];
+        pid_t pid;
+        int pidfd;
+        struct qmp *qmp;
+        char ram_path[CFG_PATH_MAX + 64];
+        char qmp_path[CFG_PATH_MAX + 64];
+        char console_path[CFG_PATH_MAX + 64];
+        uint64_t ram_bytes;
+        bool incoming;      /* started with -incoming defer, not yet loaded */
+        bool exited;
+        int exit_status;
+};
+
+enum qemu_start_mode {
+        QEMU_START_FRESH,    /* new guest: RAM file recreated, boots from scratch */
+        QEMU_START_INCOMING, /* hot standby: RAM file is the replica, waits paused */
+};
+
+int qemu_launch(const struct host_config *h, const struct vm_config *c,
+                enum qemu_start_mode mode, struct qemu_vm **ret, char *err, size_t errlen);
+/* SIGKILL if still running, reap, close QMP. Accepts NULL. */
+void qemu_destroy(struct qemu_vm *q);
+/* Ask QEMU to quit cleanly; falls back to SIGKILL after timeout_ms. */
+void qemu_quit(struct qemu_vm *q, int timeout_ms);
+/* Non-blocking: has the process exited? Reaps it if so. */
+bool qemu_exited(struct qemu_vm *q);
+
+int qemu_stop(struct qemu_vm *q, int timeout_ms);
+int qemu_cont(struct qemu_vm *q, int timeout_ms);
+/* One-time migration settings: x-ignore-shared, events, no bandwidth cap. */
+int qemu_migration_setup(struct qemu_vm *q, int timeout_ms);
+/* With the VM stopped: capture the device state (everything but the
+ * shared guest RAM) into *buf (grown as needed, reused across calls). */
+int qemu_save_devstate(struct qemu_vm *q, uint8_t **buf, size_t *cap,
+                       size_t *ret_len, int timeout_ms);
+/* Load a device state into an -incoming QEMU. The VM stays paused. */
+int qemu_load_devstate(struct qemu_vm *q, const uint8_t *buf, size_t len, int timeout_ms);
+/* Tell the LAN where the NICs are now (RARP via announce-self). */
+int qemu_announce(struct qemu_vm *q, int timeout_ms);
+/* "running", "paused", ... (QMP query-status), into buf. */
+int qemu_run_state(struct qemu_vm *q, char *buf, size_t len, int timeout_ms);
+
+/* Deterministic names of a VM's files on a host. */
+void qemu_ram_path(const struct host_config *h, const char *vm, char *buf, size_t len);
+void qemu_tap_name(const char *vm, unsigned idx, char *buf, size_t len);

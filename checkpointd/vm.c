@@ -1,0 +1,46 @@
+#include "vm.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+const char *vm_state_name(enum vm_state s)
+{
+        switch (s) {
+        case VM_DEFINED: return "defined";
+        case VM_RUNNING: return "running";
+        case VM_CONNECTING: return "connecting";
+        case VM_SYNCING: return "syncing";
+        case VM_PROTECTED: return "protected";
+        case VM_DEGRADED: return "degraded";
+        case VM_BK_SYNCING: return "backup-syncing";
+        case VM_BK_STANDBY: return "backup-standby";
+        case VM_BK_ORPHANED: return "backup-orphaned";
+        case VM_ACTIVATING: return "activating";
+        }
+        return "?";
+}
+
+bool vm_state_is_primary(enum vm_state s)
+{
+        return s == VM_RUNNING || s == VM_CONNECTING || s == VM_SYNCING ||
+               s == VM_PROTECTED || s == VM_DEGRADED;
+}
+
+void vm_set_state(struct vm *v, enum vm_state s)
+{
+        v->state = s;
+}
+
+void vm_set_error(struct vm *v, const char *fmt, ...)
+{
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(v->last_error, sizeof(v->last_error), fmt, ap);
+        va_end(ap);
+}
+
+void vm_record_epoch(struct vm *v, const struct epoch_stat *st)
+{
+        v->stats[v->n_stats % STATS_RING] = *st;
+        v->n_stats++;
+}

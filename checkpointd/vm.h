@@ -1,0 +1,105 @@
+/* vm: what this host's checkpointd knows about one VM, and the state
+ * machine of its role here. The control thread and the VM's replication
+ * thread share it; every field below `lock` is read or written with the
+ * lock held, except where a comment names the one thread that owns it.
+ *
+ *                     start                protect
+ *   DEFINED ───────────────> RUNNING ─────────────> CONNECTING
+ *      ^  ^                   ^  ^                    │ WELCOME
+ *      │  │ stop/exit         │  └──── unprotect ──┐  v
+ *      │  │                   │                 SYNCING (pre-copy)
+ *      │  │                   │                    │ first epoch ACKed
+ *      │  │                   │                    v
+ *      │  │                   │   peer lost     PROTECTED
+ *      │  │                   └── DEGRADED <───────┘  (retries the peer,
+ *      │  │                         │ peer back         then SYNCING again)
+ *      │  │                         └──> SYNCING
+ *      │  │
+ *      │  │  HELLO from a primary
+ *      │  └──────────────── BK_SYNCING ── first commit ──> BK_STANDBY
+ *      │   unprotect / error   ^                              │ primary lost
+ *      │                       └──── HELLO (full re-sync) ── BK_ORPHANED
+ *      │                                                      │ activate
+ *      └──── activation failed ──── ACTIVATING <──────────────┘
+ *                                      │ device state loaded, cont
+ *                                      v
+ *                                   RUNNING (this host is now the primary)
+ */
+#pragma once
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "qemu.h"
+
+enum vm_state {
+        VM_DEFINED,     /* known here, nothing running, no replica */
+        VM_RUNNING,     /* primary here, protection off */
+        VM_CONNECTING,  /* primary, looking for its standby */
+        VM_SYNCING,     /* primary, initial (or re-) sync to the standby */
+        VM_PROTECTED,   /* primary, epochs commit on the standby */
+        VM_DEGRADED,    /* primary, standby lost: running unprotected, retrying */
+        VM_BK_SYNCING,  /* backup, receiving the initial sync: replica unusable */
+        VM_BK_STANDBY,  /* backup, replica committed, primary connected */
+        VM_BK_ORPHANED, /* backup, replica committed, primary gone: may activate */
+        VM_ACTIVATING,  /* backup taking over: loading device state */
+};
+
+const char *vm_state_name(enum vm_state s);
+bool vm_state_is_primary(enum vm_state s);
+
+#define STATS_RING 8192
+
+struct epoch_stat {
+        float stop_ms, scan_ms, copy_ms, devstate_ms, cont_ms, pause_ms;
+        float commit_ms;   /* VM stop to ACK received */
+        uint32_t dirty_pages;
+        uint32_t raw_bytes;  /* page bytes + device state, uncompressed */
+        uint32_t wire_bytes; /* bytes put on the socket for this epoch */
+};
+
+struct sync_progress {
+        uint64_t total_bytes;
+        uint64_t sent_bytes;  /* of the first full pass */
+        uint32_t round;       /* 0 = full pass, then pre-copy rounds */
+        uint64_t last_round_pages;
+        uint64_t started_ms;
+};
+
+struct vm {
+        char name[CFG_NAME_MAX];
+
+        pthread_mutex_t lock;
+        struct vm_config cfg;
+        enum vm_state state;
+        char peer[CFG_NAME_MAX];       /* the other host of the pair */
+        char last_error[256];          /* last operator-relevant failure */
+        uint64_t epoch;                /* last epoch started (primary) / committed (backup) */
+        uint64_t committed_epoch;
+        uint64_t last_commit_wall_ms;  /* wall clock of the last commit */
+        uint64_t last_stop_wall_ms;    /* primary's stop time of that epoch */
+        bool link_up;
+        struct sync_progress sync;
+        struct epoch_stat stats[STATS_RING];
+        uint64_t n_stats;              /* total recorded; ring index = n % STATS_RING */
+        uint64_t stats_from;           /* first index counted by `stats` */
+        uint64_t activation_ms;        /* last activation: command to running */
+        uint64_t epochs_failed;
+
+        /* Owned by whoever holds `busy`: the replication thread while it
+         * runs, else the control thread. */
+        struct qemu_vm *qemu;
+        pthread_t thread;              /* primary thread (joined) */
+        bool thread_running;           /* primary or backup thread alive */
+        pthread_cond_t idle;           /* signalled when thread_running drops */
+        volatile bool stop_requested;  /* control -> thread: end protection */
+        int wake_fd;                   /* eventfd that wakes the thread */
+        int conn_fd;                   /* backup: the primary's connection */
+        struct backup_replica *replica;/* backup role state (backup.c) */
+};
+
+void vm_set_state(struct vm *v, enum vm_state s);     /* lock held */
+void vm_set_error(struct vm *v, const char *fmt, ...) /* lock held */
+        __attribute__((format(printf, 2, 3)));
+void vm_record_epoch(struct vm *v, const struct epoch_stat *st); /* lock held */

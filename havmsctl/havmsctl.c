@@ -1,0 +1,260 @@
+/* havmsctl: the operator's command line. A thin client: every command is
+ * a request to the local checkpointd over its control socket, except
+ * check-config, which runs the daemon's own configuration checks. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "ctl.h"
+#include "havms-config.h"
+
+#define DEFAULT_SOCKET "/run/havms/checkpointd.sock"
+
+struct ctx {
+        const char *socket;
+        bool json;
+        bool force;
+        const char *peer;
+        bool reset;
+};
+
+static int call(struct ctx *c, const char *cmd, const char *vm, json_object *args,
+                int timeout_ms, json_object **ret)
+{
+        json_object *req = json_object_new_object();
+        json_object_object_add(req, "cmd", json_object_new_string(cmd));
+        if (vm)
+                json_object_object_add(req, "vm", json_object_new_string(vm));
+        if (args)
+                json_object_object_add(req, "args", args);
+        json_object *resp = NULL;
+        int r = ctl_call(c->socket, req, timeout_ms, &resp);
+        json_object_put(req);
+        if (r < 0) {
+                fprintf(stderr, "havmsctl: cannot talk to checkpointd at %s: %s%s\n", c->socket,
+                        strerror(-r), r == -ENOENT || r == -ECONNREFUSED ? " (is it running?)" : "");
+                return 3;
+        }
+        json_object *ok, *err;
+        if (!json_object_object_get_ex(resp, "ok", &ok) || !json_object_get_boolean(ok)) {
+                if (c->json)
+                        printf("%s\n", json_object_to_json_string_ext(resp, JSON_C_TO_STRING_PLAIN));
+                else
+                        fprintf(stderr, "havmsctl %s: %s\n", cmd,
+                                json_object_object_get_ex(resp, "error", &err)
+                                        ? json_object_get_string(err) : "failed");
+                json_object_put(resp);
+                return 1;
+        }
+        *ret = resp;
+        return 0;
+}
+
+static const char *get_s(json_object *o, const char *k)
+{
+        json_object *x;
+        return json_object_object_get_ex(o, k, &x) ? json_object_get_string(x) : "";
+}
+
+static int64_t get_i(json_object *o, const char *k, int64_t def)
+{
+        json_object *x;
+        return json_object_object_get_ex(o, k, &x) ? json_object_get_int64(x) : def;
+}
+
+static void print_vm(json_object *vm)
+{
+        printf("%-12s %-16s %-8s %-10s %-5s %8lld %8lld", get_s(vm, "name"), get_s(vm, "state"),
+               get_s(vm, "role"), get_s(vm, "peer")[0] ? get_s(vm, "peer") : "-",
+               get_s(vm, "link"), (long long)get_i(vm, "committed_epoch", 0),
+               (long long)get_i(vm, "lag_ms", -1));
+        json_object *x;
+        if (json_object_object_get_ex(vm, "last_pause_ms", &x))
+                printf(" %7.2f", json_object_get_double(x));
+        else
+                printf(" %7s", "-");
+        printf("\n");
+        json_object *s;
+        if (json_object_object_get_ex(vm, "sync", &s))
+                printf("  sync: %.1f%% at %.1f MiB/s, eta %.0f s, pre-copy round %lld\n",
+                       json_object_get_double(json_object_object_get(s, "percent")),
+                       json_object_get_double(json_object_object_get(s, "mib_s")),
+                       json_object_get_double(json_object_object_get(s, "eta_s")),
+                       (long long)get_i(s, "round", 0));
+        if (get_s(vm, "last_error")[0])
+                printf("  last error: %s\n", get_s(vm, "last_error"));
+}
+
+static int do_status(struct ctx *c, const char *vm)
+{
+        json_object *resp;
+        int r = call(c, "status", vm, NULL, 5000, &resp);
+        if (r)
+                return r;
+        if (c->json) {
+                printf("%s\n", json_object_to_json_string_ext(resp, JSON_C_TO_STRING_PLAIN));
+        } else {
+                printf("host %s\n", get_s(resp, "host"));
+                printf("%-12s %-16s %-8s %-10s %-5s %8s %8s %7s\n", "VM", "STATE", "ROLE", "PEER",
+                       "LINK", "EPOCH", "LAG_MS", "PAUSE");
+                json_object *vms = json_object_object_get(resp, "vms");
+                for (size_t i = 0; i < json_object_array_length(vms); i++)
+                        print_vm(json_object_array_get_idx(vms, i));
+        }
+        json_object_put(resp);
+        return 0;
+}
+
+static int do_simple(struct ctx *c, const char *cmd, const char *vm, json_object *args,
+                     int timeout_ms, const char *done)
+{
+        json_object *resp;
+        int r = call(c, cmd, vm, args, timeout_ms, &resp);
+        if (r)
+                return r;
+        if (c->json)
+                printf("%s\n", json_object_to_json_string_ext(resp, JSON_C_TO_STRING_PLAIN));
+        else if (!strcmp(cmd, "activate"))
+                printf("%s: running here from epoch %lld (activation %lld ms)\n", vm,
+                       (long long)get_i(resp, "epoch", 0), (long long)get_i(resp, "activation_ms", 0));
+        else if (!strcmp(cmd, "stats"))
+                printf("%s\n", json_object_to_json_string_ext(json_object_object_get(resp, "stats"),
+                                                              JSON_C_TO_STRING_PRETTY));
+        else
+                printf("%s: %s\n", vm, done);
+        json_object_put(resp);
+        return 0;
+}
+
+static int check_config(int n, char **files)
+{
+        int bad = 0;
+        for (int i = 0; i < n; i++) {
+                char err[512];
+                int r;
+                const char *f = files[i];
+                size_t l = strlen(f);
+                if (l > 11 && !strcmp(f + l - 10, "havms.conf")) {
+                        struct host_config h;
+                        r = host_config_load(f, &h, err, sizeof(err));
+                } else {
+                        struct vm_config v;
+                        r = vm_config_load(f, &v, err, sizeof(err));
+                }
+                if (r < 0) {
+                        fprintf(stderr, "%s\n", err);
+                        bad++;
+                } else {
+                        printf("%s: ok\n", f);
+                }
+        }
+        return bad ? 1 : 0;
+}
+
+static void usage(FILE *f)
+{
+        fprintf(f,
+                "usage: havmsctl [-s SOCKET] [--json] COMMAND [ARGS]\n"
+                "commands:\n"
+                "  start VM                 boot VM on this host (unprotected)\n"
+                "  stop VM                  end protection and power VM off\n"
+                "  protect VM [--peer HOST] replicate VM to standby HOST every epoch\n"
+                "  unprotect VM             end protection (the standby discards its replica)\n"
+                "  status [VM]              role, epoch, lag, last pause, link, sync progress\n"
+                "  activate VM [--force]    take over VM on this (standby) host\n"
+                "  stats VM [--reset]       epoch statistics (pause, bytes, compression)\n"
+                "  check-config FILE...     validate havms.conf or VM definitions\n"
+                "  config-reference         list every configuration option\n"
+                "options:\n"
+                "  -s, --socket PATH  control socket (default $HAVMS_SOCKET or %s)\n"
+                "  -j, --json         machine-readable output\n",
+                DEFAULT_SOCKET);
+}
+
+int main(int argc, char **argv)
+{
+        struct ctx c = { .socket = getenv("HAVMS_SOCKET") ? getenv("HAVMS_SOCKET") : DEFAULT_SOCKET };
+        static const struct option opts[] = {
+                { "socket", required_argument, NULL, 's' },
+                { "json", no_argument, NULL, 'j' },
+                { "peer", required_argument, NULL, 'p' },
+                { "force", no_argument, NULL, 'f' },
+                { "reset", no_argument, NULL, 'r' },
+                { "help", no_argument, NULL, 'h' },
+                { 0 },
+        };
+        int o;
+        while ((o = getopt_long(argc, argv, "+s:jp:frh", opts, NULL)) != -1) {
+                switch (o) {
+                case 's': c.socket = optarg; break;
+                case 'j': c.json = true; break;
+                case 'p': c.peer = optarg; break;
+                case 'f': c.force = true; break;
+                case 'r': c.reset = true; break;
+                case 'h': usage(stdout); return 0;
+                default: usage(stderr); return 2;
+                }
+        }
+        /* options may also follow the command: havmsctl protect web01 --peer b */
+        if (optind >= argc) {
+                usage(stderr);
+                return 2;
+        }
+        const char *cmd = argv[optind++];
+        char *pos[8];
+        int npos = 0;
+        for (int i = optind; i < argc; i++) {
+                if (!strcmp(argv[i], "--json") || !strcmp(argv[i], "-j"))
+                        c.json = true;
+                else if (!strcmp(argv[i], "--force"))
+                        c.force = true;
+                else if (!strcmp(argv[i], "--reset"))
+                        c.reset = true;
+                else if (!strcmp(argv[i], "--peer") && i + 1 < argc)
+                        c.peer = argv[++i];
+                else if (argv[i][0] == '-' && strcmp(cmd, "check-config")) {
+                        fprintf(stderr, "havmsctl: unknown option %s\n", argv[i]);
+                        return 2;
+                } else if (npos < 8)
+                        pos[npos++] = argv[i];
+        }
+        const char *vm = npos ? pos[0] : NULL;
+        if (!strcmp(cmd, "check-config"))
+                return npos ? check_config(npos, pos) : (usage(stderr), 2);
+        if (!strcmp(cmd, "config-reference")) {
+                config_print_reference(stdout);
+                return 0;
+        }
+        if (!strcmp(cmd, "status"))
+                return do_status(&c, vm);
+        static const struct { const char *cmd, *done; int timeout_ms; } simple[] = {
+                { "start", "started (unprotected)", 30000 },
+                { "stop", "stopped", 30000 },
+                { "protect", "protection starting (see status)", 10000 },
+                { "unprotect", "protection ended", 30000 },
+                { "activate", "activated", 60000 },
+                { "stats", "", 5000 },
+        };
+        for (size_t i = 0; i < sizeof(simple) / sizeof(simple[0]); i++) {
+                if (strcmp(cmd, simple[i].cmd))
+                        continue;
+                if (!vm) {
+                        fprintf(stderr, "havmsctl %s: needs a VM name\n", cmd);
+                        return 2;
+                }
+                json_object *args = json_object_new_object();
+                if (c.peer)
+                        json_object_object_add(args, "peer", json_object_new_string(c.peer));
+                if (c.force)
+                        json_object_object_add(args, "force", json_object_new_boolean(1));
+                if (c.reset)
+                        json_object_object_add(args, "reset", json_object_new_boolean(1));
+                return do_simple(&c, cmd, vm, args, simple[i].timeout_ms, simple[i].done);
+        }
+        fprintf(stderr, "havmsctl: unknown command '%s'\n", cmd);
+        usage(stderr);
+        return 2;
+}

@@ -1,0 +1,45 @@
+/* codec: how one 4 KiB guest page travels. The encoder picks the smallest
+ * of: ZERO (no bytes), XOR_LZ4 (LZ4 of the page XOR the copy the replica
+ * already holds: a sparse change compresses to a few dozen bytes), LZ4 of
+ * the page, or RAW. The decoder reverses it into a page buffer.
+ *
+ * Owns: the page encodings (enum wire_page_enc) and device-state chunk
+ * compression. Does not own: which pages are sent or where they go.
+ */
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "wire.h"
+
+/* Worst-case encoded size of one page (RAW). */
+#define CODEC_PAGE_MAX 4096u
+
+/* Encode page. prev is the replica's current copy of the page (NULL when
+ * the replica has none, i.e. pre-copy). out must hold CODEC_PAGE_MAX
+ * bytes; scratch must hold CODEC_PAGE_MAX bytes (XOR workspace). */
+int codec_page_encode(const uint8_t *page, const uint8_t *prev, uint8_t *out,
+                      uint8_t *scratch, uint8_t *ret_enc, uint32_t *ret_len);
+
+/* Decode into out (4096 bytes). prev is the replica's current copy (needed
+ * for XOR_LZ4; NULL otherwise is an error for XOR_LZ4). -EBADMSG when the
+ * data does not decode to exactly one page. out may equal prev. */
+int codec_page_decode(uint8_t enc, const uint8_t *data, uint32_t len,
+                      const uint8_t *prev, uint8_t *out);
+
+static inline int codec_page_is_zero(const uint8_t *page)
+{
+        const uint64_t *w = (const uint64_t *)page;
+        uint64_t acc = 0;
+        for (unsigned i = 0; i < 4096 / 8; i++)
+                acc |= w[i];
+        return acc == 0;
+}
+
+/* Device state chunks: LZ4 when smaller, else raw. out must hold
+ * codec_chunk_bound(len) bytes. */
+size_t codec_chunk_bound(size_t len);
+int codec_chunk_encode(const uint8_t *in, size_t len, uint8_t *out,
+                       uint8_t *ret_enc, uint32_t *ret_len);
+int codec_chunk_decode(uint8_t enc, const uint8_t *in, uint32_t len,
+                       uint8_t *out, uint32_t raw_len);

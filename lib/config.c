@@ -1,0 +1,461 @@
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "havms-config.h"
+#include "util.h"
+
+enum opt_type {
+        OPT_STR,   /* char[size] */
+        OPT_U32,   /* uint32_t within [min, max] */
+        OPT_BOOL,  /* bool: yes/no/true/false/on/off/1/0 */
+        OPT_ENUM,  /* char[size], one of choices ("a|b|c") */
+        OPT_NAME,  /* char[size], a host or VM name */
+        OPT_ADDR,  /* char[size], "host:port" */
+};
+
+struct opt {
+        const char *section;
+        const char *name;
+        enum opt_type type;
+        size_t offset;
+        size_t size;
+        long long min, max;
+        const char *def;     /* default as text, NULL = required */
+        const char *choices; /* OPT_ENUM */
+        const char *help;
+};
+
+#define VO(f) offsetof(struct vm_config, f), sizeof(((struct vm_config *)0)->f)
+#define HO(f) offsetof(struct host_config, f), sizeof(((struct host_config *)0)->f)
+
+static const struct opt vm_opts[] = {
+        { "vm", "name", OPT_NAME, VO(name), 0, 0, NULL, NULL,
+          "VM name: 1-32 of [A-Za-z0-9_.-]; must match the file name <name>.conf" },
+        { "vm", "memory_mib", OPT_U32, VO(memory_mib), 16, 1048576, NULL, NULL,
+          "guest RAM in MiB" },
+        { "vm", "vcpus", OPT_U32, VO(vcpus), 1, 256, "1", NULL, "virtual CPUs" },
+        { "vm", "machine", OPT_STR, VO(machine), 0, 0, "q35", NULL, "QEMU machine type" },
+        { "vm", "cpu", OPT_STR, VO(cpu), 0, 0, "max", NULL,
+          "QEMU CPU model; must be identical on both hosts" },
+        { "vm", "accel", OPT_ENUM, VO(accel), 0, 0, "auto", "auto|kvm|tcg",
+          "accelerator; auto uses KVM when /dev/kvm exists" },
+        { "vm", "kernel", OPT_STR, VO(kernel), 0, 0, "", NULL,
+          "kernel image for direct boot (kernel or disk is required)" },
+        { "vm", "initrd", OPT_STR, VO(initrd), 0, 0, "", NULL, "initramfs for direct boot" },
+        { "vm", "cmdline", OPT_STR, VO(cmdline), 0, 0, "", NULL, "kernel command line" },
+        { "vm", "disk", OPT_STR, VO(disk), 0, 0, "", NULL, "boot disk image (raw)" },
+        { "vm", "qemu_args", OPT_STR, VO(qemu_args), 0, 0, "", NULL,
+          "extra QEMU arguments, split on spaces" },
+        { "vm", "preferred_host", OPT_NAME, VO(preferred_host), 0, 0, "", NULL,
+          "host the VM should run on when both are healthy" },
+        { "protection", "peer", OPT_NAME, VO(peer), 0, 0, "", NULL,
+          "standby host (a [peer NAME] of havms.conf); protect --peer overrides" },
+        { "protection", "epoch_ms", OPT_U32, VO(epoch_ms), 5, 10000, "40", NULL,
+          "checkpoint interval: the replica is at most this far behind" },
+        { "protection", "tracker", OPT_ENUM, VO(tracker), 0, 0, "auto",
+          "auto|uffd-wp|soft-dirty", "dirty page tracker backend" },
+        { "protection", "precopy_max_rounds", OPT_U32, VO(precopy_max_rounds), 1, 1000, "30",
+          NULL, "initial sync: most pre-copy passes before the first checkpoint" },
+        { "protection", "precopy_done_pages", OPT_U32, VO(precopy_done_pages), 1, 1u << 30,
+          "2048", NULL, "initial sync ends when a pass finds fewer dirty pages than this" },
+        { "protection", "ack_timeout_ms", OPT_U32, VO(ack_timeout_ms), 100, 600000, "3000",
+          NULL, "a backup that does not ACK within this is declared lost" },
+        { "protection", "reconnect_ms", OPT_U32, VO(reconnect_ms), 100, 600000, "1000",
+          NULL, "how often an unprotected primary retries its peer" },
+        { "protection", "xor_delta", OPT_BOOL, VO(xor_delta), 0, 0, "yes", NULL,
+          "send XOR deltas against the replica's copy (costs one RAM-sized shadow copy)" },
+};
+
+static const struct opt host_opts[] = {
+        { "host", "name", OPT_NAME, HO(name), 0, 0, NULL, NULL, "this host's name" },
+        { "host", "listen", OPT_ADDR, HO(listen), 0, 0, "0.0.0.0:7780", NULL,
+          "replication listener (address:port) for VMs this host backs up" },
+        { "host", "control_socket", OPT_STR, HO(control_socket), 0, 0,
+          "/run/havms/checkpointd.sock", NULL, "havmsctl's unix socket" },
+        { "host", "state_dir", OPT_STR, HO(state_dir), 0, 0, "/var/lib/havms", NULL,
+          "persistent state (committed device state, replica markers)" },
+        { "host", "ram_dir", OPT_STR, HO(ram_dir), 0, 0, "/dev/shm/havms", NULL,
+          "guest RAM and replica files (tmpfs)" },
+        { "host", "vm_dir", OPT_STR, HO(vm_dir), 0, 0, HAVMS_SYSCONFDIR "/vms", NULL,
+          "directory of VM definitions <name>.conf" },
+        { "host", "log_dir", OPT_STR, HO(log_dir), 0, 0, "/var/log/havms", NULL,
+          "QEMU logs and guest consoles" },
+        { "host", "qemu", OPT_STR, HO(qemu), 0, 0, "qemu-system-x86_64", NULL,
+          "QEMU binary" },
+        { "host", "uffd_preload", OPT_STR, HO(uffd_preload), 0, 0, HAVMS_PRELOAD_DEFAULT, NULL,
+          "LD_PRELOAD library that creates the dirty-tracking userfaultfd inside QEMU" },
+};
+
+struct load_ctx {
+        const struct opt *opts;
+        size_t n_opts;
+        void *target;
+        bool seen[64];
+        char reason[256];
+        struct vm_config *vm;     /* for [vm] nic lines */
+        struct host_config *host; /* for [peer NAME] sections */
+};
+
+bool cfg_name_valid(const char *s)
+{
+        size_t n = strlen(s);
+        if (n == 0 || n > 32)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (!isalnum((unsigned char)s[i]) && !strchr("_.-", s[i]))
+                        return false;
+        return s[0] != '.' && s[0] != '-';
+}
+
+static bool addr_valid(const char *s)
+{
+        const char *c = strrchr(s, ':');
+        if (!c || c == s)
+                return false;
+        char *end;
+        long port = strtol(c + 1, &end, 10);
+        return *end == 0 && port > 0 && port < 65536;
+}
+
+static int set_value(struct load_ctx *x, const struct opt *o, const char *v)
+{
+        uint8_t *dst = (uint8_t *)x->target + o->offset;
+        switch (o->type) {
+        case OPT_STR:
+        case OPT_NAME:
+        case OPT_ADDR:
+        case OPT_ENUM:
+                if (strlen(v) >= o->size) {
+                        snprintf(x->reason, sizeof(x->reason), "%s: value longer than %zu characters",
+                                 o->name, o->size - 1);
+                        return -EINVAL;
+                }
+                if (o->type == OPT_NAME && *v && !cfg_name_valid(v)) {
+                        snprintf(x->reason, sizeof(x->reason),
+                                 "%s: '%s' is not a valid name (1-32 of A-Z a-z 0-9 _ . -)", o->name, v);
+                        return -EINVAL;
+                }
+                if (o->type == OPT_ADDR && !addr_valid(v)) {
+                        snprintf(x->reason, sizeof(x->reason), "%s: '%s' is not address:port", o->name, v);
+                        return -EINVAL;
+                }
+                if (o->type == OPT_ENUM) {
+                        size_t l = strlen(v);
+                        const char *c = o->choices;
+                        bool ok = false;
+                        while (c && *c && !ok) {
+                                size_t cl = strcspn(c, "|");
+                                ok = cl == l && l > 0 && !strncmp(c, v, l);
+                                c += cl + (c[cl] == '|');
+                        }
+                        if (!ok) {
+                                snprintf(x->reason, sizeof(x->reason), "%s: '%s' is not one of %s",
+                                         o->name, v, o->choices);
+                                return -EINVAL;
+                        }
+                }
+                strcpy((char *)dst, v);
+                return 0;
+        case OPT_U32: {
+                char *end;
+                errno = 0;
+                long long n = strtoll(v, &end, 10);
+                if (errno || end == v || *end) {
+                        snprintf(x->reason, sizeof(x->reason), "%s: '%s' is not a whole number",
+                                 o->name, v);
+                        return -EINVAL;
+                }
+                if (n < o->min || n > o->max) {
+                        snprintf(x->reason, sizeof(x->reason), "%s: %lld is out of range [%lld, %lld]",
+                                 o->name, n, o->min, o->max);
+                        return -EINVAL;
+                }
+                *(uint32_t *)dst = (uint32_t)n;
+                return 0;
+        }
+        case OPT_BOOL:
+                if (!strcmp(v, "yes") || !strcmp(v, "true") || !strcmp(v, "on") || !strcmp(v, "1"))
+                        *(bool *)dst = true;
+                else if (!strcmp(v, "no") || !strcmp(v, "false") || !strcmp(v, "off") || !strcmp(v, "0"))
+                        *(bool *)dst = false;
+                else {
+                        snprintf(x->reason, sizeof(x->reason), "%s: '%s' is not yes or no", o->name, v);
+                        return -EINVAL;
+                }
+                return 0;
+        }
+        return -EINVAL;
+}
+
+static bool mac_valid(const char *m)
+{
+        if (strlen(m) != 17)
+                return false;
+        for (int i = 0; i < 17; i++) {
+                if (i % 3 == 2 ? m[i] != ':' : !isxdigit((unsigned char)m[i]))
+                        return false;
+        }
+        /* unicast: the low bit of the first octet must be clear */
+        return (strtol(m, NULL, 16) & 1) == 0;
+}
+
+/* nic = mac=52:54:00:12:34:56[,bridge=br0][,model=virtio-net-pci] */
+static int parse_nic(struct load_ctx *x, const char *v)
+{
+        struct vm_config *c = x->vm;
+        if (c->n_nics >= CFG_MAX_NICS) {
+                snprintf(x->reason, sizeof(x->reason), "nic: at most %d NICs", CFG_MAX_NICS);
+                return -EINVAL;
+        }
+        struct cfg_nic n = { .model = "virtio-net-pci" };
+        char buf[256];
+        if (strlen(v) >= sizeof(buf))
+                goto bad;
+        strcpy(buf, v);
+        for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+                char *eq = strchr(tok, '=');
+                if (!eq)
+                        goto bad;
+                *eq++ = 0;
+                if (!strcmp(tok, "mac") && mac_valid(eq))
+                        strcpy(n.mac, eq);
+                else if (!strcmp(tok, "bridge") && strlen(eq) < sizeof(n.bridge) && *eq)
+                        strcpy(n.bridge, eq);
+                else if (!strcmp(tok, "model") && strlen(eq) < sizeof(n.model) && *eq)
+                        strcpy(n.model, eq);
+                else
+                        goto bad;
+        }
+        if (!n.mac[0])
+                goto bad;
+        c->nics[c->n_nics++] = n;
+        return 0;
+bad:
+        snprintf(x->reason, sizeof(x->reason),
+                 "nic: expected mac=52:54:00:xx:xx:xx[,bridge=NAME][,model=MODEL] (unicast MAC), got '%s'", v);
+        return -EINVAL;
+}
+
+static int parse_peer(struct load_ctx *x, const char *section, const char *name, const char *v)
+{
+        struct host_config *h = x->host;
+        const char *pname = section + 5;
+        if (!cfg_name_valid(pname)) {
+                snprintf(x->reason, sizeof(x->reason), "[%s]: '%s' is not a valid host name", section, pname);
+                return -EINVAL;
+        }
+        if (strcmp(name, "address")) {
+                snprintf(x->reason, sizeof(x->reason), "[%s]: unknown option '%s' (only 'address')",
+                         section, name);
+                return -EINVAL;
+        }
+        if (!addr_valid(v) || strlen(v) >= sizeof(h->peers[0].address)) {
+                snprintf(x->reason, sizeof(x->reason), "[%s] address: '%s' is not address:port", section, v);
+                return -EINVAL;
+        }
+        struct cfg_peer *p = NULL;
+        for (unsigned i = 0; i < h->n_peers; i++)
+                if (!strcmp(h->peers[i].name, pname))
+                        p = &h->peers[i];
+        if (!p) {
+                if (h->n_peers >= CFG_MAX_PEERS) {
+                        snprintf(x->reason, sizeof(x->reason), "at most %d peers", CFG_MAX_PEERS);
+                        return -EINVAL;
+                }
+                p = &h->peers[h->n_peers++];
+                strcpy(p->name, pname);
+        }
+        strcpy(p->address, v);
+        return 0;
+}
+
+static int handler(void *user, const char *section, const char *name, const char *value)
+{
+        struct load_ctx *x = user;
+        if (!name) /* a section header alone */
+                return 1;
+        if (x->host && !strncmp(section, "peer ", 5))
+                return parse_peer(x, section, name, value) == 0;
+        if (x->vm && !strcmp(section, "vm") && !strcmp(name, "nic"))
+                return parse_nic(x, value) == 0;
+        for (size_t i = 0; i < x->n_opts; i++) {
+                const struct opt *o = &x->opts[i];
+                if (strcmp(o->section, section) || strcmp(o->name, name))
+                        continue;
+                if (x->seen[i]) {
+                        snprintf(x->reason, sizeof(x->reason), "%s: set twice in [%s]", name, section);
+                        return 0;
+                }
+                x->seen[i] = true;
+                return set_value(x, o, value) == 0;
+        }
+        snprintf(x->reason, sizeof(x->reason), "unknown option '%s' in [%s]", name, section);
+        return 0;
+}
+
+static int load(const char *path, struct load_ctx *x, char *err, size_t errlen)
+{
+        /* defaults first, so a later error leaves nothing half set */
+        for (size_t i = 0; i < x->n_opts; i++)
+                if (x->opts[i].def && set_value(x, &x->opts[i], x->opts[i].def) < 0)
+                        return -EINVAL; /* a bad default is a bug in the table */
+        FILE *f = fopen(path, "re");
+        if (!f) {
+                int e = errno;
+                snprintf(err, errlen, "%s: cannot open: %s", path, strerror(e));
+                return -e;
+        }
+        int line = ini_parse_file(f, handler, x);
+        fclose(f);
+        if (line != 0) {
+                snprintf(err, errlen, "%s:%d: %s", path, line,
+                         x->reason[0] ? x->reason : "syntax error (expected [section] or key = value)");
+                return -EINVAL;
+        }
+        for (size_t i = 0; i < x->n_opts; i++) {
+                if (!x->opts[i].def && !x->seen[i]) {
+                        snprintf(err, errlen, "%s: missing required option '%s' in [%s]", path,
+                                 x->opts[i].name, x->opts[i].section);
+                        return -EINVAL;
+                }
+        }
+        return 0;
+}
+
+int vm_config_load(const char *path, struct vm_config *ret, char *err, size_t errlen)
+{
+        char dummy[8];
+        if (!err) {
+                err = dummy;
+                errlen = sizeof(dummy);
+        }
+        struct vm_config *c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        struct load_ctx x = { .opts = vm_opts, .n_opts = ARRAY_SIZE(vm_opts), .target = c, .vm = c };
+        int r = load(path, &x, err, errlen);
+        if (r < 0)
+                goto out;
+        r = -EINVAL;
+        const char *base = strrchr(path, '/');
+        base = base ? base + 1 : path;
+        size_t nl = strlen(c->name);
+        if (strncmp(base, c->name, nl) || strcmp(base + nl, ".conf")) {
+                snprintf(err, errlen, "%s: name '%s' does not match the file name (expected %s.conf)",
+                         path, c->name, c->name);
+                goto out;
+        }
+        if (!c->kernel[0] && !c->disk[0]) {
+                snprintf(err, errlen, "%s: [vm] needs 'kernel' or 'disk' to boot from", path);
+                goto out;
+        }
+        if ((c->initrd[0] || c->cmdline[0]) && !c->kernel[0]) {
+                snprintf(err, errlen, "%s: 'initrd' and 'cmdline' need 'kernel'", path);
+                goto out;
+        }
+        if (strlen(path) >= sizeof(c->source)) {
+                snprintf(err, errlen, "%s: path too long", path);
+                goto out;
+        }
+        strcpy(c->source, path);
+        *ret = *c;
+        r = 0;
+out:
+        free(c);
+        return r;
+}
+
+int host_config_load(const char *path, struct host_config *ret, char *err, size_t errlen)
+{
+        char dummy[8];
+        if (!err) {
+                err = dummy;
+                errlen = sizeof(dummy);
+        }
+        struct host_config *h = calloc(1, sizeof(*h));
+        if (!h)
+                return -ENOMEM;
+        struct load_ctx x = { .opts = host_opts, .n_opts = ARRAY_SIZE(host_opts), .target = h, .host = h };
+        int r = load(path, &x, err, errlen);
+        if (r == 0 && host_config_peer(h, h->name)) {
+                snprintf(err, errlen, "%s: [peer %s] names this host itself", path, h->name);
+                r = -EINVAL;
+        }
+        if (r == 0 && strlen(path) < sizeof(h->source)) {
+                strcpy(h->source, path);
+                *ret = *h;
+        }
+        free(h);
+        return r;
+}
+
+int vm_config_find(const struct host_config *h, const char *name,
+                   struct vm_config *ret, char *err, size_t errlen)
+{
+        if (!cfg_name_valid(name)) {
+                snprintf(err, errlen, "'%s' is not a valid VM name", name);
+                return -EINVAL;
+        }
+        char path[CFG_PATH_MAX + 64];
+        snprintf(path, sizeof(path), "%s/%s.conf", h->vm_dir, name);
+        int r = vm_config_load(path, ret, err, errlen);
+        if (r == -ENOENT)
+                snprintf(err, errlen, "unknown VM '%s': no definition %s", name, path);
+        return r;
+}
+
+const struct cfg_peer *host_config_peer(const struct host_config *h, const char *name)
+{
+        for (unsigned i = 0; i < h->n_peers; i++)
+                if (!strcmp(h->peers[i].name, name))
+                        return &h->peers[i];
+        return NULL;
+}
+
+uint64_t vm_config_digest(const struct vm_config *c)
+{
+        char buf[4096];
+        int n = snprintf(buf, sizeof(buf), "mem=%u;cpus=%u;machine=%s;cpu=%s;args=%s",
+                         c->memory_mib, c->vcpus, c->machine, c->cpu, c->qemu_args);
+        for (unsigned i = 0; i < c->n_nics && n < (int)sizeof(buf); i++)
+                n += snprintf(buf + n, sizeof(buf) - (size_t)n, ";nic=%s/%s", c->nics[i].mac,
+                              c->nics[i].model);
+        if (n >= (int)sizeof(buf))
+                n = (int)sizeof(buf) - 1;
+        return XXH64(buf, (size_t)n, 0);
+}
+
+static void print_table(FILE *f, const struct opt *opts, size_t n)
+{
+        static const char *const tn[] = { "string", "integer", "yes/no", "choice", "name", "address:port" };
+        for (size_t i = 0; i < n; i++) {
+                const struct opt *o = &opts[i];
+                fprintf(f, "[%s] %s (%s", o->section, o->name, tn[o->type]);
+                if (o->type == OPT_U32)
+                        fprintf(f, " %lld..%lld", o->min, o->max);
+                if (o->type == OPT_ENUM)
+                        fprintf(f, " %s", o->choices);
+                fprintf(f, ", %s%s%s)\n    %s\n", o->def ? "default '" : "required",
+                        o->def ? o->def : "", o->def ? "'" : "", o->help);
+        }
+}
+
+void config_print_reference(FILE *f)
+{
+        fprintf(f, "Host configuration (havms.conf):\n");
+        print_table(f, host_opts, ARRAY_SIZE(host_opts));
+        fprintf(f, "[peer NAME] address (address:port, required)\n"
+                   "    replication listener of peer host NAME\n\n");
+        fprintf(f, "VM definition (<vm_dir>/<name>.conf):\n");
+        print_table(f, vm_opts, ARRAY_SIZE(vm_opts));
+        fprintf(f, "[vm] nic (mac=52:54:00:xx:xx:xx[,bridge=NAME][,model=MODEL], repeatable, at most %d)\n"
+                   "    a NIC; its tap joins the host bridge NAME\n", CFG_MAX_NICS);
+}

@@ -1,0 +1,94 @@
+/* config: the host configuration (havms.conf) and the VM definitions
+ * (one file per VM, <vm_dir>/<name>.conf). Each option is declared once, in
+ * the tables in config.c: section, name, type, bounds, default, help. A bad
+ * file is refused as a whole with "file:line: reason"; nothing is half
+ * applied. `havmsctl check-config` runs exactly these checks.
+ */
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define CFG_NAME_MAX 33   /* 32 chars + NUL: host and VM names */
+#define CFG_PATH_MAX 256
+#define CFG_TEXT_MAX 1024
+#define CFG_MAX_NICS 4
+#define CFG_MAX_PEERS 8
+
+struct cfg_nic {
+        char mac[18];           /* "52:54:00:xx:xx:xx" */
+        char bridge[16];        /* host bridge the tap joins; "" = none */
+        char model[24];         /* QEMU NIC model, default virtio-net-pci */
+};
+
+enum cfg_on_peer_loss {
+        CFG_PEER_LOSS_CONTINUE, /* keep running unprotected, retry the peer */
+        CFG_PEER_LOSS_PAUSE,    /* pause the VM until the peer is back */
+};
+
+struct vm_config {
+        char name[CFG_NAME_MAX];
+        uint32_t memory_mib;
+        uint32_t vcpus;
+        char machine[32];
+        char cpu[32];
+        char accel[8];          /* "auto", "kvm" or "tcg" */
+        char kernel[CFG_PATH_MAX];
+        char initrd[CFG_PATH_MAX];
+        char cmdline[CFG_TEXT_MAX];
+        char disk[CFG_PATH_MAX]; /* boot disk image (raw), optional */
+        char qemu_args[CFG_TEXT_MAX];
+        char preferred_host[CFG_NAME_MAX];
+        struct cfg_nic nics[CFG_MAX_NICS];
+        unsigned n_nics;
+        /* [protection] */
+        char peer[CFG_NAME_MAX];
+        uint32_t epoch_ms;
+        char tracker[16];       /* "auto", "uffd-wp", "soft-dirty" */
+        uint32_t precopy_max_rounds;
+        uint32_t precopy_done_pages;
+        uint32_t ack_timeout_ms;
+        uint32_t reconnect_ms;
+        bool xor_delta;
+        char source[CFG_PATH_MAX]; /* file it came from */
+};
+
+struct cfg_peer {
+        char name[CFG_NAME_MAX];
+        char address[128];      /* "host:port" of the peer's replication listener */
+};
+
+struct host_config {
+        char name[CFG_NAME_MAX];
+        char listen[128];
+        char control_socket[CFG_PATH_MAX];
+        char state_dir[CFG_PATH_MAX];
+        char ram_dir[CFG_PATH_MAX];
+        char vm_dir[CFG_PATH_MAX];
+        char log_dir[CFG_PATH_MAX];
+        char qemu[CFG_PATH_MAX];
+        char uffd_preload[CFG_PATH_MAX];
+        struct cfg_peer peers[CFG_MAX_PEERS];
+        unsigned n_peers;
+        char source[CFG_PATH_MAX];
+};
+
+/* Load and validate. On error returns -EINVAL (or -errno for I/O) and, if
+ * err is given, writes "file:line: reason" into it. */
+int host_config_load(const char *path, struct host_config *ret, char *err, size_t errlen);
+int vm_config_load(const char *path, struct vm_config *ret, char *err, size_t errlen);
+/* Load <vm_dir>/<name>.conf; -ENOENT with a clear message if missing. */
+int vm_config_find(const struct host_config *h, const char *name,
+                   struct vm_config *ret, char *err, size_t errlen);
+
+const struct cfg_peer *host_config_peer(const struct host_config *h, const char *name);
+
+/* Digest of the settings that must match on both hosts of a pair (memory,
+ * CPUs, machine, device model), so a backup refuses a replica it could not
+ * run. */
+uint64_t vm_config_digest(const struct vm_config *c);
+
+bool cfg_name_valid(const char *s);
+
+/* Print every option with type, default, bounds and help (for docs). */
+void config_print_reference(FILE *f);

@@ -1,0 +1,324 @@
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+
+uint64_t now_ns(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t wall_ms(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+int wait_fd(int fd, short events, uint64_t deadline_ns)
+{
+        for (;;) {
+                int timeout = -1;
+                if (deadline_ns) {
+                        uint64_t now = now_ns();
+                        if (now >= deadline_ns)
+                                return -ETIMEDOUT;
+                        /* round up so we never spin on a sub-ms remainder */
+                        timeout = (int)((deadline_ns - now + 999999u) / 1000000u);
+                }
+                struct pollfd p = { .fd = fd, .events = events };
+                int r = poll(&p, 1, timeout);
+                if (r < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (r == 0)
+                        continue; /* re-check the deadline */
+                if (p.revents & POLLNVAL)
+                        return -EBADF;
+                return 0; /* readable, writable, or error/hangup: caller's I/O says which */
+        }
+}
+
+int read_full(int fd, void *buf, size_t len, uint64_t deadline_ns)
+{
+        uint8_t *p = buf;
+        while (len > 0) {
+                ssize_t n = read(fd, p, len);
+                if (n > 0) {
+                        p += n;
+                        len -= (size_t)n;
+                        continue;
+                }
+                if (n == 0)
+                        return -EPIPE;
+                if (errno == EINTR)
+                        continue;
+                if (errno != EAGAIN)
+                        return -errno;
+                int r = wait_fd(fd, POLLIN, deadline_ns);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+int write_full(int fd, const void *buf, size_t len, uint64_t deadline_ns)
+{
+        const uint8_t *p = buf;
+        while (len > 0) {
+                ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+                if (n < 0 && errno == ENOTSOCK)
+                        n = write(fd, p, len);
+                if (n > 0) {
+                        p += n;
+                        len -= (size_t)n;
+                        continue;
+                }
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0 && errno != EAGAIN)
+                        return -errno;
+                int r = wait_fd(fd, POLLOUT, deadline_ns);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+int set_nonblock(int fd, bool on)
+{
+        int fl = fcntl(fd, F_GETFL);
+        if (fl < 0)
+                return -errno;
+        fl = on ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
+        return fcntl(fd, F_SETFL, fl) < 0 ? -errno : 0;
+}
+
+int set_cloexec(int fd)
+{
+        int fl = fcntl(fd, F_GETFD);
+        if (fl < 0 || fcntl(fd, F_SETFD, fl | FD_CLOEXEC) < 0)
+                return -errno;
+        return 0;
+}
+
+static int split_hostport(const char *hostport, char *host, size_t hostsz,
+                          const char **ret_port)
+{
+        const char *colon = strrchr(hostport, ':');
+        if (!colon || colon == hostport || !colon[1])
+                return -EINVAL;
+        size_t hl = (size_t)(colon - hostport);
+        if (hl >= hostsz)
+                return -EINVAL;
+        memcpy(host, hostport, hl);
+        host[hl] = 0;
+        *ret_port = colon + 1;
+        return 0;
+}
+
+static int resolve(const char *hostport, bool passive, struct addrinfo **ret)
+{
+        char host[256];
+        const char *port;
+        int r = split_hostport(hostport, host, sizeof(host), &port);
+        if (r < 0)
+                return r;
+        struct addrinfo hints = {
+                .ai_family = AF_INET,
+                .ai_socktype = SOCK_STREAM,
+                .ai_flags = passive ? AI_PASSIVE : 0,
+        };
+        const char *h = (passive && (!strcmp(host, "*") || !strcmp(host, "0.0.0.0"))) ? NULL : host;
+        if (getaddrinfo(h, port, &hints, ret) != 0)
+                return -EHOSTUNREACH;
+        return 0;
+}
+
+static void tcp_tune(int fd)
+{
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        /* A dead peer must be noticed even when we are only waiting. */
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+        int idle = 2, intvl = 1, cnt = 3;
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+        unsigned tmo = 3000;
+        setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &tmo, sizeof(tmo));
+}
+
+int tcp_connect(const char *hostport, uint64_t deadline_ns, int *ret_fd)
+{
+        struct addrinfo *ai = NULL;
+        int r = resolve(hostport, false, &ai);
+        if (r < 0)
+                return r;
+        int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0) {
+                r = -errno;
+                goto out;
+        }
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
+                if (errno != EINPROGRESS) {
+                        r = -errno;
+                        goto out;
+                }
+                r = wait_fd(fd, POLLOUT, deadline_ns);
+                if (r < 0)
+                        goto out;
+                int err = 0;
+                socklen_t el = sizeof(err);
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
+                if (err) {
+                        r = -err;
+                        goto out;
+                }
+        }
+        tcp_tune(fd);
+        *ret_fd = fd;
+        fd = -1;
+        r = 0;
+out:
+        if (fd >= 0)
+                close(fd);
+        freeaddrinfo(ai);
+        return r;
+}
+
+int tcp_listen(const char *hostport, int *ret_fd)
+{
+        struct addrinfo *ai = NULL;
+        int r = resolve(hostport, true, &ai);
+        if (r < 0)
+                return r;
+        int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0) {
+                r = -errno;
+                goto out;
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 16) < 0) {
+                r = -errno;
+                goto out;
+        }
+        *ret_fd = fd;
+        fd = -1;
+        r = 0;
+out:
+        if (fd >= 0)
+                close(fd);
+        freeaddrinfo(ai);
+        return r;
+}
+
+int tcp_accept(int lfd, int *ret_fd)
+{
+        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0)
+                return -errno;
+        tcp_tune(fd);
+        *ret_fd = fd;
+        return 0;
+}
+
+int mkdir_p(const char *path, unsigned mode)
+{
+        char buf[4096];
+        if (strlen(path) >= sizeof(buf))
+                return -ENAMETOOLONG;
+        strcpy(buf, path);
+        for (char *p = buf + 1; *p; p++) {
+                if (*p != '/')
+                        continue;
+                *p = 0;
+                if (mkdir(buf, mode) < 0 && errno != EEXIST)
+                        return -errno;
+                *p = '/';
+        }
+        if (mkdir(buf, mode) < 0 && errno != EEXIST)
+                return -errno;
+        return 0;
+}
+
+int write_file_atomic(const char *path, const void *data, size_t len)
+{
+        char tmp[4096];
+        if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+                return -ENAMETOOLONG;
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0)
+                return -errno;
+        int r = write_full(fd, data, len, 0);
+        if (r == 0 && fsync(fd) < 0)
+                r = -errno;
+        if (close(fd) < 0 && r == 0)
+                r = -errno;
+        if (r == 0 && rename(tmp, path) < 0)
+                r = -errno;
+        if (r < 0)
+                unlink(tmp);
+        return r;
+}
+
+int read_file(const char *path, size_t max, void **ret_buf, size_t *ret_len)
+{
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        size_t cap = 4096, len = 0;
+        uint8_t *buf = malloc(cap + 1);
+        int r = 0;
+        if (!buf) {
+                r = -ENOMEM;
+                goto out;
+        }
+        for (;;) {
+                if (len == cap) {
+                        if (cap >= max) {
+                                r = -EFBIG;
+                                goto out;
+                        }
+                        cap = cap * 2 > max ? max : cap * 2;
+                        uint8_t *nb = realloc(buf, cap + 1);
+                        if (!nb) {
+                                r = -ENOMEM;
+                                goto out;
+                        }
+                        buf = nb;
+                }
+                ssize_t n = read(fd, buf + len, cap - len);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0) {
+                        r = -errno;
+                        goto out;
+                }
+                if (n == 0)
+                        break;
+                len += (size_t)n;
+        }
+        buf[len] = 0; /* convenient for text files */
+        *ret_buf = buf;
+        *ret_len = len;
+        buf = NULL;
+out:
+        free(buf);
+        close(fd);
+        return r;
+}

@@ -1,0 +1,47 @@
+/* util: small helpers shared by every component: monotonic time, I/O with
+ * deadlines, cleanup attributes. No logging, no global state.
+ */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define HAVMS_PAGE_SIZE 4096u
+
+/* Monotonic clock. */
+uint64_t now_ns(void);
+static inline uint64_t now_ms(void) { return now_ns() / 1000000u; }
+/* Wall clock, for timestamps shown to operators. */
+uint64_t wall_ms(void);
+
+/* Read exactly len bytes or fail. deadline_ns is a now_ns() value, 0 for
+ * none. Returns 0, -ETIMEDOUT, -EPIPE (EOF before len) or -errno. */
+int read_full(int fd, void *buf, size_t len, uint64_t deadline_ns);
+/* Write exactly len bytes or fail (same return convention). */
+int write_full(int fd, const void *buf, size_t len, uint64_t deadline_ns);
+/* Wait until fd is readable (events=POLLIN) or writable (POLLOUT). */
+int wait_fd(int fd, short events, uint64_t deadline_ns);
+
+int set_nonblock(int fd, bool on);
+int set_cloexec(int fd);
+
+/* Parse "host:port" (IPv4 or a name) into a connected / listening TCP fd. */
+int tcp_connect(const char *hostport, uint64_t deadline_ns, int *ret_fd);
+int tcp_listen(const char *hostport, int *ret_fd);
+int tcp_accept(int listen_fd, int *ret_fd);
+
+/* Make every directory of path (mkdir -p). */
+int mkdir_p(const char *path, unsigned mode);
+
+/* Write data to path atomically (tmp file + fsync + rename). */
+int write_file_atomic(const char *path, const void *data, size_t len);
+/* Read a whole file (up to max bytes) into a malloc'd buffer. */
+int read_file(const char *path, size_t max, void **ret_buf, size_t *ret_len);
+
+static inline void freep(void *p) { free(*(void **)p); }
+static inline void closep(int *fd) { if (*fd >= 0) close(*fd); }
+#define _cleanup_free_ __attribute__((cleanup(freep)))
+#define _cleanup_close_ __attribute__((cleanup(closep)))

@@ -1,0 +1,498 @@
+#include "wire.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH64_state_t on the stack */
+#include <xxhash.h>
+
+#include "util.h"
+
+#define PAGE_ENTRY_HDR 16 /* pfn u64, enc u8, pad[3], len u32 */
+
+static void put_le16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+static void put_le32(uint8_t *p, uint32_t v)
+{
+        for (int i = 0; i < 4; i++)
+                p[i] = (uint8_t)(v >> (8 * i));
+}
+static void put_le64(uint8_t *p, uint64_t v)
+{
+        for (int i = 0; i < 8; i++)
+                p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint16_t get_le16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+static uint32_t get_le32(const uint8_t *p)
+{
+        return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t get_le64(const uint8_t *p)
+{
+        return (uint64_t)get_le32(p) | (uint64_t)get_le32(p + 4) << 32;
+}
+
+static uint64_t record_checksum(const uint8_t *hdr, const void *payload, size_t len)
+{
+        XXH64_state_t st;
+        XXH64_reset(&st, 0);
+        XXH64_update(&st, hdr, 24);
+        if (len)
+                XXH64_update(&st, payload, len);
+        return XXH64_digest(&st);
+}
+
+/* ---- building ---- */
+
+void wire_buf_free(struct wire_buf *b)
+{
+        if (!b)
+                return;
+        free(b->data);
+        *b = (struct wire_buf){ 0 };
+}
+
+void wire_buf_reset(struct wire_buf *b)
+{
+        b->len = 0;
+        b->rec_start = 0;
+}
+
+int wire_buf_reserve(struct wire_buf *b, size_t extra)
+{
+        if (b->len + extra <= b->cap)
+                return 0;
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + extra)
+                cap *= 2;
+        uint8_t *p = realloc(b->data, cap);
+        if (!p)
+                return -ENOMEM;
+        b->data = p;
+        b->cap = cap;
+        return 0;
+}
+
+int wire_begin(struct wire_buf *b, enum wire_type type, uint64_t epoch)
+{
+        int r = wire_buf_reserve(b, WIRE_HDR_SIZE);
+        if (r < 0)
+                return r;
+        b->rec_start = b->len;
+        uint8_t *h = b->data + b->len;
+        memset(h, 0, WIRE_HDR_SIZE);
+        put_le32(h, WIRE_MAGIC);
+        put_le16(h + 4, WIRE_VERSION);
+        put_le16(h + 6, (uint16_t)type);
+        put_le64(h + 16, epoch);
+        b->len += WIRE_HDR_SIZE;
+        return 0;
+}
+
+int wire_put_space(struct wire_buf *b, size_t n, uint8_t **ret_p)
+{
+        if (wire_cur_payload(b) + n > WIRE_MAX_PAYLOAD)
+                return -EMSGSIZE;
+        int r = wire_buf_reserve(b, n);
+        if (r < 0)
+                return r;
+        *ret_p = b->data + b->len;
+        b->len += n;
+        return 0;
+}
+
+int wire_put_bytes(struct wire_buf *b, const void *p, size_t n)
+{
+        uint8_t *dst;
+        int r = wire_put_space(b, n, &dst);
+        if (r < 0)
+                return r;
+        if (n)
+                memcpy(dst, p, n);
+        return 0;
+}
+
+int wire_put_u8(struct wire_buf *b, uint8_t v) { return wire_put_bytes(b, &v, 1); }
+
+int wire_put_u32(struct wire_buf *b, uint32_t v)
+{
+        uint8_t t[4];
+        put_le32(t, v);
+        return wire_put_bytes(b, t, 4);
+}
+
+int wire_put_u64(struct wire_buf *b, uint64_t v)
+{
+        uint8_t t[8];
+        put_le64(t, v);
+        return wire_put_bytes(b, t, 8);
+}
+
+size_t wire_cur_payload(const struct wire_buf *b)
+{
+        return b->len - b->rec_start - WIRE_HDR_SIZE;
+}
+
+int wire_finish(struct wire_buf *b)
+{
+        uint8_t *h = b->data + b->rec_start;
+        size_t plen = wire_cur_payload(b);
+        if (plen > WIRE_MAX_PAYLOAD)
+                return -EMSGSIZE;
+        put_le32(h + 8, (uint32_t)plen);
+        uint16_t type = get_le16(h + 6);
+        if (type == WIRE_SYNC_PAGES || type == WIRE_EPOCH_PAGES) {
+                /* patch the entry count counted by wire_pages_add */
+                uint8_t *cnt = h + WIRE_HDR_SIZE;
+                put_le32(cnt, get_le32(cnt + 4));
+                put_le32(cnt + 4, 0);
+        }
+        put_le64(h + 24, record_checksum(h, h + WIRE_HDR_SIZE, plen));
+        b->rec_start = b->len;
+        return 0;
+}
+
+static void put_name(uint8_t *dst, const char *s)
+{
+        memset(dst, 0, WIRE_NAME_LEN);
+        memcpy(dst, s, strnlen(s, WIRE_NAME_LEN - 1));
+}
+
+int wire_put_hello(struct wire_buf *b, const struct wire_hello *h)
+{
+        uint8_t *p;
+        int r = wire_begin(b, WIRE_HELLO, 0);
+        if (r == 0)
+                r = wire_put_space(b, 24 + 2 * WIRE_NAME_LEN, &p);
+        if (r < 0)
+                return r;
+        put_le32(p, h->page_size);
+        put_le32(p + 4, h->flags);
+        put_le64(p + 8, h->ram_bytes);
+        put_le64(p + 16, h->config_digest);
+        put_name(p + 24, h->vm);
+        put_name(p + 24 + WIRE_NAME_LEN, h->host);
+        return wire_finish(b);
+}
+
+int wire_put_welcome(struct wire_buf *b, const struct wire_welcome *w)
+{
+        int r = wire_begin(b, WIRE_WELCOME, 0);
+        if (r == 0)
+                r = wire_put_u64(b, w->last_committed);
+        if (r == 0)
+                r = wire_put_u32(b, w->flags);
+        return r < 0 ? r : wire_finish(b);
+}
+
+int wire_put_epoch_end(struct wire_buf *b, uint64_t epoch, const struct wire_epoch_end *e)
+{
+        int r = wire_begin(b, WIRE_EPOCH_END, epoch);
+        if (r == 0)
+                r = wire_put_u64(b, e->pages);
+        if (r == 0)
+                r = wire_put_u64(b, e->devstate_bytes);
+        if (r == 0)
+                r = wire_put_u64(b, e->stop_wall_ms);
+        return r < 0 ? r : wire_finish(b);
+}
+
+int wire_put_ack(struct wire_buf *b, uint64_t epoch, const struct wire_ack *a)
+{
+        int r = wire_begin(b, WIRE_ACK, epoch);
+        if (r == 0)
+                r = wire_put_u64(b, a->pages_applied);
+        return r < 0 ? r : wire_finish(b);
+}
+
+int wire_put_error(struct wire_buf *b, uint32_t code, const char *text)
+{
+        size_t n = strnlen(text, WIRE_ERROR_TEXT_MAX - 1);
+        int r = wire_begin(b, WIRE_ERROR, 0);
+        if (r == 0)
+                r = wire_put_u32(b, code);
+        if (r == 0)
+                r = wire_put_bytes(b, text, n);
+        return r < 0 ? r : wire_finish(b);
+}
+
+int wire_pages_begin(struct wire_buf *b, enum wire_type type, uint64_t epoch)
+{
+        if (type != WIRE_SYNC_PAGES && type != WIRE_EPOCH_PAGES)
+                return -EINVAL;
+        int r = wire_begin(b, type, epoch);
+        if (r == 0)
+                r = wire_put_u32(b, 0); /* count, patched by wire_finish */
+        if (r == 0)
+                r = wire_put_u32(b, 0); /* running count while building */
+        return r;
+}
+
+int wire_pages_add(struct wire_buf *b, uint64_t pfn, uint8_t enc, const void *data, uint32_t len)
+{
+        uint8_t *p;
+        int r = wire_put_space(b, PAGE_ENTRY_HDR + len, &p);
+        if (r < 0)
+                return r;
+        put_le64(p, pfn);
+        p[8] = enc;
+        p[9] = p[10] = p[11] = 0;
+        put_le32(p + 12, len);
+        if (len)
+                memcpy(p + PAGE_ENTRY_HDR, data, len);
+        uint8_t *running = b->data + b->rec_start + WIRE_HDR_SIZE + 4;
+        put_le32(running, get_le32(running) + 1);
+        return 0;
+}
+
+int wire_put_devstate(struct wire_buf *b, uint64_t epoch, const struct wire_devstate *d)
+{
+        uint8_t *p;
+        int r = wire_begin(b, WIRE_EPOCH_DEVSTATE, epoch);
+        if (r == 0)
+                r = wire_put_space(b, 16, &p);
+        if (r < 0)
+                return r;
+        put_le64(p, d->offset);
+        put_le32(p + 8, d->raw_len);
+        p[12] = d->enc;
+        p[13] = p[14] = p[15] = 0;
+        r = wire_put_bytes(b, d->data, d->len);
+        return r < 0 ? r : wire_finish(b);
+}
+
+/* ---- reading ---- */
+
+int wire_hdr_decode(const uint8_t raw[WIRE_HDR_SIZE], struct wire_hdr *ret)
+{
+        struct wire_hdr h = {
+                .version = get_le16(raw + 4),
+                .type = get_le16(raw + 6),
+                .length = get_le32(raw + 8),
+                .flags = get_le32(raw + 12),
+                .epoch = get_le64(raw + 16),
+                .checksum = get_le64(raw + 24),
+        };
+        if (get_le32(raw) != WIRE_MAGIC || h.version != WIRE_VERSION)
+                return -EBADMSG;
+        if (h.type < 1 || h.type > WIRE_TYPE_MAX || h.flags != 0)
+                return -EBADMSG;
+        if (h.length > WIRE_MAX_PAYLOAD)
+                return -EBADMSG;
+        *ret = h;
+        return 0;
+}
+
+int wire_verify(const uint8_t raw[WIRE_HDR_SIZE], const void *payload, size_t len)
+{
+        return record_checksum(raw, payload, len) == get_le64(raw + 24) ? 0 : -EBADMSG;
+}
+
+void wire_msg_free(struct wire_msg *m)
+{
+        if (!m)
+                return;
+        free(m->payload);
+        *m = (struct wire_msg){ 0 };
+}
+
+int wire_recv(int fd, uint64_t deadline_ns, struct wire_msg *m)
+{
+        uint8_t raw[WIRE_HDR_SIZE];
+        struct wire_hdr h;
+        int r = read_full(fd, raw, sizeof(raw), deadline_ns);
+        if (r < 0)
+                return r;
+        r = wire_hdr_decode(raw, &h);
+        if (r < 0)
+                return r;
+        if (h.length > m->cap) {
+                uint8_t *p = realloc(m->payload, h.length);
+                if (!p)
+                        return -ENOMEM;
+                m->payload = p;
+                m->cap = h.length;
+        }
+        r = read_full(fd, m->payload, h.length, deadline_ns);
+        if (r < 0)
+                return r;
+        r = wire_verify(raw, m->payload, h.length);
+        if (r < 0)
+                return r;
+        m->hdr = h;
+        return 0;
+}
+
+int wire_parse(const uint8_t *data, size_t len, struct wire_hdr *ret_hdr,
+               const uint8_t **ret_payload, size_t *ret_used)
+{
+        struct wire_hdr h;
+        if (len < WIRE_HDR_SIZE)
+                return -EAGAIN;
+        int r = wire_hdr_decode(data, &h);
+        if (r < 0)
+                return r;
+        if (len - WIRE_HDR_SIZE < h.length)
+                return -EAGAIN;
+        r = wire_verify(data, data + WIRE_HDR_SIZE, h.length);
+        if (r < 0)
+                return r;
+        *ret_hdr = h;
+        *ret_payload = data + WIRE_HDR_SIZE;
+        *ret_used = WIRE_HDR_SIZE + h.length;
+        return 0;
+}
+
+static int expect(const struct wire_msg *m, uint16_t type, size_t min_len)
+{
+        if (m->hdr.type != type || m->hdr.length < min_len)
+                return -EBADMSG;
+        return 0;
+}
+
+static void get_name(char *dst, const uint8_t *src)
+{
+        memcpy(dst, src, WIRE_NAME_LEN);
+        dst[WIRE_NAME_LEN - 1] = 0;
+}
+
+int wire_get_hello(const struct wire_msg *m, struct wire_hello *ret)
+{
+        int r = expect(m, WIRE_HELLO, 24 + 2 * WIRE_NAME_LEN);
+        if (r < 0 || m->hdr.length != 24 + 2 * WIRE_NAME_LEN)
+                return -EBADMSG;
+        const uint8_t *p = m->payload;
+        ret->page_size = get_le32(p);
+        ret->flags = get_le32(p + 4);
+        ret->ram_bytes = get_le64(p + 8);
+        ret->config_digest = get_le64(p + 16);
+        get_name(ret->vm, p + 24);
+        get_name(ret->host, p + 24 + WIRE_NAME_LEN);
+        return 0;
+}
+
+int wire_get_welcome(const struct wire_msg *m, struct wire_welcome *ret)
+{
+        if (expect(m, WIRE_WELCOME, 12) < 0 || m->hdr.length != 12)
+                return -EBADMSG;
+        ret->last_committed = get_le64(m->payload);
+        ret->flags = get_le32(m->payload + 8);
+        return 0;
+}
+
+int wire_get_epoch_end(const struct wire_msg *m, struct wire_epoch_end *ret)
+{
+        if (expect(m, WIRE_EPOCH_END, 24) < 0 || m->hdr.length != 24)
+                return -EBADMSG;
+        ret->pages = get_le64(m->payload);
+        ret->devstate_bytes = get_le64(m->payload + 8);
+        ret->stop_wall_ms = get_le64(m->payload + 16);
+        return 0;
+}
+
+int wire_get_ack(const struct wire_msg *m, struct wire_ack *ret)
+{
+        if (expect(m, WIRE_ACK, 8) < 0 || m->hdr.length != 8)
+                return -EBADMSG;
+        ret->pages_applied = get_le64(m->payload);
+        return 0;
+}
+
+int wire_get_error(const struct wire_msg *m, struct wire_error *ret)
+{
+        if (expect(m, WIRE_ERROR, 4) < 0 || m->hdr.length > 4 + WIRE_ERROR_TEXT_MAX - 1)
+                return -EBADMSG;
+        ret->code = get_le32(m->payload);
+        size_t n = m->hdr.length - 4;
+        memcpy(ret->text, m->payload + 4, n);
+        ret->text[n] = 0;
+        return 0;
+}
+
+int wire_get_devstate(const struct wire_msg *m, struct wire_devstate *ret)
+{
+        if (expect(m, WIRE_EPOCH_DEVSTATE, 16) < 0)
+                return -EBADMSG;
+        const uint8_t *p = m->payload;
+        struct wire_devstate d = {
+                .offset = get_le64(p),
+                .raw_len = get_le32(p + 8),
+                .enc = p[12],
+                .len = m->hdr.length - 16,
+                .data = p + 16,
+        };
+        if (p[13] || p[14] || p[15])
+                return -EBADMSG;
+        if (d.enc != WIRE_PAGE_RAW && d.enc != WIRE_PAGE_LZ4)
+                return -EBADMSG;
+        if (d.enc == WIRE_PAGE_RAW && d.len != d.raw_len)
+                return -EBADMSG;
+        if (d.raw_len > WIRE_MAX_PAYLOAD || d.offset > (1ull << 40))
+                return -EBADMSG;
+        *ret = d;
+        return 0;
+}
+
+int wire_pages_iter_init(struct wire_pages_iter *it, const struct wire_msg *m)
+{
+        if (m->hdr.type != WIRE_SYNC_PAGES && m->hdr.type != WIRE_EPOCH_PAGES)
+                return -EBADMSG;
+        if (m->hdr.length < 8)
+                return -EBADMSG;
+        it->left = get_le32(m->payload);
+        if (get_le32(m->payload + 4) != 0)
+                return -EBADMSG;
+        it->p = m->payload + 8;
+        it->end = m->payload + m->hdr.length;
+        return 0;
+}
+
+static bool page_len_ok(uint8_t enc, uint32_t len)
+{
+        switch (enc) {
+        case WIRE_PAGE_ZERO: return len == 0;
+        case WIRE_PAGE_RAW: return len == HAVMS_PAGE_SIZE;
+        case WIRE_PAGE_LZ4:
+        case WIRE_PAGE_XOR_LZ4: return len > 0 && len < HAVMS_PAGE_SIZE;
+        default: return false;
+        }
+}
+
+int wire_pages_next(struct wire_pages_iter *it, struct wire_page *ret)
+{
+        size_t avail = (size_t)(it->end - it->p);
+        if (it->left == 0)
+                return avail == 0 ? 0 : -EBADMSG; /* trailing bytes */
+        if (avail < PAGE_ENTRY_HDR)
+                return -EBADMSG;
+        struct wire_page pg = {
+                .pfn = get_le64(it->p),
+                .enc = it->p[8],
+                .len = get_le32(it->p + 12),
+                .data = it->p + PAGE_ENTRY_HDR,
+        };
+        if (it->p[9] || it->p[10] || it->p[11] || !page_len_ok(pg.enc, pg.len))
+                return -EBADMSG;
+        if (avail - PAGE_ENTRY_HDR < pg.len)
+                return -EBADMSG;
+        it->p += PAGE_ENTRY_HDR + pg.len;
+        it->left--;
+        *ret = pg;
+        return 1;
+}
+
+const char *wire_type_name(uint16_t type)
+{
+        static const char *const names[] = {
+                [WIRE_HELLO] = "HELLO",
+                [WIRE_WELCOME] = "WELCOME",
+                [WIRE_SYNC_PAGES] = "SYNC_PAGES",
+                [WIRE_EPOCH_PAGES] = "EPOCH_PAGES",
+                [WIRE_EPOCH_DEVSTATE] = "EPOCH_DEVSTATE",
+                [WIRE_EPOCH_END] = "EPOCH_END",
+                [WIRE_ACK] = "ACK",
+                [WIRE_ERROR] = "ERROR",
+        };
+        if (type < ARRAY_SIZE(names) && names[type])
+                return names[type];
+        return "UNKNOWN";
+}

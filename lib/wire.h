@@ -1,0 +1,201 @@
+/* wire: the replication protocol between a primary and its backup, declared
+ * once. Every record is a fixed 32-byte header and a payload:
+ *
+ *   offset size  field
+ *   0      4     magic    "HVMS" (0x534d5648 little-endian)
+ *   4      2     version  WIRE_VERSION
+ *   6      2     type     enum wire_type
+ *   8      4     length   payload bytes, <= WIRE_MAX_PAYLOAD
+ *   12     4     flags    0 (reserved; receivers reject non-zero)
+ *   16     8     epoch    epoch the record belongs to (0 = none / pre-copy)
+ *   24     8     checksum XXH64 of bytes 0..23 followed by the payload
+ *
+ * All integers are little-endian. A receiver reads the header, checks magic,
+ * version, type, flags and length BEFORE it allocates or reads the payload,
+ * then checks the checksum before it looks inside. Payload layouts are in
+ * docs/wire.md; every parser here checks sizes before it reads.
+ *
+ * Owns: encoding/decoding and validation. Does not own: sockets policy,
+ * what a record means for the replica (checkpointd does that).
+ */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define WIRE_MAGIC 0x534d5648u
+#define WIRE_VERSION 1
+#define WIRE_HDR_SIZE 32
+#define WIRE_MAX_PAYLOAD (16u << 20)
+#define WIRE_NAME_LEN 64
+#define WIRE_ERROR_TEXT_MAX 512
+
+enum wire_type {
+        WIRE_HELLO = 1,          /* P->B: who I am, what I protect */
+        WIRE_WELCOME = 2,        /* B->P: accepted, ready for pre-copy */
+        WIRE_SYNC_PAGES = 3,     /* P->B: pre-copy pages, applied at once */
+        WIRE_EPOCH_PAGES = 4,    /* P->B: pages of epoch N, staged */
+        WIRE_EPOCH_DEVSTATE = 5, /* P->B: device state chunk of epoch N, staged */
+        WIRE_EPOCH_END = 6,      /* P->B: epoch N is complete: commit it */
+        WIRE_ACK = 7,            /* B->P: epoch N is committed in the replica */
+        WIRE_ERROR = 8,          /* either way: refusal with a reason, then close */
+        WIRE_TYPE_MAX = 8,
+};
+
+/* Page encodings inside SYNC_PAGES / EPOCH_PAGES. */
+enum wire_page_enc {
+        WIRE_PAGE_ZERO = 0,    /* all zero, no data */
+        WIRE_PAGE_RAW = 1,     /* 4096 bytes */
+        WIRE_PAGE_LZ4 = 2,     /* LZ4 block of the page */
+        WIRE_PAGE_XOR_LZ4 = 3, /* LZ4 block of (page XOR replica's copy) */
+        WIRE_PAGE_ENC_MAX = 3,
+};
+
+/* Error codes carried by WIRE_ERROR (stable, documented in docs/wire.md). */
+enum wire_err {
+        WIRE_ERR_PROTOCOL = 1, /* malformed or unexpected record */
+        WIRE_ERR_UNKNOWN_VM = 2,
+        WIRE_ERR_MISMATCH = 3, /* memory size / config differs */
+        WIRE_ERR_BUSY = 4,     /* backup is active or already has a primary */
+        WIRE_ERR_NOSPACE = 5,  /* backup cannot store the replica */
+        WIRE_ERR_INTERNAL = 6,
+        WIRE_ERR_SHUTDOWN = 7, /* primary ended protection: discard the replica */
+};
+
+struct wire_hdr {
+        uint16_t version;
+        uint16_t type;
+        uint32_t length;
+        uint32_t flags;
+        uint64_t epoch;
+        uint64_t checksum;
+};
+
+struct wire_hello {
+        uint32_t page_size;
+        uint32_t flags;
+        uint64_t ram_bytes;
+        uint64_t config_digest;
+        char vm[WIRE_NAME_LEN];   /* NUL-terminated on decode */
+        char host[WIRE_NAME_LEN]; /* NUL-terminated on decode */
+};
+
+struct wire_welcome {
+        uint64_t last_committed; /* epoch the backup holds, 0 if none */
+        uint32_t flags;
+};
+
+struct wire_epoch_end {
+        uint64_t pages;          /* page entries sent in this epoch */
+        uint64_t devstate_bytes; /* total device state bytes (decoded) */
+        uint64_t stop_wall_ms;   /* primary's wall clock when it stopped the VM */
+};
+
+struct wire_ack {
+        uint64_t pages_applied;
+};
+
+struct wire_error {
+        uint32_t code;
+        char text[WIRE_ERROR_TEXT_MAX]; /* NUL-terminated on decode */
+};
+
+/* One page entry in a PAGES payload. data points into the payload. */
+struct wire_page {
+        uint64_t pfn;
+        uint8_t enc;
+        uint32_t len;
+        const uint8_t *data;
+};
+
+/* One DEVSTATE chunk: bytes [offset, offset+raw_len) of the device state,
+ * LZ4-compressed when enc == WIRE_PAGE_LZ4, raw when WIRE_PAGE_RAW. */
+struct wire_devstate {
+        uint64_t offset;
+        uint32_t raw_len;
+        uint8_t enc;
+        uint32_t len;
+        const uint8_t *data;
+};
+
+/* ---- building records ---- */
+
+/* A growable buffer holding one or more complete records. */
+struct wire_buf {
+        uint8_t *data;
+        size_t len;
+        size_t cap;
+        size_t rec_start; /* offset of the record being built */
+};
+
+void wire_buf_free(struct wire_buf *b);
+void wire_buf_reset(struct wire_buf *b);
+int wire_buf_reserve(struct wire_buf *b, size_t extra);
+/* Start a record; fields and bytes are appended with wire_put_*; finish
+ * fills in length and checksum. */
+int wire_begin(struct wire_buf *b, enum wire_type type, uint64_t epoch);
+int wire_put_u8(struct wire_buf *b, uint8_t v);
+int wire_put_u32(struct wire_buf *b, uint32_t v);
+int wire_put_u64(struct wire_buf *b, uint64_t v);
+int wire_put_bytes(struct wire_buf *b, const void *p, size_t n);
+/* Reserve n bytes at the end and return a pointer to write them into. */
+int wire_put_space(struct wire_buf *b, size_t n, uint8_t **ret_p);
+int wire_finish(struct wire_buf *b);
+/* Bytes of the record being built (payload only). */
+size_t wire_cur_payload(const struct wire_buf *b);
+
+int wire_put_hello(struct wire_buf *b, const struct wire_hello *h);
+int wire_put_welcome(struct wire_buf *b, const struct wire_welcome *w);
+int wire_put_epoch_end(struct wire_buf *b, uint64_t epoch, const struct wire_epoch_end *e);
+int wire_put_ack(struct wire_buf *b, uint64_t epoch, const struct wire_ack *a);
+int wire_put_error(struct wire_buf *b, uint32_t code, const char *text);
+/* PAGES record: begin with wire_pages_begin, add entries, wire_finish.
+ * The entry count is patched in by wire_finish. */
+int wire_pages_begin(struct wire_buf *b, enum wire_type type, uint64_t epoch);
+int wire_pages_add(struct wire_buf *b, uint64_t pfn, uint8_t enc, const void *data, uint32_t len);
+int wire_put_devstate(struct wire_buf *b, uint64_t epoch, const struct wire_devstate *d);
+
+/* ---- reading records ---- */
+
+/* Decode and validate a raw 32-byte header (everything except the
+ * checksum, which needs the payload). */
+int wire_hdr_decode(const uint8_t raw[WIRE_HDR_SIZE], struct wire_hdr *ret);
+/* Check the checksum of a header + payload pair. -EBADMSG if wrong. */
+int wire_verify(const uint8_t raw[WIRE_HDR_SIZE], const void *payload, size_t len);
+
+/* A received, verified record. payload is owned by the msg. */
+struct wire_msg {
+        struct wire_hdr hdr;
+        uint8_t *payload;
+        size_t cap;
+};
+void wire_msg_free(struct wire_msg *m);
+/* Read one record from fd (blocking up to deadline_ns, 0 = none).
+ * Returns 0, -EBADMSG (corrupt: bad magic/version/type/flags/length or
+ * checksum), -EPIPE (EOF; a record cut short is -EPIPE too), -ETIMEDOUT,
+ * or -errno. After any error the stream is unusable. */
+int wire_recv(int fd, uint64_t deadline_ns, struct wire_msg *m);
+/* Parse the payload of a record held in a buffer (as wire_recv does, for
+ * tests and fuzzing): data/len hold header + payload. *ret_used is the
+ * record's size. -EAGAIN if more bytes are needed. */
+int wire_parse(const uint8_t *data, size_t len, struct wire_hdr *ret_hdr,
+               const uint8_t **ret_payload, size_t *ret_used);
+
+int wire_get_hello(const struct wire_msg *m, struct wire_hello *ret);
+int wire_get_welcome(const struct wire_msg *m, struct wire_welcome *ret);
+int wire_get_epoch_end(const struct wire_msg *m, struct wire_epoch_end *ret);
+int wire_get_ack(const struct wire_msg *m, struct wire_ack *ret);
+int wire_get_error(const struct wire_msg *m, struct wire_error *ret);
+int wire_get_devstate(const struct wire_msg *m, struct wire_devstate *ret);
+
+/* Iterate page entries of a PAGES payload. The count is checked against
+ * the entries present: a mismatch or an entry running past the end is
+ * -EBADMSG. Returns 1 with *ret filled, 0 at the end, or -EBADMSG. */
+struct wire_pages_iter {
+        const uint8_t *p, *end;
+        uint32_t left;
+};
+int wire_pages_iter_init(struct wire_pages_iter *it, const struct wire_msg *m);
+int wire_pages_next(struct wire_pages_iter *it, struct wire_page *ret);
+
+const char *wire_type_name(uint16_t type);

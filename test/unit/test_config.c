@@ -1,0 +1,168 @@
+/* Configuration: valid files load with defaults; every kind of bad file is
+ * refused with file, line and reason. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+
+static char dir[64];
+
+static int setup(void **state)
+{
+        strcpy(dir, "/tmp/havms-cfgtest-XXXXXX");
+        return mkdtemp(dir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+        return system(cmd);
+}
+
+static const char *write_file(const char *name, const char *text)
+{
+        static char path[128];
+        snprintf(path, sizeof(path), "%s/%s", dir, name);
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fputs(text, f);
+        fclose(f);
+        return path;
+}
+
+static const char *good_vm =
+        "[vm]\n"
+        "name = web01\n"
+        "memory_mib = 256\n"
+        "kernel = /boot/vmlinuz\n"
+        "nic = mac=52:54:00:12:34:56,bridge=br0\n"
+        "[protection]\n"
+        "peer = hostB\n";
+
+static void test_vm_ok_with_defaults(void **state)
+{
+        struct vm_config c;
+        char err[256] = "";
+        assert_int_equal(vm_config_load(write_file("web01.conf", good_vm), &c, err, sizeof(err)), 0);
+        assert_string_equal(c.name, "web01");
+        assert_int_equal(c.memory_mib, 256);
+        assert_int_equal(c.vcpus, 1);
+        assert_int_equal(c.epoch_ms, 40);
+        assert_string_equal(c.machine, "q35");
+        assert_string_equal(c.accel, "auto");
+        assert_true(c.xor_delta);
+        assert_int_equal(c.n_nics, 1);
+        assert_string_equal(c.nics[0].bridge, "br0");
+        assert_string_equal(c.nics[0].model, "virtio-net-pci");
+        assert_string_equal(c.peer, "hostB");
+}
+
+static void expect_vm_error(const char *file, const char *text, const char *want)
+{
+        struct vm_config c;
+        char err[512] = "";
+        assert_int_equal(vm_config_load(write_file(file, text), &c, err, sizeof(err)), -EINVAL);
+        if (!strstr(err, want))
+                fail_msg("error '%s' does not contain '%s'", err, want);
+}
+
+static void test_vm_errors(void **state)
+{
+        expect_vm_error("web01.conf", "[vm]\nname = web01\nmemory_mib = 8\nkernel=/k\n",
+                        "web01.conf:3: memory_mib: 8 is out of range [16, 1048576]");
+        expect_vm_error("web01.conf", "[vm]\nname = web01\nmemory_mib = lots\nkernel=/k\n",
+                        ":3: memory_mib: 'lots' is not a whole number");
+        expect_vm_error("web01.conf", "[vm]\nname = web01\nmemory_mib = 64\nkernel=/k\ncolour = red\n",
+                        ":5: unknown option 'colour' in [vm]");
+        expect_vm_error("web01.conf", "[vm]\nname = web01\nkernel=/k\n",
+                        "missing required option 'memory_mib' in [vm]");
+        expect_vm_error("web01.conf", "[vm]\nname = other\nmemory_mib = 64\nkernel=/k\n",
+                        "does not match the file name");
+        expect_vm_error("web01.conf", "[vm]\nname = web01\nmemory_mib = 64\n",
+                        "needs 'kernel' or 'disk'");
+        expect_vm_error("web01.conf", "[vm]\nname = web01\nmemory_mib = 64\nkernel=/k\nnic = mac=01:00:00:00:00:01\n",
+                        ":5: nic: expected mac=");
+        expect_vm_error("web01.conf", "[vm]\nname = web01\nmemory_mib = 64\nmemory_mib = 65\nkernel=/k\n",
+                        ":4: memory_mib: set twice in [vm]");
+        expect_vm_error("web01.conf", "[vm]\nname = web01\nmemory_mib = 64\nkernel=/k\n[protection]\nepoch_ms = 1\n",
+                        ":6: epoch_ms: 1 is out of range");
+        expect_vm_error("web01.conf", "[vm]\nname = web01\nmemory_mib = 64\nkernel=/k\n[protection]\ntracker = magic\n",
+                        ":6: tracker: 'magic' is not one of auto|uffd-wp|soft-dirty");
+        expect_vm_error("web01.conf", "[vm]\nname = web01\nthis line is not ini\n",
+                        ":3: syntax error");
+        expect_vm_error("bad name.conf", "[vm]\nname = bad name\nmemory_mib = 64\nkernel=/k\n",
+                        ":2: name: 'bad name' is not a valid name");
+}
+
+static void test_missing_file(void **state)
+{
+        struct vm_config c;
+        char err[256];
+        assert_int_equal(vm_config_load("/nonexistent/x.conf", &c, err, sizeof(err)), -ENOENT);
+        assert_non_null(strstr(err, "cannot open"));
+}
+
+static void test_host_ok_and_errors(void **state)
+{
+        struct host_config h;
+        char err[512] = "";
+        const char *p = write_file("havms.conf",
+                                   "[host]\nname = hostA\nlisten = 10.99.0.1:7780\n"
+                                   "[peer hostB]\naddress = 10.99.0.2:7780\n");
+        assert_int_equal(host_config_load(p, &h, err, sizeof(err)), 0);
+        assert_string_equal(h.name, "hostA");
+        assert_int_equal(h.n_peers, 1);
+        assert_string_equal(host_config_peer(&h, "hostB")->address, "10.99.0.2:7780");
+        assert_null(host_config_peer(&h, "hostC"));
+        assert_string_equal(h.ram_dir, "/dev/shm/havms");
+
+        p = write_file("havms.conf", "[host]\nname = hostA\nlisten = nowhere\n");
+        assert_int_equal(host_config_load(p, &h, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "havms.conf:3: listen: 'nowhere' is not address:port"));
+
+        p = write_file("havms.conf", "[host]\nname = hostA\n[peer hostA]\naddress = 1.2.3.4:1\n");
+        assert_int_equal(host_config_load(p, &h, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "names this host itself"));
+
+        p = write_file("havms.conf", "[host]\nname = hostA\n[peer hostB]\nport = 7\n");
+        assert_int_equal(host_config_load(p, &h, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, ":4: [peer hostB]: unknown option 'port'"));
+}
+
+static void test_digest_tracks_device_model(void **state)
+{
+        struct vm_config a, b;
+        char err[256];
+        assert_int_equal(vm_config_load(write_file("web01.conf", good_vm), &a, err, sizeof(err)), 0);
+        b = a;
+        assert_int_equal(vm_config_digest(&a), vm_config_digest(&b));
+        strcpy(b.kernel, "/elsewhere/vmlinuz"); /* paths may differ per host */
+        assert_int_equal(vm_config_digest(&a), vm_config_digest(&b));
+        b.memory_mib = 512;
+        assert_int_not_equal(vm_config_digest(&a), vm_config_digest(&b));
+        b = a;
+        strcpy(b.nics[0].mac, "52:54:00:12:34:57");
+        assert_int_not_equal(vm_config_digest(&a), vm_config_digest(&b));
+}
+
+int main(void)
+{
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_vm_ok_with_defaults),
+                cmocka_unit_test(test_vm_errors),
+                cmocka_unit_test(test_missing_file),
+                cmocka_unit_test(test_host_ok_and_errors),
+                cmocka_unit_test(test_digest_tracks_device_model),
+        };
+        return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -607,6 +607,7 @@ int backup_activate(struct daemon *d, struct vm *v, bool force, char *err, size_
         v->replica = NULL;
         v->activation_ms = ms;
         v->peer[0] = 0;
+        v->last_error[0] = 0;
         vm_set_state(v, VM_RUNNING);
         pthread_mutex_unlock(&v->lock);
         replica_free(b);

@@ -37,8 +37,10 @@ static void add_str(json_object *o, const char *k, const char *v) { json_object_
 static void add_int(json_object *o, const char *k, int64_t v) { json_object_object_add(o, k, json_object_new_int64(v)); }
 static void add_dbl(json_object *o, const char *k, double v)
 {
-        /* rounded so the JSON stays readable */
-        json_object_object_add(o, k, json_object_new_double(round(v * 1000.0) / 1000.0));
+        /* three decimals keep the JSON readable (and exact as printed) */
+        char txt[32];
+        snprintf(txt, sizeof(txt), "%.3f", v);
+        json_object_object_add(o, k, json_object_new_double_s(v, txt));
 }
 
 /* ---- lifecycle ---- */

@@ -323,9 +323,12 @@ static int run_epoch(struct primary *p, uint64_t epoch)
         size_t n = 0, dslen = 0;
         bool stopped = false;
 
+        int r = qemu_devstate_arm(q, QMP_TIMEOUT_MS);
+        if (r < 0)
+                goto out;
         uint64_t t0 = now_ns();
         uint64_t stop_wall = wall_ms();
-        int r = qemu_stop(q, QMP_TIMEOUT_MS);
+        r = qemu_stop(q, QMP_TIMEOUT_MS);
         if (r < 0)
                 goto out;
         stopped = true;
@@ -358,6 +361,9 @@ static int run_epoch(struct primary *p, uint64_t epoch)
         st.dirty_pages = (uint32_t)n;
 
         /* The VM runs again; the rest overlaps with it. */
+        r = qemu_devstate_check(q, DEVSTATE_TIMEOUT_MS);
+        if (r < 0)
+                goto out;
         p->wire_bytes = 0;
         wire_buf_reset(&p->wb);
         for (size_t i = 0; i < n && r == 0; i++)

@@ -223,6 +223,7 @@ int qemu_launch(const struct host_config *h, const struct vm_config *c,
                 goto fail;
         q->pid = -1;
         q->pidfd = -1;
+        q->ds_fd = -1;
         strcpy(q->name, c->name);
         q->ram_bytes = (uint64_t)c->memory_mib << 20;
         q->incoming = mode == QEMU_START_INCOMING;
@@ -312,6 +313,8 @@ void qemu_destroy(struct qemu_vm *q)
                 q->exited = true;
         }
         qmp_close(q->qmp);
+        if (q->ds_fd >= 0)
+                close(q->ds_fd);
         if (q->pidfd >= 0)
                 close(q->pidfd);
         if (q->qmp_path[0])
@@ -375,23 +378,36 @@ static int await_migration_end(struct qemu_vm *q, uint64_t deadline)
         }
 }
 
-int qemu_save_devstate(struct qemu_vm *q, uint8_t **buf, size_t *cap,
-                       size_t *ret_len, int timeout_ms)
+int qemu_devstate_arm(struct qemu_vm *q, int timeout_ms)
 {
-        uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000u;
-        int sv[2] = { -1, -1 };
-        size_t len = 0;
+        int sv[2];
+        if (q->ds_fd >= 0)
+                return 0;
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
                 return -errno;
         qmp_clear_events(q->qmp);
         int r = qmp_send_fd(q->qmp, "havms-ds", sv[1], timeout_ms);
         close(sv[1]);
+        if (r < 0) {
+                close(sv[0]);
+                return r;
+        }
+        set_nonblock(sv[0], true);
+        q->ds_fd = sv[0];
+        return 0;
+}
+
+int qemu_save_devstate(struct qemu_vm *q, uint8_t **buf, size_t *cap,
+                       size_t *ret_len, int timeout_ms)
+{
+        uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000u;
+        size_t len = 0;
+        int r = qemu_devstate_arm(q, timeout_ms);
         if (r < 0)
-                goto out;
+                return r;
         r = qmp_execute_json(q->qmp, "migrate", "{\"uri\":\"fd:havms-ds\"}", timeout_ms, NULL);
         if (r < 0)
                 goto out;
-        set_nonblock(sv[0], true);
         for (;;) {
                 if (*cap - len < 65536) {
                         size_t ncap = *cap ? *cap * 2 : 1 << 20;
@@ -403,7 +419,7 @@ int qemu_save_devstate(struct qemu_vm *q, uint8_t **buf, size_t *cap,
                         *buf = nb;
                         *cap = ncap;
                 }
-                ssize_t n = read(sv[0], *buf + len, *cap - len);
+                ssize_t n = read(q->ds_fd, *buf + len, *cap - len);
                 if (n > 0) {
                         len += (size_t)n;
                         continue;
@@ -416,16 +432,20 @@ int qemu_save_devstate(struct qemu_vm *q, uint8_t **buf, size_t *cap,
                         r = -errno;
                         goto out;
                 }
-                r = wait_fd(sv[0], POLLIN, deadline);
+                r = wait_fd(q->ds_fd, POLLIN, deadline);
                 if (r < 0)
                         goto out;
         }
-        r = await_migration_end(q, deadline);
-        if (r == 0)
-                *ret_len = len;
+        *ret_len = len;
 out:
-        close(sv[0]);
+        close(q->ds_fd);
+        q->ds_fd = -1;
         return r;
+}
+
+int qemu_devstate_check(struct qemu_vm *q, int timeout_ms)
+{
+        return await_migration_end(q, now_ns() + (uint64_t)timeout_ms * 1000000u);
 }
 
 int qemu_load_devstate(struct qemu_vm *q, const uint8_t *buf, size_t len, int timeout_ms)

@@ -30,6 +30,7 @@ struct qemu_vm {
         char console_path[CFG_PATH_MAX + 64];
         uint64_t ram_bytes;
         bool incoming;      /* started with -incoming defer, not yet loaded */
+        int ds_fd;          /* our end of the armed device-state channel, or -1 */
         bool exited;
         int exit_status;
 };
@@ -52,10 +53,17 @@ int qemu_stop(struct qemu_vm *q, int timeout_ms);
 int qemu_cont(struct qemu_vm *q, int timeout_ms);
 /* One-time migration settings: x-ignore-shared, events, no bandwidth cap. */
 int qemu_migration_setup(struct qemu_vm *q, int timeout_ms);
-/* With the VM stopped: capture the device state (everything but the
- * shared guest RAM) into *buf (grown as needed, reused across calls). */
+/* Device state (everything but the shared guest RAM), in three steps so
+ * that only the middle one falls in the VM's pause:
+ *   arm   - hand QEMU the channel (getfd); before `stop`
+ *   save  - with the VM stopped: migrate into the channel, read it to EOF
+ *           into *buf (grown as needed, reused across calls)
+ *   check - after `cont`: QEMU's verdict on the migration (event); a
+ *           stream that QEMU says failed must not be committed. */
+int qemu_devstate_arm(struct qemu_vm *q, int timeout_ms);
 int qemu_save_devstate(struct qemu_vm *q, uint8_t **buf, size_t *cap,
                        size_t *ret_len, int timeout_ms);
+int qemu_devstate_check(struct qemu_vm *q, int timeout_ms);
 /* Load a device state into an -incoming QEMU. The VM stays paused. */
 int qemu_load_devstate(struct qemu_vm *q, const uint8_t *buf, size_t len, int timeout_ms);
 /* Tell the LAN where the NICs are now (RARP via announce-self). */

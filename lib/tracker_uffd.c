@@ -57,14 +57,8 @@ static int kernel_features(uint64_t *ret_features)
                 *ret_features = 0;
                 return 0;
         }
-        if (ioctl(fd, UFFDIO_API, &api) < 0) {
-                int r = -errno;
-
-                close(fd);
-                return r;
-        }
+        *ret_features = ioctl(fd, UFFDIO_API, &api) == 0 ? api.features : 0;
         close(fd);
-        *ret_features = api.features;
         return 0;
 }
 

@@ -20,7 +20,8 @@
 #   - network namespace  $TB_PREFIX-<name>: lo, bridge br0 (host address
 #     10.77.0.(10+idx)/24, fixed MAC 02:77:00:00:<idx>:00), veth "up0"
 #     enslaved to br0 whose peer "vh<idx>" sits on br-lan in the lan
-#     namespace, and one veth "rl<n>" per replication link;
+#     namespace (the switch), and one veth "rl<n>" per replication link
+#     (its cable runs through the lan namespace, see tb_link_create);
 #   - a holder process (sleep infinity) that owns a private mount namespace
 #     (fresh tmpfs on /run, /dev/shm, /var/lib/havms, /etc/havms,
 #     /var/log/havms) and a UTS namespace (hostname = host name);
@@ -525,16 +526,26 @@ tb_spawn() {
 
 # ---------------------------------------------------------------- links ----
 
-# tb_link_create A B SUBNET_IDX: direct veth rl<SUBNET_IDX> between hosts A
-# and B; A gets 10.99.<idx>.1/24, B gets 10.99.<idx>.2/24.
+# tb_link_create A B SUBNET_IDX: replication link rl<SUBNET_IDX> between
+# hosts A and B; A gets 10.99.<idx>.1/24, B gets 10.99.<idx>.2/24.
+# The "cable" runs through the lan namespace (the wiring closet): A's veth
+# rl<idx> <-> w<idx>a, B's rl<idx> <-> w<idx>b, both on bridge w<idx> (not
+# connected to br-lan).  So a cut (tb_link_down) downs w<idx>a/w<idx>b and
+# both hosts see NO-CARRIER on an admin-up rl<idx> (routes stay, packets
+# vanish), as with a real unplugged cable.
 tb_link_create() {
 	tb__need_init || return 1
-	local a=$1 b=$2 idx=$3 nsa nsb
+	local a=$1 b=$2 idx=$3 nsa nsb lan=$TB_NS_LAN
 	[[ $idx =~ ^[0-9]+$ ]] && [ "$idx" -le 255 ] || { tb__err "link index must be 0..255"; return 1; }
 	[ "$a" != "$b" ] || { tb__err "link needs two different hosts"; return 1; }
 	[ ! -e "$TB_RUN/links/$idx" ] || { tb__err "link $idx exists"; return 1; }
 	nsa=$(tb_ns "$a") && nsb=$(tb_ns "$b") || return 1
-	ip link add "rl$idx" netns "$nsa" type veth peer name "rl$idx" netns "$nsb" &&
+	ip -n "$lan" link add "w$idx" type bridge forward_delay 0 stp_state 0 &&
+	ip -n "$lan" link set "w$idx" up &&
+	ip link add "rl$idx" netns "$nsa" type veth peer name "w${idx}a" netns "$lan" &&
+	ip link add "rl$idx" netns "$nsb" type veth peer name "w${idx}b" netns "$lan" &&
+	ip -n "$lan" link set "w${idx}a" master "w$idx" &&
+	ip -n "$lan" link set "w${idx}b" master "w$idx" &&
 	ip -n "$nsa" addr add "$TB_REPL_NET.$idx.1/24" dev "rl$idx" &&
 	ip -n "$nsb" addr add "$TB_REPL_NET.$idx.2/24" dev "rl$idx" || { tb__err "link $idx setup failed"; return 1; }
 	echo "$a $b" >"$TB_RUN/links/$idx"
@@ -565,21 +576,41 @@ tb_links() {
 	done
 }
 
-# Set the admin state of every link end inside HOST's namespace:
-# up iff the host is powered on and the link (or uplink) is not cut.
+# Recompute the admin state of everything wired to HOST:
+#  - its own ends (up0, rl<n>): up iff the host is powered on;
+#  - its switch port vh<idx> in the lan ns: up iff the uplink is not cut;
+#  - both closet ends of each replication link: up iff the link is not cut
+#    and both hosts are powered on (a dead peer NIC = carrier loss).
+# Whenever an end comes up, stale neighbour entries (FAILED from probes
+# while the link was down) are flushed so that traffic resumes at once.
 tb__apply_links() {
-	local host=$1 d ns power idx state rc=0
+	local host=$1 d ns power idx state rc=0 a b pa pb i
 	d=$(tb__hostdir "$host") || return 1
 	ns=$(tb__get "$d/ns") || return 1
+	i=$(tb__get "$d/idx") || return 1
 	power=$(tb__get "$d/power")
-	state=up
-	{ [ "$power" = on ] && [ ! -e "$d/uplink-cut" ]; } || state=down
+	state=down; [ "$power" = on ] && state=up
 	ip -n "$ns" link set up0 "$state" || rc=1
 	for idx in $(tb_links "$host"); do
-		state=up
-		{ [ "$power" = on ] && [ ! -e "$TB_RUN/links/$idx.cut" ]; } || state=down
 		ip -n "$ns" link set "rl$idx" "$state" || rc=1
 	done
+	state=up; [ -e "$d/uplink-cut" ] && state=down
+	ip -n "$TB_NS_LAN" link set "vh$i" "$state" || rc=1
+	for idx in $(tb_links "$host"); do
+		read -r a b <"$TB_RUN/links/$idx"
+		pa=$(tb__get "$TB_RUN/hosts/$a/power"); pb=$(tb__get "$TB_RUN/hosts/$b/power")
+		state=down
+		if [ "$pa" = on ] && [ "$pb" = on ] && [ ! -e "$TB_RUN/links/$idx.cut" ]; then state=up; fi
+		ip -n "$TB_NS_LAN" link set "w${idx}a" "$state" || rc=1
+		ip -n "$TB_NS_LAN" link set "w${idx}b" "$state" || rc=1
+		if [ "$state" = up ]; then
+			ip -n "$(tb__get "$TB_RUN/hosts/$a/ns")" neigh flush dev "rl$idx" 2>/dev/null
+			ip -n "$(tb__get "$TB_RUN/hosts/$b/ns")" neigh flush dev "rl$idx" 2>/dev/null
+		fi
+	done
+	if [ "$power" = on ] && [ ! -e "$d/uplink-cut" ]; then
+		ip -n "$ns" neigh flush dev br0 2>/dev/null
+	fi
 	return "$rc"
 }
 
@@ -598,9 +629,8 @@ tb__links_between() {
 	done
 }
 
-# tb_link_down A B [IDX]: cut the replication link(s) between A and B
-# (both ends down).  tb_link_up A B [IDX]: restore (ends of powered-on
-# hosts come up).
+# tb_link_down A B [IDX]: cut the replication link(s) between A and B (in
+# the closet: both hosts see NO-CARRIER).  tb_link_up A B [IDX]: restore.
 tb_link_down() { tb__link_set "$1" "$2" "${3:-}" cut; }
 tb_link_up() { tb__link_set "$1" "$2" "${3:-}" ok; }
 tb__link_set() {
@@ -613,15 +643,16 @@ tb__link_set() {
 	tb__apply_links "$a" && tb__apply_links "$b"
 }
 
-# tb_uplink_down HOST / tb_uplink_up HOST: cut/restore HOST's LAN uplink.
+# tb_uplink_down HOST / tb_uplink_up HOST: cut/restore HOST's LAN uplink
+# (its switch port; the host sees NO-CARRIER on up0).
 tb_uplink_down() { local d; d=$(tb__hostdir "$1") || return 1; : >"$d/uplink-cut"; tb__apply_links "$1"; }
 tb_uplink_up() { local d; d=$(tb__hostdir "$1") || return 1; rm -f "$d/uplink-cut"; tb__apply_links "$1"; }
 
 # --------------------------------------------------------------- faults ----
 
 # tb_poweroff HOST: sudden death.  Freezes the host's cgroup (nothing can
-# react), downs all its link ends (uplink + replication links; peers see
-# carrier loss), then kills every process at once (cgroup.kill) and waits
+# react), downs all its link ends (up0 + rl<n> in its netns; the switch
+# port and replication peers see carrier loss), then kills every process at once (cgroup.kill) and waits
 # until the cgroup is empty.  Sockets closed by the kill cannot send
 # FIN/RST: the links are already down.
 tb_poweroff() {

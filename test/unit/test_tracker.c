@@ -604,6 +604,29 @@ static void need_uffd(void)
         assert_int_equal(r, 0);
 }
 
+/* Is pid's mapping at addr registered with a userfaultfd for write-protect
+ * ("uw" in its VmFlags in /proc/PID/smaps)? */
+static bool uffd_registered(pid_t pid, uint64_t addr)
+{
+        char fn[64], line[512];
+        bool in = false, uw = false;
+        FILE *f;
+
+        snprintf(fn, sizeof(fn), "/proc/%d/smaps", (int)pid);
+        f = fopen(fn, "re");
+        assert_non_null(f);
+        while (fgets(line, sizeof(line), f)) {
+                unsigned long long s, e;
+
+                if (sscanf(line, "%llx-%llx ", &s, &e) == 2)
+                        in = s == addr;
+                else if (in && strncmp(line, "VmFlags:", 8) == 0)
+                        uw = strstr(line, " uw") != NULL;
+        }
+        fclose(f);
+        return uw;
+}
+
 /* A uffd made after fork() (havms_uffd_create in the child) works. */
 static void test_uffd_fork_own(void **state)
 {
@@ -618,6 +641,12 @@ static void test_uffd_fork_own(void **state)
         child_write(&f->c, a.v, a.n);
         scan_expect(f->t, a.v, a.n, NPAGES, 0);
         free(a.v);
+
+        /* Closing unregisters: QEMU runs unprotected again. */
+        assert_true(uffd_registered(f->c.pid, f->c.addr));
+        tracker_close(f->t);
+        f->t = NULL;
+        assert_false(uffd_registered(f->c.pid, f->c.addr));
 }
 
 /* A uffd made before fork() belongs to the parent's address space: the
@@ -627,6 +656,7 @@ static void test_uffd_inherited(void **state)
 {
         struct fixture *f = *state;
         const char *why = NULL;
+        void *m;
         int fd;
 
         need_uffd();
@@ -637,6 +667,19 @@ static void test_uffd_inherited(void **state)
         assert_int_equal(tracker_open("uffd-wp", f->c.pid, f->c.addr, RAM_LEN,
                                       &f->t, &why), -EXDEV);
         assert_non_null(strstr(why, "fork"));
+
+        /* Worse: the parent has memory at the same addresses, so the
+         * register succeeds, in the wrong process. The tracker must see
+         * that and undo it. */
+        m = mmap((void *)(uintptr_t)f->c.addr, RAM_LEN, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+        if (m == MAP_FAILED)
+                return;
+        assert_ptr_equal(m, (void *)(uintptr_t)f->c.addr);
+        assert_int_equal(tracker_open("uffd-wp", f->c.pid, f->c.addr, RAM_LEN,
+                                      &f->t, &why), -EXDEV);
+        assert_false(uffd_registered(getpid(), f->c.addr));
+        munmap(m, RAM_LEN);
 }
 
 static void test_uffd_missing(void **state)

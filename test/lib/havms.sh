@@ -1,0 +1,120 @@
+# shellcheck shell=bash
+# havms.sh - havms on the test bed (bash library, on top of testbed.sh).
+#
+#   . test/lib/havms.sh
+#   hv_pair_create            # hosts a, b, LAN + client, replication link 1,
+#                             # configs, a checkpointd on each host
+#   hvctl a start web01       # havmsctl inside host a
+#   hv_wait_state b web01 backup-standby 60
+#   hv_guest next             # one request to the guest's counter service
+#
+# The guest is the test guest (test/guest) at 10.77.0.10 on the LAN, with
+# its NIC's tap on the current host's br0.
+
+hv_top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+. "$hv_top/test/lib/testbed.sh"
+
+HV_BUILD=${HAVMS_BUILD:-$hv_top/build}
+HV_GUEST=${HAVMS_GUEST:-$hv_top/test/guest/out}
+HV_VM=web01
+HV_GUEST_IP=10.77.0.10
+HV_PASS=0
+HV_FAIL=0
+
+hv_need() {
+        [ "$(id -u)" = 0 ] || { echo "SKIP: needs root (namespaces, cgroups)"; exit 77; }
+        [ -x "$HV_BUILD/checkpointd/checkpointd" ] || { echo "FAIL: no build in $HV_BUILD"; exit 1; }
+        [ -f "$HV_GUEST/initrd.img" ] || { echo "FAIL: no test guest in $HV_GUEST (test/guest/build.sh)"; exit 1; }
+}
+
+hv_ok() { HV_PASS=$((HV_PASS + 1)); echo "PASS: $*"; }
+hv_bad() { HV_FAIL=$((HV_FAIL + 1)); echo "FAIL: $*"; }
+hv_check() { # hv_check "what" CMD...: pass if CMD succeeds
+        local what=$1; shift
+        if "$@"; then hv_ok "$what"; else hv_bad "$what"; return 1; fi
+}
+hv_must() { # hv_must "what" CMD...: like hv_check, but a failure ends the test
+        hv_check "$@" || { echo "cannot go on after this failure"; exit 1; }
+}
+hv_summary() { # hv_summary NAME: print the closing line, exit with the verdict
+        echo "$1: $HV_PASS passed, $HV_FAIL failed"
+        [ "$HV_FAIL" = 0 ]
+}
+
+# hv_host_config HOST OTHER LINKIDX [EXTRA_VM_CMDLINE] [EXTRA_PROTECTION]
+hv_host_config() {
+        local host=$1 other=$2 link=$3 extra=${4:-} prot=${5:-}
+        local conf vmconf
+        conf=$(tb_path "$host" /etc/havms/havms.conf)
+        vmconf=$(tb_path "$host" /etc/havms/vms/$HV_VM.conf)
+        mkdir -p "$(dirname "$vmconf")"
+        cat >"$conf" <<EOC
+[host]
+name = $host
+listen = $(tb_addr "$host" "$link"):7780
+uffd_preload = $HV_BUILD/checkpointd/libhavms-uffd.so
+
+[peer $other]
+address = $(tb_addr "$other" "$link"):7780
+EOC
+        cat >"$vmconf" <<EOC
+[vm]
+name = $HV_VM
+memory_mib = 256
+vcpus = 1
+kernel = $HV_GUEST/vmlinuz
+initrd = $HV_GUEST/initrd.img
+cmdline = console=ttyS0 panic=-1 quiet havms.ip=$HV_GUEST_IP/24 havms.hb=1 $extra
+nic = mac=52:54:00:77:00:10,bridge=br0
+preferred_host = a
+
+[protection]
+peer = $other
+$prot
+EOC
+}
+
+hv_start_daemon() { # hv_start_daemon HOST
+        tb_spawn "$1" "$TB_RUN/$1-checkpointd.log" "$HV_BUILD/checkpointd/checkpointd" \
+                -c /etc/havms/havms.conf || return 1
+        tb_wait_for 10 test -S "$(tb_path "$1" /run/havms/checkpointd.sock)"
+}
+
+# hv_pair_create [EXTRA_VM_CMDLINE] [EXTRA_PROTECTION_LINES]
+hv_pair_create() {
+        tb_init || return 1
+        tb_lan_create || return 1
+        tb_host_create a 1 && tb_host_create b 2 || return 1
+        tb_link_create a b 1 || return 1
+        hv_host_config a b 1 "${1:-}" "${2:-}" && hv_host_config b a 1 "${1:-}" "${2:-}" || return 1
+        hv_start_daemon a && hv_start_daemon b
+}
+
+hvctl() { local h=$1; shift; tb_exec "$h" "$HV_BUILD/havmsctl/havmsctl" "$@"; }
+
+# hv_field HOST VM KEY: one field of `havmsctl status VM --json`
+hv_field() {
+        hvctl "$1" status "$2" --json 2>/dev/null |
+                python3 -c 'import sys,json; v=json.load(sys.stdin)["vms"][0]; print(v.get(sys.argv[1], ""))' "$3"
+}
+
+hv__state_is() { [ "$(hv_field "$1" "$2" state)" = "$3" ]; }
+hv_wait_state() { # hv_wait_state HOST VM STATE TIMEOUT_S
+        tb_wait_for "$4" hv__state_is "$1" "$2" "$3"
+}
+
+# hv_guest REQUEST [PORT]: one request to the guest, from the client.
+hv_guest() { tb_client "$HV_GUEST/bin/hvq" -a "$HV_GUEST_IP" -t 2 "${2:-7000}" "$1"; }
+hv__guest_up() { hv_guest stat >/dev/null 2>&1; }
+hv_wait_guest() { tb_wait_for "${1:-90}" hv__guest_up; }
+
+# hv_kv "k1=v1 k2=v2" KEY: value of KEY in a key=value reply
+hv_kv() { local kv; for kv in $1; do [ "${kv%%=*}" = "$2" ] && { echo "${kv#*=}"; return 0; }; done; return 1; }
+
+hv_dump_logs() { # on failure: what the daemons and consoles said
+        local h
+        for h in a b; do
+                echo "----- $h checkpointd log"; tail -n 40 "$TB_RUN/$h-checkpointd.log" 2>/dev/null
+                echo "----- $h console"; tail -n 8 "$(tb_path "$h" /var/log/havms/$HV_VM.console)" 2>/dev/null
+        done
+}

@@ -7,7 +7,6 @@
 set -u
 . "$(dirname "$0")/../lib/havms.sh"
 hv_need
-trap 'hv_summary checkpoint-takeover || hv_dump_logs' EXIT
 hv_pair_create "havms.dirty_mib_s=4" || { echo "FAIL: test bed"; exit 1; }
 
 hv_must "start web01 on a" hvctl a start web01
@@ -62,3 +61,4 @@ d2=$(hv_kv "$(hv_guest stat 7001)" bytes)
 hv_check "dirtier kept its progress ($d_before <= $d1)" test "$d1" -ge "$d_before"
 hv_check "dirtier keeps running on b ($d1 -> $d2)" test "$d2" -gt "$d1"
 hvctl b status
+hv_summary checkpoint-takeover

@@ -18,6 +18,7 @@ HV_BUILD=${HAVMS_BUILD:-$hv_top/build}
 HV_GUEST=${HAVMS_GUEST:-$hv_top/test/guest/out}
 HV_VM=web01
 HV_GUEST_IP=10.77.0.10
+declare -gA HV_PEER_ADDR=()   # per host: override the peer's address (a proxy)
 HV_PASS=0
 HV_FAIL=0
 
@@ -34,7 +35,10 @@ hv_check() { # hv_check "what" CMD...: pass if CMD succeeds
         if "$@"; then hv_ok "$what"; else hv_bad "$what"; return 1; fi
 }
 hv_must() { # hv_must "what" CMD...: like hv_check, but a failure ends the test
-        hv_check "$@" || { echo "cannot go on after this failure"; exit 1; }
+        hv_check "$@" && return 0
+        echo "cannot go on after this failure"
+        hv_summary "$(basename "$0" .sh)"
+        exit 1
 }
 hv_summary() { # hv_summary NAME: print the closing line, exit with the verdict
         echo "$1: $HV_PASS passed, $HV_FAIL failed"
@@ -55,7 +59,7 @@ listen = $(tb_addr "$host" "$link"):7780
 uffd_preload = $HV_BUILD/checkpointd/libhavms-uffd.so
 
 [peer $other]
-address = $(tb_addr "$other" "$link"):7780
+address = ${HV_PEER_ADDR[$host]:-$(tb_addr "$other" "$link"):7780}
 EOC
         cat >"$vmconf" <<EOC
 [vm]
@@ -83,6 +87,8 @@ hv_start_daemon() { # hv_start_daemon HOST
 # hv_pair_create [EXTRA_VM_CMDLINE] [EXTRA_PROTECTION_LINES]
 hv_pair_create() {
         tb_init || return 1
+        # runs before the test bed is torn down, while logs still exist
+        tb_on_cleanup '[ "$HV_FAIL" = 0 ] || hv_dump_logs'
         tb_lan_create || return 1
         tb_host_create a 1 && tb_host_create b 2 || return 1
         tb_link_create a b 1 || return 1

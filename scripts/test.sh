@@ -1,0 +1,21 @@
+#!/bin/bash
+# Run every havms test on this machine, from nothing: installs what is
+# missing (scripts/setup.sh), builds, then runs
+#   1. the unit and integration suites on the normal build;
+#   2. the unit suite and the takeover test on an ASan+UBSan build.
+# Run as root. Exit status 0 only if everything passed.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+scripts/setup.sh build
+bash test/lib/tb-clean-leftovers.sh >/dev/null 2>&1 || true
+
+rc=0
+meson test -C build --print-errorlogs || rc=1
+
+HAVMS_SANITIZE=1 scripts/setup.sh build-asan
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+        meson test -C build-asan --print-errorlogs --suite unit checkpoint-takeover || rc=1
+
+if [ "$rc" = 0 ]; then echo "havms tests: all passed"; else echo "havms tests: FAILED"; fi
+exit "$rc"

@@ -403,6 +403,17 @@ static int check_hello(struct daemon *d, const struct wire_hello *h, struct vm *
                 snprintf(why, whylen, "%s", err);
                 return -ENOENT;
         }
+        /* The definition on disk is the truth: an operator may have fixed
+         * (or removed) it since this daemon last read it. */
+        struct vm_config fresh;
+        if (vm_config_find(&d->host, h->vm, &fresh, err, sizeof(err)) < 0) {
+                snprintf(why, whylen, "%s", err);
+                return -ENOENT;
+        }
+        pthread_mutex_lock(&v->lock);
+        if (!vm_state_is_primary(v->state) && v->state != VM_ACTIVATING && !v->thread_running)
+                v->cfg = fresh;
+        pthread_mutex_unlock(&v->lock);
         *code = WIRE_ERR_MISMATCH;
         if (h->page_size != HAVMS_PAGE_SIZE || h->ram_bytes != (uint64_t)v->cfg.memory_mib << 20) {
                 snprintf(why, whylen, "memory size differs: primary %llu MiB, %s defines %u MiB",

@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +59,7 @@ struct primary {
         uint8_t *chunk;           /* encoded device state chunk */
         struct wire_buf wb;
         struct wire_msg in;
+        char last_failure[200];   /* last connection failure logged */
         uint64_t wire_bytes;      /* bytes sent in the current epoch/pass */
         uint8_t enc[CODEC_PAGE_MAX], scratch[CODEC_PAGE_MAX];
 };
@@ -98,6 +100,27 @@ static void set_state(struct primary *p, enum vm_state s)
 
 /* ---- connection ---- */
 
+/* Retries come every reconnect_ms: log a failure once, when it changes,
+ * and keep the latest in the VM's status. */
+static void note_failure(struct primary *p, const char *msgid, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+static void note_failure(struct primary *p, const char *msgid, const char *fmt, ...)
+{
+        char text[sizeof(p->last_failure)];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(text, sizeof(text), fmt, ap);
+        va_end(ap);
+        if (strcmp(text, p->last_failure)) {
+                log_msg(LOG_LVL_WARN, msgid, p->cfg.name, -1, "%s; retrying every %u ms", text,
+                        p->cfg.reconnect_ms);
+                snprintf(p->last_failure, sizeof(p->last_failure), "%s", text);
+        }
+        pthread_mutex_lock(&p->v->lock);
+        vm_set_error(p->v, "%s", text);
+        pthread_mutex_unlock(&p->v->lock);
+}
+
 static int connect_peer(struct primary *p)
 {
         int r = tcp_connect(p->peer_addr, now_ns() + 3000000000ull, &p->fd);
@@ -118,20 +141,17 @@ static int connect_peer(struct primary *p)
                 goto fail;
         if (p->in.hdr.type == WIRE_ERROR) {
                 struct wire_error e;
-                if (wire_get_error(&p->in, &e) == 0) {
-                        log_msg(LOG_LVL_WARN, MSG_PEER_REFUSED, p->cfg.name, -1,
-                                "standby %s refused protection: %s", p->peer, e.text);
-                        pthread_mutex_lock(&p->v->lock);
-                        vm_set_error(p->v, "standby %s refused: %s", p->peer, e.text);
-                        pthread_mutex_unlock(&p->v->lock);
-                }
-                r = -ECONNREFUSED;
+                if (wire_get_error(&p->in, &e) == 0)
+                        note_failure(p, MSG_PEER_REFUSED, "standby %s refused protection: %s",
+                                     p->peer, e.text);
+                r = -EREMOTEIO;
                 goto fail;
         }
         struct wire_welcome w;
         r = wire_get_welcome(&p->in, &w);
         if (r < 0)
                 goto fail;
+        p->last_failure[0] = 0;
         pthread_mutex_lock(&p->v->lock);
         p->v->conn_fd = p->fd;
         p->v->link_up = true;
@@ -529,6 +549,9 @@ static void *primary_thread(void *arg)
         while (!stop_requested(p)) {
                 set_state(p, was_protected ? VM_DEGRADED : VM_CONNECTING);
                 r = connect_peer(p);
+                if (r < 0 && r != -EREMOTEIO)
+                        note_failure(p, MSG_STANDBY_UNREACHABLE, "cannot reach standby %s at %s: %s",
+                                     p->peer, p->peer_addr, strerror(-r));
                 if (r < 0) {
                         wait_wake_or(p, -1, (int)p->cfg.reconnect_ms);
                         if (qemu_exited(v->qemu)) {

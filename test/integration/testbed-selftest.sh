@@ -1,5 +1,6 @@
 #!/bin/bash
 # testbed-selftest.sh - self-test of test/lib/testbed.sh.
+# shellcheck disable=SC2015,SC2317,SC2086  # A && B || fail idiom; check functions are called indirectly
 # Exit 0 = pass, 1 = fail, 77 = skip (reason printed).
 set -u
 
@@ -203,21 +204,26 @@ check "tb_freeze / tb_thaw b" check_freeze
 
 # ------------------------------------------------- cleanup on a signal -----
 check_signal_cleanup() {
-	local info=$rundir/child.info child pfx holder
+	local info=$rundir/child.info child pfx holder spawned sleeper
+	# The child waits in "wait" (interruptible) on a sleeper of its own,
+	# which it kills through tb_on_cleanup.
 	# shellcheck disable=SC2016
 	bash -c '. "$1"; tb_init || exit 1; tb_lan_create && tb_host_create x 1 || exit 1
 		tb_spawn x /dev/null sleep 1000
-		echo "$TB_PREFIX $(tb_holder x) $TB_LAST_PID" >"$2"
-		sleep 1000 & wait $!' child "$lib" "$info" &
+		sleep 1000 & sleeper=$!
+		tb_on_cleanup "kill $sleeper"
+		echo "$TB_PREFIX $(tb_holder x) $TB_LAST_PID $sleeper" >"$2"
+		wait $sleeper' child "$lib" "$info" >"$rundir/child.log" 2>&1 </dev/null &
 	child=$!
 	if ! tb_wait_for 10 test -s "$info"; then kill -9 "$child"; echo "child test bed did not start"; return 1; fi
-	read -r pfx holder spawned <"$info"
+	read -r pfx holder spawned sleeper <"$info"
 	kill -TERM "$child"
 	wait "$child"
 	local rc=$?
-	[ "$rc" = 143 ] || { echo "child exit status $rc, expected 143"; return 1; }
+	[ "$rc" = 143 ] || { echo "child exit status $rc, expected 143: $(cat "$rundir/child.log")"; return 1; }
+	grep -q 'caught SIGTERM' "$rundir/child.log" || { echo "child did not report SIGTERM"; return 1; }
 	tb_leftovers "$pfx" || return 1
-	tb__all_dead "$holder" "$spawned" || { echo "processes of the child survive"; return 1; }
+	tb__all_dead "$holder" "$spawned" "$sleeper" || { echo "processes of the child survive"; return 1; }
 	echo "SIGTERM: child exited 143, nothing left"
 }
 # tb_leftovers PREFIX: fails (and prints) if anything of run PREFIX remains

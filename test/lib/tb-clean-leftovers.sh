@@ -32,12 +32,20 @@ starttime() {
 	echo "${f[19]}"
 }
 
-# run_alive ID: the shell that created run ID still exists.
+# run_alive ID: the shell that created run ID still exists: its pid is in
+# use by a process that started no later than recorded (a reused pid
+# belongs to a younger process).  Without an owner file the run counts as
+# alive while its run dir is younger than 10 s (tb_init in progress).
 run_alive() {
-	local pid st
+	local pid st now_st d=$base/havms-tb-$1
 	[ -n "$all" ] && return 1
-	read -r pid st <"$base/havms-tb-$1/owner" 2>/dev/null || return 1
-	[ -n "$pid" ] && [ "$(starttime "$pid")" = "$st" ]
+	if ! read -r pid st <"$d/owner" 2>/dev/null; then
+		[ -d "$d" ] && [ $(( $(date +%s) - $(stat -c %Y "$d") )) -lt 10 ] && return 0
+		return 1
+	fi
+	[[ $pid =~ ^[0-9]+$ ]] && [[ $st =~ ^[0-9]+$ ]] || return 1
+	now_st=$(starttime "$pid") || return 1
+	[ "$now_st" -le "$st" ]
 }
 
 do_() {

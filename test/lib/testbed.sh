@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2015,SC2120,SC2119,SC2034
 # testbed.sh - simulate a small havms cluster on one machine (bash library).
 #
 # Source this file from an integration test (bash >= 4.4, root):
@@ -69,8 +69,8 @@ tb__need_init() {
 
 # Mount point of the cgroup v2 hierarchy (first cgroup2 line of /proc/mounts).
 tb_cgroup2_mount() {
-	local dev mnt type rest
-	while read -r dev mnt type rest; do
+	local _dev mnt type rest
+	while read -r _dev mnt type rest; do
 		if [ "$type" = cgroup2 ]; then
 			printf '%b\n' "$mnt"   # undo \040-style escapes
 			return 0
@@ -149,7 +149,7 @@ tb__cg_kill() {
 	[ -d "$cg" ] || return 0
 	echo 1 >"$cg/cgroup.kill" 2>/dev/null || true
 	if ! tb_wait_for "$timeout" tb__not tb__cg_populated "$cg"; then
-		tb__err "cgroup $cg still populated after ${timeout}s: $(cat "$cg/cgroup.procs" 2>/dev/null | tr '\n' ' ')"
+		tb__err "cgroup $cg still populated after ${timeout}s: $(tr '\n' ' ' <"$cg/cgroup.procs" 2>/dev/null)"
 		return 1
 	fi
 	echo 0 >"$cg/cgroup.freeze" 2>/dev/null || true
@@ -189,7 +189,7 @@ tb_init() {
 	local cg2
 	cg2=$(tb_cgroup2_mount) || { tb__err "no cgroup2 mount in /proc/mounts"; return 1; }
 	[ -w "$cg2/cgroup.procs" ] || { tb__err "cgroup2 at $cg2 not writable"; return 1; }
-	TB_CG2=$cg2
+	TB_CG2=$cg2   # for callers: the cgroup2 mount
 	TB_RUN=$(mktemp -d "${TB_BASE:-/tmp}/havms-tb-XXXXXX") || { TB_RUN=; return 1; }
 	TB_ID=${TB_RUN##*/havms-tb-}
 	TB_PREFIX=havms-tb-$TB_ID
@@ -198,7 +198,9 @@ tb_init() {
 	TB_NS_CLIENT=$TB_PREFIX-client
 	TB_OWNER_PID=$BASHPID
 	mkdir -p "$TB_RUN/hosts" "$TB_RUN/links" "$TB_RUN/logs"
-	echo "$BASHPID $(tb__starttime "$BASHPID")" >"$TB_RUN/owner"
+	# (not "$(tb__starttime "$BASHPID")": $BASHPID inside $(...) is the
+	# subshell's pid)
+	echo "$TB_OWNER_PID $(tb__starttime "$TB_OWNER_PID")" >"$TB_RUN/owner"
 	tb__install_traps
 	if ! mkdir "$TB_CG_ROOT"; then
 		tb__err "cannot create cgroup $TB_CG_ROOT"

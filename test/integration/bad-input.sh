@@ -37,7 +37,7 @@ hv_must "start web01 on a" hvctl a start web01
 vmconf=$(tb_path b /etc/havms/vms/web01.conf)
 mv "$vmconf" "$vmconf.off"
 hv_must "protect web01" hvctl a protect web01
-hv__err_has() { hv_field a web01 last_error | grep -q "$1"; }
+hv__err_has() { hv_field_has a web01 last_error "$1"; }
 hv_check "primary shows: standby has no definition" tb_wait_for 10 hv__err_has "unknown VM 'web01'"
 hv_check "VM still running on a" test "$(hv_field a web01 state)" = connecting
 

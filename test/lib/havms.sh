@@ -104,6 +104,9 @@ hv_field() {
                 python3 -c 'import sys,json; v=json.load(sys.stdin)["vms"][0]; print(v.get(sys.argv[1], ""))' "$3"
 }
 
+# hv_field_has HOST VM KEY REGEX: the field matches (grep -E)
+hv_field_has() { hv_field "$1" "$2" "$3" | grep -qE "$4"; }
+
 hv__state_is() { [ "$(hv_field "$1" "$2" state)" = "$3" ]; }
 hv_wait_state() { # hv_wait_state HOST VM STATE TIMEOUT_S
         tb_wait_for "$4" hv__state_is "$1" "$2" "$3"
@@ -121,6 +124,7 @@ hv_dump_logs() { # on failure: what the daemons and consoles said
         local h
         for h in a b; do
                 echo "----- $h checkpointd log"; tail -n 40 "$TB_RUN/$h-checkpointd.log" 2>/dev/null
+                tb_holder "$h" >/dev/null 2>&1 || continue # powered off: its tmpfs is gone
                 echo "----- $h console"; tail -n 8 "$(tb_path "$h" /var/log/havms/$HV_VM.console)" 2>/dev/null
         done
 }

@@ -14,8 +14,9 @@ rc=0
 meson test -C build --print-errorlogs || rc=1
 
 HAVMS_SANITIZE=1 scripts/setup.sh build-asan
-ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-        meson test -C build-asan --print-errorlogs --suite unit checkpoint-takeover || rc=1
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+meson test -C build-asan --print-errorlogs --suite unit || rc=1
+meson test -C build-asan --print-errorlogs checkpoint-takeover || rc=1
 
 if [ "$rc" = 0 ]; then echo "havms tests: all passed"; else echo "havms tests: FAILED"; fi
 exit "$rc"

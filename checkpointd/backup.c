@@ -311,6 +311,12 @@ static int receive_loop(struct session *s)
                         }
                         break;
                 }
+                case WIRE_PING:
+                        /* the primary is alive but holds its VM paused */
+                        if (h->length != 0 || !b->valid || b->st_epoch ||
+                            h->epoch != v->committed_epoch)
+                                return -EPROTO;
+                        break;
                 case WIRE_ERROR: {
                         struct wire_error e;
                         r = wire_get_error(&s->in, &e);
@@ -364,7 +370,7 @@ static void end_session(struct session *s, int r)
         }
         /* from here a new session may take the VM */
         v->thread_running = false;
-        pthread_cond_broadcast(&v->idle);
+        pthread_cond_broadcast(&v->changed);
         pthread_mutex_unlock(&v->lock);
         qemu_destroy(q);
         replica_free(b);
@@ -389,7 +395,7 @@ static void session_stop(struct vm *v)
         if (v->thread_running && v->conn_fd >= 0)
                 shutdown(v->conn_fd, SHUT_RDWR);
         while (v->thread_running)
-                pthread_cond_wait(&v->idle, &v->lock);
+                pthread_cond_wait(&v->changed, &v->lock);
         pthread_mutex_unlock(&v->lock);
 }
 
@@ -527,7 +533,7 @@ void backup_accept(struct daemon *d, int fd)
         set_nonblock(fd, true);
         pthread_attr_t attr;
         pthread_attr_init(&attr);
-        /* detached: whoever waits for a session waits on v->idle */
+        /* detached: whoever waits for a session waits on v->changed */
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
         if (pthread_create(&t, &attr, hello_thread, s) != 0) {
                 close(fd);

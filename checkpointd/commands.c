@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "daemon.h"
@@ -159,6 +160,62 @@ static int cmd_activate(struct daemon *d, struct vm *v, json_object *args, json_
         return r;
 }
 
+/* Wait (lock held) until the state leaves `from`, at most timeout_ms. */
+static void wait_state_change(struct vm *v, enum vm_state from, int timeout_ms)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += timeout_ms / 1000;
+        ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+        }
+        while (v->state == from && pthread_cond_timedwait(&v->changed, &v->lock, &ts) == 0)
+                ;
+}
+
+/* pause: one more checkpoint, then the VM stays paused and the replica is
+ * identical to guest RAM (a consistent point to compare, back up or hand
+ * over from); resume: continue it. */
+static int cmd_pause(struct daemon *d, struct vm *v, json_object *args, json_object *resp, char *err)
+{
+        pthread_mutex_lock(&v->lock);
+        int r = 0;
+        if (v->state != VM_PROTECTED) {
+                snprintf(err, ERRLEN, "%s is %s on %s: pause needs it protected", v->name,
+                         vm_state_name(v->state), d->host.name);
+                r = -EINVAL;
+        } else if ((r = primary_hold(v, true)) == 0) {
+                wait_state_change(v, VM_PROTECTED, 10000);
+                if (v->state != VM_HELD) {
+                        snprintf(err, ERRLEN, "%s: no checkpoint committed (now %s)", v->name,
+                                 vm_state_name(v->state));
+                        v->hold_requested = false;
+                        r = -EIO;
+                }
+        }
+        if (r == 0)
+                add_int(resp, "epoch", (int64_t)v->committed_epoch);
+        pthread_mutex_unlock(&v->lock);
+        return r;
+}
+
+static int cmd_resume(struct daemon *d, struct vm *v, json_object *args, json_object *resp, char *err)
+{
+        pthread_mutex_lock(&v->lock);
+        int r = 0;
+        if (v->state != VM_HELD) {
+                snprintf(err, ERRLEN, "%s is %s on %s, not paused by havms", v->name,
+                         vm_state_name(v->state), d->host.name);
+                r = -EINVAL;
+        } else if ((r = primary_hold(v, false)) == 0) {
+                wait_state_change(v, VM_HELD, 10000);
+        }
+        pthread_mutex_unlock(&v->lock);
+        return r;
+}
+
 /* ---- reading ---- */
 
 static int cmp_float(const void *a, const void *b)
@@ -230,7 +287,7 @@ static json_object *vm_json(struct daemon *d, struct vm *v)
                            : v->state == VM_DEFINED ? "none" : "backup");
         add_str(o, "host", d->host.name);
         add_str(o, "peer", v->peer);
-        bool replicating = v->state == VM_SYNCING || v->state == VM_PROTECTED ||
+        bool replicating = v->state == VM_SYNCING || v->state == VM_PROTECTED || v->state == VM_HELD ||
                            v->state == VM_DEGRADED || v->state == VM_CONNECTING ||
                            v->state == VM_BK_SYNCING || v->state == VM_BK_STANDBY ||
                            v->state == VM_BK_ORPHANED;
@@ -310,6 +367,8 @@ static const struct command {
         { "protect", VM_REQUIRED, cmd_protect },
         { "unprotect", VM_REQUIRED, cmd_unprotect },
         { "activate", VM_REQUIRED, cmd_activate },
+        { "pause", VM_REQUIRED, cmd_pause },
+        { "resume", VM_REQUIRED, cmd_resume },
         { "status", VM_OPTIONAL, cmd_status },
         { "stats", VM_REQUIRED, cmd_stats },
 };

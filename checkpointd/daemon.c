@@ -30,7 +30,7 @@ static struct vm *vm_new(const struct vm_config *c)
         v->conn_fd = -1;
         v->wake_fd = -1;
         pthread_mutex_init(&v->lock, NULL);
-        pthread_cond_init(&v->idle, NULL);
+        pthread_cond_init(&v->changed, NULL);
         return v;
 }
 

@@ -39,6 +39,7 @@ json_object *daemon_dispatch(struct daemon *d, json_object *req);
 /* Replication roles (primary.c, backup.c). */
 int primary_start(struct daemon *d, struct vm *v, const char *peer, char *err, size_t errlen);
 void primary_stop(struct vm *v);
+int primary_hold(struct vm *v, bool hold); /* v->lock held */
 void backup_accept(struct daemon *d, int fd);
 int backup_activate(struct daemon *d, struct vm *v, bool force, char *err, size_t errlen);
 void backup_discard(struct daemon *d, struct vm *v);

@@ -62,6 +62,7 @@ struct primary {
         char last_failure[200];   /* last connection failure logged */
         uint64_t wire_bytes;      /* bytes sent in the current epoch/pass */
         uint8_t enc[CODEC_PAGE_MAX], scratch[CODEC_PAGE_MAX];
+        uint8_t snap[CODEC_PAGE_MAX] __attribute__((aligned(64))); /* stable copy of a live page */
 };
 
 static float ms_since(uint64_t t0) { return (float)(now_ns() - t0) / 1e6f; }
@@ -165,6 +166,10 @@ fail:
 
 /* ---- pages ---- */
 
+/* data must not change while this runs: the bytes encoded and the bytes
+ * kept in the shadow (the base of the next XOR delta) must be the same
+ * bytes, or the replica's copy and the shadow drift apart for good. Epoch
+ * pages come from the staging copy; pre-copy pages from sync_page(). */
 static int add_page(struct primary *p, enum wire_type type, uint64_t epoch,
                     uint32_t pfn, const uint8_t *data, uint64_t *raw_bytes)
 {
@@ -189,6 +194,13 @@ static int add_page(struct primary *p, enum wire_type type, uint64_t epoch,
                         return r;
         }
         return 0;
+}
+
+/* Pre-copy reads guest RAM while the VM runs: snapshot the page first. */
+static int sync_page(struct primary *p, uint32_t pfn, uint64_t *raw_bytes)
+{
+        memcpy(p->snap, p->ram + (uint64_t)pfn * HAVMS_PAGE_SIZE, HAVMS_PAGE_SIZE);
+        return add_page(p, WIRE_SYNC_PAGES, 0, pfn, p->snap, raw_bytes);
 }
 
 static int flush_pages(struct primary *p)
@@ -240,8 +252,7 @@ static int initial_sync(struct primary *p)
                 return r;
         uint64_t last_log = now_ms();
         for (uint64_t pfn = 0; pfn < p->npages; pfn++) {
-                r = add_page(p, WIRE_SYNC_PAGES, 0, (uint32_t)pfn,
-                             p->ram + pfn * HAVMS_PAGE_SIZE, &raw);
+                r = sync_page(p, (uint32_t)pfn, &raw);
                 if (r < 0)
                         return r;
                 if ((pfn & 1023) == 1023) {
@@ -267,8 +278,7 @@ static int initial_sync(struct primary *p)
                         return r;
                 progress(p, p->npages * HAVMS_PAGE_SIZE, round, n);
                 for (size_t i = 0; i < n; i++) {
-                        r = add_page(p, WIRE_SYNC_PAGES, 0, p->dirty[i],
-                                     p->ram + (uint64_t)p->dirty[i] * HAVMS_PAGE_SIZE, &raw);
+                        r = sync_page(p, p->dirty[i], &raw);
                         if (r < 0)
                                 return r;
                 }
@@ -334,8 +344,9 @@ static int await_ack(struct primary *p, uint64_t epoch)
 }
 
 /* Returns 0 when committed; -ECHILD when the VM is gone; another negative
- * errno when the standby is lost (the VM is running either way). */
-static int run_epoch(struct primary *p, uint64_t epoch)
+ * errno when the standby is lost (the VM is running either way). With
+ * hold, a committed epoch leaves the VM paused (replica == guest RAM). */
+static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
 {
         struct qemu_vm *q = p->v->qemu;
         struct epoch_stat st = { 0 };
@@ -367,10 +378,12 @@ static int run_epoch(struct primary *p, uint64_t epoch)
         if (r < 0)
                 goto out;
         uint64_t t4 = now_ns();
-        r = qemu_cont(q, QMP_TIMEOUT_MS);
-        if (r < 0)
-                goto out;
-        stopped = false;
+        if (!hold) {
+                r = qemu_cont(q, QMP_TIMEOUT_MS);
+                if (r < 0)
+                        goto out;
+                stopped = false;
+        }
         uint64_t t5 = now_ns();
         st.stop_ms = (float)(t1 - t0) / 1e6f;
         st.scan_ms = (float)(t2 - t1) / 1e6f;
@@ -413,13 +426,14 @@ static int run_epoch(struct primary *p, uint64_t epoch)
         st.raw_bytes = (uint32_t)(raw + dslen);
         st.wire_bytes = (uint32_t)p->wire_bytes;
         pthread_mutex_lock(&p->v->lock);
-        vm_record_epoch(p->v, &st);
+        if (!hold) /* a held epoch's "pause" lasts until resume */
+                vm_record_epoch(p->v, &st);
         p->v->committed_epoch = epoch;
         p->v->last_commit_wall_ms = wall_ms();
         p->v->last_stop_wall_ms = stop_wall;
         pthread_mutex_unlock(&p->v->lock);
 out:
-        if (stopped && qemu_cont(q, QMP_TIMEOUT_MS) < 0)
+        if (stopped && (r < 0 || !hold) && qemu_cont(q, QMP_TIMEOUT_MS) < 0)
                 r = -ECHILD;
         if (r < 0 && qemu_exited(q))
                 r = -ECHILD;
@@ -441,6 +455,14 @@ static int wait_wake_or(struct primary *p, int other_fd, int timeout_ms)
         return r;
 }
 
+/* While held, the standby hears a PING every epoch instead of an epoch. */
+static int send_ping(struct primary *p)
+{
+        wire_buf_reset(&p->wb);
+        int r = wire_put_ping(&p->wb, p->v->committed_epoch);
+        return r < 0 ? r : send_buf(p);
+}
+
 static int protected_loop(struct primary *p)
 {
         int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
@@ -453,20 +475,43 @@ static int protected_loop(struct primary *p)
         its.it_value = its.it_interval;
         timerfd_settime(tfd, 0, &its, NULL);
         int r = 0;
+        bool held = false;
         while (!stop_requested(p)) {
                 wait_wake_or(p, tfd, -1);
                 if (stop_requested(p))
                         break;
                 uint64_t ticks;
-                if (read(tfd, &ticks, sizeof(ticks)) != sizeof(ticks))
+                bool tick = read(tfd, &ticks, sizeof(ticks)) == sizeof(ticks);
+                bool want_hold = p->v->hold_requested;
+                if (held) {
+                        if (!want_hold) {
+                                r = qemu_cont(p->v->qemu, QMP_TIMEOUT_MS);
+                                if (r < 0)
+                                        break;
+                                held = false;
+                                set_state(p, VM_PROTECTED);
+                        } else if (tick && (r = send_ping(p)) < 0) {
+                                break;
+                        }
+                        continue;
+                }
+                if (!tick && !want_hold)
                         continue;
                 pthread_mutex_lock(&p->v->lock);
                 uint64_t epoch = ++p->v->epoch;
                 pthread_mutex_unlock(&p->v->lock);
-                r = run_epoch(p, epoch);
+                r = run_epoch(p, epoch, want_hold);
                 if (r < 0)
                         break;
+                if (want_hold) {
+                        held = true;
+                        set_state(p, VM_HELD);
+                }
         }
+        /* Leaving protection (standby lost, unprotect) never leaves the
+         * guest paused. */
+        if (held && qemu_cont(p->v->qemu, QMP_TIMEOUT_MS) < 0 && qemu_exited(p->v->qemu))
+                r = -ECHILD;
         close(tfd);
         return r;
 }
@@ -570,7 +615,7 @@ static void *primary_thread(void *arg)
                         pthread_mutex_lock(&v->lock);
                         uint64_t epoch = ++v->epoch;
                         pthread_mutex_unlock(&v->lock);
-                        r = run_epoch(p, epoch);
+                        r = run_epoch(p, epoch, false);
                 }
                 if (r == 0) {
                         set_state(p, VM_PROTECTED);
@@ -613,7 +658,7 @@ out:
                 vm_set_state(v, VM_RUNNING);
         }
         v->thread_running = false;
-        pthread_cond_broadcast(&v->idle);
+        pthread_cond_broadcast(&v->changed);
         pthread_mutex_unlock(&v->lock);
         close(p->wake_fd);
         free(p);
@@ -644,6 +689,7 @@ int primary_start(struct daemon *d, struct vm *v, const char *peer, char *err, s
                 return -errno;
         }
         v->stop_requested = false;
+        v->hold_requested = false;
         v->wake_fd = p->wake_fd;
         snprintf(v->peer, sizeof(v->peer), "%s", peer);
         v->last_error[0] = 0;
@@ -661,6 +707,17 @@ int primary_start(struct daemon *d, struct vm *v, const char *peer, char *err, s
 }
 
 /* Called without v->lock. Ends protection and waits for the thread. */
+/* Lock held. Ask the thread to pause after a checkpoint (hold) or to
+ * resume; callers wait on v->changed for the state. */
+int primary_hold(struct vm *v, bool hold)
+{
+        if (!v->thread_running)
+                return -EINVAL;
+        v->hold_requested = hold;
+        uint64_t one = 1;
+        return write(v->wake_fd, &one, sizeof(one)) == sizeof(one) ? 0 : -errno;
+}
+
 void primary_stop(struct vm *v)
 {
         pthread_mutex_lock(&v->lock);

@@ -11,6 +11,7 @@ const char *vm_state_name(enum vm_state s)
         case VM_CONNECTING: return "connecting";
         case VM_SYNCING: return "syncing";
         case VM_PROTECTED: return "protected";
+        case VM_HELD: return "held";
         case VM_DEGRADED: return "degraded";
         case VM_BK_SYNCING: return "backup-syncing";
         case VM_BK_STANDBY: return "backup-standby";
@@ -23,12 +24,13 @@ const char *vm_state_name(enum vm_state s)
 bool vm_state_is_primary(enum vm_state s)
 {
         return s == VM_RUNNING || s == VM_CONNECTING || s == VM_SYNCING ||
-               s == VM_PROTECTED || s == VM_DEGRADED;
+               s == VM_PROTECTED || s == VM_HELD || s == VM_DEGRADED;
 }
 
 void vm_set_state(struct vm *v, enum vm_state s)
 {
         v->state = s;
+        pthread_cond_broadcast(&v->changed);
 }
 
 void vm_set_error(struct vm *v, const char *fmt, ...)

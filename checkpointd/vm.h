@@ -11,6 +11,9 @@
  *      │  │                   │                    │ first epoch ACKed
  *      │  │                   │                    v
  *      │  │                   │   peer lost     PROTECTED
+ *      │  │                   │                    │ pause ^ resume
+ *      │  │                   │                    v       │
+ *      │  │                   │                   HELD ─────┘
  *      │  │                   └── DEGRADED <───────┘  (retries the peer,
  *      │  │                         │ peer back         then SYNCING again)
  *      │  │                         └──> SYNCING
@@ -39,6 +42,8 @@ enum vm_state {
         VM_CONNECTING,  /* primary, looking for its standby */
         VM_SYNCING,     /* primary, initial (or re-) sync to the standby */
         VM_PROTECTED,   /* primary, epochs commit on the standby */
+        VM_HELD,        /* primary, paused right after a committed epoch:
+                           the replica equals guest RAM (pause/resume) */
         VM_DEGRADED,    /* primary, standby lost: running unprotected, retrying */
         VM_BK_SYNCING,  /* backup, receiving the initial sync: replica unusable */
         VM_BK_STANDBY,  /* backup, replica committed, primary connected */
@@ -92,8 +97,10 @@ struct vm {
         struct qemu_vm *qemu;
         pthread_t thread;              /* primary thread (joined) */
         bool thread_running;           /* primary or backup thread alive */
-        pthread_cond_t idle;           /* signalled when thread_running drops */
+        pthread_cond_t changed;        /* broadcast on every state change and when
+                                          thread_running drops */
         volatile bool stop_requested;  /* control -> thread: end protection */
+        volatile bool hold_requested;  /* control -> thread: pause after a checkpoint */
         int wake_fd;                   /* eventfd that wakes the thread */
         int conn_fd;                   /* backup: the primary's connection */
         struct backup_replica *replica;/* backup role state (backup.c) */

@@ -165,6 +165,8 @@ static void usage(FILE *f)
                 "  unprotect VM             end protection (the standby discards its replica)\n"
                 "  status [VM]              role, epoch, lag, last pause, link, sync progress\n"
                 "  activate VM [--force]    take over VM on this (standby) host\n"
+                "  pause VM                 checkpoint, then hold VM paused (replica == RAM)\n"
+                "  resume VM                continue a paused VM\n"
                 "  stats VM [--reset]       epoch statistics (pause, bytes, compression)\n"
                 "  check-config FILE...     validate havms.conf or VM definitions\n"
                 "  config-reference         list every configuration option\n"
@@ -236,6 +238,8 @@ int main(int argc, char **argv)
                 { "protect", "protection starting (see status)", 10000 },
                 { "unprotect", "protection ended", 30000 },
                 { "activate", "activated", 60000 },
+                { "pause", "paused after a committed checkpoint: the replica equals guest RAM", 15000 },
+                { "resume", "resumed, protected", 15000 },
                 { "stats", "", 5000 },
         };
         for (size_t i = 0; i < sizeof(simple) / sizeof(simple[0]); i++) {

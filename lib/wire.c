@@ -215,6 +215,12 @@ int wire_put_error(struct wire_buf *b, uint32_t code, const char *text)
         return r < 0 ? r : wire_finish(b);
 }
 
+int wire_put_ping(struct wire_buf *b, uint64_t committed_epoch)
+{
+        int r = wire_begin(b, WIRE_PING, committed_epoch);
+        return r < 0 ? r : wire_finish(b);
+}
+
 int wire_pages_begin(struct wire_buf *b, enum wire_type type, uint64_t epoch)
 {
         if (type != WIRE_SYNC_PAGES && type != WIRE_EPOCH_PAGES)
@@ -491,6 +497,7 @@ const char *wire_type_name(uint16_t type)
                 [WIRE_EPOCH_END] = "EPOCH_END",
                 [WIRE_ACK] = "ACK",
                 [WIRE_ERROR] = "ERROR",
+                [WIRE_PING] = "PING",
         };
         if (type < ARRAY_SIZE(names) && names[type])
                 return names[type];

@@ -39,7 +39,8 @@ enum wire_type {
         WIRE_EPOCH_END = 6,      /* P->B: epoch N is complete: commit it */
         WIRE_ACK = 7,            /* B->P: epoch N is committed in the replica */
         WIRE_ERROR = 8,          /* either way: refusal with a reason, then close */
-        WIRE_TYPE_MAX = 8,
+        WIRE_PING = 9,           /* P->B: alive, no epoch coming (VM held) */
+        WIRE_TYPE_MAX = 9,
 };
 
 /* Page encodings inside SYNC_PAGES / EPOCH_PAGES. */
@@ -149,6 +150,7 @@ int wire_put_welcome(struct wire_buf *b, const struct wire_welcome *w);
 int wire_put_epoch_end(struct wire_buf *b, uint64_t epoch, const struct wire_epoch_end *e);
 int wire_put_ack(struct wire_buf *b, uint64_t epoch, const struct wire_ack *a);
 int wire_put_error(struct wire_buf *b, uint32_t code, const char *text);
+int wire_put_ping(struct wire_buf *b, uint64_t committed_epoch);
 /* PAGES record: begin with wire_pages_begin, add entries, wire_finish.
  * The entry count is patched in by wire_finish. */
 int wire_pages_begin(struct wire_buf *b, enum wire_type type, uint64_t epoch);

@@ -51,7 +51,8 @@ struct primary {
         const uint8_t *ram;
         uint64_t npages;
         uint8_t *shadow;          /* replica's copy; NULL without xor_delta */
-        uint32_t *dirty;          /* npages entries */
+        uint32_t *dirty;          /* 2 * npages entries: pre-scan + pause scan */
+        uint64_t *seen;           /* bitmap for merging the two scans */
         uint8_t *staging;         /* copies of dirty pages, grown on demand */
         size_t staging_pages;
         uint8_t *devstate;
@@ -222,6 +223,33 @@ static int scan_all(struct primary *p, size_t *ret_n)
         return 0;
 }
 
+/* Scan again and add what is new to the n_pre pages already in p->dirty
+ * (a page found by both scans is listed once: the standby refuses a page
+ * twice in one epoch). */
+static int scan_more(struct primary *p, size_t n_pre, size_t *ret_n)
+{
+        size_t n_new = 0;
+        int r = tracker_scan(p->tracker, p->dirty + n_pre, p->npages, &n_new);
+        if (r < 0)
+                return r;
+        if (n_pre == 0 || n_new == 0) {
+                *ret_n = n_pre + n_new;
+                return 0;
+        }
+        for (size_t i = 0; i < n_pre; i++)
+                p->seen[p->dirty[i] / 64] |= 1ull << (p->dirty[i] % 64);
+        size_t n = n_pre;
+        for (size_t i = n_pre; i < n_pre + n_new; i++) {
+                uint32_t pfn = p->dirty[i];
+                if (!(p->seen[pfn / 64] & (1ull << (pfn % 64))))
+                        p->dirty[n++] = pfn;
+        }
+        for (size_t i = 0; i < n_pre; i++)
+                p->seen[p->dirty[i] / 64] = 0;
+        *ret_n = n;
+        return 0;
+}
+
 static void progress(struct primary *p, uint64_t sent, uint32_t round, uint64_t round_pages)
 {
         pthread_mutex_lock(&p->v->lock);
@@ -354,7 +382,17 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         size_t n = 0, dslen = 0;
         bool stopped = false;
 
-        int r = qemu_devstate_arm(q, QMP_TIMEOUT_MS);
+        /* Pre-scan while the VM still runs: re-protecting the pages is the
+         * expensive part of a scan (TLB shootdowns), and most of the
+         * epoch's pages are found here. The scan in the pause then only
+         * finds what was written in the short gap, and every page of
+         * either set is copied in the pause, so the copy is consistent
+         * with the device state. */
+        size_t n_pre = 0;
+        int r = scan_all(p, &n_pre);
+        if (r < 0)
+                goto out;
+        r = qemu_devstate_arm(q, QMP_TIMEOUT_MS);
         if (r < 0)
                 goto out;
         uint64_t t0 = now_ns();
@@ -364,7 +402,7 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
                 goto out;
         stopped = true;
         uint64_t t1 = now_ns();
-        r = scan_all(p, &n);
+        r = scan_more(p, n_pre, &n);
         if (r < 0)
                 goto out;
         uint64_t t2 = now_ns();
@@ -534,8 +572,9 @@ static int setup(struct primary *p)
                         return -errno;
                 p->shadow = m;
         }
-        p->dirty = calloc(p->npages, sizeof(uint32_t));
-        if (!p->dirty)
+        p->dirty = calloc(2 * p->npages, sizeof(uint32_t));
+        p->seen = calloc((p->npages + 63) / 64, sizeof(uint64_t));
+        if (!p->dirty || !p->seen)
                 return -ENOMEM;
         uint64_t start, len;
         int r = tracker_find_mapping(q->pid, q->ram_path, &start, &len);
@@ -564,6 +603,7 @@ static void teardown(struct primary *p)
         if (p->ram_fd >= 0)
                 close(p->ram_fd);
         free(p->dirty);
+        free(p->seen);
         free(p->staging);
         free(p->devstate);
         free(p->chunk);

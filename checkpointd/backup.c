@@ -34,6 +34,7 @@
 #include "wire.h"
 
 #define HELLO_TIMEOUT_MS 5000
+#define DEVSTATE_MAX (256u << 20)
 
 struct backup_replica {
         int ram_fd;
@@ -156,6 +157,8 @@ static int stage_devstate(struct backup_replica *b, const struct wire_msg *m)
         if (r < 0 || d.offset != b->st_dev_len)
                 return -EBADMSG; /* chunks come in order, without gaps */
         size_t need = b->st_dev_len + d.raw_len;
+        if (need > DEVSTATE_MAX)
+                return -EBADMSG; /* no device state is this large: refuse to hoard */
         if (need > b->st_dev_cap) {
                 size_t cap = b->st_dev_cap ? b->st_dev_cap : 1 << 20;
                 while (cap < need)
@@ -447,7 +450,7 @@ static int check_hello(struct daemon *d, const struct wire_hello *h, struct vm *
 static void *hello_thread(void *arg)
 {
         struct session *s = arg;
-        struct wire_hello h;
+        struct wire_hello h = { 0 };
         char why[600];
         uint32_t code = WIRE_ERR_PROTOCOL;
         struct vm *v = NULL;
@@ -461,50 +464,78 @@ static void *hello_thread(void *arg)
         r = check_hello(s->d, &h, &v, why, sizeof(why), &code);
         if (r < 0)
                 goto refused;
-        /* A primary that reconnects before we noticed its old connection
-         * died: end the old session first. */
-        session_stop(v);
+        /* Reserve the VM for this session before anything else touches it:
+         * from here on activation, `start` and other HELLOs see
+         * backup-syncing and keep off. */
         pthread_mutex_lock(&v->lock);
+        if (v->thread_running && (strcmp(v->peer, h.host) || vm_state_is_primary(v->state))) {
+                pthread_mutex_unlock(&v->lock);
+                code = WIRE_ERR_BUSY;
+                r = -EBUSY;
+                snprintf(why, sizeof(why), "%.32s is already replicated here from %.32s",
+                         h.vm, v->peer);
+                goto refused;
+        }
+        /* The same primary reconnecting before we noticed its old
+         * connection died: end the old session first. */
+        if (v->thread_running && v->conn_fd >= 0)
+                shutdown(v->conn_fd, SHUT_RDWR);
+        while (v->thread_running)
+                pthread_cond_wait(&v->changed, &v->lock);
         if (v->state == VM_ACTIVATING || vm_state_is_primary(v->state)) {
                 pthread_mutex_unlock(&v->lock);
                 code = WIRE_ERR_BUSY;
-                snprintf(why, sizeof(why), "%.64s became active on %.64s", h.vm, s->d->host.name);
+                r = -EBUSY;
+                snprintf(why, sizeof(why), "%.64s is %s on %.64s", h.vm,
+                         vm_state_name(v->state), s->d->host.name);
                 goto refused;
         }
-        struct qemu_vm *old_q = v->qemu;
-        v->qemu = NULL;
-        pthread_mutex_unlock(&v->lock);
-        /* A re-sync rewrites the replica: the old hot standby cannot stay. */
-        qemu_destroy(old_q);
-        if (!v->replica) {
-                r = replica_open(&s->d->host, &v->cfg, &v->replica);
-                if (r < 0) {
-                        code = r == -ENOSPC ? WIRE_ERR_NOSPACE : WIRE_ERR_INTERNAL;
-                        snprintf(why, sizeof(why), "%s cannot hold the replica in %s: %s",
-                                 s->d->host.name, s->d->host.ram_dir, strerror(-r));
-                        goto refused;
-                }
-        }
-        v->replica->valid = false;
-        staging_reset(v->replica);
-        snprintf(s->primary, sizeof(s->primary), "%s", h.host);
-        s->v = v;
-        struct wire_welcome w = { .last_committed = 0 };
-        wire_buf_reset(&s->out);
-        r = wire_put_welcome(&s->out, &w);
-        if (r == 0)
-                r = write_full(s->fd, s->out.data, s->out.len, now_ns() + 2000000000ull);
-        if (r < 0)
-                goto closed;
-        pthread_mutex_lock(&v->lock);
+        v->thread_running = true;
         vm_set_state(v, VM_BK_SYNCING);
         snprintf(v->peer, sizeof(v->peer), "%.32s", h.host);
         v->conn_fd = s->fd;
         v->link_up = true;
         v->last_error[0] = 0;
         v->committed_epoch = 0;
-        v->thread_running = true;
+        struct qemu_vm *old_q = v->qemu;
+        v->qemu = NULL;
+        if (v->replica)
+                v->replica->valid = false; /* a re-sync rewrites it */
         pthread_mutex_unlock(&v->lock);
+        snprintf(s->primary, sizeof(s->primary), "%s", h.host);
+        s->v = v;
+        /* A re-sync rewrites the replica: the old hot standby cannot stay. */
+        qemu_destroy(old_q);
+        if (!v->replica) {
+                struct backup_replica *b = NULL;
+                r = replica_open(&s->d->host, &v->cfg, &b);
+                if (r < 0) {
+                        code = r == -ENOSPC ? WIRE_ERR_NOSPACE : WIRE_ERR_INTERNAL;
+                        snprintf(why, sizeof(why), "%s cannot hold the replica in %s: %s",
+                                 s->d->host.name, s->d->host.ram_dir, strerror(-r));
+                        pthread_mutex_lock(&v->lock);
+                        v->conn_fd = -1;
+                        v->link_up = false;
+                        vm_set_state(v, VM_DEFINED);
+                        v->thread_running = false;
+                        pthread_cond_broadcast(&v->changed);
+                        pthread_mutex_unlock(&v->lock);
+                        goto refused;
+                }
+                pthread_mutex_lock(&v->lock);
+                v->replica = b;
+                pthread_mutex_unlock(&v->lock);
+        }
+        staging_reset(v->replica);
+        struct wire_welcome w = { .last_committed = 0 };
+        wire_buf_reset(&s->out);
+        r = wire_put_welcome(&s->out, &w);
+        if (r == 0)
+                r = write_full(s->fd, s->out.data, s->out.len, now_ns() + 2000000000ull);
+        if (r < 0) {
+                end_session(s, r);
+                goto closed;
+        }
         log_msg(LOG_LVL_INFO, MSG_BK_CONNECTED, v->name, -1,
                 "primary %s connected: receiving the initial sync", h.host);
         return session_thread(s);
@@ -579,8 +610,9 @@ int backup_activate(struct daemon *d, struct vm *v, bool force, char *err, size_
         }
         session_stop(v); /* a forced activation cuts the primary off first */
         pthread_mutex_lock(&v->lock);
-        if (v->state != VM_BK_ORPHANED && v->state != VM_BK_STANDBY) {
-                snprintf(err, errlen, "%s is %s here: no committed replica", v->name,
+        if ((v->state != VM_BK_ORPHANED && v->state != VM_BK_STANDBY) || v->thread_running ||
+            !v->replica || !v->replica->valid) {
+                snprintf(err, errlen, "%s is %s here: no committed replica to activate", v->name,
                          vm_state_name(v->state));
                 pthread_mutex_unlock(&v->lock);
                 return -EINVAL;
@@ -603,16 +635,29 @@ int backup_activate(struct daemon *d, struct vm *v, bool force, char *err, size_
         if (r == 0 && (r = qemu_load_devstate(q, b->devstate, b->devstate_len, 10000)) < 0)
                 snprintf(err, errlen, "loading the device state failed: %s (%s)", strerror(-r),
                          qmp_last_error(q->qmp));
-        if (r == 0 && (r = qemu_cont(q, 5000)) < 0)
-                snprintf(err, errlen, "cont failed: %s", qmp_last_error(q->qmp));
+        bool cont_sent = false;
+        if (r == 0) {
+                cont_sent = true;
+                if ((r = qemu_cont(q, 5000)) < 0)
+                        snprintf(err, errlen, "cont failed: %s", qmp_last_error(q->qmp));
+        }
         if (r < 0) {
                 log_msg(LOG_LVL_ERR, MSG_ACTIVATE_FAILED, v->name, (int64_t)epoch,
-                        "activation failed: %s", err);
+                        "activation failed: %s%s", err,
+                        cont_sent ? "; the guest may have run: replica discarded" : "");
                 qemu_destroy(q);
                 pthread_mutex_lock(&v->lock);
-                vm_set_state(v, VM_BK_ORPHANED); /* the replica is untouched: retry is possible */
+                /* Before cont the replica is untouched and a retry is
+                 * possible; after it, RAM may no longer match the device
+                 * state. */
+                vm_set_state(v, cont_sent ? VM_DEFINED : VM_BK_ORPHANED);
+                if (cont_sent)
+                        v->replica = NULL;
+                else
+                        b = NULL;
                 vm_set_error(v, "activation failed: %s", err);
                 pthread_mutex_unlock(&v->lock);
+                replica_free(b);
                 return r;
         }
         uint64_t ms = (now_ns() - t0) / 1000000u;

@@ -48,10 +48,15 @@ static void add_dbl(json_object *o, const char *k, double v)
 
 static int cmd_start(struct daemon *d, struct vm *v, json_object *args, json_object *resp, char *err)
 {
+        /* Claim the VM (state running, no QEMU yet) before the slow launch,
+         * so a primary's HELLO cannot make it a backup meanwhile. */
         pthread_mutex_lock(&v->lock);
         enum vm_state st = v->state;
+        bool busy = st != VM_DEFINED || v->thread_running || v->qemu;
+        if (!busy)
+                vm_set_state(v, VM_RUNNING);
         pthread_mutex_unlock(&v->lock);
-        if (st != VM_DEFINED) {
+        if (busy) {
                 snprintf(err, ERRLEN, "%s is already %s on %s", v->name, vm_state_name(st), d->host.name);
                 return -EBUSY;
         }
@@ -61,6 +66,9 @@ static int cmd_start(struct daemon *d, struct vm *v, json_object *args, json_obj
                 snprintf(err, ERRLEN, "cont: %s", qmp_last_error(q->qmp));
         if (r < 0) {
                 qemu_destroy(q);
+                pthread_mutex_lock(&v->lock);
+                vm_set_state(v, VM_DEFINED);
+                pthread_mutex_unlock(&v->lock);
                 return r;
         }
         pthread_mutex_lock(&v->lock);

@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -371,6 +372,37 @@ static int await_ack(struct primary *p, uint64_t epoch)
         return 0;
 }
 
+/* QMP failed. Either QEMU is dying (wait for it, briefly), or its QMP
+ * connection broke: reconnect and make sure the VM runs. A QEMU that can
+ * be neither reached nor reaped is killed: a primary nobody controls must
+ * not run on while the standby may take over. Returns 0 (VM running,
+ * under control) or -ECHILD (VM gone). */
+static int recover_vm(struct primary *p)
+{
+        struct qemu_vm *q = p->v->qemu;
+        if (q->pidfd >= 0) {
+                struct pollfd pf = { .fd = q->pidfd, .events = POLLIN };
+                poll(&pf, 1, qmp_is_broken(q->qmp) ? 2000 : 0);
+        }
+        if (qemu_exited(q))
+                return -ECHILD;
+        if (qmp_is_broken(q->qmp)) {
+                qmp_close(q->qmp);
+                q->qmp = NULL;
+                if (qmp_connect(q->qmp_path, QMP_TIMEOUT_MS, &q->qmp) < 0)
+                        goto kill;
+        }
+        if (qemu_cont(q, QMP_TIMEOUT_MS) == 0 && qemu_migration_setup(q, QMP_TIMEOUT_MS) == 0)
+                return 0;
+kill:
+        log_msg(LOG_LVL_ERR, MSG_VM_EXITED, p->cfg.name, -1,
+                "QEMU (pid %d) no longer answers QMP: killed, so that only the standby can "
+                "continue the VM", (int)q->pid);
+        kill(q->pid, SIGKILL);
+        qemu_exited(q);
+        return -ECHILD;
+}
+
 /* Returns 0 when committed; -ECHILD when the VM is gone; another negative
  * errno when the standby is lost (the VM is running either way). With
  * hold, a committed epoch leaves the VM paused (replica == guest RAM). */
@@ -397,10 +429,10 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
                 goto out;
         uint64_t t0 = now_ns();
         uint64_t stop_wall = wall_ms();
+        stopped = true; /* a stop that timed out may still have stopped it */
         r = qemu_stop(q, QMP_TIMEOUT_MS);
         if (r < 0)
                 goto out;
-        stopped = true;
         uint64_t t1 = now_ns();
         r = scan_more(p, n_pre, &n);
         if (r < 0)
@@ -471,8 +503,12 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         p->v->last_stop_wall_ms = stop_wall;
         pthread_mutex_unlock(&p->v->lock);
 out:
-        if (stopped && (r < 0 || !hold) && qemu_cont(q, QMP_TIMEOUT_MS) < 0)
+        if (stopped && (r < 0 || !hold) && qemu_cont(q, QMP_TIMEOUT_MS) < 0) {
+                int rr = recover_vm(p);
+                r = rr < 0 ? rr : r < 0 ? r : -EIO;
+        } else if (r < 0 && qmp_is_broken(q->qmp) && recover_vm(p) < 0) {
                 r = -ECHILD;
+        }
         if (r < 0 && qemu_exited(q))
                 r = -ECHILD;
         return r;
@@ -633,6 +669,12 @@ static void *primary_thread(void *arg)
                 p->peer_addr, p->cfg.epoch_ms, tracker_name(p->tracker));
         while (!stop_requested(p)) {
                 set_state(p, was_protected ? VM_DEGRADED : VM_CONNECTING);
+                /* Never offer the standby a VM we no longer control: a
+                 * HELLO makes it drop the replica it could take over from. */
+                if ((qmp_is_broken(v->qemu->qmp) || qemu_exited(v->qemu)) && recover_vm(p) < 0) {
+                        vm_gone = true;
+                        break;
+                }
                 r = connect_peer(p);
                 if (r < 0 && r != -EREMOTEIO)
                         note_failure(p, MSG_STANDBY_UNREACHABLE, "cannot reach standby %s at %s: %s",
@@ -686,8 +728,11 @@ out:
                 send_goodbye(p);
         drop_connection(p);
         teardown(p);
+        struct qemu_vm *dead = NULL;
         pthread_mutex_lock(&v->lock);
         if (vm_gone) {
+                dead = v->qemu;
+                v->qemu = NULL;
                 vm_set_state(v, VM_DEFINED);
                 vm_set_error(v, "VM exited while protected");
                 log_msg(LOG_LVL_ERR, MSG_VM_EXITED, v->name, (int64_t)v->epoch,
@@ -700,6 +745,7 @@ out:
         v->thread_running = false;
         pthread_cond_broadcast(&v->changed);
         pthread_mutex_unlock(&v->lock);
+        qemu_destroy(dead);
         close(p->wake_fd);
         free(p);
         return NULL;
@@ -728,6 +774,10 @@ int primary_start(struct daemon *d, struct vm *v, const char *peer, char *err, s
                 free(p);
                 return -errno;
         }
+        if (v->thread_joinable) { /* an earlier thread that ended by itself */
+                pthread_join(v->thread, NULL);
+                v->thread_joinable = false;
+        }
         v->stop_requested = false;
         v->hold_requested = false;
         v->wake_fd = p->wake_fd;
@@ -736,6 +786,7 @@ int primary_start(struct daemon *d, struct vm *v, const char *peer, char *err, s
         v->thread_running = true;
         vm_set_state(v, VM_CONNECTING);
         int r = -pthread_create(&v->thread, NULL, primary_thread, p);
+        v->thread_joinable = r == 0;
         if (r < 0) {
                 v->thread_running = false;
                 vm_set_state(v, VM_RUNNING);
@@ -761,15 +812,18 @@ int primary_hold(struct vm *v, bool hold)
 void primary_stop(struct vm *v)
 {
         pthread_mutex_lock(&v->lock);
-        if (!v->thread_running) {
+        if (!v->thread_joinable) {
                 pthread_mutex_unlock(&v->lock);
                 return;
         }
-        v->stop_requested = true;
-        uint64_t one = 1;
-        ssize_t k = write(v->wake_fd, &one, sizeof(one));
-        (void)k;
+        if (v->thread_running) {
+                v->stop_requested = true;
+                uint64_t one = 1;
+                ssize_t k = write(v->wake_fd, &one, sizeof(one));
+                (void)k;
+        }
         pthread_t t = v->thread;
+        v->thread_joinable = false;
         pthread_mutex_unlock(&v->lock);
         pthread_join(t, NULL);
 }

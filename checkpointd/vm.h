@@ -95,7 +95,8 @@ struct vm {
         /* Owned by whoever holds `busy`: the replication thread while it
          * runs, else the control thread. */
         struct qemu_vm *qemu;
-        pthread_t thread;              /* primary thread (joined) */
+        pthread_t thread;              /* primary thread */
+        bool thread_joinable;          /* primary thread created, not yet joined */
         bool thread_running;           /* primary or backup thread alive */
         pthread_cond_t changed;        /* broadcast on every state change and when
                                           thread_running drops */

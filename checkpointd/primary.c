@@ -424,16 +424,21 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         int r = scan_all(p, &n_pre);
         if (r < 0)
                 goto out;
+        /* No QMP `stop`: the migration that captures the device state
+         * stops the VM itself when it completes (its set-up and the
+         * firmware ROM blocks run while the guest still runs), and leaves
+         * it stopped. The pause starts at QEMU's STOP event. */
         r = qemu_devstate_arm(q, QMP_TIMEOUT_MS);
         if (r < 0)
                 goto out;
-        uint64_t t0 = now_ns();
-        uint64_t stop_wall = wall_ms();
-        stopped = true; /* a stop that timed out may still have stopped it */
-        r = qemu_stop(q, QMP_TIMEOUT_MS);
+        stopped = true; /* from here the VM may be stopped: always cont on failure */
+        r = qemu_save_devstate(q, &p->devstate, &p->devstate_cap, &dslen, DEVSTATE_TIMEOUT_MS);
+        if (r == 0) /* completed: the VM is stopped and the state is whole */
+                r = qemu_devstate_check(q, DEVSTATE_TIMEOUT_MS);
         if (r < 0)
                 goto out;
-        uint64_t t1 = now_ns();
+        uint64_t t1 = now_ns(), t1_wall = wall_us();
+        uint64_t stop_us = qemu_stop_time_us(q, t1_wall);
         r = scan_more(p, n_pre, &n);
         if (r < 0)
                 goto out;
@@ -444,10 +449,6 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
                 memcpy(p->staging + i * HAVMS_PAGE_SIZE,
                        p->ram + (uint64_t)p->dirty[i] * HAVMS_PAGE_SIZE, HAVMS_PAGE_SIZE);
         uint64_t t3 = now_ns();
-        r = qemu_save_devstate(q, &p->devstate, &p->devstate_cap, &dslen, DEVSTATE_TIMEOUT_MS);
-        if (r < 0)
-                goto out;
-        uint64_t t4 = now_ns();
         if (!hold) {
                 r = qemu_cont(q, QMP_TIMEOUT_MS);
                 if (r < 0)
@@ -455,18 +456,19 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
                 stopped = false;
         }
         uint64_t t5 = now_ns();
-        st.stop_ms = (float)(t1 - t0) / 1e6f;
+        uint64_t stop_wall = stop_us / 1000;
+        /* stop: QEMU stopping the VM is inside devstate (STOP event to
+         * stream end); kept in the record for comparison with older runs */
+        st.stop_ms = 0;
+        st.devstate_ms = (float)(t1_wall - stop_us) / 1e3f;
         st.scan_ms = (float)(t2 - t1) / 1e6f;
         st.copy_ms = (float)(t3 - t2) / 1e6f;
-        st.devstate_ms = (float)(t4 - t3) / 1e6f;
-        st.cont_ms = (float)(t5 - t4) / 1e6f;
-        st.pause_ms = (float)(t5 - t0) / 1e6f;
+        st.cont_ms = (float)(t5 - t3) / 1e6f;
+        st.pause_ms = st.devstate_ms + (float)(t5 - t1) / 1e6f;
         st.dirty_pages = (uint32_t)n;
+        uint64_t t0 = t1 - (uint64_t)(t1_wall - stop_us) * 1000u; /* stop, monotonic */
 
         /* The VM runs again; the rest overlaps with it. */
-        r = qemu_devstate_check(q, DEVSTATE_TIMEOUT_MS);
-        if (r < 0)
-                goto out;
         p->wire_bytes = 0;
         wire_buf_reset(&p->wb);
         for (size_t i = 0; i < n && r == 0; i++)

@@ -448,6 +448,24 @@ int qemu_devstate_check(struct qemu_vm *q, int timeout_ms)
         return await_migration_end(q, now_ns() + (uint64_t)timeout_ms * 1000000u);
 }
 
+uint64_t qemu_stop_time_us(struct qemu_vm *q, uint64_t fallback)
+{
+        json_object *ev = NULL, *ts, *sec, *usec;
+        uint64_t t = fallback;
+        if (qmp_wait_event(q->qmp, "STOP", 0, &ev) < 0)
+                return fallback;
+        if (json_object_object_get_ex(ev, "timestamp", &ts) &&
+            json_object_object_get_ex(ts, "seconds", &sec) &&
+            json_object_object_get_ex(ts, "microseconds", &usec)) {
+                uint64_t v = (uint64_t)json_object_get_int64(sec) * 1000000u +
+                             (uint64_t)json_object_get_int64(usec);
+                if (v <= fallback) /* QEMU's clock and ours are the same host's */
+                        t = v;
+        }
+        json_object_put(ev);
+        return t;
+}
+
 int qemu_load_devstate(struct qemu_vm *q, const uint8_t *buf, size_t len, int timeout_ms)
 {
         uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000u;

@@ -16,6 +16,7 @@ uint64_t now_ns(void);
 static inline uint64_t now_ms(void) { return now_ns() / 1000000u; }
 /* Wall clock, for timestamps shown to operators. */
 uint64_t wall_ms(void);
+uint64_t wall_us(void);
 
 /* Read exactly len bytes or fail. deadline_ns is a now_ns() value, 0 for
  * none. Returns 0, -ETIMEDOUT, -EPIPE (EOF before len) or -errno. */

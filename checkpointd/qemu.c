@@ -333,11 +333,6 @@ void qemu_quit(struct qemu_vm *q, int timeout_ms)
         qemu_exited(q); /* qemu_destroy kills what is left */
 }
 
-int qemu_stop(struct qemu_vm *q, int timeout_ms)
-{
-        return qmp_execute(q->qmp, "stop", NULL, timeout_ms, NULL);
-}
-
 int qemu_cont(struct qemu_vm *q, int timeout_ms)
 {
         return qmp_execute(q->qmp, "cont", NULL, timeout_ms, NULL);

@@ -49,7 +49,6 @@ void qemu_quit(struct qemu_vm *q, int timeout_ms);
 /* Non-blocking: has the process exited? Reaps it if so. */
 bool qemu_exited(struct qemu_vm *q);
 
-int qemu_stop(struct qemu_vm *q, int timeout_ms);
 int qemu_cont(struct qemu_vm *q, int timeout_ms);
 /* One-time migration settings: x-ignore-shared, events, no bandwidth cap. */
 int qemu_migration_setup(struct qemu_vm *q, int timeout_ms);

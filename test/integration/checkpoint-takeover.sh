@@ -9,11 +9,8 @@ set -u
 hv_need
 hv_pair_create "havms.dirty_mib_s=4" || { echo "FAIL: test bed"; exit 1; }
 
-hv_must "start web01 on a" hvctl a start web01
-hv_must "guest answers on the LAN" hv_wait_guest 90
-boot_id=$(hv_kv "$(hv_guest stat)" boot_id)
-hv_must "protect web01 to b" hvctl a protect web01
-hv_must "a reaches protected" hv_wait_state a web01 protected 120
+hv_start_protected
+boot_id=$HV_BOOT_ID
 hv_check "b holds a committed replica" hv_wait_state b web01 backup-standby 10
 
 # Clients talk to the guest for >= 10 s while it is protected.

@@ -19,11 +19,8 @@ mkdir -p "$ctl"
 tb_spawn a "$TB_RUN/proxy.log" python3 "$hv_top/test/tools/wire_proxy.py" \
         127.0.0.1:7790 "$(tb_addr b 1):7780" "$ctl"
 
-hv_must "start web01 on a" hvctl a start web01
-hv_must "guest answers" hv_wait_guest 90
-boot_id=$(hv_kv "$(hv_guest stat)" boot_id)
-hv_must "protect web01 to b through the proxy" hvctl a protect web01
-hv_must "a reaches protected" hv_wait_state a web01 protected 120
+hv_start_protected   # through the proxy on a
+boot_id=$HV_BOOT_ID
 last=0
 for _ in $(seq 20); do last=$(hv_guest next); sleep 0.05; done
 sleep 0.5   # let the last answer's state commit

@@ -9,10 +9,7 @@ set -u
 . "$(dirname "$0")/../lib/havms.sh"
 hv_need
 hv_pair_create "havms.dirty_mib_s=8" || { echo "FAIL: test bed"; exit 1; }
-hv_must "start web01 on a" hvctl a start web01
-hv_must "guest answers" hv_wait_guest 90
-hv_must "protect web01" hvctl a protect web01
-hv_must "protected" hv_wait_state a web01 protected 120
+hv_start_protected
 
 ram=$(tb_path a /dev/shm/havms/$HV_VM.ram)
 replica=$(tb_path b /dev/shm/havms/$HV_VM.ram)

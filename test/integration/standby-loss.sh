@@ -10,11 +10,8 @@ set -u
 hv_need
 hv_pair_create "havms.dirty_mib_s=4" || { echo "FAIL: test bed"; exit 1; }
 
-hv_must "start web01 on a" hvctl a start web01
-hv_must "guest answers" hv_wait_guest 90
-boot_id=$(hv_kv "$(hv_guest stat)" boot_id)
-hv_must "protect web01" hvctl a protect web01
-hv_must "protected" hv_wait_state a web01 protected 120
+hv_start_protected
+boot_id=$HV_BOOT_ID
 
 # counting_for SECONDS: the guest answers with increasing values throughout
 counting_for() {

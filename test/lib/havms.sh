@@ -120,6 +120,16 @@ hv_wait_guest() { tb_wait_for "${1:-90}" hv__guest_up; }
 # hv_kv "k1=v1 k2=v2" KEY: value of KEY in a key=value reply
 hv_kv() { local kv; for kv in $1; do [ "${kv%%=*}" = "$2" ] && { echo "${kv#*=}"; return 0; }; done; return 1; }
 
+# hv_start_protected: boot web01 on a, wait for its services, protect it
+# to b and wait until protected; sets HV_BOOT_ID. Ends the test on failure.
+hv_start_protected() {
+        hv_must "start web01 on a" hvctl a start web01
+        hv_must "guest answers on the LAN" hv_wait_guest 90
+        HV_BOOT_ID=$(hv_kv "$(hv_guest stat)" boot_id)
+        hv_must "protect web01 to b" hvctl a protect web01
+        hv_must "a reaches protected" hv_wait_state a web01 protected 120
+}
+
 hv_dump_logs() { # on failure: what the daemons and consoles said
         local h
         for h in a b; do

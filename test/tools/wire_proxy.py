@@ -39,6 +39,14 @@ def recv_exact(sock, n):
     return buf
 
 
+def shutdown_both(*socks):
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 class Proxy:
     def __init__(self, target, ctl):
         self.target = target
@@ -85,11 +93,7 @@ class Proxy:
                 dst.sendall(hdr + payload)
         except OSError:
             pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shutdown_both(src, dst)
 
     def downstream(self, src, dst):
         try:
@@ -100,11 +104,7 @@ class Proxy:
                 dst.sendall(data)
         except OSError:
             pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shutdown_both(src, dst)
 
     def serve(self, listen):
         ls = socket.socket()

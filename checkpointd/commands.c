@@ -233,14 +233,18 @@ static int cmp_float(const void *a, const void *b)
 }
 
 /* Percentile p (0..100) of field at byte offset off in the epochs counted. */
-static double pct(const struct vm *v, size_t off, bool is_u32, double p, float *tmp, size_t n,
+enum field_kind { FK_FLOAT, FK_U32, FK_U64 };
+
+static double pct(const struct vm *v, size_t off, enum field_kind kind, double p, float *tmp, size_t n,
                   uint64_t first)
 {
         if (!n)
                 return 0;
         for (size_t i = 0; i < n; i++) {
                 const uint8_t *e = (const uint8_t *)&v->stats[(first + i) % STATS_RING];
-                tmp[i] = is_u32 ? (float)*(const uint32_t *)(e + off) : *(const float *)(e + off);
+                tmp[i] = kind == FK_U32 ? (float)*(const uint32_t *)(e + off)
+                         : kind == FK_U64 ? (float)*(const uint64_t *)(e + off)
+                                          : *(const float *)(e + off);
         }
         qsort(tmp, n, sizeof(float), cmp_float);
         size_t k = (size_t)ceil(p / 100.0 * (double)n);
@@ -259,21 +263,21 @@ static json_object *stats_json(struct vm *v)
                 return o;
 #define F(field) offsetof(struct epoch_stat, field)
         add_int(o, "epochs", (int64_t)n);
-        add_dbl(o, "pause_ms_p50", pct(v, F(pause_ms), false, 50, tmp, n, from));
-        add_dbl(o, "pause_ms_p99", pct(v, F(pause_ms), false, 99, tmp, n, from));
-        add_dbl(o, "pause_ms_max", pct(v, F(pause_ms), false, 100, tmp, n, from));
+        add_dbl(o, "pause_ms_p50", pct(v, F(pause_ms), FK_FLOAT, 50, tmp, n, from));
+        add_dbl(o, "pause_ms_p99", pct(v, F(pause_ms), FK_FLOAT, 99, tmp, n, from));
+        add_dbl(o, "pause_ms_max", pct(v, F(pause_ms), FK_FLOAT, 100, tmp, n, from));
         json_object *parts = json_object_new_object();
-        add_dbl(parts, "stop", pct(v, F(stop_ms), false, 50, tmp, n, from));
-        add_dbl(parts, "scan", pct(v, F(scan_ms), false, 50, tmp, n, from));
-        add_dbl(parts, "copy", pct(v, F(copy_ms), false, 50, tmp, n, from));
-        add_dbl(parts, "devstate", pct(v, F(devstate_ms), false, 50, tmp, n, from));
-        add_dbl(parts, "cont", pct(v, F(cont_ms), false, 50, tmp, n, from));
+        add_dbl(parts, "stop", pct(v, F(stop_ms), FK_FLOAT, 50, tmp, n, from));
+        add_dbl(parts, "scan", pct(v, F(scan_ms), FK_FLOAT, 50, tmp, n, from));
+        add_dbl(parts, "copy", pct(v, F(copy_ms), FK_FLOAT, 50, tmp, n, from));
+        add_dbl(parts, "devstate", pct(v, F(devstate_ms), FK_FLOAT, 50, tmp, n, from));
+        add_dbl(parts, "cont", pct(v, F(cont_ms), FK_FLOAT, 50, tmp, n, from));
         json_object_object_add(o, "pause_parts_ms_p50", parts);
-        add_dbl(o, "commit_ms_p50", pct(v, F(commit_ms), false, 50, tmp, n, from));
-        add_dbl(o, "commit_ms_p99", pct(v, F(commit_ms), false, 99, tmp, n, from));
-        add_dbl(o, "dirty_pages_p50", pct(v, F(dirty_pages), true, 50, tmp, n, from));
-        add_dbl(o, "raw_bytes_per_epoch_p50", pct(v, F(raw_bytes), true, 50, tmp, n, from));
-        add_dbl(o, "wire_bytes_per_epoch_p50", pct(v, F(wire_bytes), true, 50, tmp, n, from));
+        add_dbl(o, "commit_ms_p50", pct(v, F(commit_ms), FK_FLOAT, 50, tmp, n, from));
+        add_dbl(o, "commit_ms_p99", pct(v, F(commit_ms), FK_FLOAT, 99, tmp, n, from));
+        add_dbl(o, "dirty_pages_p50", pct(v, F(dirty_pages), FK_U32, 50, tmp, n, from));
+        add_dbl(o, "raw_bytes_per_epoch_p50", pct(v, F(raw_bytes), FK_U64, 50, tmp, n, from));
+        add_dbl(o, "wire_bytes_per_epoch_p50", pct(v, F(wire_bytes), FK_U64, 50, tmp, n, from));
         uint64_t raw = 0, wire = 0;
         for (size_t i = 0; i < n; i++) {
                 raw += v->stats[(from + i) % STATS_RING].raw_bytes;
@@ -303,8 +307,11 @@ static json_object *vm_json(struct daemon *d, struct vm *v)
         add_int(o, "epoch", (int64_t)v->epoch);
         add_int(o, "committed_epoch", (int64_t)v->committed_epoch);
         add_int(o, "epoch_ms", v->cfg.epoch_ms);
-        /* lag: how old the state the replica holds is (its stop time) */
-        int64_t lag = v->last_stop_wall_ms ? (int64_t)(wall_ms() - v->last_stop_wall_ms) : -1;
+        /* lag: on the primary, how old the state the replica holds is (the
+         * committed epoch's stop time); on the standby, time since the last
+         * commit by its own clock (the primary's clock may differ) */
+        uint64_t since = vm_state_is_primary(v->state) ? v->last_stop_wall_ms : v->last_commit_wall_ms;
+        int64_t lag = since ? (int64_t)(wall_ms() - since) : -1;
         add_int(o, "lag_ms", replicating && v->committed_epoch ? lag : -1);
         if (v->n_stats)
                 add_dbl(o, "last_pause_ms", v->stats[(v->n_stats - 1) % STATS_RING].pause_ms);

@@ -495,8 +495,8 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         if (r < 0)
                 goto out;
         st.commit_ms = ms_since(t0);
-        st.raw_bytes = (uint32_t)(raw + dslen);
-        st.wire_bytes = (uint32_t)p->wire_bytes;
+        st.raw_bytes = raw + dslen;
+        st.wire_bytes = p->wire_bytes;
         pthread_mutex_lock(&p->v->lock);
         if (!hold) /* a held epoch's "pause" lasts until resume */
                 vm_record_epoch(p->v, &st);

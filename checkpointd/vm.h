@@ -60,8 +60,8 @@ struct epoch_stat {
         float stop_ms, scan_ms, copy_ms, devstate_ms, cont_ms, pause_ms;
         float commit_ms;   /* VM stop to ACK received */
         uint32_t dirty_pages;
-        uint32_t raw_bytes;  /* page bytes + device state, uncompressed */
-        uint32_t wire_bytes; /* bytes put on the socket for this epoch */
+        uint64_t raw_bytes;  /* page bytes + device state, uncompressed */
+        uint64_t wire_bytes; /* bytes put on the socket for this epoch */
 };
 
 struct sync_progress {

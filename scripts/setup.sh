@@ -13,14 +13,15 @@ if [ "$(id -u)" != 0 ]; then
         exit 1
 fi
 
-# Build, runtime and test dependencies. Test tools: real QEMU, real NBD and
-# ext4 tools, iproute2 for the namespaces.
+# Build, runtime and test dependencies. Test tools: real QEMU, ext4 tools,
+# iproute2 for the namespaces, clang's libFuzzer for the fuzz targets.
 pkgs=(
         build-essential meson ninja-build pkg-config
         liblz4-dev libjson-c-dev libinih-dev libcmocka-dev libxxhash-dev
         qemu-system-x86 qemu-utils
         busybox-static cpio kmod
         iproute2 e2fsprogs util-linux procps psmisc python3
+        clang libclang-rt-14-dev
 )
 missing=()
 for p in "${pkgs[@]}"; do

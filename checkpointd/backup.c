@@ -573,6 +573,14 @@ void backup_accept(struct daemon *d, int fd)
         pthread_attr_destroy(&attr);
 }
 
+/* Daemon shutdown: end the session (if any) and drop the hot standby and
+ * the replica, so no paused QEMU outlives us holding the VM's taps. */
+void backup_stop(struct daemon *d, struct vm *v)
+{
+        session_stop(v);
+        backup_discard(d, v);
+}
+
 void backup_discard(struct daemon *d, struct vm *v)
 {
         (void)d;

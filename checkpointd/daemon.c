@@ -244,9 +244,12 @@ int daemon_run(struct daemon *d)
 void daemon_shutdown(struct daemon *d)
 {
         log_msg(LOG_LVL_NOTICE, MSG_DAEMON_STOPPING, NULL, -1,
-                "checkpointd stopping: ending protection; running guests are left running");
-        for (unsigned i = 0; i < d->n_vms; i++)
+                "checkpointd stopping: ending protection, dropping replicas held here; "
+                "running guests are left running");
+        for (unsigned i = 0; i < d->n_vms; i++) {
                 primary_stop(d->vms[i]);
+                backup_stop(d, d->vms[i]); /* no-op for a VM running here */
+        }
         if (d->ctl_fd >= 0) {
                 close(d->ctl_fd);
                 unlink(d->host.control_socket);

@@ -43,3 +43,4 @@ int primary_hold(struct vm *v, bool hold); /* v->lock held */
 void backup_accept(struct daemon *d, int fd);
 int backup_activate(struct daemon *d, struct vm *v, bool force, char *err, size_t errlen);
 void backup_discard(struct daemon *d, struct vm *v);
+void backup_stop(struct daemon *d, struct vm *v);

@@ -315,6 +315,8 @@ static int initial_sync(struct primary *p)
                         return r;
                 if (n < p->cfg.precopy_done_pages)
                         break;
+                if (stop_requested(p))
+                        return -ECANCELED;
         }
         log_msg(LOG_LVL_INFO, MSG_SYNC_PROGRESS, v->name, -1,
                 "pre-copy done in %llu ms: %.1f MiB of pages, %.1f MiB on the wire",

@@ -492,17 +492,3 @@ int qemu_announce(struct qemu_vm *q, int timeout_ms)
                                 "{\"initial\":50,\"max\":550,\"rounds\":5,\"step\":100}",
                                 timeout_ms, NULL);
 }
-
-int qemu_run_state(struct qemu_vm *q, char *buf, size_t len, int timeout_ms)
-{
-        json_object *res = NULL, *st;
-        int r = qmp_execute(q->qmp, "query-status", NULL, timeout_ms, &res);
-        if (r < 0)
-                return r;
-        if (json_object_object_get_ex(res, "status", &st))
-                snprintf(buf, len, "%s", json_object_get_string(st));
-        else
-                r = -EBADMSG;
-        json_object_put(res);
-        return r;
-}

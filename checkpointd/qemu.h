@@ -70,8 +70,6 @@ uint64_t qemu_stop_time_us(struct qemu_vm *q, uint64_t fallback);
 int qemu_load_devstate(struct qemu_vm *q, const uint8_t *buf, size_t len, int timeout_ms);
 /* Tell the LAN where the NICs are now (RARP via announce-self). */
 int qemu_announce(struct qemu_vm *q, int timeout_ms);
-/* "running", "paused", ... (QMP query-status), into buf. */
-int qemu_run_state(struct qemu_vm *q, char *buf, size_t len, int timeout_ms);
 
 /* Deterministic names of a VM's files on a host. */
 void qemu_ram_path(const struct host_config *h, const char *vm, char *buf, size_t len);

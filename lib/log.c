@@ -20,8 +20,6 @@ void log_open(const char *ident, bool use_syslog, enum log_level level)
                 openlog(ident, LOG_PID | LOG_NDELAY, LOG_DAEMON);
 }
 
-void log_set_threshold(enum log_level level) { threshold = level; }
-enum log_level log_get_threshold(void) { return threshold; }
 
 static const char *level_name(enum log_level l)
 {

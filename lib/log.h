@@ -19,8 +19,6 @@ enum log_level {
 };
 
 void log_open(const char *ident, bool use_syslog, enum log_level threshold);
-void log_set_threshold(enum log_level threshold);
-enum log_level log_get_threshold(void);
 
 /* msgid: a stable ID such as "HAVMS-CK-1001", or NULL for debug chatter.
  * vm may be NULL; epoch < 0 means "no epoch". */

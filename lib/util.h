@@ -37,10 +37,6 @@ int tcp_accept(int listen_fd, int *ret_fd);
 /* Make every directory of path (mkdir -p). */
 int mkdir_p(const char *path, unsigned mode);
 
-/* Write data to path atomically (tmp file + fsync + rename). */
-int write_file_atomic(const char *path, const void *data, size_t len);
-/* Read a whole file (up to max bytes) into a malloc'd buffer. */
-int read_file(const char *path, size_t max, void **ret_buf, size_t *ret_len);
 
 static inline void freep(void *p) { free(*(void **)p); }
 static inline void closep(int *fd) { if (*fd >= 0) close(*fd); }

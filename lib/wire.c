@@ -111,8 +111,6 @@ int wire_put_bytes(struct wire_buf *b, const void *p, size_t n)
         return 0;
 }
 
-int wire_put_u8(struct wire_buf *b, uint8_t v) { return wire_put_bytes(b, &v, 1); }
-
 int wire_put_u32(struct wire_buf *b, uint32_t v)
 {
         uint8_t t[4];

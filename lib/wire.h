@@ -135,7 +135,6 @@ int wire_buf_reserve(struct wire_buf *b, size_t extra);
 /* Start a record; fields and bytes are appended with wire_put_*; finish
  * fills in length and checksum. */
 int wire_begin(struct wire_buf *b, enum wire_type type, uint64_t epoch);
-int wire_put_u8(struct wire_buf *b, uint8_t v);
 int wire_put_u32(struct wire_buf *b, uint32_t v);
 int wire_put_u64(struct wire_buf *b, uint64_t v);
 int wire_put_bytes(struct wire_buf *b, const void *p, size_t n);

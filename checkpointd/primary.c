@@ -224,6 +224,21 @@ static int scan_all(struct primary *p, size_t *ret_n)
         return 0;
 }
 
+/* A scan while the VM runs (pre-copy rounds). A tracker that cannot read
+ * and re-arm atomically (soft-dirty) would lose writes made in between, so
+ * the VM is stopped around its scan; it is continued whatever happens. */
+static int scan_running(struct primary *p, size_t *ret_n)
+{
+        struct qemu_vm *q = p->v->qemu;
+        if (tracker_scan_is_atomic(p->tracker))
+                return scan_all(p, ret_n);
+        int r = qmp_execute(q->qmp, "stop", NULL, QMP_TIMEOUT_MS, NULL);
+        if (r == 0)
+                r = scan_all(p, ret_n);
+        int rc = qemu_cont(q, QMP_TIMEOUT_MS);
+        return r < 0 ? r : rc;
+}
+
 /* Scan again and add what is new to the n_pre pages already in p->dirty
  * (a page found by both scans is listed once: the standby refuses a page
  * twice in one epoch). */
@@ -303,7 +318,7 @@ static int initial_sync(struct primary *p)
         progress(p, p->npages * HAVMS_PAGE_SIZE, 0, p->npages);
 
         for (uint32_t round = 1; round <= p->cfg.precopy_max_rounds; round++) {
-                if ((r = scan_all(p, &n)) < 0)
+                if ((r = scan_running(p, &n)) < 0)
                         return r;
                 progress(p, p->npages * HAVMS_PAGE_SIZE, round, n);
                 for (size_t i = 0; i < n; i++) {
@@ -421,9 +436,10 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
          * epoch's pages are found here. The scan in the pause then only
          * finds what was written in the short gap, and every page of
          * either set is copied in the pause, so the copy is consistent
-         * with the device state. */
+         * with the device state. Only for a tracker whose scan is atomic:
+         * soft-dirty scans only with the VM stopped. */
         size_t n_pre = 0;
-        int r = scan_all(p, &n_pre);
+        int r = tracker_scan_is_atomic(p->tracker) ? scan_all(p, &n_pre) : 0;
         if (r < 0)
                 goto out;
         /* No QMP `stop`: the migration that captures the device state

@@ -219,6 +219,11 @@ const char *tracker_name(const struct tracker *t)
         return t ? t->ops->name : NULL;
 }
 
+bool tracker_scan_is_atomic(const struct tracker *t)
+{
+        return t && t->ops->scan_is_atomic;
+}
+
 int tracker_find_mapping(pid_t pid, const char *path, uint64_t *ret_start,
                          uint64_t *ret_len)
 {

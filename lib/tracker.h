@@ -17,6 +17,7 @@
  * ascending, each at most once.
  */
 #pragma once
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -25,6 +26,11 @@ struct tracker;
 
 struct tracker_ops {
         const char *name;
+        /* true when scan reports and re-arms in one atomic step, so it may
+         * run while the target writes (uffd-wp); false when a write between
+         * reading and re-arming can be lost (soft-dirty): then the target
+         * must be stopped during a scan. */
+        bool scan_is_atomic;
         /* Start tracking [start, start+len) in pid's address space. Every
          * page counts as clean afterwards. */
         int (*open)(pid_t pid, uint64_t start, uint64_t len, void **ret_priv);
@@ -54,6 +60,7 @@ int tracker_open(const char *want, pid_t pid, uint64_t start, uint64_t len,
 int tracker_scan(struct tracker *t, uint32_t *out, size_t cap, size_t *ret_n);
 void tracker_close(struct tracker *t);
 const char *tracker_name(const struct tracker *t);
+bool tracker_scan_is_atomic(const struct tracker *t);
 
 /* Find the mapping of file path (as shown in /proc/PID/maps) in pid's
  * address space. */

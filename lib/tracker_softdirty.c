@@ -239,6 +239,7 @@ static void sd_close(void *priv)
 
 const struct tracker_ops tracker_softdirty_ops = {
         .name = "soft-dirty",
+        .scan_is_atomic = false,
         .open = sd_open,
         .scan = sd_scan,
         .close = sd_close,

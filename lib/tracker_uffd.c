@@ -383,6 +383,7 @@ static void uffd_close(void *priv)
 
 const struct tracker_ops tracker_uffd_ops = {
         .name = "uffd-wp",
+        .scan_is_atomic = true,
         .open = uffd_open,
         .scan = uffd_scan,
         .close = uffd_close,

@@ -1,14 +1,17 @@
 /* backup: the standby side of a protected VM, and its activation.
  *
  * Owns: the replica (guest RAM file mapped read-write, the last committed
- * device state), the staging area of the epoch in flight, the hot-standby
+ * device state, the disk images through disks.c), the staging area of the
+ * epoch in flight (pages, device state, disk writes), the hot-standby
  * QEMU (started paused with -incoming defer on the replica once the first
  * epoch is committed), and activation.
  *
  * The replica only ever changes at an epoch commit: a whole epoch is
  * received, every record verified (wire.c) and every page decoded into the
  * staging area first; only after EPOCH_END checks out are the staged pages
- * copied into the replica, which cannot fail. A corrupt, truncated or
+ * copied into the replica. The disk writes of the epoch are applied first
+ * (the one step that can fail: an I/O error there leaves the replica
+ * unusable, and says so), then the pages, which cannot fail. A corrupt, truncated or
  * missing record drops the connection and the staging area, never the
  * replica. The ACK is sent after the copy: what it acknowledges is in the
  * replica. (The replica lives in tmpfs: it survives a restart of this
@@ -28,6 +31,7 @@
 
 #include "codec.h"
 #include "daemon.h"
+#include "disks.h"
 #include "log.h"
 #include "msgid.h"
 #include "util.h"
@@ -51,6 +55,7 @@ struct backup_replica {
         uint8_t *st_dev;
         size_t st_dev_len, st_dev_cap;
         uint8_t *seen;           /* bitmap: pfn staged in this epoch */
+        struct disk_replica disks; /* images + staged writes, opened per HELLO */
 };
 
 static void replica_free(struct backup_replica *b)
@@ -66,6 +71,7 @@ static void replica_free(struct backup_replica *b)
         free(b->st_pages);
         free(b->st_dev);
         free(b->seen);
+        disk_replica_close(&b->disks);
         free(b);
 }
 
@@ -76,6 +82,8 @@ static int replica_open(const struct host_config *h, const struct vm_config *c,
         if (!b)
                 return -ENOMEM;
         b->ram_fd = -1;
+        for (unsigned i = 0; i < CFG_MAX_DISKS; i++)
+                b->disks.fd[i] = -1;
         uint64_t bytes = (uint64_t)c->memory_mib << 20;
         b->npages = bytes / HAVMS_PAGE_SIZE;
         char path[CFG_PATH_MAX + 64];
@@ -119,6 +127,7 @@ static void staging_reset(struct backup_replica *b)
         b->st_n = 0;
         b->st_dev_len = 0;
         b->st_epoch = 0;
+        disk_replica_discard(&b->disks);
 }
 
 static int stage_page(struct backup_replica *b, const struct wire_page *pg)
@@ -252,6 +261,20 @@ static void start_hot_standby(struct session *s)
         pthread_mutex_unlock(&v->lock);
 }
 
+/* A local disk failure (journal full, I/O error): tell the primary why,
+ * then drop the session. */
+static int disk_failed(struct session *s, int r, const char *what)
+{
+        char text[256];
+        snprintf(text, sizeof(text), "standby %s failed %s: %s", s->d->host.name, what,
+                 strerror(-r));
+        log_msg(LOG_LVL_ERR, MSG_BK_DISK_FAILED, s->v->name, (int64_t)s->v->committed_epoch,
+                "%s; %s", text, s->v->replica->valid ? "the last committed replica is intact"
+                                                     : "the replica is NOT usable");
+        refuse(s->fd, r == -ENOSPC ? WIRE_ERR_NOSPACE : WIRE_ERR_INTERNAL, text);
+        return r;
+}
+
 /* Returns 0 when the primary ended protection, negative errno otherwise. */
 static int receive_loop(struct session *s)
 {
@@ -265,18 +288,29 @@ static int receive_loop(struct session *s)
                 const struct wire_hdr *h = &s->in.hdr;
                 switch (h->type) {
                 case WIRE_SYNC_PAGES:
+                case WIRE_SYNC_DISK:
                         if (b->valid)
                                 return -EPROTO;
-                        r = apply_sync_pages(b, &s->in);
+                        r = h->type == WIRE_SYNC_PAGES ? apply_sync_pages(b, &s->in)
+                                                       : disk_replica_sync(&b->disks, &s->in);
+                        if (r < 0 && r != -EBADMSG)
+                                return disk_failed(s, r, "writing the initial disk copy");
                         break;
                 case WIRE_EPOCH_PAGES:
                 case WIRE_EPOCH_DEVSTATE:
+                case WIRE_EPOCH_DISK:
                         if (b->st_epoch == 0) {
                                 if (h->epoch == 0 || (b->valid && h->epoch != v->committed_epoch + 1))
                                         return -EPROTO;
                                 b->st_epoch = h->epoch;
                         } else if (h->epoch != b->st_epoch)
                                 return -EPROTO;
+                        if (h->type == WIRE_EPOCH_DISK) {
+                                r = disk_replica_stage(&b->disks, &s->in);
+                                if (r < 0 && r != -EBADMSG)
+                                        return disk_failed(s, r, "staging the epoch's disk writes");
+                                break;
+                        }
                         r = h->type == WIRE_EPOCH_PAGES ? stage_pages(b, &s->in)
                                                         : stage_devstate(b, &s->in);
                         break;
@@ -288,10 +322,19 @@ static int receive_loop(struct session *s)
                         if (h->epoch == 0 || (b->st_epoch && h->epoch != b->st_epoch) ||
                             (b->valid && h->epoch != v->committed_epoch + 1) ||
                             e.pages != b->st_n || e.devstate_bytes != b->st_dev_len ||
-                            b->st_dev_len == 0)
+                            b->st_dev_len == 0 || e.disk_recs != b->disks.st_recs ||
+                            e.disk_bytes != b->disks.st_bytes)
                                 return -EPROTO;
                         bool first = !b->valid;
                         size_t n = b->st_n;
+                        /* disks first: the only part of a commit that can fail */
+                        r = disk_replica_commit(&b->disks);
+                        if (r < 0) {
+                                pthread_mutex_lock(&v->lock);
+                                b->valid = false; /* the images may hold part of the epoch */
+                                pthread_mutex_unlock(&v->lock);
+                                return disk_failed(s, r, "applying the epoch to the disk images");
+                        }
                         commit(b);
                         staging_reset(b);
                         pthread_mutex_lock(&v->lock);
@@ -447,6 +490,18 @@ static int check_hello(struct daemon *d, const struct wire_hello *h, struct vm *
         return 0;
 }
 
+/* A HELLO that reserved v could not be served: give the VM back. */
+static void release_reservation(struct vm *v)
+{
+        pthread_mutex_lock(&v->lock);
+        v->conn_fd = -1;
+        v->link_up = false;
+        vm_set_state(v, VM_DEFINED);
+        v->thread_running = false;
+        pthread_cond_broadcast(&v->changed);
+        pthread_mutex_unlock(&v->lock);
+}
+
 static void *hello_thread(void *arg)
 {
         struct session *s = arg;
@@ -513,13 +568,7 @@ static void *hello_thread(void *arg)
                         code = r == -ENOSPC ? WIRE_ERR_NOSPACE : WIRE_ERR_INTERNAL;
                         snprintf(why, sizeof(why), "%s cannot hold the replica in %s: %s",
                                  s->d->host.name, s->d->host.ram_dir, strerror(-r));
-                        pthread_mutex_lock(&v->lock);
-                        v->conn_fd = -1;
-                        v->link_up = false;
-                        vm_set_state(v, VM_DEFINED);
-                        v->thread_running = false;
-                        pthread_cond_broadcast(&v->changed);
-                        pthread_mutex_unlock(&v->lock);
+                        release_reservation(v);
                         goto refused;
                 }
                 pthread_mutex_lock(&v->lock);
@@ -527,6 +576,13 @@ static void *hello_thread(void *arg)
                 pthread_mutex_unlock(&v->lock);
         }
         staging_reset(v->replica);
+        disk_replica_close(&v->replica->disks);
+        r = disk_replica_open(&v->replica->disks, &s->d->host, &v->cfg, &h, why, sizeof(why));
+        if (r < 0) {
+                code = r == -ENOSPC ? WIRE_ERR_NOSPACE : WIRE_ERR_MISMATCH;
+                release_reservation(v);
+                goto refused;
+        }
         struct wire_welcome w = { .last_committed = 0 };
         wire_buf_reset(&s->out);
         r = wire_put_welcome(&s->out, &w);

@@ -271,6 +271,7 @@ static json_object *stats_json(struct vm *v)
         add_dbl(parts, "scan", pct(v, F(scan_ms), FK_FLOAT, 50, tmp, n, from));
         add_dbl(parts, "copy", pct(v, F(copy_ms), FK_FLOAT, 50, tmp, n, from));
         add_dbl(parts, "devstate", pct(v, F(devstate_ms), FK_FLOAT, 50, tmp, n, from));
+        add_dbl(parts, "barrier", pct(v, F(barrier_ms), FK_FLOAT, 50, tmp, n, from));
         add_dbl(parts, "cont", pct(v, F(cont_ms), FK_FLOAT, 50, tmp, n, from));
         json_object_object_add(o, "pause_parts_ms_p50", parts);
         add_dbl(o, "commit_ms_p50", pct(v, F(commit_ms), FK_FLOAT, 50, tmp, n, from));
@@ -278,11 +279,14 @@ static json_object *stats_json(struct vm *v)
         add_dbl(o, "dirty_pages_p50", pct(v, F(dirty_pages), FK_U32, 50, tmp, n, from));
         add_dbl(o, "raw_bytes_per_epoch_p50", pct(v, F(raw_bytes), FK_U64, 50, tmp, n, from));
         add_dbl(o, "wire_bytes_per_epoch_p50", pct(v, F(wire_bytes), FK_U64, 50, tmp, n, from));
-        uint64_t raw = 0, wire = 0;
+        add_dbl(o, "disk_bytes_per_epoch_p50", pct(v, F(disk_bytes), FK_U64, 50, tmp, n, from));
+        uint64_t raw = 0, wire = 0, early = 0;
         for (size_t i = 0; i < n; i++) {
                 raw += v->stats[(from + i) % STATS_RING].raw_bytes;
                 wire += v->stats[(from + i) % STATS_RING].wire_bytes;
+                early += v->stats[(from + i) % STATS_RING].early;
         }
+        add_int(o, "epochs_early", (int64_t)early);
         add_dbl(o, "compression_ratio", wire ? (double)raw / (double)wire : 0);
 #undef F
         free(tmp);

@@ -5,8 +5,15 @@
  * of XOR deltas), and the connection to the standby. The epoch order is
  * the Remus order of docs/checkpoint.md:
  *
- *   stop -> scan+re-arm -> copy dirty pages -> device state -> cont
- *        -> encode+send (VM runs) -> EPOCH_END -> await ACK -> committed
+ *   pre-scan -> [migration stops the VM] device state -> scan+re-arm
+ *        -> copy dirty pages -> barrier (NICs' output queues, disks' logs)
+ *        -> cont -> encode+send pages, device state, disk writes (VM runs)
+ *        -> EPOCH_END -> await ACK -> committed -> release the epoch's output
+ *
+ * Output commit (docs/output-commit.md): the frames the guest sent during
+ * epoch N are held by netbuf until ACK(N). Adaptive epochs: when output is
+ * waiting, the next epoch starts min_epoch_ms after the last one instead
+ * of epoch_ms, so a request/response does not wait a whole interval.
  *
  * Any failure after `stop` continues the VM before anything else: losing
  * the standby must never stop the guest. A lost standby is retried every
@@ -23,11 +30,12 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "codec.h"
 #include "daemon.h"
+#include "disks.h"
 #include "log.h"
 #include "msgid.h"
 #include "tracker.h"
@@ -63,6 +71,9 @@ struct primary {
         struct wire_msg in;
         char last_failure[200];   /* last connection failure logged */
         uint64_t wire_bytes;      /* bytes sent in the current epoch/pass */
+        struct br_log logs[CFG_MAX_DISKS]; /* disk writes of the epoch in flight */
+        uint64_t last_pause_end;  /* monotonic ns: the VM last continued after a pause */
+        bool early;               /* the epoch about to run starts early (adaptive) */
         uint8_t enc[CODEC_PAGE_MAX], scratch[CODEC_PAGE_MAX];
         uint8_t snap[CODEC_PAGE_MAX] __attribute__((aligned(64))); /* stable copy of a live page */
 };
@@ -136,6 +147,10 @@ static int connect_peer(struct primary *p)
         };
         snprintf(h.vm, sizeof(h.vm), "%s", p->cfg.name);
         snprintf(h.host, sizeof(h.host), "%s", p->d->host.name);
+        struct qemu_vm *q = p->v->qemu;
+        h.n_disks = q->n_disk;
+        for (unsigned i = 0; i < q->n_disk; i++)
+                h.disk_bytes[i] = blockrepl_size(q->disk[i]);
         wire_buf_reset(&p->wb);
         if ((r = wire_put_hello(&p->wb, &h)) < 0 || (r = send_buf(p)) < 0)
                 goto fail;
@@ -290,8 +305,25 @@ static int initial_sync(struct primary *p)
         };
         pthread_mutex_unlock(&v->lock);
 
+        /* Disks first: blockrepl's sync map catches what the guest writes
+         * behind the copy; those blocks go again at the end. */
+        struct qemu_vm *q = v->qemu;
+        struct disk_sender ds = { .fd = p->fd, .wb = &p->wb, .wire_bytes = &p->wire_bytes,
+                                  .timeout_ns = (uint64_t)p->cfg.ack_timeout_ms * 1000000u };
+        int r = 0;
+        if (q->n_disk) {
+                qemu_disk_mode(q, BR_MODE_SYNC);
+                uint64_t draw = 0;
+                if ((r = disks_sync_pass(q->disk, q->n_disk, &ds, false, &draw)) < 0)
+                        return r;
+                log_msg(LOG_LVL_INFO, MSG_SYNC_PROGRESS, v->name, -1,
+                        "disks copied: %.1f MiB in %llu ms, %.1f MiB on the wire",
+                        (double)draw / 1048576.0, (unsigned long long)(now_ms() - t0),
+                        (double)p->wire_bytes / 1048576.0);
+        }
+
         /* Re-arm everything: from here on, every write is caught. */
-        int r = scan_all(p, &n);
+        r = scan_all(p, &n);
         if (r < 0)
                 return r;
         uint64_t last_log = now_ms();
@@ -333,6 +365,16 @@ static int initial_sync(struct primary *p)
                 if (stop_requested(p))
                         return -ECANCELED;
         }
+        /* From here every disk write goes into the log of epoch 1; the
+         * blocks written during the copy are sent again (read after the
+         * switch, so nothing falls between the two). */
+        if (q->n_disk) {
+                qemu_disk_mode(q, BR_MODE_LOG);
+                uint64_t draw = 0;
+                if ((r = disks_sync_pass(q->disk, q->n_disk, &ds, true, &draw)) < 0)
+                        return r;
+                raw += draw;
+        }
         log_msg(LOG_LVL_INFO, MSG_SYNC_PROGRESS, v->name, -1,
                 "pre-copy done in %llu ms: %.1f MiB of pages, %.1f MiB on the wire",
                 (unsigned long long)(now_ms() - t0), (double)raw / 1048576.0,
@@ -370,10 +412,50 @@ static int send_devstate(struct primary *p, uint64_t epoch, size_t len)
         return 0;
 }
 
+/* on_buffer_full=release: while waiting for the ACK, watch the NICs'
+ * buffers; a full one ends protection (-ENOBUFS) instead of holding the
+ * guest's output any longer. */
+static int wait_ack_or_full(struct primary *p, uint64_t deadline)
+{
+        struct qemu_vm *q = p->v->qemu;
+        struct pollfd fds[1 + CFG_MAX_NICS];
+        nfds_t n = 0;
+        fds[n++] = (struct pollfd){ .fd = p->fd, .events = POLLIN };
+        for (unsigned i = 0; i < q->n_net; i++)
+                fds[n++] = (struct pollfd){ .fd = netbuf_event_fd(q->net[i]), .events = POLLIN };
+        for (;;) {
+                if (qemu_net_full(q)) {
+                        log_msg(LOG_LVL_WARN, MSG_NETBUF_FULL, p->cfg.name, (int64_t)p->v->epoch,
+                                "output buffer full (netbuf_max_mib=%u) while standby %s is slow: "
+                                "dropping protection and releasing the output (on_buffer_full=release)",
+                                p->cfg.netbuf_max_mib, p->peer);
+                        return -ENOBUFS;
+                }
+                uint64_t now = now_ns();
+                if (now >= deadline)
+                        return 0; /* wire_recv reports the timeout */
+                int r = poll(fds, n, (int)((deadline - now) / 1000000u) + 1);
+                if (r < 0 && errno != EINTR)
+                        return -errno;
+                if (r > 0 && fds[0].revents)
+                        return 0;
+                for (nfds_t i = 1; i < n; i++)
+                        if (fds[i].revents & POLLIN) {
+                                uint64_t x;
+                                ssize_t k = read(fds[i].fd, &x, sizeof(x));
+                                (void)k;
+                        }
+        }
+}
+
 static int await_ack(struct primary *p, uint64_t epoch)
 {
         uint64_t deadline = now_ns() + (uint64_t)p->cfg.ack_timeout_ms * 1000000u;
-        int r = wire_recv(p->fd, deadline, &p->in);
+        int r = 0;
+        if (!strcmp(p->cfg.on_buffer_full, "release") && p->v->qemu->n_net)
+                r = wait_ack_or_full(p, deadline);
+        if (r == 0)
+                r = wire_recv(p->fd, deadline, &p->in);
         if (r < 0)
                 return r;
         if (p->in.hdr.type == WIRE_ERROR) {
@@ -467,6 +549,15 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
                 memcpy(p->staging + i * HAVMS_PAGE_SIZE,
                        p->ram + (uint64_t)p->dirty[i] * HAVMS_PAGE_SIZE, HAVMS_PAGE_SIZE);
         uint64_t t3 = now_ns();
+        /* The barrier: everything the guest sent or wrote up to here
+         * belongs to this epoch. QEMU has drained its disk requests and
+         * handed over its frames on the way to the stop. */
+        r = qemu_net_barrier(q, epoch);
+        for (unsigned i = 0; i < q->n_disk && r == 0; i++)
+                r = blockrepl_barrier(q->disk[i], &p->logs[i]);
+        if (r < 0)
+                goto out;
+        uint64_t t4 = now_ns();
         if (!hold) {
                 r = qemu_cont(q, QMP_TIMEOUT_MS);
                 if (r < 0)
@@ -481,7 +572,10 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         st.devstate_ms = (float)(t1_wall - stop_us) / 1e3f;
         st.scan_ms = (float)(t2 - t1) / 1e6f;
         st.copy_ms = (float)(t3 - t2) / 1e6f;
-        st.cont_ms = (float)(t5 - t3) / 1e6f;
+        st.barrier_ms = (float)(t4 - t3) / 1e6f;
+        st.cont_ms = (float)(t5 - t4) / 1e6f;
+        st.early = p->early;
+        p->last_pause_end = t5;
         st.pause_ms = st.devstate_ms + (float)(t5 - t1) / 1e6f;
         st.dirty_pages = (uint32_t)n;
         uint64_t t0 = t1 - (uint64_t)(t1_wall - stop_us) * 1000u; /* stop, monotonic */
@@ -501,9 +595,16 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         }
         if (r == 0)
                 r = send_devstate(p, epoch, dslen);
+        uint64_t disk_recs = 0, disk_bytes = 0;
+        if (r == 0 && q->n_disk) {
+                struct disk_sender ds = { .fd = p->fd, .wb = &p->wb, .wire_bytes = &p->wire_bytes,
+                                          .timeout_ns = (uint64_t)p->cfg.ack_timeout_ms * 1000000u };
+                r = disks_send_logs(p->logs, q->n_disk, &ds, epoch, &disk_recs, &disk_bytes);
+        }
         if (r == 0) {
                 struct wire_epoch_end e = { .pages = n, .devstate_bytes = dslen,
-                                            .stop_wall_ms = stop_wall };
+                                            .stop_wall_ms = stop_wall, .disk_recs = disk_recs,
+                                            .disk_bytes = disk_bytes };
                 r = wire_put_epoch_end(&p->wb, epoch, &e);
                 if (r == 0)
                         r = send_buf(p);
@@ -512,8 +613,14 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
                 r = await_ack(p, epoch);
         if (r < 0)
                 goto out;
+        /* Committed on the standby: what the guest said in this epoch may
+         * now reach the world, and its disk writes are no longer ours. */
+        qemu_net_release(q, epoch);
+        for (unsigned i = 0; i < q->n_disk; i++)
+                br_log_free(&p->logs[i]);
         st.commit_ms = ms_since(t0);
-        st.raw_bytes = raw + dslen;
+        st.disk_bytes = disk_bytes;
+        st.raw_bytes = raw + dslen + disk_bytes;
         st.wire_bytes = p->wire_bytes;
         pthread_mutex_lock(&p->v->lock);
         if (!hold) /* a held epoch's "pause" lasts until resume */
@@ -557,46 +664,94 @@ static int send_ping(struct primary *p)
         return r < 0 ? r : send_buf(p);
 }
 
+/* Wait until the next epoch is due. It is due epoch_ms after the start of
+ * the previous one; or early (adaptive epochs), min_epoch_ms after the last
+ * pause ended, when the guest has output waiting or a disk log passed its
+ * soft limit; or at once when an output buffer is full or the control
+ * thread wants us. Returns true when an epoch should run now. */
+static bool wait_next_epoch(struct primary *p, uint64_t due, bool *disk_soft)
+{
+        struct qemu_vm *q = p->v->qemu;
+        struct pollfd fds[1 + CFG_MAX_NICS + CFG_MAX_DISKS];
+        nfds_t n = 0;
+        fds[n++] = (struct pollfd){ .fd = p->wake_fd, .events = POLLIN };
+        for (unsigned i = 0; i < q->n_net; i++)
+                fds[n++] = (struct pollfd){ .fd = netbuf_event_fd(q->net[i]), .events = POLLIN };
+        nfds_t first_disk = n;
+        for (unsigned i = 0; i < q->n_disk; i++)
+                fds[n++] = (struct pollfd){ .fd = blockrepl_log_fd(q->disk[i]), .events = POLLIN };
+        uint64_t min_ns = (uint64_t)p->cfg.min_epoch_ms * 1000000u;
+        for (;;) {
+                uint64_t now = now_ns(), wake = due;
+                p->early = false;
+                if (stop_requested(p) || p->v->hold_requested)
+                        return !stop_requested(p);
+                if (now >= due)
+                        return true;
+                if (qemu_net_full(q) || (min_ns && (*disk_soft || qemu_net_waiting(q)))) {
+                        uint64_t early = p->last_pause_end + min_ns;
+                        if (qemu_net_full(q) || now >= early) {
+                                p->early = true;
+                                return true;
+                        }
+                        wake = early < due ? early : due;
+                }
+                uint64_t left = wake - now;
+                struct timespec ts = { .tv_sec = (time_t)(left / 1000000000u),
+                                       .tv_nsec = (long)(left % 1000000000u) };
+                int r = ppoll(fds, n, &ts, NULL);
+                if (r <= 0)
+                        continue;
+                for (nfds_t i = 0; i < n; i++) {
+                        if (!(fds[i].revents & POLLIN))
+                                continue;
+                        uint64_t x;
+                        if (read(fds[i].fd, &x, sizeof(x)) == sizeof(x) && i >= first_disk)
+                                *disk_soft = true;
+                }
+        }
+}
+
 static int protected_loop(struct primary *p)
 {
-        int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
-        if (tfd < 0)
-                return -errno;
-        struct itimerspec its = {
-                .it_interval = { .tv_nsec = (long)p->cfg.epoch_ms % 1000 * 1000000,
-                                 .tv_sec = p->cfg.epoch_ms / 1000 },
-        };
-        its.it_value = its.it_interval;
-        timerfd_settime(tfd, 0, &its, NULL);
+        uint64_t interval = (uint64_t)p->cfg.epoch_ms * 1000000u;
+        uint64_t due = p->last_pause_end + interval;
+        bool held = false, disk_soft = false;
         int r = 0;
-        bool held = false;
         while (!stop_requested(p)) {
-                wait_wake_or(p, tfd, -1);
-                if (stop_requested(p))
-                        break;
-                uint64_t ticks;
-                bool tick = read(tfd, &ticks, sizeof(ticks)) == sizeof(ticks);
-                bool want_hold = p->v->hold_requested;
                 if (held) {
-                        if (!want_hold) {
+                        /* the VM is paused after a committed epoch: ping
+                         * the standby every interval until resume */
+                        wait_wake_or(p, -1, (int)p->cfg.epoch_ms);
+                        if (stop_requested(p))
+                                break;
+                        if (!p->v->hold_requested) {
                                 r = qemu_cont(p->v->qemu, QMP_TIMEOUT_MS);
                                 if (r < 0)
                                         break;
                                 held = false;
+                                p->last_pause_end = now_ns();
+                                due = p->last_pause_end + interval;
                                 set_state(p, VM_PROTECTED);
-                        } else if (tick && (r = send_ping(p)) < 0) {
+                        } else if ((r = send_ping(p)) < 0) {
                                 break;
                         }
                         continue;
                 }
-                if (!tick && !want_hold)
-                        continue;
+                if (!wait_next_epoch(p, due, &disk_soft))
+                        break;
+                bool want_hold = p->v->hold_requested;
+                uint64_t start = now_ns();
                 pthread_mutex_lock(&p->v->lock);
                 uint64_t epoch = ++p->v->epoch;
                 pthread_mutex_unlock(&p->v->lock);
+                disk_soft = false;
                 r = run_epoch(p, epoch, want_hold);
                 if (r < 0)
                         break;
+                /* the normal cadence counts from the start of an epoch; one
+                 * that ran long is followed at once, without a burst */
+                due = start + interval;
                 if (want_hold) {
                         held = true;
                         set_state(p, VM_HELD);
@@ -606,7 +761,6 @@ static int protected_loop(struct primary *p)
          * guest paused. */
         if (held && qemu_cont(p->v->qemu, QMP_TIMEOUT_MS) < 0 && qemu_exited(p->v->qemu))
                 r = -ECHILD;
-        close(tfd);
         return r;
 }
 
@@ -667,6 +821,23 @@ static void teardown(struct primary *p)
         wire_msg_free(&p->in);
 }
 
+/* Protection is off (standby lost, sync failed, unprotect): held output
+ * flows again, and the disk writes the standby may not have — the logs of
+ * epochs not ACKed, and every write from now on — go into the persistent
+ * bitmap that failback resyncs from. */
+static void leave_protection_io(struct primary *p)
+{
+        struct qemu_vm *q = p->v->qemu;
+        if (!q)
+                return;
+        for (unsigned i = 0; i < q->n_disk; i++) {
+                blockrepl_bitmap_mark_log(q->disk[i], &p->logs[i]);
+                br_log_free(&p->logs[i]);
+        }
+        qemu_disk_mode(q, BR_MODE_ALONE);
+        qemu_net_buffering(q, false);
+}
+
 static void send_goodbye(struct primary *p)
 {
         if (p->fd < 0)
@@ -717,9 +888,15 @@ static void *primary_thread(void *arg)
                         pthread_mutex_lock(&v->lock);
                         uint64_t epoch = ++v->epoch;
                         pthread_mutex_unlock(&v->lock);
+                        /* from the first epoch on, output waits for its ACK */
+                        qemu_net_buffering(v->qemu, true);
+                        p->early = false;
                         r = run_epoch(p, epoch, false);
                 }
                 if (r == 0) {
+                        /* the standby holds every block now: nothing to resync */
+                        for (unsigned i = 0; i < v->qemu->n_disk; i++)
+                                blockrepl_bitmap_clear(v->qemu->disk[i]);
                         set_state(p, VM_PROTECTED);
                         was_protected = true;
                         log_msg(LOG_LVL_NOTICE, MSG_PROTECTED, v->name, (int64_t)v->epoch,
@@ -731,6 +908,7 @@ static void *primary_thread(void *arg)
                         vm_gone = true;
                         break;
                 }
+                leave_protection_io(p);
                 if (stop_requested(p))
                         break;
                 pthread_mutex_lock(&v->lock);
@@ -746,6 +924,8 @@ static void *primary_thread(void *arg)
 out:
         if (p->fd >= 0 && !vm_gone && v->stop_requested)
                 send_goodbye(p);
+        if (!vm_gone) /* after the goodbye: the standby no longer takes over */
+                leave_protection_io(p);
         drop_connection(p);
         teardown(p);
         struct qemu_vm *dead = NULL;

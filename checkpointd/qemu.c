@@ -117,15 +117,23 @@ static void build_argv(const struct host_config *h, const struct vm_config *c,
                 arg(a, "-append");
                 arg(a, "%s", c->cmdline);
         }
-        if (c->disk[0]) {
-                arg(a, "-drive");
-                arg(a, "file=%s,format=raw,if=virtio,cache=none,aio=threads", c->disk);
+        /* Disks through blockrepl's NBD socket: it sees every write, so it
+         * can cut the disk at the epoch barrier (docs/blockrepl.md). */
+        for (unsigned i = 0; i < c->n_disks; i++) {
+                arg(a, "-blockdev");
+                arg(a, "driver=nbd,node-name=havms-disk%u,server.type=unix,server.path=%s/%s.disk%u.nbd",
+                    i, h->state_dir, c->name, i);
+                arg(a, "-device");
+                arg(a, "virtio-blk-pci,drive=havms-disk%u%s", i, i == 0 ? ",bootindex=0" : "");
         }
         for (unsigned i = 0; i < c->n_nics; i++) {
-                char tap[16];
-                qemu_tap_name(c->name, i, tap, sizeof(tap));
+                char netdev[CFG_PATH_MAX + 128];
+                if (i >= q->n_net || netbuf_qemu_netdev(q->net[i], netdev, sizeof(netdev)) < 0) {
+                        a->overflow = true;
+                        return;
+                }
                 arg(a, "-netdev");
-                arg(a, "tap,id=havms-net%u,ifname=%s,script=no,downscript=no", i, tap);
+                arg(a, "%s,id=havms-net%u", netdev, i);
                 arg(a, "-device");
                 arg(a, "%s,netdev=havms-net%u,mac=%s", c->nics[i].model, i, c->nics[i].mac);
         }
@@ -144,23 +152,109 @@ static void build_argv(const struct host_config *h, const struct vm_config *c,
         }
 }
 
-static int attach_taps(const struct vm_config *c)
+/* The NICs' output buffers and the disks' servers exist before QEMU starts
+ * (QEMU connects to both) and go away after it. */
+static int open_io(const struct host_config *h, const struct vm_config *c, struct qemu_vm *q,
+                   char *err, size_t errlen)
 {
+        char path[CFG_PATH_MAX + 64], bitmap[CFG_PATH_MAX + 64], name[CFG_NAME_MAX + 16];
+        int r;
         for (unsigned i = 0; i < c->n_nics; i++) {
-                if (!c->nics[i].bridge[0])
-                        continue;
                 char tap[16];
                 qemu_tap_name(c->name, i, tap, sizeof(tap));
-                char *argv[] = { "ip", "link", "set", "dev", tap, "master",
-                                 (char *)c->nics[i].bridge, "up", NULL };
-                pid_t pid;
-                if (posix_spawnp(&pid, "ip", NULL, NULL, argv, environ) != 0)
-                        return -ENOEXEC;
-                int st;
-                if (waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
-                        return -ENODEV;
+                snprintf(path, sizeof(path), "%s/%s.net%u.sock", h->state_dir, c->name, i);
+                struct netbuf_options o = {
+                        .vm = c->name,
+                        .nic = i,
+                        .tap = tap,
+                        .bridge = c->nics[i].bridge,
+                        .socket_path = path,
+                        .max_bytes = (uint64_t)c->netbuf_max_mib << 20,
+                        .backend = strcmp(c->netbuf, "plug") ? NETBUF_RELAY : NETBUF_PLUG,
+                };
+                char why[256] = "";
+                r = netbuf_open(&o, &q->net[i], why, sizeof(why));
+                if (r < 0) {
+                        snprintf(err, errlen, "NIC %u: %s", i, why[0] ? why : strerror(-r));
+                        return r;
+                }
+                q->n_net = i + 1;
+        }
+        for (unsigned i = 0; i < c->n_disks; i++) {
+                snprintf(path, sizeof(path), "%s/%s.disk%u.nbd", h->state_dir, c->name, i);
+                snprintf(bitmap, sizeof(bitmap), "%s/%s.disk%u.bitmap", h->state_dir, c->name, i);
+                snprintf(name, sizeof(name), "%s/disk%u", c->name, i);
+                uint64_t log_max = (uint64_t)c->disk_log_mib << 20;
+                struct blockrepl_options o = {
+                        .name = name,
+                        .image = c->disks[i],
+                        .socket_path = path,
+                        .bitmap_path = bitmap,
+                        .log_soft_bytes = log_max / 4,
+                        .log_hard_bytes = log_max,
+                };
+                char why[256] = "";
+                r = blockrepl_open(&o, &q->disk[i], why, sizeof(why));
+                if (r < 0) {
+                        snprintf(err, errlen, "disk %s: %s", c->disks[i], why[0] ? why : strerror(-r));
+                        return r;
+                }
+                q->n_disk = i + 1;
         }
         return 0;
+}
+
+static void close_io(struct qemu_vm *q)
+{
+        for (unsigned i = 0; i < q->n_net; i++)
+                netbuf_close(q->net[i]);
+        for (unsigned i = 0; i < q->n_disk; i++)
+                blockrepl_close(q->disk[i]);
+        q->n_net = q->n_disk = 0;
+}
+
+void qemu_net_buffering(struct qemu_vm *q, bool on)
+{
+        for (unsigned i = 0; i < q->n_net; i++)
+                netbuf_set_buffering(q->net[i], on);
+}
+
+int qemu_net_barrier(struct qemu_vm *q, uint64_t epoch)
+{
+        for (unsigned i = 0; i < q->n_net; i++) {
+                int r = netbuf_barrier(q->net[i], epoch);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+void qemu_net_release(struct qemu_vm *q, uint64_t epoch)
+{
+        for (unsigned i = 0; i < q->n_net; i++)
+                netbuf_release(q->net[i], epoch);
+}
+
+bool qemu_net_waiting(const struct qemu_vm *q)
+{
+        for (unsigned i = 0; i < q->n_net; i++)
+                if (netbuf_output_waiting(q->net[i]))
+                        return true;
+        return false;
+}
+
+bool qemu_net_full(const struct qemu_vm *q)
+{
+        for (unsigned i = 0; i < q->n_net; i++)
+                if (netbuf_full(q->net[i]))
+                        return true;
+        return false;
+}
+
+void qemu_disk_mode(struct qemu_vm *q, enum blockrepl_mode m)
+{
+        for (unsigned i = 0; i < q->n_disk; i++)
+                blockrepl_set_mode(q->disk[i], m);
 }
 
 static int spawn_qemu(const struct host_config *h, struct argv_builder *a,
@@ -246,6 +340,8 @@ int qemu_launch(const struct host_config *h, const struct vm_config *c,
                 goto fail;
         }
         unlink(q->qmp_path);
+        if ((r = open_io(h, c, q, err, errlen)) < 0)
+                goto fail;
 
         build_argv(h, c, q, mode, &a);
         if (a.overflow) {
@@ -274,11 +370,6 @@ int qemu_launch(const struct host_config *h, const struct vm_config *c,
                 }
                 struct pollfd p = { .fd = q->pidfd, .events = POLLIN };
                 poll(&p, 1, 20); /* wake at once if QEMU exits */
-        }
-        r = attach_taps(c);
-        if (r < 0) {
-                snprintf(err, errlen, "cannot attach the VM's taps to their bridges (ip link set master)");
-                goto fail;
         }
         argv_free(&a);
         *ret = q;
@@ -313,6 +404,7 @@ void qemu_destroy(struct qemu_vm *q)
                 q->exited = true;
         }
         qmp_close(q->qmp);
+        close_io(q);
         if (q->ds_fd >= 0)
                 close(q->ds_fd);
         if (q->pidfd >= 0)

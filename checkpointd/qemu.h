@@ -2,7 +2,9 @@
  *
  * Owns: the QEMU command line (guest RAM in a shared memory-backend-file,
  * -nodefaults, a QMP socket, the uffd preload library), the process, its
- * QMP connection, the taps, and the VM-level operations built on QMP: stop,
+ * QMP connection, the I/O paths that live exactly as long as the process —
+ * one netbuf per NIC (output commit) and one blockrepl per disk (NBD server,
+ * disk epochs) — and the VM-level operations built on QMP: stop,
  * cont, device-state save (migration to an fd with x-ignore-shared, so only
  * device state travels, never the shared RAM), device-state load into an
  * -incoming QEMU, announce-self. Does not own: guest RAM contents or
@@ -17,7 +19,9 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "blockrepl.h"
 #include "config.h"
+#include "netbuf.h"
 #include "qmp.h"
 
 struct qemu_vm {
@@ -33,6 +37,10 @@ struct qemu_vm {
         int ds_fd;          /* our end of the armed device-state channel, or -1 */
         bool exited;
         int exit_status;
+        struct netbuf *net[CFG_MAX_NICS];       /* one per NIC, opened before QEMU */
+        unsigned n_net;
+        struct blockrepl *disk[CFG_MAX_DISKS];  /* one per disk, opened before QEMU */
+        unsigned n_disk;
 };
 
 enum qemu_start_mode {
@@ -74,3 +82,11 @@ int qemu_announce(struct qemu_vm *q, int timeout_ms);
 /* Deterministic names of a VM's files on a host. */
 void qemu_ram_path(const struct host_config *h, const char *vm, char *buf, size_t len);
 void qemu_tap_name(const char *vm, unsigned idx, char *buf, size_t len);
+
+/* Output commit and disk epochs over all NICs / disks of the VM. */
+void qemu_net_buffering(struct qemu_vm *q, bool on);
+int qemu_net_barrier(struct qemu_vm *q, uint64_t epoch);
+void qemu_net_release(struct qemu_vm *q, uint64_t epoch);
+bool qemu_net_waiting(const struct qemu_vm *q);
+bool qemu_net_full(const struct qemu_vm *q);
+void qemu_disk_mode(struct qemu_vm *q, enum blockrepl_mode m);

@@ -57,11 +57,13 @@ bool vm_state_is_primary(enum vm_state s);
 #define STATS_RING 8192
 
 struct epoch_stat {
-        float stop_ms, scan_ms, copy_ms, devstate_ms, cont_ms, pause_ms;
+        float stop_ms, scan_ms, copy_ms, devstate_ms, barrier_ms, cont_ms, pause_ms;
         float commit_ms;   /* VM stop to ACK received */
         uint32_t dirty_pages;
         uint64_t raw_bytes;  /* page bytes + device state, uncompressed */
         uint64_t wire_bytes; /* bytes put on the socket for this epoch */
+        uint64_t disk_bytes; /* disk write data of this epoch (all disks) */
+        uint32_t early;      /* 1: started before epoch_ms by adaptive epochs */
 };
 
 struct sync_progress {

@@ -48,10 +48,9 @@ static const struct opt vm_opts[] = {
         { "vm", "accel", OPT_ENUM, VO(accel), 0, 0, "auto", "auto|kvm|tcg",
           "accelerator; auto uses KVM when /dev/kvm exists" },
         { "vm", "kernel", OPT_STR, VO(kernel), 0, 0, "", NULL,
-          "kernel image for direct boot (kernel or disk is required)" },
+          "kernel image for direct boot (kernel or a disk is required)" },
         { "vm", "initrd", OPT_STR, VO(initrd), 0, 0, "", NULL, "initramfs for direct boot" },
         { "vm", "cmdline", OPT_STR, VO(cmdline), 0, 0, "", NULL, "kernel command line" },
-        { "vm", "disk", OPT_STR, VO(disk), 0, 0, "", NULL, "boot disk image (raw)" },
         { "vm", "qemu_args", OPT_STR, VO(qemu_args), 0, 0, "", NULL,
           "extra QEMU arguments, split on spaces" },
         { "vm", "preferred_host", OPT_NAME, VO(preferred_host), 0, 0, "", NULL,
@@ -72,6 +71,22 @@ static const struct opt vm_opts[] = {
           NULL, "how often an unprotected primary retries its peer" },
         { "protection", "xor_delta", OPT_BOOL, VO(xor_delta), 0, 0, "yes", NULL,
           "send XOR deltas against the replica's copy (costs one RAM-sized shadow copy)" },
+        { "protection", "netbuf", OPT_ENUM, VO(netbuf), 0, 0, "relay", "relay|plug",
+          "output commit: user-space frame relay (any kernel) or the sch_plug qdisc" },
+        { "protection", "netbuf_max_mib", OPT_U32, VO(netbuf_max_mib), 1, 4096, "16", NULL,
+          "most guest output held per NIC while epochs await their ACK" },
+        { "protection", "on_buffer_full", OPT_ENUM, VO(on_buffer_full), 0, 0, "pause",
+          "pause|release",
+          "held output reached netbuf_max_mib: pause the guest's output until ACKs free room "
+          "(safe), or drop protection and release it (fast, unprotected)" },
+        { "protection", "min_epoch_ms", OPT_U32, VO(min_epoch_ms), 0, 10000, "5", NULL,
+          "adaptive epochs: with output waiting, checkpoint this soon after the last one "
+          "(0 = always wait epoch_ms)" },
+        { "protection", "disk_log_mib", OPT_U32, VO(disk_log_mib), 1, 4096, "64", NULL,
+          "primary: disk writes held for one epoch; a quarter of it starts a checkpoint early, "
+          "all of it makes writers wait" },
+        { "protection", "disk_buffer_mib", OPT_U32, VO(disk_buffer_mib), 1, 65536, "64", NULL,
+          "standby: staged disk writes kept in memory per epoch before spilling to a journal" },
 };
 
 static const struct opt host_opts[] = {
@@ -207,6 +222,22 @@ static bool mac_valid(const char *m)
         return (strtol(m, NULL, 16) & 1) == 0;
 }
 
+static int parse_disk(struct load_ctx *x, const char *v)
+{
+        struct vm_config *c = x->vm;
+        if (c->n_disks >= CFG_MAX_DISKS) {
+                snprintf(x->reason, sizeof(x->reason), "disk: at most %d disks", CFG_MAX_DISKS);
+                return -EINVAL;
+        }
+        if (v[0] != '/' || strlen(v) >= sizeof(c->disks[0])) {
+                snprintf(x->reason, sizeof(x->reason),
+                         "disk: expected an absolute path to a raw image or block device, got '%s'", v);
+                return -EINVAL;
+        }
+        strcpy(c->disks[c->n_disks++], v);
+        return 0;
+}
+
 /* nic = mac=52:54:00:12:34:56[,bridge=br0][,model=virtio-net-pci] */
 static int parse_nic(struct load_ctx *x, const char *v)
 {
@@ -286,6 +317,8 @@ static int handler(void *user, const char *section, const char *name, const char
                 return parse_peer(x, section, name, value) == 0;
         if (x->vm && !strcmp(section, "vm") && !strcmp(name, "nic"))
                 return parse_nic(x, value) == 0;
+        if (x->vm && !strcmp(section, "vm") && !strcmp(name, "disk"))
+                return parse_disk(x, value) == 0;
         for (size_t i = 0; i < x->n_opts; i++) {
                 const struct opt *o = &x->opts[i];
                 if (strcmp(o->section, section) || strcmp(o->name, name))
@@ -353,8 +386,8 @@ int vm_config_load(const char *path, struct vm_config *ret, char *err, size_t er
                          path, c->name, c->name);
                 goto out;
         }
-        if (!c->kernel[0] && !c->disk[0]) {
-                snprintf(err, errlen, "%s: [vm] needs 'kernel' or 'disk' to boot from", path);
+        if (!c->kernel[0] && !c->n_disks) {
+                snprintf(err, errlen, "%s: [vm] needs 'kernel' or a 'disk' to boot from", path);
                 goto out;
         }
         if ((c->initrd[0] || c->cmdline[0]) && !c->kernel[0]) {
@@ -428,6 +461,9 @@ uint64_t vm_config_digest(const struct vm_config *c)
         for (unsigned i = 0; i < c->n_nics && n < (int)sizeof(buf); i++)
                 n += snprintf(buf + n, sizeof(buf) - (size_t)n, ";nic=%s/%s", c->nics[i].mac,
                               c->nics[i].model);
+        /* the number of disks, not their paths: paths may differ per host */
+        if (n < (int)sizeof(buf))
+                n += snprintf(buf + n, sizeof(buf) - (size_t)n, ";disks=%u", c->n_disks);
         if (n >= (int)sizeof(buf))
                 n = (int)sizeof(buf) - 1;
         return XXH64(buf, (size_t)n, 0);
@@ -458,4 +494,8 @@ void config_print_reference(FILE *f)
         print_table(f, vm_opts, ARRAY_SIZE(vm_opts));
         fprintf(f, "[vm] nic (mac=52:54:00:xx:xx:xx[,bridge=NAME][,model=MODEL], repeatable, at most %d)\n"
                    "    a NIC; its tap joins the host bridge NAME\n", CFG_MAX_NICS);
+        fprintf(f, "[vm] disk (absolute path, repeatable, at most %d)\n"
+                   "    a raw image file or block device, served to QEMU by blockrepl and\n"
+                   "    replicated in epochs; the path may differ on the peer, the size may not\n",
+                CFG_MAX_DISKS);
 }

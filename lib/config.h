@@ -13,6 +13,7 @@
 #define CFG_PATH_MAX 256
 #define CFG_TEXT_MAX 1024
 #define CFG_MAX_NICS 4
+#define CFG_MAX_DISKS 4
 #define CFG_MAX_PEERS 8
 
 struct cfg_nic {
@@ -36,7 +37,10 @@ struct vm_config {
         char kernel[CFG_PATH_MAX];
         char initrd[CFG_PATH_MAX];
         char cmdline[CFG_TEXT_MAX];
-        char disk[CFG_PATH_MAX]; /* boot disk image (raw), optional */
+        /* disks (raw file or block device), served by blockrepl; the first
+         * one is the boot disk when there is no kernel */
+        char disks[CFG_MAX_DISKS][CFG_PATH_MAX];
+        unsigned n_disks;
         char qemu_args[CFG_TEXT_MAX];
         char preferred_host[CFG_NAME_MAX];
         struct cfg_nic nics[CFG_MAX_NICS];
@@ -50,6 +54,12 @@ struct vm_config {
         uint32_t ack_timeout_ms;
         uint32_t reconnect_ms;
         bool xor_delta;
+        char netbuf[8];         /* "relay" or "plug": output-commit backend */
+        uint32_t netbuf_max_mib;
+        char on_buffer_full[8]; /* "pause" or "release" */
+        uint32_t min_epoch_ms;  /* adaptive epochs: earliest early checkpoint, 0 = off */
+        uint32_t disk_log_mib;  /* primary: a disk epoch log this big forces a checkpoint */
+        uint32_t disk_buffer_mib; /* standby: staged disk writes in memory, then journal */
         char source[CFG_PATH_MAX]; /* file it came from */
 };
 

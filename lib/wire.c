@@ -9,6 +9,12 @@
 #include "util.h"
 
 #define PAGE_ENTRY_HDR 16 /* pfn u64, enc u8, pad[3], len u32 */
+#define DISK_ENTRY_HDR 24 /* op u8, enc u8, pad[2], raw_len u32, offset u64, len u32, pad u32 */
+#define HELLO_LEN (24 + 2 * WIRE_NAME_LEN + 8 + 8 * WIRE_MAX_DISKS)
+
+/* Where the entry counts of a PAGES-like record start: SYNC_DISK has a
+ * disk number and a reserved word first. */
+static size_t pages_prefix(uint16_t type) { return type == WIRE_SYNC_DISK ? 8 : 0; }
 
 static void put_le16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
 static void put_le32(uint8_t *p, uint32_t v)
@@ -138,9 +144,9 @@ int wire_finish(struct wire_buf *b)
                 return -EMSGSIZE;
         put_le32(h + 8, (uint32_t)plen);
         uint16_t type = get_le16(h + 6);
-        if (type == WIRE_SYNC_PAGES || type == WIRE_EPOCH_PAGES) {
+        if (type == WIRE_SYNC_PAGES || type == WIRE_EPOCH_PAGES || type == WIRE_SYNC_DISK) {
                 /* patch the entry count counted by wire_pages_add */
-                uint8_t *cnt = h + WIRE_HDR_SIZE;
+                uint8_t *cnt = h + WIRE_HDR_SIZE + pages_prefix(type);
                 put_le32(cnt, get_le32(cnt + 4));
                 put_le32(cnt + 4, 0);
         }
@@ -158,9 +164,11 @@ static void put_name(uint8_t *dst, const char *s)
 int wire_put_hello(struct wire_buf *b, const struct wire_hello *h)
 {
         uint8_t *p;
+        if (h->n_disks > WIRE_MAX_DISKS)
+                return -EINVAL;
         int r = wire_begin(b, WIRE_HELLO, 0);
         if (r == 0)
-                r = wire_put_space(b, 24 + 2 * WIRE_NAME_LEN, &p);
+                r = wire_put_space(b, HELLO_LEN, &p);
         if (r < 0)
                 return r;
         put_le32(p, h->page_size);
@@ -169,6 +177,11 @@ int wire_put_hello(struct wire_buf *b, const struct wire_hello *h)
         put_le64(p + 16, h->config_digest);
         put_name(p + 24, h->vm);
         put_name(p + 24 + WIRE_NAME_LEN, h->host);
+        p += 24 + 2 * WIRE_NAME_LEN;
+        put_le32(p, h->n_disks);
+        put_le32(p + 4, 0);
+        for (unsigned i = 0; i < WIRE_MAX_DISKS; i++)
+                put_le64(p + 8 + 8 * i, i < h->n_disks ? h->disk_bytes[i] : 0);
         return wire_finish(b);
 }
 
@@ -191,6 +204,10 @@ int wire_put_epoch_end(struct wire_buf *b, uint64_t epoch, const struct wire_epo
                 r = wire_put_u64(b, e->devstate_bytes);
         if (r == 0)
                 r = wire_put_u64(b, e->stop_wall_ms);
+        if (r == 0)
+                r = wire_put_u64(b, e->disk_recs);
+        if (r == 0)
+                r = wire_put_u64(b, e->disk_bytes);
         return r < 0 ? r : wire_finish(b);
 }
 
@@ -243,8 +260,76 @@ int wire_pages_add(struct wire_buf *b, uint64_t pfn, uint8_t enc, const void *da
         put_le32(p + 12, len);
         if (len)
                 memcpy(p + PAGE_ENTRY_HDR, data, len);
-        uint8_t *running = b->data + b->rec_start + WIRE_HDR_SIZE + 4;
+        uint8_t *h = b->data + b->rec_start;
+        uint8_t *running = h + WIRE_HDR_SIZE + pages_prefix(get_le16(h + 6)) + 4;
         put_le32(running, get_le32(running) + 1);
+        return 0;
+}
+
+int wire_disk_pages_begin(struct wire_buf *b, uint32_t disk)
+{
+        if (disk >= WIRE_MAX_DISKS)
+                return -EINVAL;
+        int r = wire_begin(b, WIRE_SYNC_DISK, 0);
+        if (r == 0)
+                r = wire_put_u32(b, disk);
+        if (r == 0)
+                r = wire_put_u32(b, 0);
+        if (r == 0)
+                r = wire_put_u32(b, 0); /* count, patched by wire_finish */
+        if (r == 0)
+                r = wire_put_u32(b, 0); /* running count while building */
+        return r;
+}
+
+int wire_disk_begin(struct wire_buf *b, uint64_t epoch, uint32_t disk)
+{
+        if (disk >= WIRE_MAX_DISKS)
+                return -EINVAL;
+        int r = wire_begin(b, WIRE_EPOCH_DISK, epoch);
+        if (r == 0)
+                r = wire_put_u32(b, disk);
+        if (r == 0)
+                r = wire_put_u32(b, 0); /* entry count, counted by wire_disk_add */
+        return r;
+}
+
+static bool disk_rec_ok(const struct wire_disk_rec *d)
+{
+        if (d->raw_len == 0 || d->raw_len > WIRE_DISK_REC_MAX)
+                return false;
+        switch (d->op) {
+        case 1: /* write */
+                if (d->enc == WIRE_PAGE_RAW)
+                        return d->len == d->raw_len;
+                return d->enc == WIRE_PAGE_LZ4 && d->len > 0 && d->len < d->raw_len;
+        case 2: /* zero */
+        case 3: /* trim */
+                return d->enc == WIRE_PAGE_ZERO && d->len == 0;
+        default:
+                return false;
+        }
+}
+
+int wire_disk_add(struct wire_buf *b, const struct wire_disk_rec *d)
+{
+        if (!disk_rec_ok(d))
+                return -EINVAL;
+        uint8_t *p;
+        int r = wire_put_space(b, DISK_ENTRY_HDR + d->len, &p);
+        if (r < 0)
+                return r;
+        p[0] = d->op;
+        p[1] = d->enc;
+        p[2] = p[3] = 0;
+        put_le32(p + 4, d->raw_len);
+        put_le64(p + 8, d->offset);
+        put_le32(p + 16, d->len);
+        put_le32(p + 20, 0);
+        if (d->len)
+                memcpy(p + DISK_ENTRY_HDR, d->data, d->len);
+        uint8_t *cnt = b->data + b->rec_start + WIRE_HDR_SIZE + 4;
+        put_le32(cnt, get_le32(cnt) + 1);
         return 0;
 }
 
@@ -361,8 +446,8 @@ static void get_name(char *dst, const uint8_t *src)
 
 int wire_get_hello(const struct wire_msg *m, struct wire_hello *ret)
 {
-        int r = expect(m, WIRE_HELLO, 24 + 2 * WIRE_NAME_LEN);
-        if (r < 0 || m->hdr.length != 24 + 2 * WIRE_NAME_LEN)
+        int r = expect(m, WIRE_HELLO, HELLO_LEN);
+        if (r < 0 || m->hdr.length != HELLO_LEN)
                 return -EBADMSG;
         const uint8_t *p = m->payload;
         ret->page_size = get_le32(p);
@@ -371,6 +456,15 @@ int wire_get_hello(const struct wire_msg *m, struct wire_hello *ret)
         ret->config_digest = get_le64(p + 16);
         get_name(ret->vm, p + 24);
         get_name(ret->host, p + 24 + WIRE_NAME_LEN);
+        p += 24 + 2 * WIRE_NAME_LEN;
+        ret->n_disks = get_le32(p);
+        if (ret->n_disks > WIRE_MAX_DISKS || get_le32(p + 4))
+                return -EBADMSG;
+        for (unsigned i = 0; i < WIRE_MAX_DISKS; i++) {
+                ret->disk_bytes[i] = get_le64(p + 8 + 8 * i);
+                if ((i >= ret->n_disks) != (ret->disk_bytes[i] == 0))
+                        return -EBADMSG; /* a listed disk has a size, others none */
+        }
         return 0;
 }
 
@@ -385,11 +479,13 @@ int wire_get_welcome(const struct wire_msg *m, struct wire_welcome *ret)
 
 int wire_get_epoch_end(const struct wire_msg *m, struct wire_epoch_end *ret)
 {
-        if (expect(m, WIRE_EPOCH_END, 24) < 0 || m->hdr.length != 24)
+        if (expect(m, WIRE_EPOCH_END, 40) < 0 || m->hdr.length != 40)
                 return -EBADMSG;
         ret->pages = get_le64(m->payload);
         ret->devstate_bytes = get_le64(m->payload + 8);
         ret->stop_wall_ms = get_le64(m->payload + 16);
+        ret->disk_recs = get_le64(m->payload + 24);
+        ret->disk_bytes = get_le64(m->payload + 32);
         return 0;
 }
 
@@ -438,14 +534,22 @@ int wire_get_devstate(const struct wire_msg *m, struct wire_devstate *ret)
 
 int wire_pages_iter_init(struct wire_pages_iter *it, const struct wire_msg *m)
 {
-        if (m->hdr.type != WIRE_SYNC_PAGES && m->hdr.type != WIRE_EPOCH_PAGES)
+        uint16_t t = m->hdr.type;
+        if (t != WIRE_SYNC_PAGES && t != WIRE_EPOCH_PAGES && t != WIRE_SYNC_DISK)
                 return -EBADMSG;
-        if (m->hdr.length < 8)
+        size_t pre = pages_prefix(t);
+        if (m->hdr.length < pre + 8)
                 return -EBADMSG;
-        it->left = get_le32(m->payload);
-        if (get_le32(m->payload + 4) != 0)
+        it->disk = 0;
+        if (pre) {
+                it->disk = get_le32(m->payload);
+                if (it->disk >= WIRE_MAX_DISKS || get_le32(m->payload + 4))
+                        return -EBADMSG;
+        }
+        it->left = get_le32(m->payload + pre);
+        if (get_le32(m->payload + pre + 4) != 0)
                 return -EBADMSG;
-        it->p = m->payload + 8;
+        it->p = m->payload + pre + 8;
         it->end = m->payload + m->hdr.length;
         return 0;
 }
@@ -484,6 +588,45 @@ int wire_pages_next(struct wire_pages_iter *it, struct wire_page *ret)
         return 1;
 }
 
+int wire_disk_iter_init(struct wire_disk_iter *it, const struct wire_msg *m)
+{
+        if (expect(m, WIRE_EPOCH_DISK, 8) < 0)
+                return -EBADMSG;
+        it->disk = get_le32(m->payload);
+        if (it->disk >= WIRE_MAX_DISKS)
+                return -EBADMSG;
+        it->left = get_le32(m->payload + 4);
+        it->p = m->payload + 8;
+        it->end = m->payload + m->hdr.length;
+        return 0;
+}
+
+int wire_disk_next(struct wire_disk_iter *it, struct wire_disk_rec *ret)
+{
+        size_t avail = (size_t)(it->end - it->p);
+        if (it->left == 0)
+                return avail == 0 ? 0 : -EBADMSG;
+        if (avail < DISK_ENTRY_HDR)
+                return -EBADMSG;
+        const uint8_t *p = it->p;
+        struct wire_disk_rec d = {
+                .op = p[0],
+                .enc = p[1],
+                .raw_len = get_le32(p + 4),
+                .offset = get_le64(p + 8),
+                .len = get_le32(p + 16),
+                .data = p + DISK_ENTRY_HDR,
+        };
+        if (p[2] || p[3] || get_le32(p + 20) || !disk_rec_ok(&d))
+                return -EBADMSG;
+        if (avail - DISK_ENTRY_HDR < d.len)
+                return -EBADMSG;
+        it->p += DISK_ENTRY_HDR + d.len;
+        it->left--;
+        *ret = d;
+        return 1;
+}
+
 const char *wire_type_name(uint16_t type)
 {
         static const char *const names[] = {
@@ -496,6 +639,8 @@ const char *wire_type_name(uint16_t type)
                 [WIRE_ACK] = "ACK",
                 [WIRE_ERROR] = "ERROR",
                 [WIRE_PING] = "PING",
+                [WIRE_SYNC_DISK] = "SYNC_DISK",
+                [WIRE_EPOCH_DISK] = "EPOCH_DISK",
         };
         if (type < ARRAY_SIZE(names) && names[type])
                 return names[type];

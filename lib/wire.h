@@ -29,6 +29,8 @@
 #define WIRE_MAX_PAYLOAD (16u << 20)
 #define WIRE_NAME_LEN 64
 #define WIRE_ERROR_TEXT_MAX 512
+#define WIRE_MAX_DISKS 4
+#define WIRE_DISK_REC_MAX (1u << 20) /* raw bytes of one EPOCH_DISK entry */
 
 enum wire_type {
         WIRE_HELLO = 1,          /* P->B: who I am, what I protect */
@@ -40,7 +42,9 @@ enum wire_type {
         WIRE_ACK = 7,            /* B->P: epoch N is committed in the replica */
         WIRE_ERROR = 8,          /* either way: refusal with a reason, then close */
         WIRE_PING = 9,           /* P->B: alive, no epoch coming (VM held) */
-        WIRE_TYPE_MAX = 9,
+        WIRE_SYNC_DISK = 10,     /* P->B: initial copy of disk blocks, applied at once */
+        WIRE_EPOCH_DISK = 11,    /* P->B: disk writes of epoch N, staged */
+        WIRE_TYPE_MAX = 11,
 };
 
 /* Page encodings inside SYNC_PAGES / EPOCH_PAGES. */
@@ -79,6 +83,8 @@ struct wire_hello {
         uint64_t config_digest;
         char vm[WIRE_NAME_LEN];   /* NUL-terminated on decode */
         char host[WIRE_NAME_LEN]; /* NUL-terminated on decode */
+        uint32_t n_disks;         /* <= WIRE_MAX_DISKS */
+        uint64_t disk_bytes[WIRE_MAX_DISKS]; /* size of each disk, 0 past n_disks */
 };
 
 struct wire_welcome {
@@ -90,6 +96,8 @@ struct wire_epoch_end {
         uint64_t pages;          /* page entries sent in this epoch */
         uint64_t devstate_bytes; /* total device state bytes (decoded) */
         uint64_t stop_wall_ms;   /* primary's wall clock when it stopped the VM */
+        uint64_t disk_recs;      /* EPOCH_DISK entries sent in this epoch, all disks */
+        uint64_t disk_bytes;     /* their raw (decoded) data bytes */
 };
 
 struct wire_ack {
@@ -116,6 +124,19 @@ struct wire_devstate {
         uint32_t raw_len;
         uint8_t enc;
         uint32_t len;
+        const uint8_t *data;
+};
+
+/* One entry of an EPOCH_DISK payload: a change to the disk, in the order
+ * the primary made it. op is enum br_op (1 write, 2 zero, 3 trim); a write
+ * carries raw_len bytes, raw (enc WIRE_PAGE_RAW) or LZ4 (WIRE_PAGE_LZ4);
+ * zero and trim carry none (enc WIRE_PAGE_ZERO, len 0). */
+struct wire_disk_rec {
+        uint8_t op;
+        uint8_t enc;
+        uint32_t raw_len;  /* <= WIRE_DISK_REC_MAX */
+        uint64_t offset;
+        uint32_t len;      /* bytes of data in the payload */
         const uint8_t *data;
 };
 
@@ -155,6 +176,11 @@ int wire_put_ping(struct wire_buf *b, uint64_t committed_epoch);
 int wire_pages_begin(struct wire_buf *b, enum wire_type type, uint64_t epoch);
 int wire_pages_add(struct wire_buf *b, uint64_t pfn, uint8_t enc, const void *data, uint32_t len);
 int wire_put_devstate(struct wire_buf *b, uint64_t epoch, const struct wire_devstate *d);
+/* SYNC_DISK: like a PAGES record, for disk `disk`; pfn = 4 KiB block. */
+int wire_disk_pages_begin(struct wire_buf *b, uint32_t disk);
+/* EPOCH_DISK: begin, add entries, wire_finish. */
+int wire_disk_begin(struct wire_buf *b, uint64_t epoch, uint32_t disk);
+int wire_disk_add(struct wire_buf *b, const struct wire_disk_rec *rec);
 
 /* ---- reading records ---- */
 
@@ -195,8 +221,18 @@ int wire_get_devstate(const struct wire_msg *m, struct wire_devstate *ret);
 struct wire_pages_iter {
         const uint8_t *p, *end;
         uint32_t left;
+        uint32_t disk;     /* SYNC_DISK: which disk */
 };
 int wire_pages_iter_init(struct wire_pages_iter *it, const struct wire_msg *m);
 int wire_pages_next(struct wire_pages_iter *it, struct wire_page *ret);
+
+/* Iterate an EPOCH_DISK payload; same contract as the pages iterator. */
+struct wire_disk_iter {
+        const uint8_t *p, *end;
+        uint32_t left;
+        uint32_t disk;
+};
+int wire_disk_iter_init(struct wire_disk_iter *it, const struct wire_msg *m);
+int wire_disk_next(struct wire_disk_iter *it, struct wire_disk_rec *ret);
 
 const char *wire_type_name(uint16_t type);

@@ -14,11 +14,13 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Build, runtime and test dependencies. Test tools: real QEMU, ext4 tools,
-# iproute2 for the namespaces, clang's libFuzzer for the fuzz targets.
+# iproute2 for the namespaces, clang's libFuzzer for the fuzz targets, NBD
+# clients (qemu-io/qemu-img, nbdinfo) for blockrepl, libnl for the plug qdisc.
 pkgs=(
         build-essential meson ninja-build pkg-config
         liblz4-dev libjson-c-dev libinih-dev libcmocka-dev libxxhash-dev
-        qemu-system-x86 qemu-utils
+        libnl-3-dev libnl-route-3-dev
+        qemu-system-x86 qemu-utils libnbd-bin
         busybox-static cpio kmod
         iproute2 e2fsprogs util-linux procps psmisc python3
         clang libclang-rt-14-dev

@@ -39,6 +39,12 @@ static void parse_payload(const struct wire_hdr *h, const uint8_t *payload)
         if (wire_pages_iter_init(&it, &m) == 0)
                 while (wire_pages_next(&it, &pg) == 1)
                         (void)codec_page_decode(pg.enc, pg.data, pg.len, replica, out);
+        struct wire_disk_iter di;
+        struct wire_disk_rec dr;
+        if (wire_disk_iter_init(&di, &m) == 0)
+                while (wire_disk_next(&di, &dr) == 1)
+                        if (dr.enc == WIRE_PAGE_LZ4 && dr.raw_len <= sizeof(dev))
+                                (void)codec_chunk_decode(dr.enc, dr.data, dr.len, dev, dr.raw_len);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

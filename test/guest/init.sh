@@ -13,8 +13,12 @@
 #   havms.hb=N             heartbeat line every N s on the console, 0 = off [5]
 #   havms.shell=1          run a shell on the console (for -serial stdio) [0]
 #
+# A first virtio disk (/dev/vda) holding ext4 is mounted on /data, and the
+# counter service then persists every increment to /data/counter (write +
+# fdatasync before it replies).
+#
 # Console lines for the host to parse (each starts a line):
-#   HAVMS-GUEST-INFO  kernel=... disks=... dirtier=... rate_mib_s=... wss_mib=...
+#   HAVMS-GUEST-INFO  kernel=... disks=... data=... dirtier=... rate_mib_s=... wss_mib=...
 #   HAVMS-GUEST-READY ip=... boot_id=...         services are listening
 #   HAVMS-GUEST-HB    uptime_ms=... counter=...  heartbeat
 #   HAVMS-GUEST-EXIT  name=... rc=...            a service died
@@ -105,6 +109,24 @@ list_disks() {
 	echo "${list:-none}"
 }
 
+# Mount the data disk if there is one; prints the counter's store path.
+mount_data() {
+	local i=0
+	# virtio_blk probes while insmod runs; allow half a second of slack
+	# (a guest without a disk pays it once, at boot).
+	while [ ! -e /dev/vda ] && [ $i -lt 10 ]; do
+		usleep 50000
+		i=$((i + 1))
+	done
+	[ -e /dev/vda ] || return 1
+	mkdir -p /data
+	if ! mount -t ext4 /dev/vda /data; then
+		echo "HAVMS-GUEST-WARN cannot mount /dev/vda as ext4"
+		return 1
+	fi
+	echo /data/counter
+}
+
 heartbeat() {
 	local up c
 	while sleep "$HB"; do
@@ -123,13 +145,18 @@ parse_cmdline
 load_modules
 setup_network
 
-start_service counterd counterd -p $COUNTER_PORT
+STORE=$(mount_data) || STORE=
+if [ -n "$STORE" ]; then
+	start_service counterd counterd -p $COUNTER_PORT -s "$STORE"
+else
+	start_service counterd counterd -p $COUNTER_PORT
+fi
 [ "$DIRTIER" = 1 ] && start_service dirtier dirtier -r "$RATE" -w "$WSS" -p $DIRTIER_PORT
 
 wait_service $COUNTER_PORT get
 [ "$DIRTIER" = 1 ] && wait_service $DIRTIER_PORT stat
 
-echo "HAVMS-GUEST-INFO kernel=$(uname -r) disks=$(list_disks) dirtier=$DIRTIER rate_mib_s=$RATE wss_mib=$WSS"
+echo "HAVMS-GUEST-INFO kernel=$(uname -r) disks=$(list_disks) data=${STORE:-none} dirtier=$DIRTIER rate_mib_s=$RATE wss_mib=$WSS"
 echo "HAVMS-GUEST-READY ip=$IP boot_id=$(cat /proc/sys/kernel/random/boot_id)"
 
 [ "$HB" -gt 0 ] 2>/dev/null && heartbeat &

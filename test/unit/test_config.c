@@ -65,6 +65,24 @@ static void test_vm_ok_with_defaults(void **state)
         assert_string_equal(c.nics[0].bridge, "br0");
         assert_string_equal(c.nics[0].model, "virtio-net-pci");
         assert_string_equal(c.peer, "hostB");
+        assert_int_equal(c.n_disks, 0);
+        assert_string_equal(c.netbuf, "relay");
+        assert_string_equal(c.on_buffer_full, "pause");
+        assert_int_equal(c.netbuf_max_mib, 16);
+        assert_int_equal(c.min_epoch_ms, 5);
+}
+
+static void test_vm_disks_repeat(void **state)
+{
+        struct vm_config c;
+        char err[256] = "";
+        const char *text = "[vm]\nname = web01\nmemory_mib = 64\ndisk = /srv/a.raw\n"
+                           "disk = /dev/vdb\n[protection]\nmin_epoch_ms = 0\n";
+        assert_int_equal(vm_config_load(write_file("web01.conf", text), &c, err, sizeof(err)), 0);
+        assert_int_equal(c.n_disks, 2);
+        assert_string_equal(c.disks[0], "/srv/a.raw");
+        assert_string_equal(c.disks[1], "/dev/vdb");
+        assert_int_equal(c.min_epoch_ms, 0);
 }
 
 static void expect_vm_error(const char *file, const char *text, const char *want)
@@ -89,7 +107,13 @@ static void test_vm_errors(void **state)
         expect_vm_error("web01.conf", "[vm]\nname = other\nmemory_mib = 64\nkernel=/k\n",
                         "does not match the file name");
         expect_vm_error("web01.conf", "[vm]\nname = web01\nmemory_mib = 64\n",
-                        "needs 'kernel' or 'disk'");
+                        "needs 'kernel' or a 'disk'");
+        expect_vm_error("web01.conf", "[vm]\nname = web01\nmemory_mib = 64\ndisk = relative.raw\n",
+                        ":4: disk: expected an absolute path");
+        expect_vm_error("web01.conf", "[vm]\nname = web01\nmemory_mib = 64\ndisk=/a\ndisk=/b\ndisk=/c\ndisk=/d\ndisk=/e\n",
+                        ":8: disk: at most 4 disks");
+        expect_vm_error("web01.conf", "[vm]\nname = web01\nmemory_mib = 64\nkernel=/k\n[protection]\non_buffer_full = drop\n",
+                        ":6: on_buffer_full: 'drop' is not one of pause|release");
         expect_vm_error("web01.conf", "[vm]\nname = web01\nmemory_mib = 64\nkernel=/k\nnic = mac=01:00:00:00:00:01\n",
                         ":5: nic: expected mac=");
         expect_vm_error("web01.conf", "[vm]\nname = web01\nmemory_mib = 64\nmemory_mib = 65\nkernel=/k\n",
@@ -159,6 +183,7 @@ int main(void)
 {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_vm_ok_with_defaults),
+                cmocka_unit_test(test_vm_disks_repeat),
                 cmocka_unit_test(test_vm_errors),
                 cmocka_unit_test(test_missing_file),
                 cmocka_unit_test(test_host_ok_and_errors),

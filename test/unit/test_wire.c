@@ -47,9 +47,123 @@ static void test_hello_roundtrip(void **state)
         assert_int_equal(g.config_digest, 0x1234);
         assert_string_equal(g.vm, "web01");
         assert_string_equal(g.host, "hostA");
+        assert_int_equal(g.n_disks, 0);
         /* a HELLO is not a WELCOME */
         struct wire_welcome w;
         assert_int_equal(wire_get_welcome(&m, &w), -EBADMSG);
+        wire_msg_free(&m);
+        wire_buf_free(&b);
+}
+
+static void test_hello_disks(void **state)
+{
+        struct wire_buf b = { 0 };
+        struct wire_hello h = { .page_size = 4096, .ram_bytes = 1 << 20, .n_disks = 2,
+                                .disk_bytes = { 64u << 20, 1u << 30 } };
+        assert_int_equal(wire_put_hello(&b, &h), 0);
+        struct wire_msg m = { 0 };
+        size_t used;
+        assert_int_equal(parse_msg(&b, 0, &m, &used), 0);
+        struct wire_hello g;
+        assert_int_equal(wire_get_hello(&m, &g), 0);
+        assert_int_equal(g.n_disks, 2);
+        assert_int_equal(g.disk_bytes[0], 64u << 20);
+        assert_int_equal(g.disk_bytes[1], 1u << 30);
+        /* a listed disk without a size, a size past n_disks, too many disks */
+        uint8_t *d = m.payload + 24 + 2 * WIRE_NAME_LEN;
+        d[0] = 3;
+        assert_int_equal(wire_get_hello(&m, &g), -EBADMSG);
+        d[0] = 1;
+        assert_int_equal(wire_get_hello(&m, &g), -EBADMSG);
+        d[0] = 9;
+        assert_int_equal(wire_get_hello(&m, &g), -EBADMSG);
+        h.n_disks = WIRE_MAX_DISKS + 1;
+        assert_int_equal(wire_put_hello(&b, &h), -EINVAL);
+        wire_msg_free(&m);
+        wire_buf_free(&b);
+}
+
+static void test_disk_records_roundtrip(void **state)
+{
+        struct wire_buf b = { 0 };
+        static uint8_t data[8192], lz[50];
+        memset(data, 0x5a, sizeof(data));
+        assert_int_equal(wire_disk_begin(&b, 17, 1), 0);
+        struct wire_disk_rec w = { .op = 1, .enc = WIRE_PAGE_RAW, .raw_len = 8192,
+                                   .offset = 1 << 20, .len = 8192, .data = data };
+        struct wire_disk_rec l = { .op = 1, .enc = WIRE_PAGE_LZ4, .raw_len = 4096,
+                                   .offset = 0, .len = sizeof(lz), .data = lz };
+        struct wire_disk_rec z = { .op = 2, .enc = WIRE_PAGE_ZERO, .raw_len = 65536, .offset = 4096 };
+        struct wire_disk_rec t = { .op = 3, .enc = WIRE_PAGE_ZERO, .raw_len = 512, .offset = 512 };
+        assert_int_equal(wire_disk_add(&b, &w), 0);
+        assert_int_equal(wire_disk_add(&b, &l), 0);
+        assert_int_equal(wire_disk_add(&b, &z), 0);
+        assert_int_equal(wire_disk_add(&b, &t), 0);
+        /* refused when building: zero with data, unknown op, oversized */
+        struct wire_disk_rec bad = z;
+        bad.len = 1;
+        assert_int_equal(wire_disk_add(&b, &bad), -EINVAL);
+        bad = w;
+        bad.op = 9;
+        assert_int_equal(wire_disk_add(&b, &bad), -EINVAL);
+        bad.op = 1;
+        bad.raw_len = bad.len = WIRE_DISK_REC_MAX + 1;
+        assert_int_equal(wire_disk_add(&b, &bad), -EINVAL);
+        assert_int_equal(wire_finish(&b), 0);
+
+        struct wire_msg m = { 0 };
+        size_t used;
+        assert_int_equal(parse_msg(&b, 0, &m, &used), 0);
+        assert_int_equal(m.hdr.epoch, 17);
+        struct wire_disk_iter it;
+        struct wire_disk_rec r;
+        assert_int_equal(wire_disk_iter_init(&it, &m), 0);
+        assert_int_equal(it.disk, 1);
+        const struct wire_disk_rec *want[] = { &w, &l, &z, &t };
+        for (int i = 0; i < 4; i++) {
+                assert_int_equal(wire_disk_next(&it, &r), 1);
+                assert_int_equal(r.op, want[i]->op);
+                assert_int_equal(r.enc, want[i]->enc);
+                assert_int_equal(r.offset, want[i]->offset);
+                assert_int_equal(r.raw_len, want[i]->raw_len);
+                assert_int_equal(r.len, want[i]->len);
+                if (r.len)
+                        assert_memory_equal(r.data, want[i]->data, r.len);
+        }
+        assert_int_equal(wire_disk_next(&it, &r), 0);
+
+        /* a count that lies, a bad disk number, a corrupt entry */
+        m.payload[4] = 5;
+        assert_int_equal(wire_disk_iter_init(&it, &m), 0);
+        int k;
+        while ((k = wire_disk_next(&it, &r)) == 1)
+                ;
+        assert_int_equal(k, -EBADMSG);
+        m.payload[4] = 4;
+        m.payload[0] = WIRE_MAX_DISKS;
+        assert_int_equal(wire_disk_iter_init(&it, &m), -EBADMSG);
+        m.payload[0] = 1;
+        m.payload[8 + 2] = 1; /* pad byte of the first entry */
+        assert_int_equal(wire_disk_iter_init(&it, &m), 0);
+        assert_int_equal(wire_disk_next(&it, &r), -EBADMSG);
+        wire_msg_free(&m);
+
+        /* SYNC_DISK: a PAGES record with a disk number */
+        wire_buf_reset(&b);
+        assert_int_equal(wire_disk_pages_begin(&b, 2), 0);
+        assert_int_equal(wire_pages_add(&b, 7, WIRE_PAGE_ZERO, NULL, 0), 0);
+        assert_int_equal(wire_pages_add(&b, 8, WIRE_PAGE_RAW, data, 4096), 0);
+        assert_int_equal(wire_finish(&b), 0);
+        assert_int_equal(parse_msg(&b, 0, &m, &used), 0);
+        struct wire_pages_iter pi;
+        struct wire_page pg;
+        assert_int_equal(wire_pages_iter_init(&pi, &m), 0);
+        assert_int_equal(pi.disk, 2);
+        assert_int_equal(wire_pages_next(&pi, &pg), 1);
+        assert_int_equal(pg.pfn, 7);
+        assert_int_equal(wire_pages_next(&pi, &pg), 1);
+        assert_int_equal(pg.pfn, 8);
+        assert_int_equal(wire_pages_next(&pi, &pg), 0);
         wire_msg_free(&m);
         wire_buf_free(&b);
 }
@@ -58,7 +172,8 @@ static void test_small_records_roundtrip(void **state)
 {
         struct wire_buf b = { 0 };
         struct wire_welcome w = { .last_committed = 7, .flags = 0 };
-        struct wire_epoch_end e = { .pages = 3, .devstate_bytes = 585000, .stop_wall_ms = 99 };
+        struct wire_epoch_end e = { .pages = 3, .devstate_bytes = 585000, .stop_wall_ms = 99,
+                                    .disk_recs = 4, .disk_bytes = 12288 };
         struct wire_ack a = { .pages_applied = 3 };
         assert_int_equal(wire_put_welcome(&b, &w), 0);
         assert_int_equal(wire_put_epoch_end(&b, 42, &e), 0);
@@ -79,6 +194,8 @@ static void test_small_records_roundtrip(void **state)
         assert_int_equal(e2.pages, 3);
         assert_int_equal(e2.devstate_bytes, 585000);
         assert_int_equal(e2.stop_wall_ms, 99);
+        assert_int_equal(e2.disk_recs, 4);
+        assert_int_equal(e2.disk_bytes, 12288);
         off += used;
         assert_int_equal(parse_msg(&b, off, &m, &used), 0);
         struct wire_ack a2;
@@ -312,6 +429,8 @@ int main(void)
 {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_hello_roundtrip),
+                cmocka_unit_test(test_hello_disks),
+                cmocka_unit_test(test_disk_records_roundtrip),
                 cmocka_unit_test(test_small_records_roundtrip),
                 cmocka_unit_test(test_pages_roundtrip),
                 cmocka_unit_test(test_devstate_roundtrip),

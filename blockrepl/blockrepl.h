@@ -1,0 +1,113 @@
+/* blockrepl: one VM disk. Serves a raw image (file or block device) to the
+ * local QEMU over NBD on a unix socket, and records every change to it so
+ * checkpointd can replicate the disk in epochs (docs/blockrepl.md).
+ *
+ *   QEMU --NBD--> nbd.c --> blockrepl.c --pwrite--> image
+ *                               |
+ *                               +--> mode LOG:   epoch log (br_log), cut by
+ *                               |                blockrepl_barrier() in the pause
+ *                               +--> mode SYNC:  sync map (what to copy again)
+ *                               +--> always when the peer is absent (ALONE):
+ *                                                persistent dirty bitmap
+ *
+ * Owns: the image fd, the NBD protocol, the epoch log of writes, the sync
+ * map and the persistent bitmap. Does not own: the wire to the peer, epochs
+ * numbering, QEMU (checkpointd drives all of those).
+ *
+ * Standby side (br_stage, stage.h): per-epoch buffer of received writes,
+ * memory then a journal file, applied to the image at commit.
+ */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define BR_BLOCK_SIZE (64u * 1024) /* granularity of the bitmap and sync map */
+
+struct blockrepl;
+
+/* Replication mode: what a completed write is recorded in (besides the image). */
+enum blockrepl_mode {
+        BR_MODE_ALONE = 0, /* no peer: writes mark the persistent bitmap */
+        BR_MODE_SYNC = 1,  /* initial copy running: writes mark the sync map
+                              (and the persistent bitmap) */
+        BR_MODE_LOG = 2,   /* protected: writes are appended to the epoch log */
+};
+
+/* One change to the image, in the order it completed. */
+enum br_op {
+        BR_OP_WRITE = 1, /* data[len] at offset */
+        BR_OP_ZERO = 2,  /* len zero bytes at offset */
+        BR_OP_TRIM = 3,  /* discard len bytes at offset (reads back zero on files) */
+};
+
+struct br_rec {
+        struct br_rec *next;
+        uint8_t op;           /* enum br_op */
+        uint64_t offset;
+        uint32_t len;
+        uint8_t data[];       /* len bytes for BR_OP_WRITE, else empty */
+};
+
+/* The writes of one epoch, cut at the barrier; owned by whoever holds it. */
+struct br_log {
+        struct br_rec *head, *tail;
+        uint64_t n_recs;
+        uint64_t data_bytes;  /* sum of data[] sizes */
+};
+void br_log_free(struct br_log *log); /* frees the records; NULL ok */
+
+struct blockrepl_options {
+        const char *name;        /* for messages: "<vm>/disk<i>" */
+        const char *image;       /* raw file or block device, opened O_RDWR */
+        const char *socket_path; /* NBD unix socket to listen on (created, 0600) */
+        const char *bitmap_path; /* persistent dirty bitmap; NULL = none */
+        uint64_t log_soft_bytes; /* epoch log above this: log_fd becomes readable */
+        uint64_t log_hard_bytes; /* epoch log at this: writers wait for a barrier */
+        bool read_only;
+};
+
+/* Open the image and the bitmap, listen on the socket, start the server
+ * thread. Mode starts as BR_MODE_ALONE. */
+int blockrepl_open(const struct blockrepl_options *o, struct blockrepl **ret,
+                   char *err, size_t errlen);
+/* Stop serving (connected clients are cut), close everything. NULL ok. */
+void blockrepl_close(struct blockrepl *b);
+
+uint64_t blockrepl_size(const struct blockrepl *b);
+int blockrepl_image_fd(const struct blockrepl *b); /* for sync reads and apply */
+
+void blockrepl_set_mode(struct blockrepl *b, enum blockrepl_mode m);
+enum blockrepl_mode blockrepl_get_mode(const struct blockrepl *b);
+
+/* Called while the VM is stopped (QEMU has drained its requests): hands
+ * over every write completed since the previous barrier and starts an empty
+ * log. Writers blocked on log_hard_bytes wake up. ret gets an empty log if
+ * nothing was written. Only in BR_MODE_LOG. */
+int blockrepl_barrier(struct blockrepl *b, struct br_log *ret);
+
+/* eventfd: readable when the open epoch's log passed log_soft_bytes (the
+ * primary checkpoints early). Read it to re-arm. */
+int blockrepl_log_fd(const struct blockrepl *b);
+
+/* Sync map (BR_MODE_SYNC): the initial copy calls take_sync_block() for each
+ * block it is about to read (clears its bit: a write that completes later
+ * sets it again), and next_sync_dirty() to find blocks to copy again.
+ * Returns the block index or -1 when none is set. */
+void blockrepl_sync_clear(struct blockrepl *b, uint64_t block);
+int64_t blockrepl_sync_next_dirty(struct blockrepl *b, uint64_t from_block);
+void blockrepl_sync_mark_all(struct blockrepl *b);
+
+/* Persistent bitmap of blocks changed while the peer was absent. */
+uint64_t blockrepl_bitmap_count(const struct blockrepl *b);
+void blockrepl_bitmap_mark_log(struct blockrepl *b, const struct br_log *log);
+int blockrepl_bitmap_clear(struct blockrepl *b); /* after a full sync commits */
+
+/* Counters for status/stats. */
+struct blockrepl_stats {
+        uint64_t reads, writes, flushes, trims, zeroes;
+        uint64_t bytes_read, bytes_written;
+        uint64_t log_waits;      /* writers that waited on log_hard_bytes */
+        uint32_t clients;        /* connected now */
+};
+void blockrepl_get_stats(const struct blockrepl *b, struct blockrepl_stats *ret);

@@ -1,0 +1,302 @@
+#include "disks.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "codec.h"
+#include "util.h"
+
+#define SEND_BATCH (1u << 20) /* flush a record at ~1 MiB */
+
+/* ---- primary ---- */
+
+static int flush_record(struct disk_sender *s)
+{
+        if (!s->wb->len)
+                return 0;
+        int r = wire_finish(s->wb);
+        if (r == 0)
+                r = write_full(s->fd, s->wb->data, s->wb->len, now_ns() + s->timeout_ns);
+        *s->wire_bytes += s->wb->len;
+        wire_buf_reset(s->wb);
+        return r;
+}
+
+/* One BR_BLOCK_SIZE block as 4 KiB pages of a SYNC_DISK record. */
+static int sync_block(struct blockrepl *b, uint32_t disk, uint64_t block,
+                      struct disk_sender *s, uint8_t *buf, uint64_t *raw)
+{
+        uint64_t size = blockrepl_size(b), off = block * BR_BLOCK_SIZE;
+        size_t len = size - off < BR_BLOCK_SIZE ? (size_t)(size - off) : BR_BLOCK_SIZE;
+        /* Clear first, read second: a write that completes after the clear
+         * marks the block again and it is copied again. */
+        blockrepl_sync_clear(b, block);
+        ssize_t n = pread(blockrepl_image_fd(b), buf, len, (off_t)off);
+        if (n < 0)
+                return -errno;
+        if ((size_t)n != len)
+                return -EIO;
+        uint8_t enc_buf[CODEC_PAGE_MAX], scratch[CODEC_PAGE_MAX];
+        for (size_t p = 0; p < len; p += HAVMS_PAGE_SIZE) {
+                uint8_t enc;
+                uint32_t elen;
+                int r = codec_page_encode(buf + p, NULL, enc_buf, scratch, &enc, &elen);
+                if (r < 0)
+                        return r;
+                if (!s->wb->len && (r = wire_disk_pages_begin(s->wb, disk)) < 0)
+                        return r;
+                r = wire_pages_add(s->wb, (off + p) / HAVMS_PAGE_SIZE, enc, enc_buf, elen);
+                if (r < 0)
+                        return r;
+        }
+        *raw += len;
+        return s->wb->len >= SEND_BATCH ? flush_record(s) : 0;
+}
+
+int disks_sync_pass(struct blockrepl *const *disks, unsigned n, struct disk_sender *s,
+                    bool dirty_only, uint64_t *raw)
+{
+        uint8_t *buf = malloc(BR_BLOCK_SIZE);
+        if (!buf)
+                return -ENOMEM;
+        int r = 0;
+        wire_buf_reset(s->wb);
+        for (unsigned d = 0; d < n && r == 0; d++) {
+                uint64_t blocks = (blockrepl_size(disks[d]) + BR_BLOCK_SIZE - 1) / BR_BLOCK_SIZE;
+                if (!dirty_only) {
+                        for (uint64_t blk = 0; blk < blocks && r == 0; blk++)
+                                r = sync_block(disks[d], d, blk, s, buf, raw);
+                } else {
+                        int64_t blk = 0;
+                        while (r == 0 && (blk = blockrepl_sync_next_dirty(disks[d], (uint64_t)blk)) >= 0)
+                                r = sync_block(disks[d], d, (uint64_t)blk, s, buf, raw);
+                }
+                /* a record names one disk */
+                if (r == 0)
+                        r = flush_record(s);
+        }
+        free(buf);
+        return r;
+}
+
+int disks_send_logs(const struct br_log *logs, unsigned n, struct disk_sender *s,
+                    uint64_t epoch, uint64_t *ret_recs, uint64_t *ret_bytes)
+{
+        uint64_t recs = 0, bytes = 0;
+        uint8_t *lz = NULL;
+        int r = 0;
+        wire_buf_reset(s->wb);
+        for (unsigned d = 0; d < n && r == 0; d++) {
+                for (const struct br_rec *rec = logs[d].head; rec && r == 0; rec = rec->next) {
+                        /* an entry carries at most WIRE_DISK_REC_MAX bytes */
+                        for (uint32_t off = 0; off < rec->len && r == 0; off += WIRE_DISK_REC_MAX) {
+                                uint32_t len = rec->len - off < WIRE_DISK_REC_MAX ? rec->len - off
+                                                                                  : WIRE_DISK_REC_MAX;
+                                struct wire_disk_rec w = {
+                                        .op = rec->op,
+                                        .enc = WIRE_PAGE_ZERO,
+                                        .raw_len = len,
+                                        .offset = rec->offset + off,
+                                };
+                                if (rec->op == BR_OP_WRITE) {
+                                        if (!lz && !(lz = malloc(codec_chunk_bound(WIRE_DISK_REC_MAX)))) {
+                                                r = -ENOMEM;
+                                                break;
+                                        }
+                                        r = codec_chunk_encode(rec->data + off, len, lz, &w.enc, &w.len);
+                                        w.data = lz;
+                                        bytes += len;
+                                }
+                                if (r == 0 && !s->wb->len)
+                                        r = wire_disk_begin(s->wb, epoch, d);
+                                if (r == 0)
+                                        r = wire_disk_add(s->wb, &w);
+                                if (r == 0 && s->wb->len >= SEND_BATCH)
+                                        r = flush_record(s);
+                                recs++;
+                        }
+                }
+                if (r == 0)
+                        r = flush_record(s);
+        }
+        free(lz);
+        if (r < 0)
+                return r;
+        *ret_recs = recs;
+        *ret_bytes = bytes;
+        return 0;
+}
+
+/* ---- standby ---- */
+
+static int image_size(int fd, uint64_t *ret)
+{
+        struct stat st;
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (S_ISBLK(st.st_mode)) {
+                uint64_t n;
+                if (ioctl(fd, BLKGETSIZE64, &n) < 0)
+                        return -errno;
+                *ret = n;
+                return 0;
+        }
+        if (!S_ISREG(st.st_mode))
+                return -EINVAL;
+        *ret = (uint64_t)st.st_size;
+        return 0;
+}
+
+int disk_replica_open(struct disk_replica *r, const struct host_config *h,
+                      const struct vm_config *c, const struct wire_hello *hello,
+                      char *why, size_t whylen)
+{
+        memset(r, 0, sizeof(*r));
+        for (unsigned i = 0; i < CFG_MAX_DISKS; i++)
+                r->fd[i] = -1;
+        if (hello->n_disks != c->n_disks) {
+                snprintf(why, whylen, "the primary has %u disks, this host's definition %u",
+                         hello->n_disks, c->n_disks);
+                return -EINVAL;
+        }
+        int rc = 0;
+        for (unsigned i = 0; i < c->n_disks; i++) {
+                const char *path = c->disks[i];
+                r->fd[i] = open(path, O_RDWR | O_CLOEXEC);
+                if (r->fd[i] < 0 && errno == ENOENT) {
+                        /* a new standby: a sparse file of the right size */
+                        r->fd[i] = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+                        if (r->fd[i] >= 0 && ftruncate(r->fd[i], (off_t)hello->disk_bytes[i]) < 0) {
+                                rc = -errno;
+                                snprintf(why, whylen, "cannot size %s: %s", path, strerror(-rc));
+                                goto fail;
+                        }
+                }
+                if (r->fd[i] < 0) {
+                        rc = -errno;
+                        snprintf(why, whylen, "cannot open disk %s: %s", path, strerror(-rc));
+                        goto fail;
+                }
+                r->n = i + 1;
+                uint64_t size = 0;
+                if ((rc = image_size(r->fd[i], &size)) < 0) {
+                        snprintf(why, whylen, "%s is neither a regular file nor a block device", path);
+                        goto fail;
+                }
+                if (size != hello->disk_bytes[i]) {
+                        rc = -EINVAL;
+                        snprintf(why, whylen, "disk %u differs in size: primary %llu bytes, %s %llu",
+                                 i, (unsigned long long)hello->disk_bytes[i], path,
+                                 (unsigned long long)size);
+                        goto fail;
+                }
+                r->bytes[i] = size;
+                char journal[CFG_PATH_MAX + 64];
+                snprintf(journal, sizeof(journal), "%s/%s.disk%u.journal", h->state_dir, c->name, i);
+                if ((rc = mkdir_p(h->state_dir, 0700)) < 0 ||
+                    (rc = br_stage_new(journal, (uint64_t)c->disk_buffer_mib << 20, &r->stage[i])) < 0) {
+                        snprintf(why, whylen, "cannot set up the disk journal %s: %s", journal,
+                                 strerror(-rc));
+                        goto fail;
+                }
+        }
+        if (c->n_disks && !(r->scratch = malloc(WIRE_DISK_REC_MAX))) {
+                rc = -ENOMEM;
+                snprintf(why, whylen, "out of memory");
+                goto fail;
+        }
+        return 0;
+fail:
+        disk_replica_close(r);
+        return rc;
+}
+
+void disk_replica_close(struct disk_replica *r)
+{
+        for (unsigned i = 0; i < r->n; i++) {
+                if (r->fd[i] >= 0)
+                        close(r->fd[i]);
+                br_stage_free(r->stage[i]);
+                r->fd[i] = -1;
+                r->stage[i] = NULL;
+        }
+        free(r->scratch);
+        r->scratch = NULL;
+        r->n = 0;
+}
+
+int disk_replica_sync(struct disk_replica *r, const struct wire_msg *m)
+{
+        struct wire_pages_iter it;
+        struct wire_page pg;
+        uint8_t page[HAVMS_PAGE_SIZE];
+        int rc = wire_pages_iter_init(&it, m);
+        if (rc < 0 || it.disk >= r->n)
+                return -EBADMSG;
+        while ((rc = wire_pages_next(&it, &pg)) == 1) {
+                uint64_t off = pg.pfn * HAVMS_PAGE_SIZE;
+                if (pg.enc == WIRE_PAGE_XOR_LZ4 || pg.pfn >= r->bytes[it.disk] / HAVMS_PAGE_SIZE)
+                        return -EBADMSG;
+                if ((rc = codec_page_decode(pg.enc, pg.data, pg.len, NULL, page)) < 0)
+                        return rc;
+                if (pwrite(r->fd[it.disk], page, HAVMS_PAGE_SIZE, (off_t)off) != HAVMS_PAGE_SIZE)
+                        return errno ? -errno : -EIO;
+        }
+        r->unsynced = true;
+        return rc;
+}
+
+int disk_replica_stage(struct disk_replica *r, const struct wire_msg *m)
+{
+        struct wire_disk_iter it;
+        struct wire_disk_rec d;
+        int rc = wire_disk_iter_init(&it, m);
+        if (rc < 0 || it.disk >= r->n)
+                return -EBADMSG;
+        while ((rc = wire_disk_next(&it, &d)) == 1) {
+                const uint8_t *data = NULL;
+                if (d.op == BR_OP_WRITE) {
+                        rc = codec_chunk_decode(d.enc, d.data, d.len, r->scratch, d.raw_len);
+                        if (rc < 0)
+                                return -EBADMSG;
+                        data = r->scratch;
+                        r->st_bytes += d.raw_len;
+                }
+                rc = br_stage_add(r->stage[it.disk], d.op, d.offset, d.raw_len, data,
+                                  r->bytes[it.disk]);
+                if (rc == -EINVAL)
+                        return -EBADMSG; /* outside the disk: not from our primary */
+                if (rc < 0)
+                        return rc;    /* -ENOSPC / -EIO: the journal is full or broken */
+                r->st_recs++;
+        }
+        return rc;
+}
+
+int disk_replica_commit(struct disk_replica *r)
+{
+        for (unsigned i = 0; i < r->n; i++) {
+                int rc = br_stage_apply(r->stage[i], r->fd[i]);
+                if (rc < 0)
+                        return rc;
+                if (r->unsynced && fdatasync(r->fd[i]) < 0)
+                        return -errno;
+        }
+        r->unsynced = false;
+        r->st_recs = r->st_bytes = 0;
+        return 0;
+}
+
+void disk_replica_discard(struct disk_replica *r)
+{
+        for (unsigned i = 0; i < r->n; i++)
+                br_stage_discard(r->stage[i]);
+        r->st_recs = r->st_bytes = 0;
+}

@@ -1,0 +1,68 @@
+/* disks: checkpointd's side of disk replication — what a VM's disks put on
+ * the replication stream, and what the standby does with it.
+ *
+ * Primary: the initial copy (SYNC_DISK: every 4 KiB block, zero blocks
+ * cost 16 bytes) while blockrepl's sync map catches writes made meanwhile,
+ * then the epoch logs cut at each barrier (EPOCH_DISK, in write order).
+ *
+ * Standby: SYNC_DISK goes straight into the standby's image (the replica is
+ * not usable during a sync anyway); EPOCH_DISK is staged per disk
+ * (br_stage: memory, then a journal) and applied at the epoch's commit,
+ * before the ACK, with fdatasync.
+ *
+ * Owns: the standby's image fds and stages. Does not own: the NBD servers
+ * (blockrepl, inside the QEMU's I/O set), epochs, the connection.
+ */
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "blockrepl.h"
+#include "config.h"
+#include "stage.h"
+#include "wire.h"
+
+/* Where the primary sends: the connection, its deadline, a buffer. */
+struct disk_sender {
+        int fd;
+        uint64_t timeout_ns;   /* per write to the socket */
+        struct wire_buf *wb;
+        uint64_t *wire_bytes;  /* added to as records go out */
+};
+
+/* Copy every block of every disk (dirty_only: only blocks the sync map
+ * has marked since they were copied), clearing each block's mark before
+ * reading it. *raw gets the bytes read. */
+int disks_sync_pass(struct blockrepl *const *disks, unsigned n, struct disk_sender *s,
+                    bool dirty_only, uint64_t *raw);
+
+/* Send the logs of epoch `epoch` (one per disk) as EPOCH_DISK records.
+ * Returns the entry count and raw data bytes EPOCH_END must announce. */
+int disks_send_logs(const struct br_log *logs, unsigned n, struct disk_sender *s,
+                    uint64_t epoch, uint64_t *ret_recs, uint64_t *ret_bytes);
+
+/* ---- standby ---- */
+
+struct disk_replica {
+        unsigned n;
+        int fd[CFG_MAX_DISKS];
+        uint64_t bytes[CFG_MAX_DISKS];
+        struct br_stage *stage[CFG_MAX_DISKS];
+        bool unsynced;        /* SYNC_DISK writes not yet fdatasync'ed */
+        uint64_t st_recs, st_bytes; /* what is staged for the epoch in flight */
+        uint8_t *scratch;     /* WIRE_DISK_REC_MAX, for LZ4 entries */
+};
+
+/* Open (creating a missing regular file, sparse, of the primary's size)
+ * every disk the HELLO announces, check sizes; why gets a sentence for the
+ * primary on failure. */
+int disk_replica_open(struct disk_replica *r, const struct host_config *h,
+                      const struct vm_config *c, const struct wire_hello *hello,
+                      char *why, size_t whylen);
+void disk_replica_close(struct disk_replica *r);
+int disk_replica_sync(struct disk_replica *r, const struct wire_msg *m);
+int disk_replica_stage(struct disk_replica *r, const struct wire_msg *m);
+/* Apply the staged epoch to the images, durably. On failure the images may
+ * hold part of the epoch: the caller must treat the replica as lost. */
+int disk_replica_commit(struct disk_replica *r);
+void disk_replica_discard(struct disk_replica *r);

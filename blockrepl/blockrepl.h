@@ -86,11 +86,17 @@ enum blockrepl_mode blockrepl_get_mode(const struct blockrepl *b);
  * nothing was written. Only in BR_MODE_LOG. */
 int blockrepl_barrier(struct blockrepl *b, struct br_log *ret);
 
+/* The VM is about to stop for the barrier: writers waiting at
+ * log_hard_bytes may go on (their requests were issued in this epoch, and
+ * QEMU's stop waits for them to complete: waiting for the barrier would
+ * deadlock). The limit applies again after the barrier. */
+void blockrepl_lift_limit(struct blockrepl *b);
+
 /* eventfd: readable when the open epoch's log passed log_soft_bytes (the
  * primary checkpoints early). Read it to re-arm. */
 int blockrepl_log_fd(const struct blockrepl *b);
 
-/* Sync map (BR_MODE_SYNC): the initial copy calls take_sync_block() for each
+/* Sync map (BR_MODE_SYNC): the initial copy calls blockrepl_sync_clear() for each
  * block it is about to read (clears its bit: a write that completes later
  * sets it again), and next_sync_dirty() to find blocks to copy again.
  * Returns the block index or -1 when none is set. */

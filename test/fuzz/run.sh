@@ -1,30 +1,71 @@
 #!/bin/bash
 # Build the fuzz targets with clang's libFuzzer (+ ASan, UBSan) and run
-# each for SECONDS (default 30). Exit 0 if no crash was found, 77 (skip)
-# without clang's fuzzer runtime. Crashes are kept in $FUZZ_OUT.
+# them, SECONDS in all (default 30) split evenly between the targets:
+#   fuzz_wire  the replication parser and page decoder (lib/wire.c, codec.c)
+#   fuzz_nbd   blockrepl's NBD server, handshake and requests (blockrepl/nbd.c)
+# Exit 0 if no crash was found, 77 (skip) without clang's fuzzer runtime.
+# Crashes are kept in $FUZZ_OUT.
 set -u
 top=$(cd "$(dirname "$0")/../.." && pwd)
 secs=${1:-30}
 out=${FUZZ_OUT:-$(mktemp -d /tmp/havms-fuzz-XXXXXX)}
 command -v clang >/dev/null || { echo "SKIP: no clang"; exit 77; }
 flags=(-std=gnu11 -g -O1 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined
-       -fno-sanitize-recover=undefined -I"$top/lib")
-srcs=("$top/lib/wire.c" "$top/lib/codec.c" "$top/lib/util.c")
-if ! clang "${flags[@]}" -o "$out/fuzz_wire" "$top/test/fuzz/fuzz_wire.c" "${srcs[@]}" \
-        -llz4 -lxxhash 2>"$out/build.log"; then
-        if grep -q "fuzzer" "$out/build.log"; then
-                echo "SKIP: clang has no libFuzzer runtime (libclang-rt-dev)"; exit 77
+       -fno-sanitize-recover=undefined -I"$top/lib" -I"$top/blockrepl")
+targets=(wire nbd)
+declare -A srcs=(
+        [wire]="lib/wire.c lib/codec.c lib/util.c"
+        [nbd]="blockrepl/nbd.c lib/util.c"
+)
+declare -A libs=([wire]="-llz4 -lxxhash" [nbd]="")
+
+# Seeds for fuzz_nbd: byte 0 picks read-only, then a client's stream. A
+# valid handshake and a few requests get the fuzzer past the magics.
+nbd_seeds() {
+        local d=$1 hs req
+        mkdir -p "$d"
+        hs='\x00\x00\x00\x03IHAVEOPT\x00\x00\x00\x07\x00\x00\x00\x08\x00\x00\x00\x00\x00\x01\x00\x03'
+        req() { # type flags offset(8 bytes hex escaped) len(4)
+                printf '\x25\x60\x95\x13\x00%b\x00%b\x00\x00\x00\x00\x00\x00\x00\x01%b%b' "$2" "$1" "$3" "$4"
+        }
+        { printf '\x00'; printf "$hs"
+          req '\x01' '\x01' '\x00\x00\x00\x00\x00\x00\x10\x00' '\x00\x00\x00\x10'; printf '0123456789abcdef'
+          req '\x00' '\x00' '\x00\x00\x00\x00\x00\x00\x00\x00' '\x00\x00\x02\x00'
+          req '\x03' '\x00' '\x00\x00\x00\x00\x00\x00\x00\x00' '\x00\x00\x00\x00'
+          req '\x04' '\x00' '\x00\x00\x00\x00\x00\x01\x00\x00' '\x00\x00\x10\x00'
+          req '\x06' '\x02' '\x00\x00\x00\x00\x00\x02\x00\x00' '\x00\x00\x10\x00'
+          req '\x02' '\x00' '\x00\x00\x00\x00\x00\x00\x00\x00' '\x00\x00\x00\x00'
+        } >"$d/session"
+        { printf '\x01'; printf '\x00\x00\x00\x01IHAVEOPT\x00\x00\x00\x03\x00\x00\x00\x00'
+          printf 'IHAVEOPT\x00\x00\x00\x06\x00\x00\x00\x06\x00\x00\x00\x00\x00\x00'
+          printf 'IHAVEOPT\x00\x00\x00\x01\x00\x00\x00\x01x'
+          req '\x01' '\x00' '\x00\x00\x00\x00\x00\x00\x00\x00' '\x00\x00\x00\x04'; printf 'data'
+        } >"$d/options"
+}
+
+n=${#targets[@]}
+each=$(( secs / n > 0 ? secs / n : 1 ))
+failed=0
+for t in "${targets[@]}"; do
+        # shellcheck disable=SC2086 # word lists on purpose
+        if ! clang "${flags[@]}" -o "$out/fuzz_$t" "$top/test/fuzz/fuzz_$t.c" \
+                $(printf "$top/%s " ${srcs[$t]}) ${libs[$t]} 2>"$out/build-$t.log"; then
+                if grep -q "fuzzer" "$out/build-$t.log"; then
+                        echo "SKIP: clang has no libFuzzer runtime (libclang-rt-dev)"; exit 77
+                fi
+                cat "$out/build-$t.log"; exit 1
         fi
-        cat "$out/build.log"; exit 1
-fi
-mkdir -p "$out/corpus"
-if "$out/fuzz_wire" -max_total_time="$secs" -max_len=70000 -artifact_prefix="$out/" \
-        "$out/corpus" >"$out/fuzz.log" 2>&1; then
-        tail -n 2 "$out/fuzz.log"
-        echo "fuzz-wire: 1 passed, 0 failed"
-        [ -n "${FUZZ_OUT:-}" ] || rm -rf "$out"
-        exit 0
-fi
-tail -n 40 "$out/fuzz.log"
-echo "fuzz-wire: 0 passed, 1 failed (artifacts in $out)"
-exit 1
+        mkdir -p "$out/corpus-$t"
+        [ "$t" = nbd ] && nbd_seeds "$out/corpus-$t"
+        if "$out/fuzz_$t" -max_total_time="$each" -max_len=70000 -artifact_prefix="$out/$t-" \
+                "$out/corpus-$t" >"$out/fuzz-$t.log" 2>&1; then
+                tail -n 2 "$out/fuzz-$t.log"
+                echo "fuzz-$t: 1 passed, 0 failed"
+        else
+                tail -n 40 "$out/fuzz-$t.log"
+                echo "fuzz-$t: 0 passed, 1 failed (artifacts in $out)"
+                failed=1
+        fi
+done
+[ "$failed" = 0 ] && [ -z "${FUZZ_OUT:-}" ] && rm -rf "$out"
+exit "$failed"

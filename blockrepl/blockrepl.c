@@ -1,0 +1,712 @@
+/* blockrepl: one VM disk served over NBD, every change recorded according
+ * to the mode (blockrepl.h, docs/blockrepl.md).
+ *
+ *   accept thread ──► one thread per client ──► nbd_serve() ──► ops below
+ *
+ *   write path (all under b->lock, so log order = image order):
+ *     wait while the open log is at log_hard_bytes (LOG)
+ *     mark + msync the persistent bitmap if a bit is new (ALONE, SYNC)
+ *     change the image
+ *     append to the open log (LOG) / set the sync map bits (SYNC)
+ *   then, outside the lock: fdatasync for FUA; then nbd.c replies.
+ *
+ * The bitmap is written ahead of the image (like md's write-intent bitmap):
+ * data the page cache writes back before any FLUSH must never be on disk
+ * without its bit, or failback would skip a block that differs.
+ *
+ * Owns: the image fd, the listening socket, client threads, the open epoch
+ * log, the sync map, the bitmap. Does not own: epochs, the peer, QEMU.
+ */
+#include "blockrepl.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "image.h"
+#include "log.h"
+#include "nbd.h"
+#include "stage.h"
+#include "util.h"
+
+#define BR_MAX_CLIENTS 16               /* QEMU uses one; bounds threads and buffers */
+#define BR_HANDSHAKE_NS (30ull * 1000000000u)
+
+struct br_client {
+        struct br_client *next;
+        struct blockrepl *b;
+        int fd;
+        pthread_t thread;
+        bool done; /* thread has returned: the accept thread joins it */
+};
+
+struct blockrepl {
+        char *name;
+        char *socket_path;
+        int image_fd;
+        bool is_blk;
+        bool read_only;
+        uint64_t size;
+        uint64_t soft, hard;
+        struct nbd_export exp;
+
+        int listen_fd;
+        int wake_fd; /* eventfd: stop, or a client thread ended */
+        int log_fd;  /* eventfd: the open log passed log_soft_bytes */
+        pthread_t accept_thread;
+        bool accept_started;
+
+        pthread_mutex_t lock; /* image changes, log, mode, clients */
+        pthread_cond_t log_cond; /* barrier or stop: writers waiting for room */
+        enum blockrepl_mode mode;
+        bool stopping;
+        struct br_log log;     /* the open epoch */
+        uint64_t log_mem;      /* its data + record overhead, against soft/hard */
+        bool soft_signalled;   /* log_fd written for this epoch */
+        bool limit_lifted;     /* the VM is stopping: no waiting until the barrier */
+        struct br_client *clients;
+        uint32_t n_clients;
+
+        uint64_t *sync_map;    /* one bit per block; atomics, no lock */
+        uint64_t n_blocks;
+        struct br_bitmap *bitmap;
+
+        struct blockrepl_stats st; /* atomics */
+};
+
+static void stat_add(uint64_t *c, uint64_t v)
+{
+        __atomic_fetch_add(c, v, __ATOMIC_RELAXED);
+}
+
+void br_log_free(struct br_log *log)
+{
+        if (!log)
+                return;
+        struct br_rec *r = log->head;
+        while (r) {
+                struct br_rec *next = r->next;
+                free(r);
+                r = next;
+        }
+        log->head = log->tail = NULL;
+        log->n_recs = 0;
+        log->data_bytes = 0;
+}
+
+static uint64_t rec_cost(uint8_t op, uint32_t len)
+{
+        return sizeof(struct br_rec) + (op == BR_OP_WRITE ? len : 0);
+}
+
+static struct br_rec *rec_new(uint8_t op, uint64_t offset, uint32_t len, const void *data)
+{
+        uint32_t dlen = op == BR_OP_WRITE ? len : 0;
+        struct br_rec *rec = malloc(sizeof(*rec) + dlen);
+        if (!rec)
+                return NULL;
+        rec->next = NULL;
+        rec->op = op;
+        rec->offset = offset;
+        rec->len = len;
+        if (dlen)
+                memcpy(rec->data, data, dlen);
+        return rec;
+}
+
+/* ---- recording ----------------------------------------------------------- */
+
+static void log_append(struct blockrepl *b, struct br_rec *rec)
+{
+        if (b->log.tail)
+                b->log.tail->next = rec;
+        else
+                b->log.head = rec;
+        b->log.tail = rec;
+        b->log.n_recs++;
+        b->log.data_bytes += rec->op == BR_OP_WRITE ? rec->len : 0;
+        b->log_mem += rec_cost(rec->op, rec->len);
+        if (b->soft && !b->soft_signalled && b->log_mem >= b->soft) {
+                uint64_t one = 1;
+                b->soft_signalled = true;
+                if (write(b->log_fd, &one, sizeof(one)) < 0)
+                        log_msg(LOG_LVL_DEBUG, NULL, b->name, -1, "log eventfd: %s",
+                                strerror(errno));
+        }
+}
+
+/* Under b->lock. Waits while adding cost would pass log_hard_bytes; a record
+ * bigger than the limit on its own goes into an empty log. */
+static int wait_log_room(struct blockrepl *b, uint64_t cost)
+{
+        bool counted = false;
+        while (b->mode == BR_MODE_LOG && !b->stopping && !b->limit_lifted && b->hard &&
+               b->log_mem > 0 && b->log_mem + cost > b->hard) {
+                if (!counted)
+                        stat_add(&b->st.log_waits, 1);
+                counted = true;
+                pthread_cond_wait(&b->log_cond, &b->lock);
+        }
+        return b->stopping ? -ESHUTDOWN : 0;
+}
+
+/* Under b->lock: the bitmap bits of [offset, offset+len), durable before
+ * the image changes if any was not set yet. */
+static int bitmap_intent(struct blockrepl *b, uint64_t offset, uint64_t len)
+{
+        if (!b->bitmap || len == 0)
+                return 0;
+        bool fresh = false;
+        for (uint64_t i = offset / BR_BLOCK_SIZE; i <= (offset + len - 1) / BR_BLOCK_SIZE; i++)
+                if (!br_bitmap_test(b->bitmap, i)) {
+                        fresh = true;
+                        break;
+                }
+        if (!fresh)
+                return 0;
+        br_bitmap_set_range(b->bitmap, offset, len);
+        int r = br_bitmap_sync(b->bitmap);
+        return r < 0 ? -EIO : 0;
+}
+
+static void sync_map_set(struct blockrepl *b, uint64_t offset, uint64_t len)
+{
+        if (len == 0)
+                return;
+        uint64_t last = (offset + len - 1) / BR_BLOCK_SIZE;
+        for (uint64_t i = offset / BR_BLOCK_SIZE; i <= last && i < b->n_blocks; i++)
+                __atomic_fetch_or(&b->sync_map[i / 64], 1ull << (i % 64), __ATOMIC_SEQ_CST);
+}
+
+static int image_change(struct blockrepl *b, uint8_t op, const void *data, uint32_t len,
+                        uint64_t offset, bool may_hole)
+{
+        switch (op) {
+        case BR_OP_WRITE: return br_image_pwrite(b->image_fd, data, len, offset);
+        case BR_OP_ZERO: return br_image_zero(b->image_fd, b->is_blk, offset, len, may_hole);
+        case BR_OP_TRIM: return br_image_trim(b->image_fd, b->is_blk, offset, len);
+        }
+        return -EINVAL;
+}
+
+static int durable(struct blockrepl *b)
+{
+        if (fdatasync(b->image_fd) < 0)
+                return -errno;
+        return b->bitmap ? br_bitmap_sync(b->bitmap) : 0;
+}
+
+/* Every change of the image goes through here (see the diagram on top). */
+static int change(struct blockrepl *b, uint8_t op, const void *data, uint32_t len,
+                  uint64_t offset, bool may_hole, bool fua)
+{
+        struct br_rec *rec = NULL;
+        int r;
+        /* The copy is made outside the lock; the mode is checked again under it. */
+        if (__atomic_load_n(&b->mode, __ATOMIC_RELAXED) == BR_MODE_LOG) {
+                rec = rec_new(op, offset, len, data);
+                if (!rec)
+                        return -ENOMEM;
+        }
+        pthread_mutex_lock(&b->lock);
+        while (b->mode == BR_MODE_LOG && !rec) {
+                pthread_mutex_unlock(&b->lock);
+                rec = rec_new(op, offset, len, data);
+                if (!rec)
+                        return -ENOMEM;
+                pthread_mutex_lock(&b->lock);
+        }
+        r = wait_log_room(b, rec_cost(op, len));
+        if (r < 0)
+                goto out;
+        if (b->mode != BR_MODE_LOG) {
+                r = bitmap_intent(b, offset, len);
+                if (r < 0)
+                        goto out;
+        }
+        r = image_change(b, op, data, len, offset, may_hole);
+        /* Recorded even when it failed: the image may hold part of it, and
+         * the peer must not keep what the guest's disk no longer has. */
+        if (b->mode == BR_MODE_LOG) {
+                log_append(b, rec);
+                rec = NULL;
+        } else if (b->mode == BR_MODE_SYNC) {
+                sync_map_set(b, offset, len); /* after the write: see blockrepl.h */
+        }
+out:
+        pthread_mutex_unlock(&b->lock);
+        free(rec);
+        if (r == 0 && fua)
+                r = durable(b);
+        return r;
+}
+
+/* ---- NBD backend ------------------------------------------------------- */
+
+static int op_read(void *priv, void *buf, uint32_t len, uint64_t offset)
+{
+        struct blockrepl *b = priv;
+        int r = br_image_pread(b->image_fd, buf, len, offset);
+        stat_add(&b->st.reads, 1);
+        if (r == 0)
+                stat_add(&b->st.bytes_read, len);
+        return r;
+}
+
+static int op_write(void *priv, const void *buf, uint32_t len, uint64_t offset, bool fua)
+{
+        struct blockrepl *b = priv;
+        int r = change(b, BR_OP_WRITE, buf, len, offset, false, fua);
+        stat_add(&b->st.writes, 1);
+        if (r == 0)
+                stat_add(&b->st.bytes_written, len);
+        return r;
+}
+
+static int op_zero(void *priv, uint32_t len, uint64_t offset, bool may_hole, bool fua)
+{
+        struct blockrepl *b = priv;
+        stat_add(&b->st.zeroes, 1);
+        return change(b, BR_OP_ZERO, NULL, len, offset, may_hole, fua);
+}
+
+static int op_trim(void *priv, uint32_t len, uint64_t offset, bool fua)
+{
+        struct blockrepl *b = priv;
+        stat_add(&b->st.trims, 1);
+        return change(b, BR_OP_TRIM, NULL, len, offset, true, fua);
+}
+
+static int op_flush(void *priv)
+{
+        struct blockrepl *b = priv;
+        stat_add(&b->st.flushes, 1);
+        return durable(b);
+}
+
+static const struct nbd_ops br_nbd_ops = {
+        .read = op_read,
+        .write = op_write,
+        .zero = op_zero,
+        .trim = op_trim,
+        .flush = op_flush,
+};
+
+/* ---- threads ---------------------------------------------------------- */
+
+static void wake(struct blockrepl *b)
+{
+        uint64_t one = 1;
+        if (write(b->wake_fd, &one, sizeof(one)) < 0)
+                log_msg(LOG_LVL_DEBUG, NULL, b->name, -1, "wake eventfd: %s", strerror(errno));
+}
+
+static void *client_main(void *arg)
+{
+        struct br_client *cl = arg;
+        struct blockrepl *b = cl->b;
+        int r = nbd_serve(cl->fd, cl->fd, &b->exp, now_ns() + BR_HANDSHAKE_NS);
+        log_msg(LOG_LVL_DEBUG, NULL, b->name, -1, "NBD client fd %d ended: %s", cl->fd,
+                r == 0 ? "disconnect" : strerror(-r));
+        pthread_mutex_lock(&b->lock);
+        cl->done = true;
+        pthread_mutex_unlock(&b->lock);
+        wake(b);
+        return NULL;
+}
+
+/* Joins client threads that ended (all of them, after cutting them, when
+ * all is set). The fd is closed only here, after the join, so a shutdown()
+ * from close never hits a reused fd number. */
+static void reap_clients(struct blockrepl *b, bool all)
+{
+        pthread_mutex_lock(&b->lock);
+        if (all)
+                for (struct br_client *cl = b->clients; cl; cl = cl->next)
+                        shutdown(cl->fd, SHUT_RDWR);
+        struct br_client **pp = &b->clients;
+        while (*pp) {
+                struct br_client *cl = *pp;
+                if (!cl->done && !all) {
+                        pp = &cl->next;
+                        continue;
+                }
+                *pp = cl->next;
+                b->n_clients--;
+                pthread_mutex_unlock(&b->lock);
+                pthread_join(cl->thread, NULL);
+                close(cl->fd);
+                free(cl);
+                pthread_mutex_lock(&b->lock);
+        }
+        pthread_mutex_unlock(&b->lock);
+}
+
+static void add_client(struct blockrepl *b, int fd)
+{
+        const char *why = NULL;
+        struct br_client *cl = calloc(1, sizeof(*cl));
+        pthread_mutex_lock(&b->lock);
+        if (!cl)
+                why = "out of memory";
+        else if (b->n_clients >= BR_MAX_CLIENTS)
+                why = "too many clients";
+        if (!why) {
+                cl->b = b;
+                cl->fd = fd;
+                /* Linked under the lock the new thread takes to say it is done. */
+                if (pthread_create(&cl->thread, NULL, client_main, cl) != 0)
+                        why = "cannot start a thread";
+        }
+        if (!why) {
+                cl->next = b->clients;
+                b->clients = cl;
+                b->n_clients++;
+        }
+        pthread_mutex_unlock(&b->lock);
+        if (why) {
+                log_msg(LOG_LVL_DEBUG, NULL, b->name, -1, "NBD client refused: %s", why);
+                free(cl);
+                close(fd);
+        }
+}
+
+static void *accept_main(void *arg)
+{
+        struct blockrepl *b = arg;
+        int backoff = -1;
+        for (;;) {
+                struct pollfd p[2] = { { .fd = b->wake_fd, .events = POLLIN },
+                                       { .fd = b->listen_fd, .events = POLLIN } };
+                /* After EMFILE and friends the socket stays readable: wait
+                 * a little instead of spinning on it. */
+                int n = poll(p, backoff < 0 ? 2 : 1, backoff);
+                backoff = -1;
+                if (n < 0 && errno != EINTR)
+                        break;
+                if (n > 0 && (p[0].revents & POLLIN)) {
+                        uint64_t v;
+                        if (read(b->wake_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+                                break;
+                        pthread_mutex_lock(&b->lock);
+                        bool stop = b->stopping;
+                        pthread_mutex_unlock(&b->lock);
+                        if (stop)
+                                break;
+                        reap_clients(b, false);
+                }
+                if (n > 0 && (p[1].revents & POLLIN)) {
+                        int fd = accept4(b->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+                        if (fd >= 0)
+                                add_client(b, fd);
+                        else if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+                                 errno == ENOMEM)
+                                backoff = 100;
+                }
+        }
+        reap_clients(b, true);
+        return NULL;
+}
+
+/* ---- open / close ------------------------------------------------------ */
+
+static int listen_unix(const char *path, int *ret_fd, char *err, size_t errlen)
+{
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct stat st;
+        int r;
+        if (strlen(path) >= sizeof(sa.sun_path)) {
+                snprintf(err, errlen, "socket %s: path too long", path);
+                return -ENAMETOOLONG;
+        }
+        strcpy(sa.sun_path, path);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+                r = -errno;
+                snprintf(err, errlen, "socket: %s", strerror(-r));
+                return r;
+        }
+        if (lstat(path, &st) == 0) {
+                /* A stale socket of a dead server is replaced; a live one or
+                 * anything that is not a socket is left alone. */
+                if (!S_ISSOCK(st.st_mode)) {
+                        snprintf(err, errlen, "socket %s: exists and is not a socket", path);
+                        r = -EEXIST;
+                        goto fail;
+                }
+                if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+                        snprintf(err, errlen, "socket %s: another server listens there", path);
+                        r = -EADDRINUSE;
+                        goto fail;
+                }
+                close(fd);
+                unlink(path);
+                fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                if (fd < 0) {
+                        r = -errno;
+                        snprintf(err, errlen, "socket: %s", strerror(-r));
+                        return r;
+                }
+        }
+        /* chmod before listen(): nobody can connect while it is still 0777-umask */
+        if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(path, 0600) < 0 ||
+            listen(fd, 8) < 0) {
+                r = -errno;
+                snprintf(err, errlen, "socket %s: %s", path, strerror(-r));
+                goto fail;
+        }
+        *ret_fd = fd;
+        return 0;
+fail:
+        close(fd);
+        return r;
+}
+
+int blockrepl_open(const struct blockrepl_options *o, struct blockrepl **ret,
+                   char *err, size_t errlen)
+{
+        struct blockrepl *b = NULL;
+        int r;
+        if (!o->image || !o->socket_path ||
+            (o->log_hard_bytes && o->log_soft_bytes > o->log_hard_bytes)) {
+                snprintf(err, errlen, "blockrepl: image and socket needed, soft <= hard limit");
+                return -EINVAL;
+        }
+        b = calloc(1, sizeof(*b));
+        if (!b) {
+                snprintf(err, errlen, "out of memory");
+                return -ENOMEM;
+        }
+        b->image_fd = b->listen_fd = b->wake_fd = b->log_fd = -1;
+        pthread_mutex_init(&b->lock, NULL);
+        pthread_cond_init(&b->log_cond, NULL);
+        b->name = strdup(o->name ? o->name : o->image);
+        b->socket_path = strdup(o->socket_path);
+        if (!b->name || !b->socket_path) {
+                snprintf(err, errlen, "out of memory");
+                r = -ENOMEM;
+                goto fail;
+        }
+        b->read_only = o->read_only;
+        b->soft = o->log_soft_bytes;
+        b->hard = o->log_hard_bytes;
+        r = br_image_open(o->image, o->read_only, &b->image_fd, &b->size, &b->is_blk, err, errlen);
+        if (r < 0)
+                goto fail;
+        if (o->bitmap_path) {
+                r = br_bitmap_open(o->bitmap_path, b->size, &b->bitmap, err, errlen);
+                if (r < 0)
+                        goto fail;
+        }
+        b->n_blocks = b->size / BR_BLOCK_SIZE + (b->size % BR_BLOCK_SIZE != 0);
+        b->sync_map = calloc(b->n_blocks / 64 + 1, sizeof(uint64_t));
+        b->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        b->log_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (!b->sync_map || b->wake_fd < 0 || b->log_fd < 0) {
+                r = b->sync_map ? -errno : -ENOMEM;
+                snprintf(err, errlen, "blockrepl: %s", strerror(-r));
+                goto fail;
+        }
+        b->exp = (struct nbd_export){ .size = b->size, .read_only = b->read_only,
+                                      .ops = &br_nbd_ops, .priv = b };
+        r = listen_unix(o->socket_path, &b->listen_fd, err, errlen);
+        if (r < 0)
+                goto fail;
+        r = -pthread_create(&b->accept_thread, NULL, accept_main, b);
+        if (r < 0) {
+                snprintf(err, errlen, "blockrepl: thread: %s", strerror(-r));
+                unlink(b->socket_path);
+                goto fail;
+        }
+        b->accept_started = true;
+        log_msg(LOG_LVL_DEBUG, NULL, b->name, -1, "serving %s (%llu bytes%s) on %s", o->image,
+                (unsigned long long)b->size, b->read_only ? ", read-only" : "", o->socket_path);
+        *ret = b;
+        return 0;
+fail:
+        blockrepl_close(b);
+        return r;
+}
+
+void blockrepl_close(struct blockrepl *b)
+{
+        if (!b)
+                return;
+        if (b->accept_started) {
+                pthread_mutex_lock(&b->lock);
+                b->stopping = true;
+                pthread_cond_broadcast(&b->log_cond);
+                pthread_mutex_unlock(&b->lock);
+                wake(b);
+                pthread_join(b->accept_thread, NULL);
+                unlink(b->socket_path);
+        }
+        if (b->listen_fd >= 0)
+                close(b->listen_fd);
+        if (b->wake_fd >= 0)
+                close(b->wake_fd);
+        if (b->log_fd >= 0)
+                close(b->log_fd);
+        if (b->image_fd >= 0)
+                close(b->image_fd);
+        br_bitmap_close(b->bitmap);
+        br_log_free(&b->log);
+        free(b->sync_map);
+        pthread_cond_destroy(&b->log_cond);
+        pthread_mutex_destroy(&b->lock);
+        free(b->name);
+        free(b->socket_path);
+        free(b);
+}
+
+/* ---- control (checkpointd) -------------------------------------------- */
+
+uint64_t blockrepl_size(const struct blockrepl *b)
+{
+        return b->size;
+}
+
+int blockrepl_image_fd(const struct blockrepl *b)
+{
+        return b->image_fd;
+}
+
+static void mark_log_locked(struct blockrepl *b, const struct br_log *log)
+{
+        if (!b->bitmap)
+                return;
+        for (const struct br_rec *r = log->head; r; r = r->next)
+                br_bitmap_set_range(b->bitmap, r->offset, r->len);
+        int e = br_bitmap_sync(b->bitmap);
+        if (e < 0)
+                log_msg(LOG_LVL_DEBUG, NULL, b->name, -1, "bitmap sync: %s", strerror(-e));
+}
+
+void blockrepl_set_mode(struct blockrepl *b, enum blockrepl_mode m)
+{
+        pthread_mutex_lock(&b->lock);
+        if (b->mode == BR_MODE_LOG && m != BR_MODE_LOG) {
+                /* The open epoch will never be sent: its writes are what the
+                 * peer misses now, so the bitmap takes them over. */
+                mark_log_locked(b, &b->log);
+                br_log_free(&b->log);
+                b->log_mem = 0;
+                b->soft_signalled = false;
+        }
+        __atomic_store_n(&b->mode, m, __ATOMIC_RELAXED);
+        pthread_cond_broadcast(&b->log_cond);
+        pthread_mutex_unlock(&b->lock);
+}
+
+enum blockrepl_mode blockrepl_get_mode(const struct blockrepl *b)
+{
+        return __atomic_load_n(&b->mode, __ATOMIC_RELAXED);
+}
+
+int blockrepl_barrier(struct blockrepl *b, struct br_log *ret)
+{
+        pthread_mutex_lock(&b->lock);
+        if (b->mode != BR_MODE_LOG) {
+                pthread_mutex_unlock(&b->lock);
+                return -EINVAL;
+        }
+        *ret = b->log;
+        memset(&b->log, 0, sizeof(b->log));
+        b->log_mem = 0;
+        b->soft_signalled = false;
+        b->limit_lifted = false;
+        pthread_cond_broadcast(&b->log_cond);
+        pthread_mutex_unlock(&b->lock);
+        return 0;
+}
+
+void blockrepl_lift_limit(struct blockrepl *b)
+{
+        pthread_mutex_lock(&b->lock);
+        b->limit_lifted = true;
+        pthread_cond_broadcast(&b->log_cond);
+        pthread_mutex_unlock(&b->lock);
+}
+
+int blockrepl_log_fd(const struct blockrepl *b)
+{
+        return b->log_fd;
+}
+
+void blockrepl_sync_clear(struct blockrepl *b, uint64_t block)
+{
+        if (block < b->n_blocks)
+                __atomic_fetch_and(&b->sync_map[block / 64], ~(1ull << (block % 64)),
+                                   __ATOMIC_SEQ_CST);
+}
+
+int64_t blockrepl_sync_next_dirty(struct blockrepl *b, uint64_t from_block)
+{
+        for (uint64_t w = from_block / 64; w * 64 < b->n_blocks; w++) {
+                uint64_t v = __atomic_load_n(&b->sync_map[w], __ATOMIC_SEQ_CST);
+                if (w == from_block / 64)
+                        v &= ~0ull << (from_block % 64);
+                if (v) {
+                        uint64_t i = w * 64 + (uint64_t)__builtin_ctzll(v);
+                        return i < b->n_blocks ? (int64_t)i : -1;
+                }
+        }
+        return -1;
+}
+
+void blockrepl_sync_mark_all(struct blockrepl *b)
+{
+        for (uint64_t i = 0; i < b->n_blocks; i += 64) {
+                uint64_t n = b->n_blocks - i;
+                uint64_t v = n >= 64 ? ~0ull : (1ull << n) - 1;
+                __atomic_fetch_or(&b->sync_map[i / 64], v, __ATOMIC_SEQ_CST);
+        }
+}
+
+uint64_t blockrepl_bitmap_count(const struct blockrepl *b)
+{
+        return b->bitmap ? br_bitmap_count(b->bitmap) : 0;
+}
+
+void blockrepl_bitmap_mark_log(struct blockrepl *b, const struct br_log *log)
+{
+        pthread_mutex_lock(&b->lock);
+        mark_log_locked(b, log);
+        pthread_mutex_unlock(&b->lock);
+}
+
+int blockrepl_bitmap_clear(struct blockrepl *b)
+{
+        if (!b->bitmap)
+                return 0;
+        pthread_mutex_lock(&b->lock);
+        int r = br_bitmap_clear(b->bitmap);
+        pthread_mutex_unlock(&b->lock);
+        return r;
+}
+
+void blockrepl_get_stats(const struct blockrepl *b, struct blockrepl_stats *ret)
+{
+        struct blockrepl *m = (struct blockrepl *)b; /* the lock, not the data */
+        struct blockrepl_stats s;
+        s.reads = __atomic_load_n(&b->st.reads, __ATOMIC_RELAXED);
+        s.writes = __atomic_load_n(&b->st.writes, __ATOMIC_RELAXED);
+        s.flushes = __atomic_load_n(&b->st.flushes, __ATOMIC_RELAXED);
+        s.trims = __atomic_load_n(&b->st.trims, __ATOMIC_RELAXED);
+        s.zeroes = __atomic_load_n(&b->st.zeroes, __ATOMIC_RELAXED);
+        s.bytes_read = __atomic_load_n(&b->st.bytes_read, __ATOMIC_RELAXED);
+        s.bytes_written = __atomic_load_n(&b->st.bytes_written, __ATOMIC_RELAXED);
+        s.log_waits = __atomic_load_n(&b->st.log_waits, __ATOMIC_RELAXED);
+        pthread_mutex_lock(&m->lock);
+        s.clients = m->n_clients;
+        pthread_mutex_unlock(&m->lock);
+        *ret = s;
+}

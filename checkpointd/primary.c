@@ -531,6 +531,10 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         r = qemu_devstate_arm(q, QMP_TIMEOUT_MS);
         if (r < 0)
                 goto out;
+        /* QEMU's stop waits for in-flight disk requests: a writer held at
+         * the log's hard limit must be let through (blockrepl.h). */
+        for (unsigned i = 0; i < q->n_disk; i++)
+                blockrepl_lift_limit(q->disk[i]);
         stopped = true; /* from here the VM may be stopped: always cont on failure */
         r = qemu_save_devstate(q, &p->devstate, &p->devstate_cap, &dslen, DEVSTATE_TIMEOUT_MS);
         if (r == 0) /* completed: the VM is stopped and the state is whole */

@@ -124,7 +124,9 @@ static void build_argv(const struct host_config *h, const struct vm_config *c,
                 arg(a, "driver=nbd,node-name=havms-disk%u,server.type=unix,server.path=%s/%s.disk%u.nbd",
                     i, h->state_dir, c->name, i);
                 arg(a, "-device");
-                arg(a, "virtio-blk-pci,drive=havms-disk%u%s", i, i == 0 ? ",bootindex=0" : "");
+                /* without a kernel, the first disk is the boot disk */
+                arg(a, "virtio-blk-pci,drive=havms-disk%u%s", i,
+                    i == 0 && !c->kernel[0] ? ",bootindex=0" : "");
         }
         for (unsigned i = 0; i < c->n_nics; i++) {
                 char netdev[CFG_PATH_MAX + 128];

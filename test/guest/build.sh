@@ -31,7 +31,7 @@ COPY_MODULES="sch_plug sch_netem ifb sch_ingress cls_u32 act_mirred nbd drbd"
 
 CFLAGS="-static -O2 -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes
         -Wmissing-prototypes -D_GNU_SOURCE -pthread"
-PROGRAMS="counterd dirtier hvq"
+PROGRAMS="counterd dirtier diskw hvq"
 
 log() { echo "build.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }

@@ -15,7 +15,7 @@
 #
 # A first virtio disk (/dev/vda) holding ext4 is mounted on /data, and the
 # counter service then persists every increment to /data/counter (write +
-# fdatasync before it replies).
+# fdatasync before it replies); diskw (port 7002) writes load on request.
 #
 # Console lines for the host to parse (each starts a line):
 #   HAVMS-GUEST-INFO  kernel=... disks=... data=... dirtier=... rate_mib_s=... wss_mib=...
@@ -28,6 +28,7 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 
 COUNTER_PORT=7000
 DIRTIER_PORT=7001
+DISKW_PORT=7002
 
 mount_filesystems() {
 	mount -t proc proc /proc
@@ -148,6 +149,7 @@ setup_network
 STORE=$(mount_data) || STORE=
 if [ -n "$STORE" ]; then
 	start_service counterd counterd -p $COUNTER_PORT -s "$STORE"
+	start_service diskw diskw $DISKW_PORT /data/diskw.bin
 else
 	start_service counterd counterd -p $COUNTER_PORT
 fi

@@ -5,14 +5,19 @@
 # guest's kernel and reports its exit status on the console.
 #
 #   test/guest/mkinitrd-test.sh [-e NAME=VALUE]... [-f SRC[:DST]]... \
-#           OUTPUT.img PROGRAM [ARG...]
+#           [-k MODDIR -m MODULE...] OUTPUT.img PROGRAM [ARG...]
 #
 # The image holds busybox (from busybox-static), PROGRAM at its own host
 # path (so $ORIGIN run paths still resolve) with every shared library ldd
 # names, the dynamic loader included, at the same paths as on the host,
-# the files given with -f (DST defaults to SRC), and an /init that:
+# the files given with -f (DST defaults to SRC), the kernel modules given
+# with -m and everything they depend on (taken, decompressed, from MODDIR:
+# a kernel's ROOT/lib/modules/RELEASE with its modules.dep), and an /init
+# that:
 #   - mounts proc, sysfs, devtmpfs, devpts and a tmpfs on /dev/shm (not
 #     on /tmp: PROGRAM may live there; the root is writable anyway);
+#   - loads the -m modules, dependencies first, and prints
+#     HAVMS-TEST-MODULE-FAILED <path>  for one that does not load;
 #   - prints  HAVMS-TEST-START kernel=<release> prog=<PROGRAM>;
 #   - runs PROGRAM ARG... with the -e variables, in /tmp, output on the
 #     console;
@@ -23,13 +28,15 @@
 set -euo pipefail
 
 die() { echo "mkinitrd-test.sh: $*" >&2; exit 1; }
-usage() { die "usage: mkinitrd-test.sh [-e NAME=VALUE]... [-f SRC[:DST]]... OUTPUT PROGRAM [ARG...]"; }
+usage() { die "usage: mkinitrd-test.sh [-e NAME=VALUE]... [-f SRC[:DST]]... [-k MODDIR -m MODULE...] OUTPUT PROGRAM [ARG...]"; }
 
-envs=() files=()
-while getopts 'e:f:' opt; do
+envs=() files=() mods=() moddir=
+while getopts 'e:f:k:m:' opt; do
 	case $opt in
 	e) [[ $OPTARG == [A-Za-z_]*=* ]] || die "-e wants NAME=VALUE: $OPTARG"; envs+=("$OPTARG") ;;
 	f) files+=("$OPTARG") ;;
+	k) moddir=${OPTARG%/} ;;
+	m) mods+=("$OPTARG") ;;
 	*) usage ;;
 	esac
 done
@@ -89,6 +96,41 @@ for f in "${files[@]}"; do
 	put "$src" "$dst"
 done
 
+# the -m modules with their dependencies, in load order (modprobe
+# --show-depends prints "insmod PATH" deps first, or "builtin NAME"; -C
+# /dev/null ignores the host's modprobe.d), decompressed: busybox insmod
+# reads plain .ko files only
+loads=()
+if [ ${#mods[@]} -gt 0 ]; then
+	[ -n "$moddir" ] || die "-m needs -k MODDIR"
+	[ -f "$moddir/modules.dep" ] || die "-k $moddir: no modules.dep there"
+	[[ $moddir == */lib/modules/* ]] || die "-k $moddir: not a ROOT/lib/modules/RELEASE directory"
+	command -v modprobe >/dev/null || die "modprobe missing (apt-get install kmod)"
+	# modprobe prints canonical paths
+	moddir=$(readlink -f "$moddir")
+	kver=${moddir##*/} kroot=${moddir%/lib/modules/*}
+	deps=
+	for m in "${mods[@]}"; do
+		d=$(modprobe -C /dev/null -d "$kroot" -S "$kver" --show-depends "$m") ||
+			die "module $m not found in $moddir"
+		deps+=$d$'\n'
+	done
+	for src in $(awk '$1 == "insmod" && !seen[$2]++ { print $2 }' <<<"$deps"); do
+		[[ $src == "$moddir"/* ]] || die "modprobe named $src, outside $moddir"
+		rel=${src#"$moddir"/}
+		dst=/lib/modules/$kver/${rel%.ko*}.ko
+		mkdir -p "$root$(dirname "$dst")"
+		case $src in
+		*.ko) cp "$src" "$root$dst" ;;
+		*.ko.xz) xz -dc "$src" >"$root$dst" ;;
+		*.ko.zst) zstd -qdc "$src" >"$root$dst" ;;
+		*.ko.gz) gzip -dc "$src" >"$root$dst" ;;
+		*) die "unknown module format: $src" ;;
+		esac
+		loads+=("$dst")
+	done
+fi
+
 # sq WORD: WORD quoted for sh
 sq() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
 
@@ -107,6 +149,9 @@ mount -t tmpfs tmpfs /dev/shm
 dmesg -n 1
 exec </dev/console >/dev/console 2>&1
 EOF
+	for m in "${loads[@]}"; do
+		printf 'insmod %s || echo "HAVMS-TEST-MODULE-FAILED %s"\n' "$(sq "$m")" "$m"
+	done
 	for e in "${envs[@]}"; do
 		echo "export ${e%%=*}=$(sq "${e#*=}")"
 	done

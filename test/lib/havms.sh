@@ -19,6 +19,8 @@ HV_GUEST=${HAVMS_GUEST:-$hv_top/test/guest/out}
 HV_VM=web01
 HV_GUEST_IP=10.77.0.10
 declare -gA HV_PEER_ADDR=()   # per host: override the peer's address (a proxy)
+HV_DISK_MIB=${HV_DISK_MIB:-0} # >0: web01 gets an ext4 data disk of this size
+HV_DISK=/var/lib/havms/images/$HV_VM.raw
 HV_PASS=0
 HV_FAIL=0
 
@@ -51,7 +53,9 @@ hv_host_config() {
         local conf vmconf
         conf=$(tb_path "$host" /etc/havms/havms.conf)
         vmconf=$(tb_path "$host" /etc/havms/vms/$HV_VM.conf)
-        mkdir -p "$(dirname "$vmconf")"
+        mkdir -p "$(dirname "$vmconf")" "$(tb_path "$host" "$(dirname "$HV_DISK")")"
+        local disk=
+        [ "$HV_DISK_MIB" -gt 0 ] && disk="disk = $HV_DISK"
         cat >"$conf" <<EOC
 [host]
 name = $host
@@ -70,12 +74,22 @@ kernel = $HV_GUEST/vmlinuz
 initrd = $HV_GUEST/initrd.img
 cmdline = console=ttyS0 panic=-1 quiet havms.ip=$HV_GUEST_IP/24 havms.hb=1 $extra
 nic = mac=52:54:00:77:00:10,bridge=br0
+$disk
 preferred_host = a
 
 [protection]
 peer = $other
 $prot
 EOC
+}
+
+# hv_make_disk HOST: a fresh ext4 image of HV_DISK_MIB MiB at HV_DISK on
+# HOST (the guest mounts it on /data; its counter persists there).
+hv_make_disk() {
+        local img
+        img=$(tb_path "$1" "$HV_DISK") || return 1
+        rm -f "$img" && truncate -s "${HV_DISK_MIB}M" "$img" &&
+                mkfs.ext4 -q -F -L havms-data "$img" >/dev/null
 }
 
 hv_start_daemon() { # hv_start_daemon HOST

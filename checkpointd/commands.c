@@ -293,6 +293,40 @@ static json_object *stats_json(struct vm *v)
         return o;
 }
 
+/* What the VM's I/O paths are doing: output held per NIC, and per disk
+ * the writes made while no standby had them (what failback must resync). */
+static void io_json(json_object *o, const struct qemu_vm *q)
+{
+        json_object *nics = json_object_new_array();
+        for (unsigned i = 0; i < q->n_net; i++) {
+                struct netbuf_stats ns;
+                netbuf_get_stats(q->net[i], &ns);
+                json_object *n = json_object_new_object();
+                add_int(n, "held_bytes", (int64_t)ns.held_bytes);
+                add_int(n, "held_bytes_max", (int64_t)ns.held_bytes_max);
+                add_int(n, "frames_out", (int64_t)ns.frames_out);
+                add_int(n, "frames_in", (int64_t)ns.frames_in);
+                add_int(n, "frames_dropped", (int64_t)ns.frames_dropped);
+                json_object_array_add(nics, n);
+        }
+        json_object_object_add(o, "nics", nics);
+        json_object *disks = json_object_new_array();
+        static const char *const modes[] = { "alone", "sync", "log" };
+        for (unsigned i = 0; i < q->n_disk; i++) {
+                struct blockrepl_stats bs;
+                blockrepl_get_stats(q->disk[i], &bs);
+                json_object *dj = json_object_new_object();
+                add_str(dj, "mode", modes[blockrepl_get_mode(q->disk[i])]);
+                add_int(dj, "size", (int64_t)blockrepl_size(q->disk[i]));
+                add_int(dj, "unsynced_blocks", (int64_t)blockrepl_bitmap_count(q->disk[i]));
+                add_int(dj, "bytes_written", (int64_t)bs.bytes_written);
+                add_int(dj, "bytes_read", (int64_t)bs.bytes_read);
+                add_int(dj, "log_waits", (int64_t)bs.log_waits);
+                json_object_array_add(disks, dj);
+        }
+        json_object_object_add(o, "disks", disks);
+}
+
 static json_object *vm_json(struct daemon *d, struct vm *v)
 {
         json_object *o = json_object_new_object();
@@ -333,8 +367,10 @@ static json_object *vm_json(struct daemon *d, struct vm *v)
                 add_int(s, "round_pages", (int64_t)v->sync.last_round_pages);
                 json_object_object_add(o, "sync", s);
         }
-        if (v->qemu)
+        if (v->qemu) {
                 add_int(o, "qemu_pid", v->qemu->pid);
+                io_json(o, v->qemu);
+        }
         if (v->activation_ms)
                 add_int(o, "activation_ms", (int64_t)v->activation_ms);
         add_int(o, "epochs_failed", (int64_t)v->epochs_failed);

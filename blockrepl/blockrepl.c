@@ -29,6 +29,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "image.h"
@@ -143,17 +144,31 @@ static void log_append(struct blockrepl *b, struct br_rec *rec)
         }
 }
 
+static void mark_log_locked(struct blockrepl *b, const struct br_log *log);
+
 /* Under b->lock. Waits while adding cost would pass log_hard_bytes; a record
  * bigger than the limit on its own goes into an empty log. */
+/* Bounded wait: QEMU drains block I/O not only for the barrier (where
+ * blockrepl_lift_limit lets the writer through) but also on a guest reset,
+ * a monitor stop or its exit; a writer held for a barrier that cannot come
+ * would hang QEMU. After BR_LOG_WAIT_MS it goes on, and the log overshoots
+ * the limit by that one request (counted in log_overruns). */
+#define BR_LOG_WAIT_MS 1000
 static int wait_log_room(struct blockrepl *b, uint64_t cost)
 {
         bool counted = false;
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += BR_LOG_WAIT_MS / 1000;
         while (b->mode == BR_MODE_LOG && !b->stopping && !b->limit_lifted && b->hard &&
                b->log_mem > 0 && b->log_mem + cost > b->hard) {
                 if (!counted)
                         stat_add(&b->st.log_waits, 1);
                 counted = true;
-                pthread_cond_wait(&b->log_cond, &b->lock);
+                if (pthread_cond_timedwait(&b->log_cond, &b->lock, &until) == ETIMEDOUT) {
+                        stat_add(&b->st.log_overruns, 1);
+                        break;
+                }
         }
         return b->stopping ? -ESHUTDOWN : 0;
 }
@@ -487,7 +502,11 @@ int blockrepl_open(const struct blockrepl_options *o, struct blockrepl **ret,
         }
         b->image_fd = b->listen_fd = b->wake_fd = b->log_fd = -1;
         pthread_mutex_init(&b->lock, NULL);
-        pthread_cond_init(&b->log_cond, NULL);
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* for the bounded log wait */
+        pthread_cond_init(&b->log_cond, &ca);
+        pthread_condattr_destroy(&ca);
         b->name = strdup(o->name ? o->name : o->image);
         b->socket_path = strdup(o->socket_path);
         if (!b->name || !b->socket_path) {
@@ -557,6 +576,9 @@ void blockrepl_close(struct blockrepl *b)
                 close(b->log_fd);
         if (b->image_fd >= 0)
                 close(b->image_fd);
+        /* an open epoch that will never be sent: the peer misses it */
+        if (b->mode == BR_MODE_LOG)
+                mark_log_locked(b, &b->log);
         br_bitmap_close(b->bitmap);
         br_log_free(&b->log);
         free(b->sync_map);
@@ -593,6 +615,7 @@ static void mark_log_locked(struct blockrepl *b, const struct br_log *log)
 void blockrepl_set_mode(struct blockrepl *b, enum blockrepl_mode m)
 {
         pthread_mutex_lock(&b->lock);
+        b->limit_lifted = false;
         if (b->mode == BR_MODE_LOG && m != BR_MODE_LOG) {
                 /* The open epoch will never be sent: its writes are what the
                  * peer misses now, so the bitmap takes them over. */
@@ -705,6 +728,7 @@ void blockrepl_get_stats(const struct blockrepl *b, struct blockrepl_stats *ret)
         s.bytes_read = __atomic_load_n(&b->st.bytes_read, __ATOMIC_RELAXED);
         s.bytes_written = __atomic_load_n(&b->st.bytes_written, __ATOMIC_RELAXED);
         s.log_waits = __atomic_load_n(&b->st.log_waits, __ATOMIC_RELAXED);
+        s.log_overruns = __atomic_load_n(&b->st.log_overruns, __ATOMIC_RELAXED);
         pthread_mutex_lock(&m->lock);
         s.clients = m->n_clients;
         pthread_mutex_unlock(&m->lock);

@@ -80,6 +80,9 @@ int blockrepl_image_fd(const struct blockrepl *b); /* for sync reads and apply *
 void blockrepl_set_mode(struct blockrepl *b, enum blockrepl_mode m);
 enum blockrepl_mode blockrepl_get_mode(const struct blockrepl *b);
 
+/* log_hard_bytes: a writer waits at most 1 s for the barrier, then goes
+ * on (QEMU also drains on reset or exit, when no barrier comes). */
+
 /* Called while the VM is stopped (QEMU has drained its requests): hands
  * over every write completed since the previous barrier and starts an empty
  * log. Writers blocked on log_hard_bytes wake up. ret gets an empty log if
@@ -114,6 +117,7 @@ struct blockrepl_stats {
         uint64_t reads, writes, flushes, trims, zeroes;
         uint64_t bytes_read, bytes_written;
         uint64_t log_waits;      /* writers that waited on log_hard_bytes */
+        uint64_t log_overruns;   /* of which went on after 1 s without a barrier */
         uint32_t clients;        /* connected now */
 };
 void blockrepl_get_stats(const struct blockrepl *b, struct blockrepl_stats *ret);

@@ -21,6 +21,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -263,15 +264,30 @@ static void start_hot_standby(struct session *s)
 
 /* A local disk failure (journal full, I/O error): tell the primary why,
  * then drop the session. */
-static int disk_failed(struct session *s, int r, const char *what)
+static int disk_failed(struct session *s, int r, const char *what, bool touched)
 {
         char text[256];
         snprintf(text, sizeof(text), "standby %s failed %s: %s", s->d->host.name, what,
                  strerror(-r));
+        /* The primary runs on unprotected (it releases its output): this
+         * replica must not be activated any more. */
+        pthread_mutex_lock(&s->v->lock);
+        s->v->replica->valid = false;
+        pthread_mutex_unlock(&s->v->lock);
         log_msg(LOG_LVL_ERR, MSG_BK_DISK_FAILED, s->v->name, (int64_t)s->v->committed_epoch,
-                "%s; %s", text, s->v->replica->valid ? "the last committed replica is intact"
-                                                     : "the replica is NOT usable");
+                "%s; %s, and the replica is dropped now that the primary runs on without a "
+                "standby (its next sync rebuilds it)", text,
+                touched ? "the disk images may hold part of the epoch"
+                        : "the epoch was refused before it touched the replica");
         refuse(s->fd, r == -ENOSPC ? WIRE_ERR_NOSPACE : WIRE_ERR_INTERNAL, text);
+        /* The primary is still sending the epoch. Closing now, with its
+         * bytes unread, would send a reset that can overtake our reason;
+         * read and drop them until it goes quiet (at most 2 s). */
+        shutdown(s->fd, SHUT_WR);
+        uint64_t deadline = now_ns() + 2000000000ull;
+        char sink[65536];
+        while (wait_fd(s->fd, POLLIN, deadline) == 0 && read(s->fd, sink, sizeof(sink)) > 0)
+                ;
         return r;
 }
 
@@ -294,7 +310,7 @@ static int receive_loop(struct session *s)
                         r = h->type == WIRE_SYNC_PAGES ? apply_sync_pages(b, &s->in)
                                                        : disk_replica_sync(&b->disks, &s->in);
                         if (r < 0 && r != -EBADMSG)
-                                return disk_failed(s, r, "writing the initial disk copy");
+                                return disk_failed(s, r, "writing the initial disk copy", true);
                         break;
                 case WIRE_EPOCH_PAGES:
                 case WIRE_EPOCH_DEVSTATE:
@@ -308,7 +324,7 @@ static int receive_loop(struct session *s)
                         if (h->type == WIRE_EPOCH_DISK) {
                                 r = disk_replica_stage(&b->disks, &s->in);
                                 if (r < 0 && r != -EBADMSG)
-                                        return disk_failed(s, r, "staging the epoch's disk writes");
+                                        return disk_failed(s, r, "staging the epoch's disk writes", false);
                                 break;
                         }
                         r = h->type == WIRE_EPOCH_PAGES ? stage_pages(b, &s->in)
@@ -329,12 +345,8 @@ static int receive_loop(struct session *s)
                         size_t n = b->st_n;
                         /* disks first: the only part of a commit that can fail */
                         r = disk_replica_commit(&b->disks);
-                        if (r < 0) {
-                                pthread_mutex_lock(&v->lock);
-                                b->valid = false; /* the images may hold part of the epoch */
-                                pthread_mutex_unlock(&v->lock);
-                                return disk_failed(s, r, "applying the epoch to the disk images");
-                        }
+                        if (r < 0) /* the images may hold part of the epoch */
+                                return disk_failed(s, r, "applying the epoch to the disk images", true);
                         commit(b);
                         staging_reset(b);
                         pthread_mutex_lock(&v->lock);
@@ -474,9 +486,14 @@ static int check_hello(struct daemon *d, const struct wire_hello *h, struct vm *
         }
         if (h->config_digest != vm_config_digest(&v->cfg)) {
                 snprintf(why, whylen, "VM definition differs between %s and %s "
-                         "(memory, CPUs, machine, NICs or qemu_args)", h->host, d->host.name);
+                         "(memory, CPUs, machine, NICs, number of disks or qemu_args)",
+                         h->host, d->host.name);
                 return -EINVAL;
         }
+        /* before the reservation: a refused HELLO must not cost the
+         * replica this host may already hold */
+        if (disk_replica_check(&v->cfg, h, why, whylen) < 0)
+                return -EINVAL;
         *code = WIRE_ERR_BUSY;
         pthread_mutex_lock(&v->lock);
         enum vm_state st = v->state;

@@ -93,15 +93,7 @@ static int cmd_stop(struct daemon *d, struct vm *v, json_object *args, json_obje
                          vm_state_name(st));
                 return -EINVAL;
         }
-        primary_stop(v);
-        pthread_mutex_lock(&v->lock);
-        struct qemu_vm *q = v->qemu;
-        v->qemu = NULL;
-        vm_set_state(v, VM_DEFINED);
-        pthread_mutex_unlock(&v->lock);
-        qemu_quit(q, 3000);
-        qemu_destroy(q);
-        log_msg(LOG_LVL_NOTICE, MSG_VM_STOPPED, v->name, -1, "stopped on %s", d->host.name);
+        daemon_stop_vm(d, v);
         return 0;
 }
 

@@ -27,6 +27,8 @@ struct daemon {
 int daemon_init(struct daemon *d, const char *config_path, char *err, size_t errlen);
 int daemon_run(struct daemon *d);
 void daemon_shutdown(struct daemon *d);
+/* End protection (if any), power the VM off here (QMP quit), state defined. */
+void daemon_stop_vm(struct daemon *d, struct vm *v);
 
 /* Find a VM by name; with create, load its definition and add it. */
 int daemon_vm(struct daemon *d, const char *name, bool create, struct vm **ret,

@@ -154,6 +154,41 @@ static int image_size(int fd, uint64_t *ret)
         return 0;
 }
 
+int disk_replica_check(const struct vm_config *c, const struct wire_hello *hello,
+                       char *why, size_t whylen)
+{
+        if (hello->n_disks != c->n_disks) {
+                snprintf(why, whylen, "the primary has %u disks, this host's definition %u",
+                         hello->n_disks, c->n_disks);
+                return -EINVAL;
+        }
+        for (unsigned i = 0; i < c->n_disks; i++) {
+                int fd = open(c->disks[i], O_RDONLY | O_CLOEXEC);
+                if (fd < 0 && errno == ENOENT)
+                        continue; /* created at the right size when the sync starts */
+                if (fd < 0) {
+                        int e = errno;
+                        snprintf(why, whylen, "cannot open disk %s: %s", c->disks[i], strerror(e));
+                        return -e;
+                }
+                uint64_t size = 0;
+                int rc = image_size(fd, &size);
+                close(fd);
+                if (rc < 0) {
+                        snprintf(why, whylen, "%s is neither a regular file nor a block device",
+                                 c->disks[i]);
+                        return rc;
+                }
+                if (size != hello->disk_bytes[i]) {
+                        snprintf(why, whylen, "disk %u differs in size: primary %llu bytes, %s %llu",
+                                 i, (unsigned long long)hello->disk_bytes[i], c->disks[i],
+                                 (unsigned long long)size);
+                        return -EINVAL;
+                }
+        }
+        return 0;
+}
+
 int disk_replica_open(struct disk_replica *r, const struct host_config *h,
                       const struct vm_config *c, const struct wire_hello *hello,
                       char *why, size_t whylen)
@@ -161,12 +196,9 @@ int disk_replica_open(struct disk_replica *r, const struct host_config *h,
         memset(r, 0, sizeof(*r));
         for (unsigned i = 0; i < CFG_MAX_DISKS; i++)
                 r->fd[i] = -1;
-        if (hello->n_disks != c->n_disks) {
-                snprintf(why, whylen, "the primary has %u disks, this host's definition %u",
-                         hello->n_disks, c->n_disks);
-                return -EINVAL;
-        }
-        int rc = 0;
+        int rc = disk_replica_check(c, hello, why, whylen);
+        if (rc < 0)
+                return rc;
         for (unsigned i = 0; i < c->n_disks; i++) {
                 const char *path = c->disks[i];
                 r->fd[i] = open(path, O_RDWR | O_CLOEXEC);
@@ -176,6 +208,9 @@ int disk_replica_open(struct disk_replica *r, const struct host_config *h,
                         if (r->fd[i] >= 0 && ftruncate(r->fd[i], (off_t)hello->disk_bytes[i]) < 0) {
                                 rc = -errno;
                                 snprintf(why, whylen, "cannot size %s: %s", path, strerror(-rc));
+                                close(r->fd[i]);
+                                r->fd[i] = -1;
+                                unlink(path);
                                 goto fail;
                         }
                 }
@@ -184,7 +219,7 @@ int disk_replica_open(struct disk_replica *r, const struct host_config *h,
                         snprintf(why, whylen, "cannot open disk %s: %s", path, strerror(-rc));
                         goto fail;
                 }
-                r->n = i + 1;
+                r->n = i + 1; /* from here disk_replica_close owns fd[i] */
                 uint64_t size = 0;
                 if ((rc = image_size(r->fd[i], &size)) < 0) {
                         snprintf(why, whylen, "%s is neither a regular file nor a block device", path);
@@ -246,8 +281,11 @@ int disk_replica_sync(struct disk_replica *r, const struct wire_msg *m)
                         return -EBADMSG;
                 if ((rc = codec_page_decode(pg.enc, pg.data, pg.len, NULL, page)) < 0)
                         return rc;
-                if (pwrite(r->fd[it.disk], page, HAVMS_PAGE_SIZE, (off_t)off) != HAVMS_PAGE_SIZE)
-                        return errno ? -errno : -EIO;
+                ssize_t n = pwrite(r->fd[it.disk], page, HAVMS_PAGE_SIZE, (off_t)off);
+                if (n < 0)
+                        return -errno;
+                if (n != HAVMS_PAGE_SIZE)
+                        return -EIO;
         }
         r->unsynced = true;
         return rc;

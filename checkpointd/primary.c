@@ -74,7 +74,8 @@ struct primary {
         struct br_log logs[CFG_MAX_DISKS]; /* disk writes of the epoch in flight */
         uint64_t last_pause_end;  /* monotonic ns: the VM last continued after a pause */
         bool early;               /* the epoch about to run starts early (adaptive) */
-        uint8_t enc[CODEC_PAGE_MAX], scratch[CODEC_PAGE_MAX];
+        uint8_t enc[CODEC_PAGE_MAX] __attribute__((aligned(64)));
+        uint8_t scratch[CODEC_PAGE_MAX] __attribute__((aligned(64)));
         uint8_t snap[CODEC_PAGE_MAX] __attribute__((aligned(64))); /* stable copy of a live page */
 };
 
@@ -786,6 +787,18 @@ static int setup(struct primary *p)
                         return -errno;
                 p->shadow = m;
         }
+        for (unsigned i = 0; i < q->n_disk; i++) {
+                if (blockrepl_size(q->disk[i]) % HAVMS_PAGE_SIZE) {
+                        pthread_mutex_lock(&p->v->lock);
+                        vm_set_error(p->v, "disk %s: size %llu is not a multiple of 4096 bytes: "
+                                     "it cannot be replicated", p->cfg.disks[i],
+                                     (unsigned long long)blockrepl_size(q->disk[i]));
+                        pthread_mutex_unlock(&p->v->lock);
+                        log_msg(LOG_LVL_ERR, MSG_PROTECT_FAILED, p->cfg.name, -1, "%s",
+                                p->v->last_error);
+                        return -EINVAL;
+                }
+        }
         p->dirty = calloc(2 * p->npages, sizeof(uint32_t));
         p->seen = calloc((p->npages + 63) / 64, sizeof(uint64_t));
         if (!p->dirty || !p->seen)
@@ -842,13 +855,30 @@ static void leave_protection_io(struct primary *p)
         qemu_net_buffering(q, false);
 }
 
-static void send_goodbye(struct primary *p)
+/* Protection ends on purpose (unprotect, stop, on_buffer_full=release):
+ * the standby must discard its replica BEFORE held output is released, or
+ * it could take over from a state the world has already seen past. It
+ * closes the connection once it has; wait for that (at most ack_timeout). */
+static void say_goodbye(struct primary *p, const char *why)
 {
         if (p->fd < 0)
                 return;
         wire_buf_reset(&p->wb);
-        if (wire_put_error(&p->wb, WIRE_ERR_SHUTDOWN, "primary ended protection") == 0)
-                send_buf(p);
+        bool confirmed = false;
+        if (wire_put_error(&p->wb, WIRE_ERR_SHUTDOWN, why) == 0 && send_buf(p) == 0) {
+                shutdown(p->fd, SHUT_WR);
+                uint64_t deadline = now_ns() + (uint64_t)p->cfg.ack_timeout_ms * 1000000u;
+                char sink[4096];
+                ssize_t n = 1;
+                while (wait_fd(p->fd, POLLIN, deadline) == 0 &&
+                       (n = read(p->fd, sink, sizeof(sink))) > 0)
+                        ;
+                confirmed = n == 0;
+        }
+        if (!confirmed)
+                log_msg(LOG_LVL_WARN, MSG_STANDBY_LOST, p->cfg.name, (int64_t)p->v->epoch,
+                        "standby %s did not confirm the end of protection: it may still hold "
+                        "an activatable replica; do not activate it", p->peer);
 }
 
 static void *primary_thread(void *arg)
@@ -912,9 +942,12 @@ static void *primary_thread(void *arg)
                         vm_gone = true;
                         break;
                 }
-                leave_protection_io(p);
                 if (stop_requested(p))
-                        break;
+                        break; /* the goodbye comes first, below */
+                if (r == -ENOBUFS)
+                        say_goodbye(p, "primary dropped protection: output buffer full "
+                                       "(on_buffer_full = release)");
+                leave_protection_io(p);
                 pthread_mutex_lock(&v->lock);
                 v->epochs_failed++;
                 vm_set_error(v, "standby %s lost: %s", p->peer, strerror(-r));
@@ -927,9 +960,10 @@ static void *primary_thread(void *arg)
         }
 out:
         if (p->fd >= 0 && !vm_gone && v->stop_requested)
-                send_goodbye(p);
-        if (!vm_gone) /* after the goodbye: the standby no longer takes over */
-                leave_protection_io(p);
+                say_goodbye(p, "primary ended protection");
+        /* after the goodbye: the standby no longer takes over. With the VM
+         * gone this still puts unacknowledged disk writes in the bitmap. */
+        leave_protection_io(p);
         drop_connection(p);
         teardown(p);
         struct qemu_vm *dead = NULL;
@@ -942,7 +976,8 @@ out:
                 log_msg(LOG_LVL_ERR, MSG_VM_EXITED, v->name, (int64_t)v->epoch,
                         "QEMU exited on this host; the standby keeps the last committed epoch");
         } else {
-                if (r < 0 && r != -ECANCELED && !v->stop_requested)
+                /* keep a more precise reason set on the way (setup) */
+                if (r < 0 && r != -ECANCELED && !v->stop_requested && !v->last_error[0])
                         vm_set_error(v, "protection failed: %s", strerror(-r));
                 vm_set_state(v, VM_RUNNING);
         }

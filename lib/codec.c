@@ -18,10 +18,15 @@ int codec_page_encode(const uint8_t *page, const uint8_t *prev, uint8_t *out,
         int best = CODEC_PAGE_MAX;
         uint8_t best_enc = WIRE_PAGE_RAW;
         if (prev) {
-                const uint64_t *a = (const uint64_t *)page, *b = (const uint64_t *)prev;
-                uint64_t *x = (uint64_t *)scratch;
-                for (unsigned i = 0; i < CODEC_PAGE_MAX / 8; i++)
-                        x[i] = a[i] ^ b[i];
+                /* word-wise through memcpy: callers' buffers need not be
+                 * 8-byte aligned (the compiler makes this plain loads) */
+                for (unsigned i = 0; i < CODEC_PAGE_MAX; i += 8) {
+                        uint64_t a, b;
+                        memcpy(&a, page + i, 8);
+                        memcpy(&b, prev + i, 8);
+                        a ^= b;
+                        memcpy(scratch + i, &a, 8);
+                }
                 int n = LZ4_compress_default((const char *)scratch, (char *)out,
                                              (int)CODEC_PAGE_MAX, (int)CODEC_PAGE_MAX - 1);
                 if (n > 0 && n < best) {
@@ -80,10 +85,12 @@ int codec_page_decode(uint8_t enc, const uint8_t *data, uint32_t len,
                                             (int)CODEC_PAGE_MAX);
                 if (n != (int)CODEC_PAGE_MAX)
                         return -EBADMSG;
-                const uint64_t *p = (const uint64_t *)prev;
-                uint64_t *o = (uint64_t *)out;
-                for (unsigned i = 0; i < CODEC_PAGE_MAX / 8; i++)
-                        o[i] = p[i] ^ delta[i];
+                for (unsigned i = 0; i < CODEC_PAGE_MAX / 8; i++) {
+                        uint64_t p;
+                        memcpy(&p, prev + 8 * i, 8);
+                        p ^= delta[i];
+                        memcpy(out + 8 * i, &p, 8);
+                }
                 return 0;
         }
         default:

@@ -29,10 +29,12 @@ int codec_page_decode(uint8_t enc, const uint8_t *data, uint32_t len,
 
 static inline int codec_page_is_zero(const uint8_t *page)
 {
-        const uint64_t *w = (const uint64_t *)page;
         uint64_t acc = 0;
-        for (unsigned i = 0; i < 4096 / 8; i++)
-                acc |= w[i];
+        for (unsigned i = 0; i < 4096; i += 8) {
+                uint64_t w;
+                __builtin_memcpy(&w, page + i, 8); /* any alignment */
+                acc |= w;
+        }
         return acc == 0;
 }
 

@@ -422,6 +422,14 @@ int host_config_load(const char *path, struct host_config *ret, char *err, size_
                 snprintf(err, errlen, "%s: [peer %s] names this host itself", path, h->name);
                 r = -EINVAL;
         }
+        /* these end up inside QEMU options, where a comma separates options */
+        const char *dirs[] = { h->state_dir, h->ram_dir, h->log_dir };
+        for (size_t i = 0; r == 0 && i < ARRAY_SIZE(dirs); i++)
+                if (strchr(dirs[i], ',')) {
+                        snprintf(err, errlen, "%s: '%s' contains a comma, which QEMU's option "
+                                 "syntax cannot take here", path, dirs[i]);
+                        r = -EINVAL;
+                }
         if (r == 0 && strlen(path) < sizeof(h->source)) {
                 strcpy(h->source, path);
                 *ret = *h;

@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 #define WIRE_MAGIC 0x534d5648u
-#define WIRE_VERSION 1
+#define WIRE_VERSION 2 /* 2: disks in HELLO and EPOCH_END, SYNC_DISK, EPOCH_DISK */
 #define WIRE_HDR_SIZE 32
 #define WIRE_MAX_PAYLOAD (16u << 20)
 #define WIRE_NAME_LEN 64

@@ -105,13 +105,17 @@ for k in $(seq 1 "$TAKEOVERS"); do
 done
 sleep 2
 
-# A quiet point: the client stops sending, the last answers commit; then
-# the standby's image is what a crash of the primary would leave.
+# A quiet point: the client stops sending; `pause` takes one more
+# checkpoint and holds the VM, so nothing is applied to the standby's
+# image while it is copied. The copy is what a crash of the primary
+# would leave.
 touch "$pause"
-sleep 1
+sleep 0.5
+hv_must "hold web01 on $prim (havmsctl pause)" hvctl "$prim" pause web01
 last_seen=$(grep '^[0-9]' "$values" | tail -n1 | cut -d' ' -f2)
 img=$work/standby.img
 cp --sparse=always "$(tb_path "$stby" "$HV_DISK")" "$img"
+hv_must "resume web01" hvctl "$prim" resume web01
 rm -f "$pause"
 sleep 1
 kill -TERM "$client" 2>/dev/null
@@ -119,6 +123,8 @@ tb_wait_for 10 grep -q '^END' "$values"
 
 # The journal replay a mount would do, then a full read-only check.
 e2fsck -E journal_only -y "$img" >"$work/fsck-journal.log" 2>&1
+rc=$?
+hv_check "journal replay on the copy (e2fsck -E journal_only: $rc)" test "$rc" -lt 4
 if e2fsck -fn "$img" >"$work/fsck.log" 2>&1; then fsck_clean=true; else fsck_clean=false; cat "$work/fsck.log"; fi
 hv_check "standby's disk image is clean (e2fsck -fn)" test "$fsck_clean" = true
 on_disk=$(debugfs -R "cat /counter" "$img" 2>/dev/null | tr -dc 0-9 | sed 's/^0*//')

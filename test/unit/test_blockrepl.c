@@ -630,13 +630,42 @@ static void test_br_hard_limit(void **state)
         pthread_join(t, NULL);
         assert_int_equal(pw.err, 0);
 
-        /* close cuts a waiting writer */
+        /* the VM stops for the barrier: a held writer goes on at once */
         blockrepl_set_mode(b, BR_MODE_LOG);
+        assert_int_equal(nbd_write_pattern(c, 'X', 0, BS), 0);
+        assert_int_equal(nbd_write_pattern(c, 'X', 0, BS), 0);
+        assert_int_equal(pthread_create(&t, NULL, pending_write, &pw), 0);
+        assert_int_equal(poll(&rp, 1, 200), 0);
+        blockrepl_lift_limit(b);
+        pthread_join(t, NULL);
+        assert_int_equal(pw.err, 0);
+        assert_int_equal(blockrepl_barrier(b, &log), 0);
+        assert_int_equal(log.n_recs, 3); /* it belongs to the epoch being cut */
+        br_log_free(&log);
+
+        /* no barrier comes (QEMU drains for a reset): after 1 s it goes on */
+        assert_int_equal(nbd_write_pattern(c, 'X', 0, BS), 0);
+        assert_int_equal(nbd_write_pattern(c, 'X', 0, BS), 0);
+        blockrepl_get_stats(b, &st);
+        uint64_t overruns = st.log_overruns;
+        assert_int_equal(pthread_create(&t, NULL, pending_write, &pw), 0);
+        assert_int_equal(poll(&rp, 1, 200), 0);
+        pthread_join(t, NULL);
+        assert_int_equal(pw.err, 0);
+        blockrepl_get_stats(b, &st);
+        assert_int_equal(st.log_overruns, overruns + 1);
+        assert_int_equal(blockrepl_barrier(b, &log), 0);
+        br_log_free(&log);
+
+        /* close cuts a waiting writer: it is never acknowledged */
         assert_int_equal(nbd_write_pattern(c, 'X', 0, BS), 0);
         assert_int_equal(nbd_write_pattern(c, 'X', 0, BS), 0);
         nbd_send(c, NBD_CMD_WRITE, 0, 0, 16, "0123456789abcdef", 9);
         assert_int_equal(poll(&rp, 1, 200), 0);
         blockrepl_close(b);
+        uint8_t reply[16];
+        ssize_t n = read(c, reply, sizeof(reply));
+        assert_true(n <= 0 || (n == 16 && (reply[4] | reply[5] | reply[6] | reply[7]) != 0));
         close(c);
 }
 

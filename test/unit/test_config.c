@@ -161,6 +161,10 @@ static void test_host_ok_and_errors(void **state)
         p = write_file("havms.conf", "[host]\nname = hostA\n[peer hostB]\nport = 7\n");
         assert_int_equal(host_config_load(p, &h, err, sizeof(err)), -EINVAL);
         assert_non_null(strstr(err, ":4: [peer hostB]: unknown option 'port'"));
+
+        p = write_file("havms.conf", "[host]\nname = hostA\nstate_dir = /var/lib/a,b\n");
+        assert_int_equal(host_config_load(p, &h, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "contains a comma"));
 }
 
 static void test_digest_tracks_device_model(void **state)

@@ -108,7 +108,7 @@ static uint64_t rec_cost(uint8_t op, uint32_t len)
         return sizeof(struct br_rec) + (op == BR_OP_WRITE ? len : 0);
 }
 
-static struct br_rec *rec_new(uint8_t op, uint64_t offset, uint32_t len, const void *data)
+struct br_rec *br_rec_new(uint8_t op, uint64_t offset, uint32_t len, const void *data)
 {
         uint32_t dlen = op == BR_OP_WRITE ? len : 0;
         struct br_rec *rec = malloc(sizeof(*rec) + dlen);
@@ -227,14 +227,14 @@ static int change(struct blockrepl *b, uint8_t op, const void *data, uint32_t le
         int r;
         /* The copy is made outside the lock; the mode is checked again under it. */
         if (__atomic_load_n(&b->mode, __ATOMIC_RELAXED) == BR_MODE_LOG) {
-                rec = rec_new(op, offset, len, data);
+                rec = br_rec_new(op, offset, len, data);
                 if (!rec)
                         return -ENOMEM;
         }
         pthread_mutex_lock(&b->lock);
         while (b->mode == BR_MODE_LOG && !rec) {
                 pthread_mutex_unlock(&b->lock);
-                rec = rec_new(op, offset, len, data);
+                rec = br_rec_new(op, offset, len, data);
                 if (!rec)
                         return -ENOMEM;
                 pthread_mutex_lock(&b->lock);

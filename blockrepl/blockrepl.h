@@ -56,6 +56,8 @@ struct br_log {
         uint64_t data_bytes;  /* sum of data[] sizes */
 };
 void br_log_free(struct br_log *log); /* frees the records; NULL ok */
+/* One record with a copy of data (only for BR_OP_WRITE); NULL without memory. */
+struct br_rec *br_rec_new(uint8_t op, uint64_t offset, uint32_t len, const void *data);
 
 struct blockrepl_options {
         const char *name;        /* for messages: "<vm>/disk<i>" */

@@ -12,6 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "util.h"
+
 #define ZERO_CHUNK (256u * 1024)
 #define SECTOR 512u
 
@@ -75,38 +77,12 @@ fail:
 
 int br_image_pread(int fd, void *buf, size_t len, uint64_t offset)
 {
-        uint8_t *p = buf;
-        while (len > 0) {
-                ssize_t n = pread(fd, p, len, (off_t)offset);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        return -errno;
-                if (n == 0)
-                        return -EIO; /* the image shrank under us */
-                p += n;
-                len -= (size_t)n;
-                offset += (uint64_t)n;
-        }
-        return 0;
+        return pread_full(fd, buf, len, offset);
 }
 
 int br_image_pwrite(int fd, const void *buf, size_t len, uint64_t offset)
 {
-        const uint8_t *p = buf;
-        while (len > 0) {
-                ssize_t n = pwrite(fd, p, len, (off_t)offset);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        return -errno;
-                if (n == 0)
-                        return -EIO;
-                p += n;
-                len -= (size_t)n;
-                offset += (uint64_t)n;
-        }
-        return 0;
+        return pwrite_full(fd, buf, len, offset);
 }
 
 static int write_zeros(int fd, uint64_t offset, uint64_t len)

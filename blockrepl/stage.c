@@ -159,15 +159,9 @@ int br_stage_add(struct br_stage *s, uint8_t op, uint64_t offset, uint32_t len,
 
         if (s->jfd < 0 || s->jlen == 0) {
                 if (s->mem_used + cost <= s->mem_limit) {
-                        struct br_rec *rec = malloc(sizeof(*rec) + data_len);
+                        struct br_rec *rec = br_rec_new(op, offset, len, data);
                         if (!rec)
                                 return -ENOMEM;
-                        rec->next = NULL;
-                        rec->op = op;
-                        rec->offset = offset;
-                        rec->len = len;
-                        if (data_len)
-                                memcpy(rec->data, data, data_len);
                         if (s->mem.tail)
                                 s->mem.tail->next = rec;
                         else

@@ -38,16 +38,14 @@ static int sync_block(struct blockrepl *b, uint32_t disk, uint64_t block,
         /* Clear first, read second: a write that completes after the clear
          * marks the block again and it is copied again. */
         blockrepl_sync_clear(b, block);
-        ssize_t n = pread(blockrepl_image_fd(b), buf, len, (off_t)off);
-        if (n < 0)
-                return -errno;
-        if ((size_t)n != len)
-                return -EIO;
+        int r = pread_full(blockrepl_image_fd(b), buf, len, off);
+        if (r < 0)
+                return r;
         uint8_t enc_buf[CODEC_PAGE_MAX], scratch[CODEC_PAGE_MAX];
         for (size_t p = 0; p < len; p += HAVMS_PAGE_SIZE) {
                 uint8_t enc;
                 uint32_t elen;
-                int r = codec_page_encode(buf + p, NULL, enc_buf, scratch, &enc, &elen);
+                r = codec_page_encode(buf + p, NULL, enc_buf, scratch, &enc, &elen);
                 if (r < 0)
                         return r;
                 if (!s->wb->len && (r = wire_disk_pages_begin(s->wb, disk)) < 0)
@@ -281,11 +279,8 @@ int disk_replica_sync(struct disk_replica *r, const struct wire_msg *m)
                         return -EBADMSG;
                 if ((rc = codec_page_decode(pg.enc, pg.data, pg.len, NULL, page)) < 0)
                         return rc;
-                ssize_t n = pwrite(r->fd[it.disk], page, HAVMS_PAGE_SIZE, (off_t)off);
-                if (n < 0)
-                        return -errno;
-                if (n != HAVMS_PAGE_SIZE)
-                        return -EIO;
+                if ((rc = pwrite_full(r->fd[it.disk], page, HAVMS_PAGE_SIZE, off)) < 0)
+                        return rc;
         }
         r->unsynced = true;
         return rc;

@@ -43,26 +43,6 @@ struct sd_priv {
         uint64_t buf[SD_CHUNK];
 };
 
-static int pread_full(int fd, void *buf, size_t len, off_t off)
-{
-        char *b = buf;
-
-        while (len) {
-                ssize_t n = pread(fd, b, len, off);
-
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        return -errno;
-                if (n == 0)
-                        return -EIO;
-                b += n;
-                len -= (size_t)n;
-                off += n;
-        }
-        return 0;
-}
-
 static int clear_soft_dirty(int fd)
 {
         ssize_t n;
@@ -81,7 +61,7 @@ static int soft_dirty_bit(int pagemap, const volatile void *addr, bool *ret)
         int r;
 
         r = pread_full(pagemap, &e, sizeof(e),
-                       (off_t)((uintptr_t)addr / HAVMS_PAGE_SIZE * sizeof(e)));
+                       (uint64_t)((uintptr_t)addr / HAVMS_PAGE_SIZE * sizeof(e)));
         if (r < 0)
                 return r;
         *ret = (e >> PM_SOFT_DIRTY_BIT) & 1;
@@ -211,7 +191,7 @@ static int sd_scan(void *priv, uint32_t *out, size_t cap, size_t *ret_n)
                 uint64_t cnt = p->npages - i < SD_CHUNK ? p->npages - i : SD_CHUNK;
 
                 r = pread_full(p->pagemap, p->buf, cnt * sizeof(uint64_t),
-                               (off_t)((p->first + i) * sizeof(uint64_t)));
+                               (p->first + i) * sizeof(uint64_t));
                 if (r < 0)
                         return r;
                 for (uint64_t j = 0; j < cnt; j++)

@@ -262,3 +262,31 @@ int mkdir_p(const char *path, unsigned mode)
                 return -errno;
         return 0;
 }
+
+static int pio_full(int fd, void *buf, size_t len, uint64_t offset, bool write)
+{
+        uint8_t *p = buf;
+        while (len > 0) {
+                ssize_t n = write ? pwrite(fd, p, len, (off_t)offset) : pread(fd, p, len, (off_t)offset);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return -errno;
+                if (n == 0)
+                        return -EIO; /* the file ended (or shrank) under us */
+                p += n;
+                len -= (size_t)n;
+                offset += (uint64_t)n;
+        }
+        return 0;
+}
+
+int pread_full(int fd, void *buf, size_t len, uint64_t offset)
+{
+        return pio_full(fd, buf, len, offset, false);
+}
+
+int pwrite_full(int fd, const void *buf, size_t len, uint64_t offset)
+{
+        return pio_full(fd, (void *)buf, len, offset, true);
+}

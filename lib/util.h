@@ -21,6 +21,10 @@ uint64_t wall_us(void);
 /* Read exactly len bytes or fail. deadline_ns is a now_ns() value, 0 for
  * none. Returns 0, -ETIMEDOUT, -EPIPE (EOF before len) or -errno. */
 int read_full(int fd, void *buf, size_t len, uint64_t deadline_ns);
+/* pread/pwrite all of len at offset (files, block devices): retries short
+ * transfers and EINTR; -EIO when the file ends first. */
+int pread_full(int fd, void *buf, size_t len, uint64_t offset);
+int pwrite_full(int fd, const void *buf, size_t len, uint64_t offset);
 /* Write exactly len bytes or fail (same return convention). */
 int write_full(int fd, const void *buf, size_t len, uint64_t deadline_ns);
 /* Wait until fd is readable (events=POLLIN) or writable (POLLOUT). */

@@ -125,15 +125,20 @@ struct br_rec *br_rec_new(uint8_t op, uint64_t offset, uint32_t len, const void 
 
 /* ---- recording ----------------------------------------------------------- */
 
+void br_log_append(struct br_log *log, struct br_rec *rec)
+{
+        if (log->tail)
+                log->tail->next = rec;
+        else
+                log->head = rec;
+        log->tail = rec;
+        log->n_recs++;
+        log->data_bytes += rec->op == BR_OP_WRITE ? rec->len : 0;
+}
+
 static void log_append(struct blockrepl *b, struct br_rec *rec)
 {
-        if (b->log.tail)
-                b->log.tail->next = rec;
-        else
-                b->log.head = rec;
-        b->log.tail = rec;
-        b->log.n_recs++;
-        b->log.data_bytes += rec->op == BR_OP_WRITE ? rec->len : 0;
+        br_log_append(&b->log, rec);
         b->log_mem += rec_cost(rec->op, rec->len);
         if (b->soft && !b->soft_signalled && b->log_mem >= b->soft) {
                 uint64_t one = 1;

@@ -58,6 +58,7 @@ struct br_log {
 void br_log_free(struct br_log *log); /* frees the records; NULL ok */
 /* One record with a copy of data (only for BR_OP_WRITE); NULL without memory. */
 struct br_rec *br_rec_new(uint8_t op, uint64_t offset, uint32_t len, const void *data);
+void br_log_append(struct br_log *log, struct br_rec *rec); /* at the tail, counted */
 
 struct blockrepl_options {
         const char *name;        /* for messages: "<vm>/disk<i>" */

@@ -162,13 +162,7 @@ int br_stage_add(struct br_stage *s, uint8_t op, uint64_t offset, uint32_t len,
                         struct br_rec *rec = br_rec_new(op, offset, len, data);
                         if (!rec)
                                 return -ENOMEM;
-                        if (s->mem.tail)
-                                s->mem.tail->next = rec;
-                        else
-                                s->mem.head = rec;
-                        s->mem.tail = rec;
-                        s->mem.n_recs++;
-                        s->mem.data_bytes += data_len;
+                        br_log_append(&s->mem, rec);
                         s->mem_used += cost;
                         s->bytes += data_len;
                         return 0;

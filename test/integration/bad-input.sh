@@ -45,9 +45,11 @@ hv_check "VM still running on a" test "$(hv_field a web01 state)" = connecting
 sed 's/^memory_mib = 256/memory_mib = 512/' "$vmconf.off" >"$vmconf"
 hv_check "primary shows: memory differs" tb_wait_for 10 hv__err_has "memory size differs"
 
-# 3. the standby's tmpfs cannot hold the replica (256 MiB)
-mv "$vmconf.off" "$vmconf"
+# 3. the standby's tmpfs cannot hold the replica (256 MiB). Shrink it
+# before the definition is fixed: the other order races the primary's
+# retry, which may land in between and succeed.
 tb_exec b mount -o remount,size=64m /dev/shm
+mv "$vmconf.off" "$vmconf"
 hv_check "primary shows: no room on the standby" tb_wait_for 10 hv__err_has "cannot hold the replica"
 hv_check "the refusal is logged once, not every retry" \
         test "$(grep -c 'cannot hold the replica' "$TB_RUN/a-checkpointd.log")" = 1

@@ -25,7 +25,8 @@ last=0
 for _ in $(seq 20); do last=$(hv_guest next); sleep 0.05; done
 sleep 0.5   # let the last answer's state commit
 
-echo "$mode" >"$ctl/fault"
+# renamed into place: the proxy must never read a half-written file
+echo "$mode" >"$ctl/fault.new" && mv "$ctl/fault.new" "$ctl/fault"
 hv_must "b drops the damaged stream" hv_wait_state b web01 backup-orphaned 15
 read -r bad_epoch _ <"$ctl/faulted"
 committed=$(hv_field b web01 committed_epoch)

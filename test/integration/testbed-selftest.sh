@@ -103,7 +103,12 @@ check "client -> hosts over the lan" check_client
 # processes of a: the holder, the listeners, a sleeper, a shell with a child
 tb_spawn a "$TB_RUN/a-sleep.log" sleep 1000; p_sleep=$TB_LAST_PID
 tb_spawn a "$TB_RUN/a-tree.log" sh -c 'sleep 1001 & sleep 1002; wait'; p_tree=$TB_LAST_PID
-sleep 0.2
+# a spawned pid joins the cgroup before it has entered a's namespaces
+in_a_netns() {
+	local nsa p; nsa=$(readlink "/proc/$(tb_holder a)/ns/net")
+	for p in "$@"; do [ "$(readlink "/proc/$p/ns/net")" = "$nsa" ] || return 1; done
+}
+tb_wait_for 5 in_a_netns "$p_sleep" "$p_tree"
 check_cgroup() {
 	local pid want="0::/$prefix/a" got n=0 nsa bad=
 	nsa=$(readlink "/proc/$(tb_holder a)/ns/net")
@@ -129,11 +134,13 @@ t0=$EPOCHREALTIME
 tb_poweroff a
 check_poweroff() {
 	local pid alive=
-	tb_wait_for 1 tb__all_dead $pids_a || true
+	tb_wait_for 3 tb__all_dead $pids_a || true
 	local ms; ms=$(ms_since "$t0")
 	for pid in $pids_a; do tb_pid_alive "$pid" && alive+=" $pid"; done
 	[ -z "$alive" ] || { echo "still alive after ${ms} ms:$alive"; return 1; }
-	[ "$ms" -le 1000 ] || { echo "took ${ms} ms"; return 1; }
+	# The host is frozen at once (nothing of it runs after the first
+	# step); the bound covers the link changes and the kill after it.
+	[ "$ms" -le 3000 ] || { echo "took ${ms} ms"; return 1; }
 	[ -z "$(tb_host_pids a)" ] || { echo "cgroup of a not empty"; return 1; }
 	local nsa nsb; nsa=$(tb_ns a) nsb=$(tb_ns b)
 	ip -n "$nsa" -br link show rl1 | grep -qw DOWN || { echo "rl1 in a not down"; return 1; }

@@ -27,8 +27,6 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -440,53 +438,10 @@ static void *accept_main(void *arg)
 
 static int listen_unix(const char *path, int *ret_fd, char *err, size_t errlen)
 {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        struct stat st;
-        int r;
-        if (strlen(path) >= sizeof(sa.sun_path)) {
-                snprintf(err, errlen, "socket %s: path too long", path);
-                return -ENAMETOOLONG;
-        }
-        strcpy(sa.sun_path, path);
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-                r = -errno;
-                snprintf(err, errlen, "socket: %s", strerror(-r));
-                return r;
-        }
-        if (lstat(path, &st) == 0) {
-                /* A stale socket of a dead server is replaced; a live one or
-                 * anything that is not a socket is left alone. */
-                if (!S_ISSOCK(st.st_mode)) {
-                        snprintf(err, errlen, "socket %s: exists and is not a socket", path);
-                        r = -EEXIST;
-                        goto fail;
-                }
-                if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-                        snprintf(err, errlen, "socket %s: another server listens there", path);
-                        r = -EADDRINUSE;
-                        goto fail;
-                }
-                close(fd);
-                unlink(path);
-                fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-                if (fd < 0) {
-                        r = -errno;
-                        snprintf(err, errlen, "socket: %s", strerror(-r));
-                        return r;
-                }
-        }
-        /* chmod before listen(): nobody can connect while it is still 0777-umask */
-        if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(path, 0600) < 0 ||
-            listen(fd, 8) < 0) {
-                r = -errno;
-                snprintf(err, errlen, "socket %s: %s", path, strerror(-r));
-                goto fail;
-        }
-        *ret_fd = fd;
-        return 0;
-fail:
-        close(fd);
+        const char *why;
+        int r = unix_listen(path, 0, 8, ret_fd, &why);
+        if (r < 0)
+                snprintf(err, errlen, "socket %s: %s: %s", path, why, strerror(-r));
         return r;
 }
 

@@ -138,10 +138,15 @@ int daemon_init(struct daemon *d, const char *config_path, char *err, size_t err
         }
         struct itimerspec its = { .it_interval = { .tv_sec = 1 }, .it_value = { .tv_sec = 1 } };
         timerfd_settime(d->tick_fd, 0, &its, NULL);
-        r = ctl_listen(d->host.control_socket, &d->ctl_fd);
+        const char *why;
+        r = unix_listen(d->host.control_socket, SOCK_NONBLOCK, 16, &d->ctl_fd, &why);
         if (r < 0) {
-                snprintf(err, errlen, "control socket %s: %s", d->host.control_socket,
-                         r == -EADDRINUSE ? "another checkpointd is running" : strerror(-r));
+                if (r == -EADDRINUSE)
+                        snprintf(err, errlen, "control socket %s: another checkpointd is running",
+                                 d->host.control_socket);
+                else
+                        snprintf(err, errlen, "control socket %s: %s: %s", d->host.control_socket,
+                                 why, strerror(-r));
                 return r;
         }
         r = tcp_listen(d->host.listen, &d->repl_fd);

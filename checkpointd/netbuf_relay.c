@@ -23,12 +23,12 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include "log.h"
 #include "netbuf_int.h"
+#include "util.h"
 
 /* Room for one whole frame behind a partial one: a frame that does not
  * fit under max_bytes waits here, never more than one. */
@@ -356,32 +356,14 @@ static void *relay_main(void *arg)
 static int listen_unix(struct netbuf *nb, char *err, size_t errlen)
 {
         struct relay *r = R(nb);
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        struct stat stt;
+        const char *why;
 
         if (!nb->socket_path[0])
                 return nb_fail(nb, err, errlen, -EINVAL, "the relay needs a socket path");
-        memcpy(sa.sun_path, nb->socket_path, strlen(nb->socket_path) + 1);
-        /* A socket left by a crashed daemon; anything else is not ours. */
-        if (lstat(nb->socket_path, &stt) == 0) {
-                if (!S_ISSOCK(stt.st_mode))
-                        return nb_fail(nb, err, errlen, -EEXIST,
-                                       "%s exists and is not a socket", nb->socket_path);
-                if (unlink(nb->socket_path) < 0)
-                        return nb_fail(nb, err, errlen, -errno, "remove stale %s",
-                                       nb->socket_path);
-        }
-        r->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (r->listen_fd < 0)
-                return nb_fail(nb, err, errlen, -errno, "socket");
-        if (bind(r->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-                return nb_fail(nb, err, errlen, -errno, "bind %s", nb->socket_path);
+        int ret = unix_listen(nb->socket_path, SOCK_NONBLOCK, 2, &r->listen_fd, &why);
+        if (ret < 0)
+                return nb_fail(nb, err, errlen, ret, "%s: %s", nb->socket_path, why);
         r->socket_made = true;
-        /* Before listen(): nobody can connect while the mode is wider. */
-        if (chmod(nb->socket_path, 0600) < 0)
-                return nb_fail(nb, err, errlen, -errno, "chmod %s", nb->socket_path);
-        if (listen(r->listen_fd, 2) < 0)
-                return nb_fail(nb, err, errlen, -errno, "listen %s", nb->socket_path);
         return 0;
 }
 

@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -18,32 +17,6 @@ static int unix_addr(const char *path, struct sockaddr_un *sa)
         memset(sa, 0, sizeof(*sa));
         sa->sun_family = AF_UNIX;
         strcpy(sa->sun_path, path);
-        return 0;
-}
-
-int ctl_listen(const char *path, int *ret_fd)
-{
-        struct sockaddr_un sa;
-        int r = unix_addr(path, &sa);
-        if (r < 0)
-                return r;
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (fd < 0)
-                return -errno;
-        /* A socket file left by a dead daemon is stale if nobody answers. */
-        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-                close(fd);
-                return -EADDRINUSE;
-        }
-        unlink(path);
-        mode_t old = umask(0077); /* root-only control */
-        r = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 16) < 0 ? -errno : 0;
-        umask(old);
-        if (r < 0) {
-                close(fd);
-                return r;
-        }
-        *ret_fd = fd;
         return 0;
 }
 

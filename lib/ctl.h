@@ -18,6 +18,4 @@ int ctl_call(const char *socket_path, json_object *req, int timeout_ms, json_obj
 /* Server side: read one line-framed JSON object / write one. */
 int ctl_read(int fd, int timeout_ms, json_object **ret);
 int ctl_write(int fd, json_object *o, int timeout_ms);
-
-/* Listening socket at path (replaces a stale socket file). */
-int ctl_listen(const char *path, int *ret_fd);
+/* The server's listening socket is made with unix_listen (util.h). */

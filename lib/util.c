@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 
 uint64_t now_ns(void)
@@ -242,6 +243,56 @@ int tcp_accept(int lfd, int *ret_fd)
         tcp_tune(fd);
         *ret_fd = fd;
         return 0;
+}
+
+int unix_listen(const char *path, int flags, int backlog, int *ret_fd, const char **why)
+{
+        struct sockaddr_un sa = { .sun_family = AF_UNIX }, tmp = { .sun_family = AF_UNIX };
+        struct stat st;
+        int r;
+        *why = "path too long";
+        if (snprintf(tmp.sun_path, sizeof(tmp.sun_path), "%s.%d~", path, (int)getpid()) >=
+            (int)sizeof(tmp.sun_path))
+                return -ENAMETOOLONG;
+        strcpy(sa.sun_path, path); /* shorter than tmp.sun_path */
+        if (lstat(path, &st) == 0) {
+                if (!S_ISSOCK(st.st_mode)) {
+                        *why = "exists and is not a socket";
+                        return -EEXIST;
+                }
+                int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+                if (probe < 0) {
+                        *why = "socket";
+                        return -errno;
+                }
+                r = connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0 || errno == EAGAIN;
+                close(probe);
+                if (r) {
+                        *why = "another server listens there";
+                        return -EADDRINUSE;
+                }
+        }
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | flags, 0);
+        if (fd < 0) {
+                *why = "socket";
+                return -errno;
+        }
+        unlink(tmp.sun_path); /* left by a crash of this same pid number */
+        const char *step = "bind";
+        if (bind(fd, (struct sockaddr *)&tmp, sizeof(tmp)) < 0 ||
+            (step = "chmod", chmod(tmp.sun_path, 0600) < 0) ||
+            (step = "listen", listen(fd, backlog) < 0) ||
+            (step = "rename into place", rename(tmp.sun_path, path) < 0)) {
+                r = -errno;
+                *why = step;
+                unlink(tmp.sun_path);
+                goto fail;
+        }
+        *ret_fd = fd;
+        return 0;
+fail:
+        close(fd);
+        return r;
 }
 
 int mkdir_p(const char *path, unsigned mode)

@@ -234,6 +234,13 @@ struct session {
         char primary[WIRE_NAME_LEN];
         struct wire_msg in;
         struct wire_buf out;
+        /* The hot-standby QEMU starts in its own thread: the receive loop
+         * must keep answering epochs meanwhile (the primary waits at most
+         * ack_timeout_ms for each ACK, and a QEMU start on a loaded host
+         * can take seconds). end_session joins it before anyone else may
+         * touch v->qemu. */
+        pthread_t launcher;
+        bool launching;
 };
 
 static void refuse(int fd, uint32_t code, const char *text)
@@ -244,22 +251,41 @@ static void refuse(int fd, uint32_t code, const char *text)
         wire_buf_free(&b);
 }
 
-static void start_hot_standby(struct session *s)
+static void *hot_standby_thread(void *arg)
 {
+        struct session *s = arg;
         struct vm *v = s->v;
         char err[256] = "";
         struct qemu_vm *q = NULL;
-        if (v->qemu)
-                return;
+        uint64_t t0 = now_ns();
+        pthread_mutex_lock(&v->lock);
+        bool have = v->qemu != NULL;
+        pthread_mutex_unlock(&v->lock);
+        if (have)
+                return NULL;
         int r = qemu_launch(&s->d->host, &v->cfg, QEMU_START_INCOMING, &q, err, sizeof(err));
         if (r < 0) {
                 log_msg(LOG_LVL_ERR, MSG_BK_STANDBY_FAIL, v->name, -1,
                         "hot-standby QEMU did not start: %s (activation will retry)", err);
-                return;
+                return NULL;
         }
         pthread_mutex_lock(&v->lock);
         v->qemu = q;
         pthread_mutex_unlock(&v->lock);
+        log_msg(LOG_LVL_INFO, MSG_BK_READY, v->name, -1,
+                "hot-standby QEMU ready (pid %d, started in %llu ms)", (int)q->pid,
+                (unsigned long long)((now_ns() - t0) / 1000000u));
+        return NULL;
+}
+
+static void start_hot_standby(struct session *s)
+{
+        if (s->launching)
+                return;
+        if (pthread_create(&s->launcher, NULL, hot_standby_thread, s) == 0)
+                s->launching = true;
+        else
+                hot_standby_thread(s); /* no thread: start it here, slower */
 }
 
 /* A local disk failure (journal full, I/O error): tell the primary why,
@@ -397,6 +423,10 @@ static void end_session(struct session *s, int r)
 {
         struct vm *v = s->v;
         struct backup_replica *b = v->replica;
+        if (s->launching) {
+                pthread_join(s->launcher, NULL);
+                s->launching = false;
+        }
         staging_reset(b);
         bool discard = r == 0 || !b->valid;
         if (r == 0)

@@ -269,11 +269,12 @@ static void *hot_standby_thread(void *arg)
                         "hot-standby QEMU did not start: %s (activation will retry)", err);
                 return NULL;
         }
+        int pid = (int)q->pid;
         pthread_mutex_lock(&v->lock);
         v->qemu = q;
         pthread_mutex_unlock(&v->lock);
         log_msg(LOG_LVL_INFO, MSG_BK_READY, v->name, -1,
-                "hot-standby QEMU ready (pid %d, started in %llu ms)", (int)q->pid,
+                "hot-standby QEMU ready (pid %d, started in %llu ms)", pid,
                 (unsigned long long)((now_ns() - t0) / 1000000u));
         return NULL;
 }
@@ -423,10 +424,6 @@ static void end_session(struct session *s, int r)
 {
         struct vm *v = s->v;
         struct backup_replica *b = v->replica;
-        if (s->launching) {
-                pthread_join(s->launcher, NULL);
-                s->launching = false;
-        }
         staging_reset(b);
         bool discard = r == 0 || !b->valid;
         if (r == 0)
@@ -449,6 +446,15 @@ static void end_session(struct session *s, int r)
         vm_set_state(v, discard ? VM_DEFINED : VM_BK_ORPHANED);
         if (r < 0)
                 vm_set_error(v, "primary %s lost: %s", s->primary, strerror(-r));
+        pthread_mutex_unlock(&v->lock);
+        /* The session has ended for everyone who looks (state, link); the
+         * hot standby may still be starting: wait for it before it is kept
+         * or destroyed (thread_running keeps anyone else off till then). */
+        if (s->launching) {
+                pthread_join(s->launcher, NULL);
+                s->launching = false;
+        }
+        pthread_mutex_lock(&v->lock);
         if (discard) {
                 q = v->qemu;
                 v->qemu = NULL;

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
@@ -245,53 +246,105 @@ int tcp_accept(int lfd, int *ret_fd)
         return 0;
 }
 
+/* Is a server listening at sa? 1 yes, 0 no (nobody, or no file), <0 the
+ * probe itself failed (e.g. another user's socket: not ours to replace). */
+static int unix_probe(const struct sockaddr_un *sa)
+{
+        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (probe < 0)
+                return -errno;
+        int r = connect(probe, (const struct sockaddr *)sa, sizeof(*sa)) < 0 ? -errno : 0;
+        close(probe);
+        if (r == 0 || r == -EAGAIN) /* EAGAIN: it listens, its backlog is full */
+                return 1;
+        if (r == -ECONNREFUSED || r == -ENOENT)
+                return 0;
+        return r;
+}
+
 int unix_listen(const char *path, int flags, int backlog, int *ret_fd, const char **why)
 {
+        static unsigned counter;
         struct sockaddr_un sa = { .sun_family = AF_UNIX }, tmp = { .sun_family = AF_UNIX };
         struct stat st;
-        int r;
+        char dir[sizeof(sa.sun_path)];
+        int r, fd = -1;
         *why = "path too long";
-        if (snprintf(tmp.sun_path, sizeof(tmp.sun_path), "%s.%d~", path, (int)getpid()) >=
-            (int)sizeof(tmp.sun_path))
+        if (strlen(path) >= sizeof(sa.sun_path))
                 return -ENAMETOOLONG;
-        strcpy(sa.sun_path, path); /* shorter than tmp.sun_path */
+        strcpy(sa.sun_path, path);
+        /* the temporary name: same directory, unique per process and call */
+        strcpy(dir, path);
+        char *slash = strrchr(dir, '/');
+        if (slash == dir)
+                dir[1] = 0;
+        else if (slash)
+                *slash = 0;
+        else
+                strcpy(dir, ".");
+        if (snprintf(tmp.sun_path, sizeof(tmp.sun_path), "%s/.hvl%d.%u", dir, (int)getpid(),
+                     __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED)) >= (int)sizeof(tmp.sun_path))
+                return -ENAMETOOLONG;
+        /* Held from the probe to the link: two servers starting at once
+         * (or two threads) cannot both take the path. */
+        *why = "lock the socket's directory";
+        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0)
+                return -errno;
+        if (flock(dfd, LOCK_EX) < 0) {
+                r = -errno;
+                goto out;
+        }
         if (lstat(path, &st) == 0) {
                 if (!S_ISSOCK(st.st_mode)) {
                         *why = "exists and is not a socket";
-                        return -EEXIST;
+                        r = -EEXIST;
+                        goto out;
                 }
-                int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-                if (probe < 0) {
-                        *why = "socket";
-                        return -errno;
+                r = unix_probe(&sa);
+                if (r != 0) {
+                        *why = r > 0 ? "another server listens there" : "probe";
+                        r = r > 0 ? -EADDRINUSE : r;
+                        goto out;
                 }
-                r = connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0 || errno == EAGAIN;
-                close(probe);
-                if (r) {
-                        *why = "another server listens there";
-                        return -EADDRINUSE;
+                if (unlink(path) < 0 && errno != ENOENT) { /* stale: a dead server's */
+                        r = -errno;
+                        *why = "remove the stale socket";
+                        goto out;
                 }
         }
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | flags, 0);
+        *why = "socket";
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | flags, 0);
         if (fd < 0) {
-                *why = "socket";
-                return -errno;
+                r = -errno;
+                goto out;
         }
-        unlink(tmp.sun_path); /* left by a crash of this same pid number */
+        unlink(tmp.sun_path); /* left by a crash of an earlier same pid */
+        /* Made and set up under the temporary name, then linked into place:
+         * whoever sees the file can connect, never through a wider mode,
+         * and link() (unlike rename) never replaces somebody else's. */
         const char *step = "bind";
         if (bind(fd, (struct sockaddr *)&tmp, sizeof(tmp)) < 0 ||
             (step = "chmod", chmod(tmp.sun_path, 0600) < 0) ||
             (step = "listen", listen(fd, backlog) < 0) ||
-            (step = "rename into place", rename(tmp.sun_path, path) < 0)) {
+            (step = "link into place", link(tmp.sun_path, path) < 0)) {
                 r = -errno;
                 *why = step;
+                if (r == -EEXIST) { /* a server that does not take the lock */
+                        *why = "another server listens there";
+                        r = -EADDRINUSE;
+                }
                 unlink(tmp.sun_path);
-                goto fail;
+                goto out;
         }
+        unlink(tmp.sun_path);
         *ret_fd = fd;
-        return 0;
-fail:
-        close(fd);
+        fd = -1;
+        r = 0;
+out:
+        if (fd >= 0)
+                close(fd);
+        close(dfd); /* releases the lock */
         return r;
 }
 

@@ -40,11 +40,13 @@ int tcp_accept(int listen_fd, int *ret_fd);
 
 /* Listen on a unix socket at path, mode 0600 (root's daemons only).
  * The socket appears at path only once it listens with that mode: it is
- * made under a temporary name and renamed into place, so whoever sees the
- * file can connect, and nobody can connect through a wider mode. A stale
- * socket that nobody answers is replaced; a live one (-EADDRINUSE) or
- * anything else (-EEXIST) is left alone. flags: SOCK_NONBLOCK or 0
- * (SOCK_CLOEXEC always). On failure *why names the step that failed. */
+ * made under a temporary name in the same directory and linked into place,
+ * so whoever sees the file can connect, and nobody through a wider mode.
+ * A stale socket that nobody answers is replaced; a live one
+ * (-EADDRINUSE), one we cannot probe, or anything else (-EEXIST) is left
+ * alone. A lock on the directory makes the check and the link one step
+ * for servers starting at once. flags: SOCK_NONBLOCK or 0 (SOCK_CLOEXEC
+ * always). On failure *why names the step that failed. */
 int unix_listen(const char *path, int flags, int backlog, int *ret_fd, const char **why);
 
 /* Make every directory of path (mkdir -p). */

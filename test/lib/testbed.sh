@@ -128,17 +128,20 @@ tb_wait_for() {
 tb_wait_exit() { tb_wait_for "$2" tb__not tb_pid_alive "$1"; }
 tb__not() { ! "$@"; }
 
+# (return $?, never a bare return after a test: inside a trap handler, as
+# in the EXIT trap that cleans up, a bare return gives the status from
+# before the trap, and cleanup then saw "populated" for its whole timeout.)
 tb__cg_populated() {
 	local k v
 	while read -r k v; do
-		[ "$k" = populated ] && { [ "$v" = 1 ]; return; }
+		[ "$k" = populated ] && { [ "$v" = 1 ]; return $?; }
 	done <"$1/cgroup.events" 2>/dev/null
 	return 1
 }
 tb__cg_frozen() {
 	local k v
 	while read -r k v; do
-		[ "$k" = frozen ] && { [ "$v" = 1 ]; return; }
+		[ "$k" = frozen ] && { [ "$v" = 1 ]; return $?; }
 	done <"$1/cgroup.events" 2>/dev/null
 	return 1
 }
@@ -149,11 +152,22 @@ tb__cg_kill() {
 	[ -d "$cg" ] || return 0
 	echo 1 >"$cg/cgroup.kill" 2>/dev/null || true
 	if ! tb_wait_for "$timeout" tb__not tb__cg_populated "$cg"; then
-		tb__err "cgroup $cg still populated after ${timeout}s: $(tr '\n' ' ' <"$cg/cgroup.procs" 2>/dev/null)"
+		tb__err "cgroup $cg still populated after ${timeout}s: $(tb__cg_live "$cg")"
 		return 1
 	fi
 	echo 0 >"$cg/cgroup.freeze" 2>/dev/null || true
 	return 0
+}
+
+# The processes of a cgroup subtree (the root's own list is empty: they
+# live in the hosts' cgroups): "pid(comm)" each.
+tb__cg_live() {
+	local f p
+	for f in $(find "$1" -name cgroup.procs 2>/dev/null); do
+		while read -r p; do
+			echo -n "$p($(cat "/proc/$p/comm" 2>/dev/null)) "
+		done <"$f"
+	done
 }
 
 # Remove a cgroup subtree (children first).  Processes must be gone.

@@ -23,6 +23,7 @@
 #include "format.h"
 #include "image.h"
 #include "stage.h"
+#include "util.h"
 
 struct br_bitmap {
         int fd;
@@ -128,7 +129,7 @@ static int bitmap_create(const char *path, uint64_t image_size, char *err, size_
                 return r;
         }
         header_encode(h, image_size);
-        r = br_image_pwrite(fd, h, sizeof(h), 0);
+        r = pwrite_full(fd, h, sizeof(h), 0);
         if (r == 0 && ftruncate(fd, (off_t)file_len_for(nbits_for(image_size))) < 0)
                 r = -errno;
         if (r == 0 && fsync(fd) < 0)
@@ -175,7 +176,7 @@ int br_bitmap_open(const char *path, uint64_t image_size, struct br_bitmap **ret
                 goto out;
         }
         if (st.st_size >= (off_t)BR_BM_HDR_SIZE) {
-                r = br_image_pread(fd, h, sizeof(h), 0);
+                r = pread_full(fd, h, sizeof(h), 0);
                 if (r < 0) {
                         snprintf(err, errlen, "bitmap %s: cannot read: %s", path, strerror(-r));
                         goto out;

@@ -150,8 +150,8 @@ static void log_append(struct blockrepl *b, struct br_rec *rec)
 static void mark_log_locked(struct blockrepl *b, const struct br_log *log);
 
 /* Under b->lock. Waits while adding cost would pass log_hard_bytes; a record
- * bigger than the limit on its own goes into an empty log. */
-/* Bounded wait: QEMU drains block I/O not only for the barrier (where
+ * bigger than the limit on its own goes into an empty log.
+ * The wait is bounded: QEMU drains block I/O not only for the barrier (where
  * blockrepl_lift_limit lets the writer through) but also on a guest reset,
  * a monitor stop or its exit; a writer held for a barrier that cannot come
  * would hang QEMU. After BR_LOG_WAIT_MS it goes on, and the log overshoots
@@ -162,7 +162,9 @@ static int wait_log_room(struct blockrepl *b, uint64_t cost)
         bool counted = false;
         struct timespec until;
         clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_sec += BR_LOG_WAIT_MS / 1000;
+        uint64_t ns = (uint64_t)until.tv_nsec + (uint64_t)BR_LOG_WAIT_MS * 1000000u;
+        until.tv_sec += (time_t)(ns / 1000000000u);
+        until.tv_nsec = (long)(ns % 1000000000u);
         while (b->mode == BR_MODE_LOG && !b->stopping && !b->limit_lifted && b->hard &&
                b->log_mem > 0 && b->log_mem + cost > b->hard) {
                 if (!counted)
@@ -208,7 +210,7 @@ static int image_change(struct blockrepl *b, uint8_t op, const void *data, uint3
                         uint64_t offset, bool may_hole)
 {
         switch (op) {
-        case BR_OP_WRITE: return br_image_pwrite(b->image_fd, data, len, offset);
+        case BR_OP_WRITE: return pwrite_full(b->image_fd, data, len, offset);
         case BR_OP_ZERO: return br_image_zero(b->image_fd, b->is_blk, offset, len, may_hole);
         case BR_OP_TRIM: return br_image_trim(b->image_fd, b->is_blk, offset, len);
         }
@@ -272,7 +274,7 @@ out:
 static int op_read(void *priv, void *buf, uint32_t len, uint64_t offset)
 {
         struct blockrepl *b = priv;
-        int r = br_image_pread(b->image_fd, buf, len, offset);
+        int r = pread_full(b->image_fd, buf, len, offset);
         stat_add(&b->st.reads, 1);
         if (r == 0)
                 stat_add(&b->st.bytes_read, len);

@@ -66,7 +66,9 @@ struct blockrepl_options {
         const char *socket_path; /* NBD unix socket to listen on (created, 0600) */
         const char *bitmap_path; /* persistent dirty bitmap; NULL = none */
         uint64_t log_soft_bytes; /* epoch log above this: log_fd becomes readable */
-        uint64_t log_hard_bytes; /* epoch log at this: writers wait for a barrier */
+        uint64_t log_hard_bytes; /* epoch log at this: writers wait for a barrier,
+                                  * at most 1 s (QEMU also drains on reset or
+                                  * exit, when no barrier comes) */
         bool read_only;
 };
 
@@ -82,9 +84,6 @@ int blockrepl_image_fd(const struct blockrepl *b); /* for sync reads and apply *
 
 void blockrepl_set_mode(struct blockrepl *b, enum blockrepl_mode m);
 enum blockrepl_mode blockrepl_get_mode(const struct blockrepl *b);
-
-/* log_hard_bytes: a writer waits at most 1 s for the barrier, then goes
- * on (QEMU also drains on reset or exit, when no barrier comes). */
 
 /* Called while the VM is stopped (QEMU has drained its requests): hands
  * over every write completed since the previous barrier and starts an empty

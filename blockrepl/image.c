@@ -75,21 +75,11 @@ fail:
         return r;
 }
 
-int br_image_pread(int fd, void *buf, size_t len, uint64_t offset)
-{
-        return pread_full(fd, buf, len, offset);
-}
-
-int br_image_pwrite(int fd, const void *buf, size_t len, uint64_t offset)
-{
-        return pwrite_full(fd, buf, len, offset);
-}
-
 static int write_zeros(int fd, uint64_t offset, uint64_t len)
 {
         while (len > 0) {
                 size_t n = len < ZERO_CHUNK ? (size_t)len : ZERO_CHUNK;
-                int r = br_image_pwrite(fd, zeros, n, offset);
+                int r = pwrite_full(fd, zeros, n, offset);
                 if (r < 0)
                         return r;
                 offset += n;

@@ -17,8 +17,8 @@ int br_image_open(const char *path, bool read_only, int *ret_fd, uint64_t *ret_s
                   bool *ret_is_blk, char *err, size_t errlen);
 int br_image_is_blk(int fd, bool *ret_is_blk);
 
-int br_image_pread(int fd, void *buf, size_t len, uint64_t offset);
-int br_image_pwrite(int fd, const void *buf, size_t len, uint64_t offset);
+/* Whole-buffer positional I/O on images and journals: pread_full and
+ * pwrite_full (util.h). */
 /* Reads back zero afterwards. may_hole: deallocating is allowed (a client's
  * WRITE_ZEROES without NO_HOLE); otherwise the range stays allocated. */
 int br_image_zero(int fd, bool is_blk, uint64_t offset, uint64_t len, bool may_hole);

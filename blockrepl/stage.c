@@ -24,6 +24,7 @@
 #include "format.h"
 #include "image.h"
 #include "stage.h"
+#include "util.h"
 
 #define JR_CHUNK (1u << 20) /* read-back buffer: bounds memory for any record size */
 
@@ -129,9 +130,9 @@ static int journal_append(struct br_stage *s, uint8_t op, uint64_t offset, uint3
         if (data_len)
                 XXH64_update(&st, data, data_len);
         br_put_le64(h + 24, XXH64_digest(&st));
-        r = br_image_pwrite(s->jfd, h, sizeof(h), s->jlen);
+        r = pwrite_full(s->jfd, h, sizeof(h), s->jlen);
         if (r == 0 && data_len)
-                r = br_image_pwrite(s->jfd, data, data_len, s->jlen + sizeof(h));
+                r = pwrite_full(s->jfd, data, data_len, s->jlen + sizeof(h));
         if (r < 0) {
                 /* Drop the partial record so the journal stays parseable. */
                 (void)ftruncate(s->jfd, (off_t)s->jlen);
@@ -191,7 +192,7 @@ static int jr_read_header(int fd, uint64_t pos, uint64_t end, struct jr_rec *ret
 {
         if (end - pos < BR_JR_HDR_SIZE)
                 return -EBADMSG;
-        int r = br_image_pread(fd, h, BR_JR_HDR_SIZE, pos);
+        int r = pread_full(fd, h, BR_JR_HDR_SIZE, pos);
         if (r < 0)
                 return r;
         struct jr_rec j = {
@@ -226,7 +227,7 @@ static int journal_verify(struct br_stage *s, uint8_t *buf)
                 XXH64_update(&st, h, 24);
                 for (uint32_t done = 0; done < j.data_len;) {
                         uint32_t n = j.data_len - done < JR_CHUNK ? j.data_len - done : JR_CHUNK;
-                        r = br_image_pread(s->jfd, buf, n, j.data_off + done);
+                        r = pread_full(s->jfd, buf, n, j.data_off + done);
                         if (r < 0)
                                 return r;
                         XXH64_update(&st, buf, n);
@@ -244,7 +245,7 @@ static int apply_one(int fd, bool is_blk, uint8_t op, uint64_t offset, uint32_t 
 {
         switch (op) {
         case BR_OP_WRITE:
-                return br_image_pwrite(fd, data, len, offset);
+                return pwrite_full(fd, data, len, offset);
         case BR_OP_ZERO:
                 /* The record does not say whether the primary kept the
                  * range allocated; sparseness is not content. */
@@ -272,9 +273,9 @@ static int journal_apply(struct br_stage *s, int fd, bool is_blk, uint8_t *buf)
                 }
                 for (uint32_t done = 0; done < j.data_len;) {
                         uint32_t n = j.data_len - done < JR_CHUNK ? j.data_len - done : JR_CHUNK;
-                        r = br_image_pread(s->jfd, buf, n, j.data_off + done);
+                        r = pread_full(s->jfd, buf, n, j.data_off + done);
                         if (r == 0)
-                                r = br_image_pwrite(fd, buf, n, j.offset + done);
+                                r = pwrite_full(fd, buf, n, j.offset + done);
                         if (r < 0)
                                 return r;
                         done += n;

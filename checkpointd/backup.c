@@ -21,7 +21,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -307,14 +306,9 @@ static int disk_failed(struct session *s, int r, const char *what, bool touched)
                 touched ? "the disk images may hold part of the epoch"
                         : "the epoch was refused before it touched the replica");
         refuse(s->fd, r == -ENOSPC ? WIRE_ERR_NOSPACE : WIRE_ERR_INTERNAL, text);
-        /* The primary is still sending the epoch. Closing now, with its
-         * bytes unread, would send a reset that can overtake our reason;
-         * read and drop them until it goes quiet (at most 2 s). */
-        shutdown(s->fd, SHUT_WR);
-        uint64_t deadline = now_ns() + 2000000000ull;
-        char sink[65536];
-        while (wait_fd(s->fd, POLLIN, deadline) == 0 && read(s->fd, sink, sizeof(sink)) > 0)
-                ;
+        /* The primary is still sending the epoch: let it read our reason
+         * before the connection goes (at most 2 s). */
+        drain_until_closed(s->fd, now_ns() + 2000000000ull);
         return r;
 }
 

@@ -53,13 +53,13 @@ struct disk_replica {
         uint8_t *scratch;     /* WIRE_DISK_REC_MAX, for LZ4 entries */
 };
 
-/* Open (creating a missing regular file, sparse, of the primary's size)
- * every disk the HELLO announces, check sizes; why gets a sentence for the
- * primary on failure. */
 /* Can this host take the primary's disks (count, sizes of existing
  * images)? Checked before a HELLO touches anything. */
 int disk_replica_check(const struct vm_config *c, const struct wire_hello *hello,
                        char *why, size_t whylen);
+/* Open (creating a missing regular file, sparse, of the primary's size)
+ * every disk the HELLO announces, check sizes; why gets a sentence for the
+ * primary on failure. */
 int disk_replica_open(struct disk_replica *r, const struct host_config *h,
                       const struct vm_config *c, const struct wire_hello *hello,
                       char *why, size_t whylen);

@@ -864,17 +864,9 @@ static void say_goodbye(struct primary *p, const char *why)
         if (p->fd < 0)
                 return;
         wire_buf_reset(&p->wb);
-        bool confirmed = false;
-        if (wire_put_error(&p->wb, WIRE_ERR_SHUTDOWN, why) == 0 && send_buf(p) == 0) {
-                shutdown(p->fd, SHUT_WR);
-                uint64_t deadline = now_ns() + (uint64_t)p->cfg.ack_timeout_ms * 1000000u;
-                char sink[4096];
-                ssize_t n = 1;
-                while (wait_fd(p->fd, POLLIN, deadline) == 0 &&
-                       (n = read(p->fd, sink, sizeof(sink))) > 0)
-                        ;
-                confirmed = n == 0;
-        }
+        bool confirmed = wire_put_error(&p->wb, WIRE_ERR_SHUTDOWN, why) == 0 && send_buf(p) == 0 &&
+                         drain_until_closed(p->fd, now_ns() + (uint64_t)p->cfg.ack_timeout_ms *
+                                                                   1000000u) == 0;
         if (!confirmed)
                 log_msg(LOG_LVL_WARN, MSG_STANDBY_LOST, p->cfg.name, (int64_t)p->v->epoch,
                         "standby %s did not confirm the end of protection: it may still hold "

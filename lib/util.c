@@ -107,6 +107,22 @@ int write_full(int fd, const void *buf, size_t len, uint64_t deadline_ns)
         return 0;
 }
 
+int drain_until_closed(int fd, uint64_t deadline_ns)
+{
+        char sink[16384];
+        shutdown(fd, SHUT_WR);
+        for (;;) {
+                int r = wait_fd(fd, POLLIN, deadline_ns);
+                if (r < 0)
+                        return r;
+                ssize_t n = read(fd, sink, sizeof(sink));
+                if (n == 0)
+                        return 0;
+                if (n < 0 && errno != EINTR && errno != EAGAIN)
+                        return -errno;
+        }
+}
+
 int set_nonblock(int fd, bool on)
 {
         int fl = fcntl(fd, F_GETFL);

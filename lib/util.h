@@ -27,6 +27,12 @@ int pread_full(int fd, void *buf, size_t len, uint64_t offset);
 int pwrite_full(int fd, const void *buf, size_t len, uint64_t offset);
 /* Write exactly len bytes or fail (same return convention). */
 int write_full(int fd, const void *buf, size_t len, uint64_t deadline_ns);
+/* A connection we end on purpose: half-close it (we send nothing more),
+ * then read and drop what the peer still sends until it closes too.
+ * 0 when it closed (it has read everything we sent), -ETIMEDOUT or
+ * -errno otherwise. Closing with its bytes unread instead would send a
+ * reset that can overtake our last message. */
+int drain_until_closed(int fd, uint64_t deadline_ns);
 /* Wait until fd is readable (events=POLLIN) or writable (POLLOUT). */
 int wait_fd(int fd, short events, uint64_t deadline_ns);
 

@@ -15,7 +15,10 @@ fi
 
 # Build, runtime and test dependencies. Test tools: real QEMU, ext4 tools,
 # iproute2 for the namespaces, clang's libFuzzer for the fuzz targets, NBD
-# clients (qemu-io/qemu-img, nbdinfo) for blockrepl, libnl for the plug qdisc.
+# clients (qemu-io/qemu-img, nbdinfo) for blockrepl, libnl for the plug qdisc,
+# socat for the test bed's self-test; corosync (membership and quorum, its
+# client libraries for havmsd, qdevice/qnetd for the witness), the real
+# fence agents and OpenIPMI's BMC simulator for fencing in the test bed.
 pkgs=(
         build-essential meson ninja-build pkg-config
         liblz4-dev libjson-c-dev libinih-dev libcmocka-dev libxxhash-dev
@@ -24,6 +27,10 @@ pkgs=(
         busybox-static cpio kmod
         iproute2 e2fsprogs util-linux procps psmisc python3
         clang libclang-rt-14-dev
+        socat
+        corosync libcpg-dev libvotequorum-dev libquorum-dev libcmap-dev
+        libcorosync-common-dev corosync-qdevice corosync-qnetd
+        fence-agents openipmi ipmitool
 )
 missing=()
 for p in "${pkgs[@]}"; do

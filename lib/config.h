@@ -15,6 +15,7 @@
 #define CFG_MAX_NICS 4
 #define CFG_MAX_DISKS 4
 #define CFG_MAX_PEERS 8
+#define CFG_MAX_FENCE_LEVELS 4
 
 struct cfg_nic {
         char mac[18];           /* "52:54:00:xx:xx:xx" */
@@ -60,12 +61,46 @@ struct vm_config {
         uint32_t min_epoch_ms;  /* adaptive epochs: earliest early checkpoint, 0 = off */
         uint32_t disk_log_mib;  /* primary: a disk epoch log this big forces a checkpoint */
         uint32_t disk_buffer_mib; /* standby: staged disk writes in memory, then journal */
+        /* [failover] (havmsd, docs/failover.md) */
+        char failover[8];       /* "auto": havmsd takes over by itself; "manual": it only reports */
+        uint32_t local_restarts;/* restarts on the same host after a QEMU crash before the
+                                   standby takes over (0 = take over at once) */
         char source[CFG_PATH_MAX]; /* file it came from */
 };
 
 struct cfg_peer {
         char name[CFG_NAME_MAX];
         char address[128];      /* "host:port" of the peer's replication listener */
+};
+
+/* One way to fence a host: a fence-agents style program (stdin key=value
+ * lines) or a script agent ("script:/path"). */
+struct cfg_fence_level {
+        char agent[CFG_PATH_MAX];  /* "fence_ipmilan", "/usr/sbin/fence_x" or "script:/path" */
+        char args[CFG_TEXT_MAX];   /* "key=value key=value": passed on the agent's stdin */
+};
+
+/* [fence HOST]: how to fence HOST, levels tried in order until one works. */
+struct cfg_fence {
+        char host[CFG_NAME_MAX];
+        struct cfg_fence_level levels[CFG_MAX_FENCE_LEVELS];
+        unsigned n_levels;
+        uint32_t timeout_ms;       /* one agent call; a timeout is a failure */
+};
+
+/* [cluster]: havmsd's settings (docs/failover.md). */
+struct cfg_cluster {
+        char control_socket[CFG_PATH_MAX]; /* havmsd's own socket (havmsctl status/events) */
+        char checkpointd[CFG_PATH_MAX];    /* the checkpointd binary havmsd supervises */
+        char quorum[8];                    /* "fence" (two_node + fencing) or "witness" */
+        uint32_t witness_wait_ms;          /* witness: how long a lost peer may still think
+                                              itself quorate, plus its self-fence time */
+        uint32_t fence_delay_ms;           /* head start of the side that takes over VMs */
+        uint32_t fence_retry_ms;           /* after all levels failed, retry this often */
+        uint32_t fence_monitor_s;          /* periodic agent check (monitor); 0 = off */
+        uint32_t self_fence_ms;            /* without quorum, VMs stop within this */
+        char hooks_dir[CFG_PATH_MAX];      /* hook scripts, see hooks/README.md */
+        uint32_t hook_timeout_ms;
 };
 
 struct host_config {
@@ -80,6 +115,9 @@ struct host_config {
         char uffd_preload[CFG_PATH_MAX];
         struct cfg_peer peers[CFG_MAX_PEERS];
         unsigned n_peers;
+        struct cfg_cluster cluster;
+        struct cfg_fence fences[CFG_MAX_PEERS];
+        unsigned n_fences;
         char source[CFG_PATH_MAX];
 };
 
@@ -92,6 +130,8 @@ int vm_config_find(const struct host_config *h, const char *name,
                    struct vm_config *ret, char *err, size_t errlen);
 
 const struct cfg_peer *host_config_peer(const struct host_config *h, const char *name);
+/* [fence NAME] of host NAME, or NULL when none is configured. */
+const struct cfg_fence *host_config_fence(const struct host_config *h, const char *name);
 
 /* Digest of the settings that must match on both hosts of a pair (memory,
  * CPUs, machine, device model), so a backup refuses a replica it could not

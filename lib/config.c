@@ -35,6 +35,7 @@ struct opt {
 
 #define VO(f) offsetof(struct vm_config, f), sizeof(((struct vm_config *)0)->f)
 #define HO(f) offsetof(struct host_config, f), sizeof(((struct host_config *)0)->f)
+#define CO(f) HO(cluster.f)
 
 static const struct opt vm_opts[] = {
         { "vm", "name", OPT_NAME, VO(name), 0, 0, NULL, NULL,
@@ -87,6 +88,12 @@ static const struct opt vm_opts[] = {
           "all of it makes writers wait" },
         { "protection", "disk_buffer_mib", OPT_U32, VO(disk_buffer_mib), 1, 65536, "64", NULL,
           "standby: staged disk writes kept in memory per epoch before spilling to a journal" },
+        { "failover", "failover", OPT_ENUM, VO(failover), 0, 0, "auto", "auto|manual",
+          "auto: havmsd fences the dead primary and activates the standby by itself; "
+          "manual: it only reports, the operator runs 'havmsctl activate'" },
+        { "failover", "local_restarts", OPT_U32, VO(local_restarts), 0, 10, "0", NULL,
+          "after QEMU crashes on its host, restart it there this many times before the "
+          "standby takes over (0 = take over at once)" },
 };
 
 static const struct opt host_opts[] = {
@@ -107,6 +114,29 @@ static const struct opt host_opts[] = {
           "QEMU binary" },
         { "host", "uffd_preload", OPT_STR, HO(uffd_preload), 0, 0, HAVMS_PRELOAD_DEFAULT, NULL,
           "LD_PRELOAD library that creates the dirty-tracking userfaultfd inside QEMU" },
+        { "cluster", "control_socket", OPT_STR, CO(control_socket), 0, 0,
+          "/run/havms/havmsd.sock", NULL, "havmsd's unix socket (havmsctl cluster commands)" },
+        { "cluster", "checkpointd", OPT_STR, CO(checkpointd), 0, 0, HAVMS_CHECKPOINTD_DEFAULT,
+          NULL, "the checkpointd binary havmsd starts and supervises" },
+        { "cluster", "quorum", OPT_ENUM, CO(quorum), 0, 0, "fence", "fence|witness",
+          "fence: two_node, the survivor fences the other before taking over; witness: a "
+          "qdevice vote decides, and the side without it stops its VMs" },
+        { "cluster", "witness_wait_ms", OPT_U32, CO(witness_wait_ms), 0, 600000, "12000", NULL,
+          "witness: wait this long after losing the peer before taking over (the lost side "
+          "may think itself quorate until its qdevice timeout, then self-fences)" },
+        { "cluster", "fence_delay_ms", OPT_U32, CO(fence_delay_ms), 0, 600000, "3000", NULL,
+          "in a split, the host that runs no primary waits this long before fencing, so the "
+          "primary's host wins the fence race" },
+        { "cluster", "fence_retry_ms", OPT_U32, CO(fence_retry_ms), 100, 3600000, "5000", NULL,
+          "after every fence level failed, try again this often (never take over unfenced)" },
+        { "cluster", "fence_monitor_s", OPT_U32, CO(fence_monitor_s), 0, 86400, "600", NULL,
+          "check every fence agent can reach its device this often (action=monitor); 0 = off" },
+        { "cluster", "self_fence_ms", OPT_U32, CO(self_fence_ms), 100, 60000, "2000", NULL,
+          "a host without quorum stops its VMs within this" },
+        { "cluster", "hooks_dir", OPT_STR, CO(hooks_dir), 0, 0, HAVMS_SYSCONFDIR "/hooks", NULL,
+          "hook scripts: <hooks_dir>/<event> and <hooks_dir>/<event>.d/* (hooks/README.md)" },
+        { "cluster", "hook_timeout_ms", OPT_U32, CO(hook_timeout_ms), 100, 600000, "10000", NULL,
+          "a hook still running after this is killed (a pre- hook then counts as 'defer')" },
 };
 
 struct load_ctx {
@@ -148,7 +178,8 @@ static int set_value(struct load_ctx *x, const struct opt *o, const char *v)
         case OPT_NAME:
         case OPT_ADDR:
         case OPT_ENUM:
-                if (strlen(v) >= o->size) {
+                /* (an enum's choices all fit: a long value gets the list of choices) */
+                if (strlen(v) >= o->size && o->type != OPT_ENUM) {
                         snprintf(x->reason, sizeof(x->reason), "%s: value longer than %zu characters",
                                  o->name, o->size - 1);
                         return -EINVAL;
@@ -308,9 +339,137 @@ static int parse_peer(struct load_ctx *x, const char *section, const char *name,
         return 0;
 }
 
+static struct cfg_fence *fence_entry(struct load_ctx *x, const char *section)
+{
+        struct host_config *h = x->host;
+        const char *host = section + 6;
+        if (!cfg_name_valid(host)) {
+                snprintf(x->reason, sizeof(x->reason), "[%s]: '%s' is not a valid host name",
+                         section, host);
+                return NULL;
+        }
+        for (unsigned i = 0; i < h->n_fences; i++)
+                if (!strcmp(h->fences[i].host, host))
+                        return &h->fences[i];
+        if (h->n_fences >= CFG_MAX_PEERS) {
+                snprintf(x->reason, sizeof(x->reason), "at most %d [fence] sections", CFG_MAX_PEERS);
+                return NULL;
+        }
+        struct cfg_fence *f = &h->fences[h->n_fences++];
+        memset(f, 0, sizeof(*f));
+        strcpy(f->host, host);
+        f->timeout_ms = 20000;
+        return f;
+}
+
+/* levelN = AGENT key=value key=value ...  Values cannot hold blanks; the
+ * agent gets one "key=value" line per pair on its stdin, then the action
+ * (which is why the configuration may not set action= itself). */
+static int parse_fence_level(struct load_ctx *x, const char *section, struct cfg_fence *f,
+                             unsigned n, const char *v)
+{
+        struct cfg_fence_level lv = { .agent = "" };
+        char buf[CFG_TEXT_MAX + CFG_PATH_MAX];
+        if (strlen(v) >= sizeof(buf)) {
+                snprintf(x->reason, sizeof(x->reason), "[%s] level%u: too long", section, n);
+                return -EINVAL;
+        }
+        strcpy(buf, v);
+        size_t used = 0;
+        for (char *save = NULL, *tok = strtok_r(buf, " \t", &save); tok;
+             tok = strtok_r(NULL, " \t", &save)) {
+                if (!lv.agent[0]) {
+                        bool script = !strncmp(tok, "script:", 7);
+                        const char *path = script ? tok + 7 : tok;
+                        if ((script && path[0] != '/') || (!script && strchr(tok, '/') && tok[0] != '/') ||
+                            strchr(tok, '=') || !path[0] || strlen(tok) >= sizeof(lv.agent)) {
+                                snprintf(x->reason, sizeof(x->reason),
+                                         "[%s] level%u: '%s' is not an agent (a fence_* program name, "
+                                         "an absolute path, or script:/absolute/path)", section, n, tok);
+                                return -EINVAL;
+                        }
+                        strcpy(lv.agent, tok);
+                        continue;
+                }
+                char *eq = strchr(tok, '=');
+                if (!eq || eq == tok) {
+                        snprintf(x->reason, sizeof(x->reason),
+                                 "[%s] level%u: argument '%s' is not key=value", section, n, tok);
+                        return -EINVAL;
+                }
+                if (eq - tok == 6 && !strncmp(tok, "action", 6)) {
+                        snprintf(x->reason, sizeof(x->reason),
+                                 "[%s] level%u: 'action' is set by havms, not here", section, n);
+                        return -EINVAL;
+                }
+                size_t l = strlen(tok);
+                if (used + l + 2 > sizeof(lv.args)) {
+                        snprintf(x->reason, sizeof(x->reason), "[%s] level%u: arguments too long",
+                                 section, n);
+                        return -EINVAL;
+                }
+                if (used)
+                        lv.args[used++] = ' ';
+                memcpy(lv.args + used, tok, l + 1);
+                used += l;
+        }
+        if (!lv.agent[0]) {
+                snprintf(x->reason, sizeof(x->reason), "[%s] level%u: no agent given", section, n);
+                return -EINVAL;
+        }
+        f->levels[n - 1] = lv;
+        f->n_levels = n;
+        return 0;
+}
+
+/* [fence HOST]: level1..level4, timeout_ms. Levels are written in order
+ * (level2 after level1), so a gap is reported at the line that makes it.
+ * HOST need not be a [peer]: a spare can be fenced too. */
+static int parse_fence(struct load_ctx *x, const char *section, const char *name, const char *v)
+{
+        struct cfg_fence *f = fence_entry(x, section);
+        if (!f)
+                return -EINVAL;
+        if (!name)
+                return 0;
+        if (!strcmp(name, "timeout_ms")) {
+                static const struct opt o = { "fence", "timeout_ms", OPT_U32,
+                                              offsetof(struct cfg_fence, timeout_ms), sizeof(uint32_t),
+                                              100, 600000, "20000", NULL, NULL };
+                void *saved = x->target;
+                x->target = f;
+                int r = set_value(x, &o, v);
+                x->target = saved;
+                return r;
+        }
+        unsigned n = 0;
+        if (!strncmp(name, "level", 5) && name[5] >= '1' && name[5] <= '0' + CFG_MAX_FENCE_LEVELS &&
+            !name[6])
+                n = (unsigned)(name[5] - '0');
+        if (!n) {
+                snprintf(x->reason, sizeof(x->reason),
+                         "[%s]: unknown option '%s' (level1..level%d, timeout_ms)", section, name,
+                         CFG_MAX_FENCE_LEVELS);
+                return -EINVAL;
+        }
+        if (n <= f->n_levels) {
+                snprintf(x->reason, sizeof(x->reason), "[%s]: %s set twice", section, name);
+                return -EINVAL;
+        }
+        if (n != f->n_levels + 1) {
+                snprintf(x->reason, sizeof(x->reason), "[%s]: %s without level%u before it "
+                         "(levels are tried in order and written in order)", section, name,
+                         f->n_levels + 1);
+                return -EINVAL;
+        }
+        return parse_fence_level(x, section, f, n, v);
+}
+
 static int handler(void *user, const char *section, const char *name, const char *value)
 {
         struct load_ctx *x = user;
+        if (x->host && !strncmp(section, "fence ", 6))
+                return parse_fence(x, section, name, value) == 0;
         if (!name) /* a section header alone */
                 return 1;
         if (x->host && !strncmp(section, "peer ", 5))
@@ -418,6 +577,12 @@ int host_config_load(const char *path, struct host_config *ret, char *err, size_
                 return -ENOMEM;
         struct load_ctx x = { .opts = host_opts, .n_opts = ARRAY_SIZE(host_opts), .target = h, .host = h };
         int r = load(path, &x, err, errlen);
+        for (unsigned i = 0; r == 0 && i < h->n_fences; i++)
+                if (h->fences[i].n_levels == 0) {
+                        snprintf(err, errlen, "%s: [fence %s] has no level1 (at least one agent)",
+                                 path, h->fences[i].host);
+                        r = -EINVAL;
+                }
         if (r == 0 && host_config_peer(h, h->name)) {
                 snprintf(err, errlen, "%s: [peer %s] names this host itself", path, h->name);
                 r = -EINVAL;
@@ -461,6 +626,14 @@ const struct cfg_peer *host_config_peer(const struct host_config *h, const char 
         return NULL;
 }
 
+const struct cfg_fence *host_config_fence(const struct host_config *h, const char *name)
+{
+        for (unsigned i = 0; i < h->n_fences; i++)
+                if (!strcmp(h->fences[i].host, name))
+                        return &h->fences[i];
+        return NULL;
+}
+
 uint64_t vm_config_digest(const struct vm_config *c)
 {
         char buf[4096];
@@ -497,7 +670,15 @@ void config_print_reference(FILE *f)
         fprintf(f, "Host configuration (havms.conf):\n");
         print_table(f, host_opts, ARRAY_SIZE(host_opts));
         fprintf(f, "[peer NAME] address (address:port, required)\n"
-                   "    replication listener of peer host NAME\n\n");
+                   "    replication listener of peer host NAME\n");
+        fprintf(f, "[fence HOST] level1..level%d (AGENT key=value ..., level1 required, in order)\n"
+                   "    how to fence HOST: AGENT is a fence-agents program (fence_ipmilan; looked up\n"
+                   "    in PATH, then /usr/sbin), an absolute path, or script:/absolute/path; the\n"
+                   "    pairs go to the agent's stdin one per line (values without blanks; no\n"
+                   "    action=). Levels are tried in order until one powers HOST off (verified by status)\n"
+                   "[fence HOST] timeout_ms (integer 100..600000, default '20000')\n"
+                   "    one agent call; a timeout is a failure and the agent is killed\n\n",
+                CFG_MAX_FENCE_LEVELS);
         fprintf(f, "VM definition (<vm_dir>/<name>.conf):\n");
         print_table(f, vm_opts, ARRAY_SIZE(vm_opts));
         fprintf(f, "[vm] nic (mac=52:54:00:xx:xx:xx[,bridge=NAME][,model=MODEL], repeatable, at most %d)\n"

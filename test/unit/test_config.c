@@ -70,6 +70,8 @@ static void test_vm_ok_with_defaults(void **state)
         assert_string_equal(c.on_buffer_full, "pause");
         assert_int_equal(c.netbuf_max_mib, 16);
         assert_int_equal(c.min_epoch_ms, 5);
+        assert_string_equal(c.failover, "auto");
+        assert_int_equal(c.local_restarts, 0);
 }
 
 static void test_vm_disks_repeat(void **state)
@@ -92,6 +94,23 @@ static void expect_vm_error(const char *file, const char *text, const char *want
         assert_int_equal(vm_config_load(write_file(file, text), &c, err, sizeof(err)), -EINVAL);
         if (!strstr(err, want))
                 fail_msg("error '%s' does not contain '%s'", err, want);
+}
+
+static void test_vm_failover_section(void **state)
+{
+        struct vm_config c;
+        char err[256] = "";
+        const char *text = "[vm]\nname = web01\nmemory_mib = 64\nkernel=/k\n"
+                           "[failover]\nfailover = manual\nlocal_restarts = 3\n";
+        assert_int_equal(vm_config_load(write_file("web01.conf", text), &c, err, sizeof(err)), 0);
+        assert_string_equal(c.failover, "manual");
+        assert_int_equal(c.local_restarts, 3);
+        expect_vm_error("web01.conf", "[vm]\nname = web01\nmemory_mib = 64\nkernel=/k\n"
+                        "[failover]\nfailover = sometimes\n",
+                        ":6: failover: 'sometimes' is not one of auto|manual");
+        expect_vm_error("web01.conf", "[vm]\nname = web01\nmemory_mib = 64\nkernel=/k\n"
+                        "[failover]\nlocal_restarts = 11\n",
+                        ":6: local_restarts: 11 is out of range [0, 10]");
 }
 
 static void test_vm_errors(void **state)
@@ -167,6 +186,114 @@ static void test_host_ok_and_errors(void **state)
         assert_non_null(strstr(err, "contains a comma"));
 }
 
+static void expect_host_error(const char *text, const char *want)
+{
+        struct host_config h;
+        char err[512] = "";
+        assert_int_equal(host_config_load(write_file("havms.conf", text), &h, err, sizeof(err)), -EINVAL);
+        if (!strstr(err, want))
+                fail_msg("error '%s' does not contain '%s'", err, want);
+}
+
+static void test_cluster_defaults(void **state)
+{
+        struct host_config h;
+        char err[512] = "";
+        const char *p = write_file("havms.conf", "[host]\nname = hostA\n");
+        assert_int_equal(host_config_load(p, &h, err, sizeof(err)), 0);
+        assert_string_equal(h.cluster.control_socket, "/run/havms/havmsd.sock");
+        assert_non_null(strstr(h.cluster.checkpointd, "/checkpointd"));
+        assert_string_equal(h.cluster.quorum, "fence");
+        assert_int_equal(h.cluster.witness_wait_ms, 12000);
+        assert_int_equal(h.cluster.fence_delay_ms, 3000);
+        assert_int_equal(h.cluster.fence_retry_ms, 5000);
+        assert_int_equal(h.cluster.fence_monitor_s, 600);
+        assert_int_equal(h.cluster.self_fence_ms, 2000);
+        assert_string_equal(h.cluster.hooks_dir, "/etc/havms/hooks");
+        assert_int_equal(h.cluster.hook_timeout_ms, 10000);
+        assert_int_equal(h.n_fences, 0);
+        assert_null(host_config_fence(&h, "hostB"));
+
+        p = write_file("havms.conf", "[host]\nname = hostA\n[cluster]\nquorum = witness\n"
+                                     "fence_monitor_s = 0\nhooks_dir = /srv/hooks\n");
+        assert_int_equal(host_config_load(p, &h, err, sizeof(err)), 0);
+        assert_string_equal(h.cluster.quorum, "witness");
+        assert_int_equal(h.cluster.fence_monitor_s, 0);
+        assert_string_equal(h.cluster.hooks_dir, "/srv/hooks");
+        expect_host_error("[host]\nname = hostA\n[cluster]\nquorum = vote\n",
+                          "havms.conf:4: quorum: 'vote' is not one of fence|witness");
+        expect_host_error("[host]\nname = hostA\n[cluster]\nhook_timeout_ms = 10\n",
+                          "havms.conf:4: hook_timeout_ms: 10 is out of range");
+        expect_host_error("[host]\nname = hostA\n[cluster]\nfencing = yes\n",
+                          "havms.conf:4: unknown option 'fencing' in [cluster]");
+}
+
+static void test_fence_sections(void **state)
+{
+        struct host_config h;
+        char err[512] = "";
+        const char *p = write_file("havms.conf",
+                "[host]\nname = hostA\n"
+                "[peer hostB]\naddress = 10.99.0.2:7780\n"
+                "[fence hostB]\n"
+                "level1 = fence_ipmilan ip=10.88.0.102 username=admin password=s3cr=t  lanplus=1\n"
+                "level2 = script:/usr/local/sbin/pdu-off plug=4\n"
+                "timeout_ms = 5000\n"
+                "[fence spare1]\nlevel1 = /opt/fence/fence_x\n");
+        assert_int_equal(host_config_load(p, &h, err, sizeof(err)), 0);
+        assert_int_equal(h.n_fences, 2);
+        const struct cfg_fence *f = host_config_fence(&h, "hostB");
+        assert_non_null(f);
+        assert_int_equal(f->n_levels, 2);
+        assert_int_equal(f->timeout_ms, 5000);
+        assert_string_equal(f->levels[0].agent, "fence_ipmilan");
+        assert_string_equal(f->levels[0].args,
+                            "ip=10.88.0.102 username=admin password=s3cr=t lanplus=1");
+        assert_string_equal(f->levels[1].agent, "script:/usr/local/sbin/pdu-off");
+        assert_string_equal(f->levels[1].args, "plug=4");
+        f = host_config_fence(&h, "spare1"); /* not a peer: fine */
+        assert_non_null(f);
+        assert_int_equal(f->timeout_ms, 20000);
+        assert_string_equal(f->levels[0].agent, "/opt/fence/fence_x");
+        assert_string_equal(f->levels[0].args, "");
+        assert_null(host_config_fence(&h, "hostC"));
+}
+
+static void test_fence_errors(void **state)
+{
+        const char *head = "[host]\nname = hostA\n[fence hostB]\n";
+        char text[512];
+#define FENCE_ERR(body, want) \
+        (snprintf(text, sizeof(text), "%s%s", head, body), expect_host_error(text, want))
+        FENCE_ERR("level1 = fence_ipmilan ip=1.2.3.4\nport = 623\n",
+                  "havms.conf:5: [fence hostB]: unknown option 'port'");
+        FENCE_ERR("level1 = fence_ipmilan\nlevel3 = fence_dummy\n",
+                  "havms.conf:5: [fence hostB]: level3 without level2");
+        FENCE_ERR("level2 = fence_ipmilan\n",
+                  "havms.conf:4: [fence hostB]: level2 without level1");
+        FENCE_ERR("level1 = fence_ipmilan\nlevel1 = fence_dummy\n",
+                  "havms.conf:5: [fence hostB]: level1 set twice");
+        FENCE_ERR("level1 =\n", "havms.conf:4: [fence hostB] level1: no agent given");
+        FENCE_ERR("level1 = fence_ipmilan ip=1.2.3.4 lanplus\n",
+                  "havms.conf:4: [fence hostB] level1: argument 'lanplus' is not key=value");
+        FENCE_ERR("level1 = fence_ipmilan =x\n",
+                  "havms.conf:4: [fence hostB] level1: argument '=x' is not key=value");
+        FENCE_ERR("level1 = fence_ipmilan action=reboot\n",
+                  "havms.conf:4: [fence hostB] level1: 'action' is set by havms");
+        FENCE_ERR("level1 = script:relative/x\n",
+                  "havms.conf:4: [fence hostB] level1: 'script:relative/x' is not an agent");
+        FENCE_ERR("level1 = ip=1.2.3.4\n",
+                  "havms.conf:4: [fence hostB] level1: 'ip=1.2.3.4' is not an agent");
+        FENCE_ERR("level1 = fence_dummy\nlevel5 = fence_dummy\n",
+                  "havms.conf:5: [fence hostB]: unknown option 'level5'");
+        FENCE_ERR("level1 = fence_dummy\ntimeout_ms = 0\n",
+                  "havms.conf:5: timeout_ms: 0 is out of range [100, 600000]");
+        FENCE_ERR("timeout_ms = 1000\n", "havms.conf: [fence hostB] has no level1");
+#undef FENCE_ERR
+        expect_host_error("[host]\nname = hostA\n[fence bad name]\nlevel1 = fence_dummy\n",
+                          "havms.conf:4: [fence bad name]: 'bad name' is not a valid host name");
+}
+
 static void test_digest_tracks_device_model(void **state)
 {
         struct vm_config a, b;
@@ -192,6 +319,10 @@ int main(void)
                 cmocka_unit_test(test_missing_file),
                 cmocka_unit_test(test_host_ok_and_errors),
                 cmocka_unit_test(test_digest_tracks_device_model),
+                cmocka_unit_test(test_vm_failover_section),
+                cmocka_unit_test(test_cluster_defaults),
+                cmocka_unit_test(test_fence_sections),
+                cmocka_unit_test(test_fence_errors),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -361,6 +361,7 @@ static json_object *vm_json(struct daemon *d, struct vm *v)
         }
         if (v->qemu) {
                 add_int(o, "qemu_pid", v->qemu->pid);
+                add_str(o, "accel", v->qemu->accel);
                 io_json(o, v->qemu);
         }
         if (v->activation_ms)
@@ -387,6 +388,18 @@ static int cmd_status(struct daemon *d, struct vm *v, json_object *args, json_ob
                         json_object_array_add(arr, vm_json(d, list[i]));
         }
         add_str(resp, "host", d->host.name);
+        /* what accel = auto means here, and why (lib/accel.h) */
+        static const char *const basis[] = {
+                [ACCEL_BASIS_ENV] = "env", [ACCEL_BASIS_NO_KVM] = "no_kvm",
+                [ACCEL_BASIS_PROBE_OK] = "probe_ok", [ACCEL_BASIS_PROBE_FAILED] = "probe_failed",
+                [ACCEL_BASIS_PROBE_ERROR] = "probe_error",
+        };
+        json_object *acc = json_object_new_object();
+        add_str(acc, "auto", d->accel.accel);
+        add_str(acc, "basis", basis[d->accel.basis]);
+        add_str(acc, "why", d->accel.why);
+        add_int(acc, "probe_ms", d->accel.probe_ms);
+        json_object_object_add(resp, "accel", acc);
         json_object_object_add(resp, "vms", arr);
         return 0;
 }

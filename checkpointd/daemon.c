@@ -121,6 +121,10 @@ int daemon_init(struct daemon *d, const char *config_path, char *err, size_t err
                          d->host.ram_dir, d->host.log_dir, strerror(-r));
                 return r;
         }
+        /* What accel = auto means on this host, decided before the control
+         * socket appears (so no VM starts first) and once: a KVM that
+         * cannot run guests costs up to ACCEL_PROBE_TIMEOUT_MS here. */
+        accel_auto(d->host.qemu, &d->accel);
         /* Signals are read from a signalfd by the event loop; block them
          * before any thread exists so every thread inherits the mask. */
         sigset_t mask;
@@ -210,11 +214,36 @@ static void tick(struct daemon *d)
         pthread_mutex_unlock(&d->table_lock);
 }
 
+/* A KVM that is there but cannot run guests is worth a warning (VMs run
+ * many times slower under TCG); no KVM at all is a plain fact. */
+static void log_accel(const struct accel_choice *a)
+{
+        switch (a->basis) {
+        case ACCEL_BASIS_PROBE_FAILED:
+        case ACCEL_BASIS_PROBE_ERROR:
+                log_msg(LOG_LVL_WARN, MSG_ACCEL_FALLBACK, NULL, -1,
+                        "/dev/kvm is present but KVM cannot run guests here (%s): "
+                        "VMs with accel = auto run under TCG", a->why);
+                break;
+        case ACCEL_BASIS_PROBE_OK:
+                log_msg(LOG_LVL_INFO, MSG_ACCEL_CHOSEN, NULL, -1,
+                        "accel = auto means kvm: the probe guest ran under KVM in %u ms",
+                        a->probe_ms);
+                break;
+        case ACCEL_BASIS_NO_KVM:
+        case ACCEL_BASIS_ENV:
+                log_msg(LOG_LVL_INFO, MSG_ACCEL_CHOSEN, NULL, -1, "accel = auto means %s (%s)",
+                        a->accel, a->why);
+                break;
+        }
+}
+
 int daemon_run(struct daemon *d)
 {
         log_msg(LOG_LVL_NOTICE, MSG_DAEMON_STARTED, NULL, -1,
                 "checkpointd on host %s: control %s, replication %s", d->host.name,
                 d->host.control_socket, d->host.listen);
+        log_accel(&d->accel);
         while (!d->quit) {
                 struct epoll_event evs[8];
                 int n = epoll_wait(d->epoll_fd, evs, 8, -1);

@@ -10,6 +10,7 @@
 #include <json-c/json.h>
 #include <stdbool.h>
 
+#include "accel.h"
 #include "config.h"
 #include "vm.h"
 
@@ -17,6 +18,7 @@
 
 struct daemon {
         struct host_config host;
+        struct accel_choice accel;  /* what accel = auto means here, probed at start */
         pthread_mutex_t table_lock;
         struct vm *vms[DAEMON_MAX_VMS];
         unsigned n_vms;

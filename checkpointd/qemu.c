@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "accel.h"
 #include "log.h"
 #include "util.h"
 
@@ -65,13 +66,6 @@ static void argv_free(struct argv_builder *a)
                 free(a->argv[i]);
 }
 
-static const char *pick_accel(const struct vm_config *c)
-{
-        if (strcmp(c->accel, "auto"))
-                return c->accel;
-        return access("/dev/kvm", R_OK | W_OK) == 0 ? "kvm" : "tcg";
-}
-
 static void build_argv(const struct host_config *h, const struct vm_config *c,
                        const struct qemu_vm *q, enum qemu_start_mode mode,
                        struct argv_builder *a)
@@ -80,7 +74,7 @@ static void build_argv(const struct host_config *h, const struct vm_config *c,
         arg(a, "-name");
         arg(a, "guest=%s,debug-threads=on", c->name);
         arg(a, "-machine");
-        arg(a, "%s,accel=%s,memory-backend=havms-ram", c->machine, pick_accel(c));
+        arg(a, "%s,accel=%s,memory-backend=havms-ram", c->machine, q->accel);
         arg(a, "-cpu");
         arg(a, "%s", c->cpu);
         arg(a, "-smp");
@@ -323,6 +317,9 @@ int qemu_launch(const struct host_config *h, const struct vm_config *c,
         strcpy(q->name, c->name);
         q->ram_bytes = (uint64_t)c->memory_mib << 20;
         q->incoming = mode == QEMU_START_INCOMING;
+        /* auto: KVM only where the probe guest ran on it (lib/accel.h),
+         * decided once when the daemon started */
+        snprintf(q->accel, sizeof(q->accel), "%s", accel_resolve(c->accel, h->qemu));
         qemu_ram_path(h, c->name, q->ram_path, sizeof(q->ram_path));
         snprintf(q->qmp_path, sizeof(q->qmp_path), "%s/qmp-%s.sock", h->state_dir, c->name);
         snprintf(q->console_path, sizeof(q->console_path), "%s/%s.console", h->log_dir, c->name);

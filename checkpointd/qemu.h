@@ -33,6 +33,7 @@ struct qemu_vm {
         char qmp_path[CFG_PATH_MAX + 64];
         char console_path[CFG_PATH_MAX + 64];
         uint64_t ram_bytes;
+        char accel[8];      /* accelerator it runs with: "kvm" or "tcg" */
         bool incoming;      /* started with -incoming defer, not yet loaded */
         int ds_fd;          /* our end of the armed device-state channel, or -1 */
         bool exited;

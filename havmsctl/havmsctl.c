@@ -76,7 +76,7 @@ static void print_vm(json_object *vm)
                 printf(" %7.2f", json_object_get_double(x));
         else
                 printf(" %7s", "-");
-        printf("\n");
+        printf(" %-5s\n", get_s(vm, "accel")[0] ? get_s(vm, "accel") : "-");
         json_object *s;
         if (json_object_object_get_ex(vm, "sync", &s))
                 printf("  sync: %.1f%% at %.1f MiB/s, eta %.0f s, pre-copy round %lld\n",
@@ -98,8 +98,11 @@ static int do_status(struct ctx *c, const char *vm)
                 printf("%s\n", json_object_to_json_string_ext(resp, JSON_C_TO_STRING_PLAIN));
         } else {
                 printf("host %s\n", get_s(resp, "host"));
-                printf("%-12s %-16s %-8s %-10s %-5s %8s %8s %7s\n", "VM", "STATE", "ROLE", "PEER",
-                       "LINK", "EPOCH", "LAG_MS", "PAUSE");
+                json_object *acc;
+                if (json_object_object_get_ex(resp, "accel", &acc))
+                        printf("accel auto = %s (%s)\n", get_s(acc, "auto"), get_s(acc, "why"));
+                printf("%-12s %-16s %-8s %-10s %-5s %8s %8s %7s %-5s\n", "VM", "STATE", "ROLE", "PEER",
+                       "LINK", "EPOCH", "LAG_MS", "PAUSE", "ACCEL");
                 json_object *vms = json_object_object_get(resp, "vms");
                 for (size_t i = 0; i < json_object_array_length(vms); i++)
                         print_vm(json_object_array_get_idx(vms, i));
@@ -163,7 +166,8 @@ static void usage(FILE *f)
                 "  stop VM                  end protection and power VM off\n"
                 "  protect VM [--peer HOST] replicate VM to standby HOST every epoch\n"
                 "  unprotect VM             end protection (the standby discards its replica)\n"
-                "  status [VM]              role, epoch, lag, last pause, link, sync progress\n"
+                "  status [VM]              role, epoch, lag, last pause, link, sync progress,\n"
+                "                           accelerator (and what accel = auto means here)\n"
                 "  activate VM [--force]    take over VM on this (standby) host\n"
                 "  pause VM                 checkpoint, then hold VM paused (replica == RAM)\n"
                 "  resume VM                continue a paused VM\n"

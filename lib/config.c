@@ -47,7 +47,8 @@ static const struct opt vm_opts[] = {
         { "vm", "cpu", OPT_STR, VO(cpu), 0, 0, "max", NULL,
           "QEMU CPU model; must be identical on both hosts" },
         { "vm", "accel", OPT_ENUM, VO(accel), 0, 0, "auto", "auto|kvm|tcg",
-          "accelerator; auto uses KVM when /dev/kvm exists" },
+          "accelerator; auto uses KVM only when a probe guest really runs on it "
+          "(probed at checkpointd start; HAVMS_ACCEL=kvm|tcg decides auto instead)" },
         { "vm", "kernel", OPT_STR, VO(kernel), 0, 0, "", NULL,
           "kernel image for direct boot (kernel or a disk is required)" },
         { "vm", "initrd", OPT_STR, VO(initrd), 0, 0, "", NULL, "initramfs for direct boot" },

@@ -36,3 +36,18 @@
 #define MSG_VM_STARTED       "HAVMS-VM-4001"
 #define MSG_VM_STOPPED       "HAVMS-VM-4002"
 #define MSG_VM_EXITED        "HAVMS-VM-4003"
+
+/* fencing (failover/fence.h): logged by havmsd from a fence_result */
+#define MSG_FENCE_START      "HAVMS-FN-6001"
+#define MSG_FENCE_ATTEMPT_FAILED "HAVMS-FN-6002"
+#define MSG_FENCE_DONE       "HAVMS-FN-6003"
+#define MSG_FENCE_ALL_FAILED "HAVMS-FN-6004"
+#define MSG_FENCE_MONITOR_FAILED "HAVMS-FN-6005"
+#define MSG_FENCE_MONITOR_OK "HAVMS-FN-6006"
+
+/* hooks (failover/hooks.h): logged by havmsd from a hook_result */
+#define MSG_HOOK_FAILED      "HAVMS-HK-7001"
+#define MSG_HOOK_DEFERRED    "HAVMS-HK-7002"
+#define MSG_HOOK_ABORTED     "HAVMS-HK-7003"
+#define MSG_HOOK_TIMEOUT     "HAVMS-HK-7004"
+#define MSG_HOOK_NOT_EXEC    "HAVMS-HK-7005"

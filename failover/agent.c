@@ -1,0 +1,1377 @@
+/* agent: havmsd's event loop, its view of the cluster, and the actions
+ * policy.c decides (see agent.h). */
+#include "agent.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/timerfd.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "clmsg.h"
+#include "config.h"
+#include "ctl.h"
+#include "fence.h"
+#include "hooks.h"
+#include "log.h"
+#include "membership.h"
+#include "msgid.h"
+#include "policy.h"
+#include "runner.h"
+#include "util.h"
+
+#define TICK_MS 100            /* checkpointd status poll and link check */
+#define CTL_TIMEOUT_MS 1000    /* one status call */
+#define JOB_CTL_TIMEOUT_MS 60000
+#define EVENTS_MAX 512
+#define CKPT_RESTART_MS 1000   /* back-off between checkpointd starts */
+#define CKPT_DEAD_TICKS 30     /* an adopted checkpointd silent this long is replaced */
+
+/* epoll tags: small integers; membership fds are tagged TAG_MEM + index. */
+enum { TAG_SIGNAL = 1, TAG_TICK, TAG_DECIDE, TAG_CTL, TAG_CKPT, TAG_JOB, TAG_MEM = 16 };
+
+struct event {
+        uint64_t wall_ms;
+        enum log_level level;
+        char id[16];
+        char vm[CFG_NAME_MAX];
+        char host[CFG_NAME_MAX];
+        char text[256];
+};
+
+struct ahost {
+        struct po_host po;
+        const struct cfg_fence *fence_cfg;
+        char fence_last[200];     /* last fence outcome, for status */
+        char monitor[200];        /* last monitor outcome: "ok", "failed: ...", "unchecked" */
+        bool have_state;
+        struct clmsg state;       /* its last STATE announcement */
+        struct links_seen {
+                size_t n;
+                struct membership_link l[MEMBERSHIP_LINKS_MAX];
+        } links;
+};
+
+struct avm {
+        struct po_vm po;          /* local view + CPG flags, fed to the policy */
+        bool seen;                /* in checkpointd's last status */
+        uint64_t epoch;
+        char note[PO_NOTE_MAX];
+        enum po_vm_state prev_state;
+        uint64_t lost_ms;         /* when the owner's loss was first seen (takeover timing) */
+};
+
+enum job_kind { JOB_CTL, JOB_FENCE, JOB_MONITOR, JOB_HOOK };
+
+struct job {
+        struct agent *a;
+        enum job_kind kind;
+        enum po_act act;
+        char vm[CFG_NAME_MAX];
+        char host[CFG_NAME_MAX];
+        uint64_t generation;
+        const struct cfg_fence *fence_cfg;
+        /* in/out */
+        char cmd[32];
+        json_object *args;
+        int r;
+        char err[512];
+        json_object *resp;
+        struct fence_result fence;
+        enum hook_event hook;
+        struct hook_env henv;
+        char hpeer[CFG_NAME_MAX], hrole[16], hvm[CFG_NAME_MAX], hhost[CFG_NAME_MAX];
+        struct hook_result hres;
+        uint64_t started_ms;
+        struct runner_job *rj;
+        struct job *next;
+};
+
+struct agent {
+        struct host_config host;
+        char config_path[CFG_PATH_MAX];
+        int epfd, sigfd, tickfd, decidefd, ctlfd;
+        /* checkpointd */
+        pid_t ckpt_pid;
+        int ckpt_pidfd;
+        unsigned ckpt_restarts;
+        uint64_t ckpt_next_start_ms;
+        unsigned ckpt_silent_ticks;
+        bool ckpt_up;
+        /* corosync */
+        struct membership *mem;
+        int mem_fds[8];
+        size_t n_mem_fds;
+        bool corosync_up, quorum_known, quorate;
+        uint64_t mem_retry_ms;
+        uint32_t self_nodeid;
+        struct ahost hosts[PO_MAX_HOSTS];
+        size_t n_hosts;
+        struct avm vms[PO_MAX_VMS];
+        size_t n_vms;
+        bool state_dirty;         /* our STATE changed: announce it */
+        uint64_t next_monitor_ms;
+        struct job *jobs;
+        pthread_mutex_t ev_lock;
+        struct event events[EVENTS_MAX];
+        uint64_t n_events;
+        bool quit;
+};
+
+/* ------------------------------------------------------------ events -- */
+
+/* Log once, where the decision is made, and keep it for `havmsctl events`. */
+static void ev(struct agent *a, enum log_level lvl, const char *id, const char *vm,
+               const char *host, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static void ev(struct agent *a, enum log_level lvl, const char *id, const char *vm,
+               const char *host, const char *fmt, ...)
+{
+        char text[256];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(text, sizeof(text), fmt, ap);
+        va_end(ap);
+        log_msg(lvl, id, vm && vm[0] ? vm : NULL, -1, "%s", text);
+        pthread_mutex_lock(&a->ev_lock);
+        struct event *e = &a->events[a->n_events++ % EVENTS_MAX];
+        e->wall_ms = wall_ms();
+        e->level = lvl;
+        snprintf(e->id, sizeof(e->id), "%s", id ? id : "");
+        snprintf(e->vm, sizeof(e->vm), "%s", vm ? vm : "");
+        snprintf(e->host, sizeof(e->host), "%s", host ? host : "");
+        snprintf(e->text, sizeof(e->text), "%s", text);
+        pthread_mutex_unlock(&a->ev_lock);
+}
+
+/* ------------------------------------------------------------ lookups -- */
+
+static struct ahost *host_by_name(struct agent *a, const char *name)
+{
+        for (size_t i = 0; i < a->n_hosts; i++)
+                if (!strcmp(a->hosts[i].po.name, name))
+                        return &a->hosts[i];
+        return NULL;
+}
+
+static struct ahost *host_by_id(struct agent *a, uint32_t nodeid)
+{
+        for (size_t i = 0; i < a->n_hosts; i++)
+                if (a->hosts[i].po.nodeid == nodeid)
+                        return &a->hosts[i];
+        return NULL;
+}
+
+static struct avm *vm_by_name(struct agent *a, const char *name, bool create)
+{
+        for (size_t i = 0; i < a->n_vms; i++)
+                if (!strcmp(a->vms[i].po.name, name))
+                        return &a->vms[i];
+        if (!create || a->n_vms >= PO_MAX_VMS)
+                return NULL;
+        struct avm *v = &a->vms[a->n_vms++];
+        memset(v, 0, sizeof(*v));
+        snprintf(v->po.name, sizeof(v->po.name), "%s", name);
+        v->po.failover_auto = true;
+        struct vm_config cfg;
+        char err[256];
+        if (vm_config_find(&a->host, name, &cfg, err, sizeof(err)) == 0) {
+                v->po.failover_auto = strcmp(cfg.failover, "manual") != 0;
+                v->po.local_restarts = cfg.local_restarts;
+        }
+        return v;
+}
+
+static bool runs_here(enum po_vm_state s)
+{
+        return s == PO_VM_RUNNING || s == PO_VM_SYNCING || s == PO_VM_PROTECTED ||
+               s == PO_VM_ISOLATED;
+}
+
+/* -------------------------------------------------------------- jobs -- */
+
+static void job_body(void *arg, const volatile int *cancel)
+{
+        struct job *j = arg;
+        struct agent *a = j->a;
+        (void)cancel;
+        switch (j->kind) {
+        case JOB_CTL: {
+                json_object *req = json_object_new_object();
+                json_object_object_add(req, "cmd", json_object_new_string(j->cmd));
+                json_object_object_add(req, "vm", json_object_new_string(j->vm));
+                if (j->args)
+                        json_object_object_add(req, "args", json_object_get(j->args));
+                j->r = ctl_call(a->host.control_socket, req, JOB_CTL_TIMEOUT_MS, &j->resp);
+                json_object_put(req);
+                json_object *ok, *e;
+                if (j->r == 0 && (!json_object_object_get_ex(j->resp, "ok", &ok) ||
+                                  !json_object_get_boolean(ok))) {
+                        j->r = -EREMOTEIO;
+                        snprintf(j->err, sizeof(j->err), "%s",
+                                 json_object_object_get_ex(j->resp, "error", &e)
+                                         ? json_object_get_string(e) : "refused");
+                } else if (j->r < 0) {
+                        snprintf(j->err, sizeof(j->err), "checkpointd: %s", strerror(-j->r));
+                }
+                break;
+        }
+        case JOB_FENCE:
+        case JOB_MONITOR:
+                j->r = fence_run(j->fence_cfg, j->kind == JOB_FENCE ? FENCE_OFF : FENCE_MONITOR, 0,
+                                 &j->fence);
+                break;
+        case JOB_HOOK:
+                j->r = hooks_run(a->host.cluster.hooks_dir, a->host.cluster.hook_timeout_ms,
+                                 j->hook, &j->henv, &j->hres);
+                break;
+        }
+}
+
+static struct job *job_new(struct agent *a, enum job_kind kind, const char *vm, const char *host)
+{
+        struct job *j = calloc(1, sizeof(*j));
+        if (!j)
+                return NULL;
+        j->a = a;
+        j->kind = kind;
+        snprintf(j->vm, sizeof(j->vm), "%s", vm ? vm : "");
+        snprintf(j->host, sizeof(j->host), "%s", host ? host : "");
+        j->started_ms = now_ms();
+        return j;
+}
+
+static int job_start(struct agent *a, struct job *j)
+{
+        int r = runner_job_start(job_body, j, &j->rj);
+        if (r < 0) {
+                json_object_put(j->args);
+                free(j);
+                return r;
+        }
+        struct epoll_event e = { .events = EPOLLIN, .data.ptr = NULL };
+        e.data.u64 = (uint64_t)(uintptr_t)j << 8 | TAG_JOB;
+        epoll_ctl(a->epfd, EPOLL_CTL_ADD, runner_job_fd(j->rj), &e);
+        j->next = a->jobs;
+        a->jobs = j;
+        return 0;
+}
+
+static void hook_async(struct agent *a, enum hook_event hev, const struct avm *v,
+                       const char *fenced)
+{
+        struct job *j = job_new(a, JOB_HOOK, v ? v->po.name : NULL, fenced);
+        if (!j)
+                return;
+        j->hook = hev;
+        snprintf(j->hhost, sizeof(j->hhost), "%s", a->host.name);
+        j->henv.host = j->hhost;
+        if (v) {
+                snprintf(j->hvm, sizeof(j->hvm), "%s", v->po.name);
+                snprintf(j->hpeer, sizeof(j->hpeer), "%s", v->po.peer);
+                snprintf(j->hrole, sizeof(j->hrole), "%s",
+                         runs_here(v->po.state) ? "primary" : "backup");
+                j->henv.vm = j->hvm;
+                j->henv.peer = j->hpeer;
+                j->henv.role = j->hrole;
+                j->henv.has_generation = j->henv.has_epoch = true;
+                j->henv.generation = v->po.generation;
+                j->henv.epoch = v->epoch;
+        }
+        j->henv.fenced_host = fenced ? j->host : NULL;
+        job_start(a, j);
+}
+
+/* The pre-hook runs synchronously (bounded by hook_timeout_ms) in the
+ * job's thread before the action itself: see job_body_with_hook. */
+static void action_job_body(void *arg, const volatile int *cancel)
+{
+        struct job *j = arg;
+        enum job_kind kind = j->kind;
+        if (j->act == PO_ACT_ACTIVATE || j->act == PO_ACT_FENCE) {
+                j->kind = JOB_HOOK;
+                job_body(j, cancel);
+                j->kind = kind;
+                if (j->r == 0 && j->hres.verdict != HOOK_GO) {
+                        j->r = j->hres.verdict == HOOK_DEFER ? -EAGAIN : -ECANCELED;
+                        snprintf(j->err, sizeof(j->err), "%s hook said %s",
+                                 hook_event_name(j->hook), hook_verdict_name(j->hres.verdict));
+                        return;
+                }
+        }
+        job_body(j, cancel);
+}
+
+static int start_action(struct agent *a, struct job *j)
+{
+        int r = runner_job_start(action_job_body, j, &j->rj);
+        if (r < 0) {
+                json_object_put(j->args);
+                free(j);
+                return r;
+        }
+        struct epoll_event e = { .events = EPOLLIN };
+        e.data.u64 = (uint64_t)(uintptr_t)j << 8 | TAG_JOB;
+        epoll_ctl(a->epfd, EPOLL_CTL_ADD, runner_job_fd(j->rj), &e);
+        j->next = a->jobs;
+        a->jobs = j;
+        return 0;
+}
+
+/* ---------------------------------------------------------- announce -- */
+
+static void send_msg(struct agent *a, const struct clmsg *m)
+{
+        if (!a->mem)
+                return;
+        uint8_t buf[CLMSG_MAX_SIZE];
+        size_t len;
+        if (clmsg_encode(m, buf, sizeof(buf), &len) == 0)
+                membership_send(a->mem, buf, len);
+}
+
+static void announce_state(struct agent *a)
+{
+        static struct clmsg m;
+        memset(&m, 0, sizeof(m));
+        m.type = CLMSG_STATE;
+        snprintf(m.sender, sizeof(m.sender), "%s", a->host.name);
+        for (size_t i = 0; i < a->n_vms && m.n_vms < CLMSG_MAX_VMS; i++) {
+                const struct avm *v = &a->vms[i];
+                if (!v->seen)
+                        continue;
+                struct clmsg_vm *e = &m.vms[m.n_vms++];
+                snprintf(e->name, sizeof(e->name), "%s", v->po.name);
+                snprintf(e->peer, sizeof(e->peer), "%s", v->po.peer);
+                e->state = v->po.state;
+                e->last_exit = v->po.last_exit;
+                e->generation = v->po.generation;
+                e->committed_epoch = v->epoch;
+        }
+        send_msg(a, &m);
+        a->state_dirty = false;
+}
+
+static void send_ref(struct agent *a, enum clmsg_type type, const char *vm, uint64_t gen,
+                     const char *target)
+{
+        struct clmsg m;
+        memset(&m, 0, sizeof(m));
+        m.type = type;
+        snprintf(m.sender, sizeof(m.sender), "%s", a->host.name);
+        snprintf(m.vm, sizeof(m.vm), "%s", vm ? vm : "");
+        snprintf(m.target, sizeof(m.target), "%s", target);
+        m.generation = gen;
+        send_msg(a, &m);
+}
+
+/* ---------------------------------------------------------- deciding -- */
+
+static void arm_decide_timer(struct agent *a, uint64_t wake_ms)
+{
+        struct itimerspec its = { 0 };
+        if (wake_ms) {
+                uint64_t now = now_ms(), d = wake_ms > now ? wake_ms - now : 1;
+                its.it_value.tv_sec = (time_t)(d / 1000);
+                its.it_value.tv_nsec = (long)(d % 1000) * 1000000L;
+        }
+        timerfd_settime(a->decidefd, 0, &its, NULL);
+}
+
+static void do_action(struct agent *a, const struct po_action *x);
+
+static void decide(struct agent *a)
+{
+        static struct po_input in;
+        static struct po_output out;
+        memset(&in, 0, sizeof(in));
+        in.now_ms = now_ms();
+        snprintf(in.self, sizeof(in.self), "%s", a->host.name);
+        in.self_nodeid = a->self_nodeid;
+        in.quorum_known = a->quorum_known;
+        in.quorate = a->quorate && a->corosync_up;
+        in.witness = !strcmp(a->host.cluster.quorum, "witness");
+        in.witness_wait_ms = a->host.cluster.witness_wait_ms;
+        in.fence_delay_ms = a->host.cluster.fence_delay_ms;
+        in.fence_retry_ms = a->host.cluster.fence_retry_ms;
+        for (size_t i = 0; i < a->n_hosts; i++)
+                in.hosts[in.n_hosts++] = a->hosts[i].po;
+        for (size_t i = 0; i < a->n_vms; i++)
+                in.vms[in.n_vms++] = a->vms[i].po;
+        po_decide(&in, &out);
+        for (size_t i = 0; i < a->n_vms; i++) {
+                struct avm *v = &a->vms[i];
+                if (strcmp(v->note, out.note[i])) {
+                        snprintf(v->note, sizeof(v->note), "%s", out.note[i]);
+                        if (v->note[0])
+                                ev(a, LOG_LVL_WARN, MSG_FO_WAITING, v->po.name, NULL, "%s",
+                                   v->note);
+                }
+        }
+        for (size_t k = 0; k < out.n_actions; k++)
+                do_action(a, &out.actions[k]);
+        arm_decide_timer(a, out.wake_ms);
+}
+
+static void ctl_action(struct agent *a, const struct po_action *x, const char *cmd,
+                       json_object *args)
+{
+        struct avm *v = vm_by_name(a, x->vm, false);
+        struct job *j = job_new(a, JOB_CTL, x->vm, x->host);
+        if (!v || !j) {
+                free(j);
+                json_object_put(args);
+                return;
+        }
+        j->act = x->type;
+        j->generation = x->generation;
+        snprintf(j->cmd, sizeof(j->cmd), "%s", cmd);
+        j->args = args;
+        if (x->type == PO_ACT_ACTIVATE) {
+                j->hook = HOOK_PRE_ACTIVATE;
+                snprintf(j->hhost, sizeof(j->hhost), "%s", a->host.name);
+                snprintf(j->hvm, sizeof(j->hvm), "%s", x->vm);
+                snprintf(j->hpeer, sizeof(j->hpeer), "%s", x->host);
+                snprintf(j->hrole, sizeof(j->hrole), "backup");
+                j->henv = (struct hook_env){ .host = j->hhost, .vm = j->hvm, .peer = j->hpeer,
+                                             .role = j->hrole, .has_generation = true,
+                                             .generation = x->generation, .has_epoch = true,
+                                             .epoch = v->epoch };
+        }
+        if (start_action(a, j) == 0)
+                v->po.busy = true;
+}
+
+static void do_action(struct agent *a, const struct po_action *x)
+{
+        struct avm *v = x->vm[0] ? vm_by_name(a, x->vm, false) : NULL;
+        switch (x->type) {
+        case PO_ACT_FENCE: {
+                struct ahost *h = host_by_name(a, x->host);
+                struct job *j = h ? job_new(a, JOB_FENCE, NULL, x->host) : NULL;
+                if (!j)
+                        return;
+                j->act = PO_ACT_FENCE;
+                j->fence_cfg = h->fence_cfg;
+                j->hook = HOOK_PRE_FENCE;
+                snprintf(j->hhost, sizeof(j->hhost), "%s", a->host.name);
+                j->henv = (struct hook_env){ .host = j->hhost, .fenced_host = j->host };
+                ev(a, LOG_LVL_NOTICE, MSG_FO_FENCING, NULL, x->host,
+                   "fencing host %s (%s), %u level(s)", x->host, x->why, h->fence_cfg->n_levels);
+                if (start_action(a, j) == 0)
+                        h->po.fence = PO_FENCE_RUNNING;
+                break;
+        }
+        case PO_ACT_ACTIVATE: {
+                json_object *args = json_object_new_object();
+                json_object_object_add(args, "force", json_object_new_boolean(1));
+                json_object_object_add(args, "generation",
+                                       json_object_new_int64((int64_t)x->generation));
+                ev(a, LOG_LVL_NOTICE, MSG_FO_TAKEOVER, x->vm, x->host,
+                   "taking over from %s as generation %" PRIu64 " (%s)", x->host, x->generation,
+                   x->why);
+                ctl_action(a, x, "activate", args);
+                break;
+        }
+        case PO_ACT_RELEASE:
+                ev(a, LOG_LVL_NOTICE, MSG_FO_RELEASE, x->vm, x->host,
+                   "releasing held output, running without a standby: %s", x->why);
+                ctl_action(a, x, "release", NULL);
+                break;
+        case PO_ACT_ASK_DISCARD:
+                if (v)
+                        v->po.discard_asked = true;
+                ev(a, LOG_LVL_NOTICE, MSG_FO_ASK_DISCARD, x->vm, x->host,
+                   "standby %s stopped ACKing but is a member: asking it to drop its replica",
+                   x->host);
+                send_ref(a, CLMSG_ASK_DISCARD, x->vm, x->generation, x->host);
+                break;
+        case PO_ACT_DISCARD:
+                if (v)
+                        v->po.discard_requested = false;
+                ctl_action(a, x, "discard", NULL);
+                break;
+        case PO_ACT_RELINQUISH:
+                if (v)
+                        v->po.relinquished = true;
+                ev(a, LOG_LVL_WARN, MSG_FO_RELINQUISH, x->vm, x->host,
+                   "QEMU crashed here: handing generation %" PRIu64 " to standby %s",
+                   x->generation, x->host);
+                send_ref(a, CLMSG_RELINQUISH, x->vm, x->generation, x->host);
+                break;
+        case PO_ACT_RESTART:
+                if (v)
+                        v->po.restarts_done++;
+                ev(a, LOG_LVL_WARN, MSG_FO_RESTART, x->vm, NULL,
+                   "QEMU crashed here: restarting it on this host (%u of %u)",
+                   v ? v->po.restarts_done : 0, v ? v->po.local_restarts : 0);
+                ctl_action(a, x, "start", NULL);
+                break;
+        case PO_ACT_STOP:
+                ev(a, LOG_LVL_ERR, MSG_FO_SELF_FENCE, x->vm, NULL, "stopping the VM here: %s",
+                   x->why);
+                ctl_action(a, x, "stop", NULL);
+                break;
+        }
+}
+
+static void job_finished(struct agent *a, struct job *j)
+{
+        struct avm *v = j->vm[0] ? vm_by_name(a, j->vm, false) : NULL;
+        struct ahost *h = j->host[0] ? host_by_name(a, j->host) : NULL;
+        uint64_t took = now_ms() - j->started_ms;
+        if (j->kind == JOB_FENCE && h) {
+                h->po.fence_ms = now_ms();
+                if (j->r == 0 && j->fence.ok) {
+                        h->po.fence = PO_FENCE_DONE;
+                        snprintf(h->fence_last, sizeof(h->fence_last),
+                                 "off at level %u in %" PRIu64 " ms", j->fence.level,
+                                 j->fence.duration_ms);
+                        ev(a, LOG_LVL_NOTICE, MSG_FO_FENCED, NULL, j->host,
+                           "host %s fenced: verified off by level %u (%s) in %" PRIu64 " ms",
+                           j->host, j->fence.level,
+                           j->fence.level ? j->fence_cfg->levels[j->fence.level - 1].agent : "?",
+                           j->fence.duration_ms);
+                        send_ref(a, CLMSG_FENCED, NULL, 0, j->host);
+                        hook_async(a, HOOK_POST_FENCE, NULL, j->host);
+                } else {
+                        h->po.fence = PO_FENCE_FAILED;
+                        char why[400] = "";
+                        for (unsigned i = 0; i < j->fence.n_attempts; i++) {
+                                size_t n = strlen(why);
+                                snprintf(why + n, sizeof(why) - n, "%slevel %u %s: %s",
+                                         i ? "; " : "", j->fence.attempts[i].level,
+                                         j->fence.attempts[i].action, j->fence.attempts[i].reason);
+                        }
+                        if (j->r < 0 && j->err[0])
+                                snprintf(why, sizeof(why), "%.300s", j->err);
+                        snprintf(h->fence_last, sizeof(h->fence_last), "FAILED: %s", why);
+                        ev(a, LOG_LVL_ERR, MSG_FO_FENCE_FAILED, NULL, j->host,
+                           "FENCING OF %s FAILED, nothing taken over; retry in %u ms: %s",
+                           j->host, a->host.cluster.fence_retry_ms, why);
+                }
+        } else if (j->kind == JOB_MONITOR && h) {
+                if (j->r == 0 && j->fence.ok) {
+                        snprintf(h->monitor, sizeof(h->monitor), "ok");
+                } else {
+                        snprintf(h->monitor, sizeof(h->monitor), "failed: %s",
+                                 j->fence.n_attempts ? j->fence.attempts[0].reason : "error");
+                        ev(a, LOG_LVL_ERR, MSG_FO_MONITOR_FAILED, NULL, j->host,
+                           "fence agent check for %s failed: %s", j->host, h->monitor);
+                }
+        } else if (j->kind == JOB_HOOK) {
+                if (j->r == 0 && j->hres.verdict != HOOK_GO)
+                        ev(a, LOG_LVL_WARN, MSG_FO_HOOK, j->vm, NULL, "%s hook said %s",
+                           hook_event_name(j->hook), hook_verdict_name(j->hres.verdict));
+        } else if (j->kind == JOB_CTL && v) {
+                v->po.busy = false;
+                if (j->r < 0) {
+                        ev(a, LOG_LVL_ERR, MSG_FO_ACTION_FAILED, j->vm, j->host,
+                           "%s failed after %" PRIu64 " ms: %s", j->cmd, took, j->err);
+                } else if (j->act == PO_ACT_ACTIVATE) {
+                        json_object *o;
+                        int64_t act_ms = j->resp && json_object_object_get_ex(j->resp,
+                                                "activation_ms", &o) ? json_object_get_int64(o) : -1;
+                        ev(a, LOG_LVL_NOTICE, MSG_FO_TAKEN_OVER, j->vm, j->host,
+                           "running here as generation %" PRIu64 ": activation %" PRId64
+                           " ms, %" PRIu64 " ms since the loss was seen", j->generation, act_ms,
+                           v->lost_ms ? now_ms() - v->lost_ms : 0);
+                        v->po.generation = j->generation;
+                        hook_async(a, HOOK_POST_ACTIVATE, v, NULL);
+                } else if (j->act == PO_ACT_DISCARD) {
+                        ev(a, LOG_LVL_NOTICE, MSG_FO_DISCARDED, j->vm, j->host,
+                           "replica dropped at the request of primary %s", j->host);
+                        send_ref(a, CLMSG_DISCARDED, j->vm, j->generation, j->host);
+                } else if (j->act == PO_ACT_RESTART) {
+                        v->po.last_exit = PO_EXIT_NONE;
+                }
+        }
+        json_object_put(j->args);
+        json_object_put(j->resp);
+}
+
+static void reap_job(struct agent *a, struct job *j)
+{
+        if (!runner_job_done(j->rj))
+                return;
+        epoll_ctl(a->epfd, EPOLL_CTL_DEL, runner_job_fd(j->rj), NULL);
+        for (struct job **p = &a->jobs; *p; p = &(*p)->next)
+                if (*p == j) {
+                        *p = j->next;
+                        break;
+                }
+        runner_job_free(j->rj);
+        job_finished(a, j);
+        free(j);
+        decide(a);
+}
+
+/* ------------------------------------------------------ checkpointd ---- */
+
+static void ckpt_spawn(struct agent *a)
+{
+        pid_t pid = fork();
+        if (pid < 0)
+                return;
+        if (pid == 0) {
+                sigset_t all;
+                sigemptyset(&all);
+                sigprocmask(SIG_SETMASK, &all, NULL);
+                setsid();
+                execlp(a->host.cluster.checkpointd, a->host.cluster.checkpointd, "-c",
+                       a->config_path, "--managed", (char *)NULL);
+                fprintf(stderr, "havmsd: cannot run %s: %s\n", a->host.cluster.checkpointd,
+                        strerror(errno));
+                _exit(127);
+        }
+        a->ckpt_pid = pid;
+        a->ckpt_pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+        if (a->ckpt_pidfd >= 0) {
+                struct epoll_event e = { .events = EPOLLIN, .data.u64 = TAG_CKPT };
+                epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->ckpt_pidfd, &e);
+        }
+        a->ckpt_silent_ticks = 0;
+        ev(a, LOG_LVL_NOTICE, MSG_FO_CKPT_START, NULL, a->host.name,
+           "checkpointd started (pid %d, start %u)", pid, a->ckpt_restarts + 1);
+}
+
+static void ckpt_exited(struct agent *a)
+{
+        int st = 0;
+        if (a->ckpt_pid > 0 && waitpid(a->ckpt_pid, &st, WNOHANG) <= 0)
+                return;
+        if (a->ckpt_pidfd >= 0) {
+                epoll_ctl(a->epfd, EPOLL_CTL_DEL, a->ckpt_pidfd, NULL);
+                close(a->ckpt_pidfd);
+                a->ckpt_pidfd = -1;
+        }
+        ev(a, LOG_LVL_WARN, MSG_FO_CKPT_EXIT, NULL, a->host.name,
+           "checkpointd (pid %d) %s %d; restarting it in %d ms", a->ckpt_pid,
+           WIFSIGNALED(st) ? "killed by signal" : "exited with status",
+           WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), CKPT_RESTART_MS);
+        a->ckpt_pid = 0;
+        a->ckpt_up = false;
+        a->ckpt_restarts++;
+        a->ckpt_next_start_ms = now_ms() + CKPT_RESTART_MS;
+}
+
+static const char *jstr(json_object *o, const char *k)
+{
+        json_object *x;
+        return json_object_object_get_ex(o, k, &x) ? json_object_get_string(x) : "";
+}
+
+static int64_t jint(json_object *o, const char *k)
+{
+        json_object *x;
+        return json_object_object_get_ex(o, k, &x) ? json_object_get_int64(x) : 0;
+}
+
+/* Notice protection lost / restored on a VM that runs here. */
+static void local_transition(struct agent *a, struct avm *v, enum po_vm_state from)
+{
+        enum po_vm_state to = v->po.state;
+        if (from == PO_VM_PROTECTED && (to == PO_VM_ISOLATED || to == PO_VM_RUNNING)) {
+                ev(a, LOG_LVL_WARN, MSG_FO_PROT_LOST, v->po.name, v->po.peer,
+                   "protection lost: standby %s stopped ACKing (%s)", v->po.peer,
+                   to == PO_VM_ISOLATED ? "output held until the cluster decides" : "unprotected");
+                hook_async(a, HOOK_PROTECTION_LOST, v, NULL);
+        } else if (to == PO_VM_PROTECTED && from != PO_VM_PROTECTED && from != PO_VM_UNKNOWN) {
+                ev(a, LOG_LVL_NOTICE, MSG_FO_PROT_RESTORED, v->po.name, v->po.peer,
+                   "protected: standby %s holds a committed replica (generation %" PRIu64 ")",
+                   v->po.peer, v->po.generation);
+                hook_async(a, HOOK_PROTECTION_RESTORED, v, NULL);
+        }
+        /* flags that belong to one situation end with it */
+        if (runs_here(to))
+                v->po.relinquished = false;
+        if (to != PO_VM_ISOLATED)
+                v->po.discard_asked = v->po.peer_discarded = false;
+        if (to != PO_VM_BK_READY)
+                v->po.discard_requested = v->po.peer_relinquished = false;
+        if (to == PO_VM_PROTECTED)
+                v->po.restarts_done = 0;
+}
+
+static void poll_checkpointd(struct agent *a)
+{
+        json_object *req = json_object_new_object(), *resp = NULL;
+        json_object_object_add(req, "cmd", json_object_new_string("status"));
+        int r = ctl_call(a->host.control_socket, req, CTL_TIMEOUT_MS, &resp);
+        json_object_put(req);
+        json_object *vms;
+        if (r < 0 || !json_object_object_get_ex(resp, "vms", &vms)) {
+                json_object_put(resp);
+                if (a->ckpt_up)
+                        ev(a, LOG_LVL_WARN, MSG_FO_CKPT_EXIT, NULL, a->host.name,
+                           "checkpointd does not answer (%s)", strerror(r < 0 ? -r : EPROTO));
+                a->ckpt_up = false;
+                a->ckpt_silent_ticks++;
+                bool changed = false;
+                for (size_t i = 0; i < a->n_vms; i++) {
+                        changed |= a->vms[i].po.state != PO_VM_UNKNOWN;
+                        a->vms[i].po.state = PO_VM_UNKNOWN;
+                }
+                if (changed)
+                        decide(a);
+                return;
+        }
+        a->ckpt_up = true;
+        a->ckpt_silent_ticks = 0;
+        bool changed = false;
+        for (size_t i = 0; i < a->n_vms; i++)
+                a->vms[i].seen = false;
+        for (size_t i = 0; i < json_object_array_length(vms); i++) {
+                json_object *o = json_object_array_get_idx(vms, i);
+                struct avm *v = vm_by_name(a, jstr(o, "name"), true);
+                if (!v)
+                        continue;
+                v->seen = true;
+                enum po_vm_state st = po_vm_state_parse(jstr(o, "state"));
+                uint64_t gen = (uint64_t)jint(o, "generation");
+                enum po_exit ex = po_exit_parse(jstr(o, "last_exit"));
+                const char *peer = jstr(o, "peer");
+                uint64_t ep = (uint64_t)jint(o, "committed_epoch");
+                if (st != v->po.state || gen != v->po.generation || ex != v->po.last_exit ||
+                    strcmp(peer, v->po.peer)) {
+                        enum po_vm_state from = v->po.state;
+                        v->po.state = st;
+                        v->po.generation = gen;
+                        v->po.last_exit = ex;
+                        if (peer[0])
+                                snprintf(v->po.peer, sizeof(v->po.peer), "%s", peer);
+                        local_transition(a, v, from);
+                        changed = true;
+                }
+                v->epoch = ep;
+        }
+        for (size_t i = 0; i < a->n_vms; i++)
+                if (!a->vms[i].seen && a->vms[i].po.state != PO_VM_DEFINED) {
+                        a->vms[i].po.state = PO_VM_DEFINED;
+                        changed = true;
+                }
+        json_object_put(resp);
+        if (changed) {
+                a->state_dirty = true;
+                decide(a);
+        }
+        if (a->state_dirty)
+                announce_state(a);
+}
+
+/* ---------------------------------------------------------- corosync -- */
+
+static void update_newer_generations(struct agent *a)
+{
+        for (size_t i = 0; i < a->n_vms; i++) {
+                struct avm *v = &a->vms[i];
+                v->po.newer_generation = 0;
+                for (size_t k = 0; k < a->n_hosts; k++) {
+                        struct ahost *h = &a->hosts[k];
+                        if (!h->have_state || !h->po.member)
+                                continue;
+                        for (size_t e = 0; e < h->state.n_vms; e++) {
+                                const struct clmsg_vm *x = &h->state.vms[e];
+                                if (!strcmp(x->name, v->po.name) && runs_here(x->state) &&
+                                    x->generation > v->po.newer_generation)
+                                        v->po.newer_generation = x->generation;
+                        }
+                }
+        }
+}
+
+static void on_nodes(void *opaque, const uint32_t *ids, size_t n)
+{
+        struct agent *a = opaque;
+        for (size_t k = 0; k < a->n_hosts; k++) {
+                struct ahost *h = &a->hosts[k];
+                bool member = false;
+                for (size_t i = 0; i < n; i++)
+                        member |= ids[i] == h->po.nodeid;
+                if (member == h->po.member)
+                        continue;
+                h->po.member = member;
+                if (member) {
+                        h->po.fence = PO_FENCE_NONE;
+                        ev(a, LOG_LVL_NOTICE, MSG_FO_JOINED, NULL, h->po.name,
+                           "host %s joined the membership", h->po.name);
+                        a->state_dirty = true;
+                } else {
+                        h->po.left_ms = now_ms();
+                        h->have_state = false;
+                        ev(a, LOG_LVL_WARN, MSG_FO_LEFT, NULL, h->po.name,
+                           "host %s left the membership", h->po.name);
+                        for (size_t i = 0; i < a->n_vms; i++)
+                                if (!strcmp(a->vms[i].po.peer, h->po.name))
+                                        a->vms[i].lost_ms = h->po.left_ms;
+                }
+        }
+        update_newer_generations(a);
+        decide(a);
+}
+
+static void on_members(void *opaque, const struct membership_member *m, size_t n)
+{
+        struct agent *a = opaque;
+        (void)m;
+        (void)n;
+        a->state_dirty = true; /* a (re)joined agent learns our state */
+}
+
+static void on_quorum(void *opaque, bool quorate, uint32_t expected, uint32_t total)
+{
+        struct agent *a = opaque;
+        if (!a->quorum_known || quorate != a->quorate)
+                ev(a, quorate ? LOG_LVL_NOTICE : LOG_LVL_ERR, MSG_FO_QUORUM, NULL, a->host.name,
+                   "%s (votes %u of %u expected)", quorate ? "quorate" : "QUORUM LOST", total,
+                   expected);
+        a->quorum_known = true;
+        a->quorate = quorate;
+        decide(a);
+}
+
+static void on_message(void *opaque, uint32_t from, uint32_t pid, const void *buf, size_t len)
+{
+        struct agent *a = opaque;
+        (void)pid;
+        static struct clmsg m;
+        if (clmsg_decode(buf, len, &m) < 0) {
+                log_msg(LOG_LVL_WARN, MSG_FO_BAD_MSG, NULL, -1,
+                        "ignored a malformed CPG message from node %u (%zu bytes)", from, len);
+                return;
+        }
+        if (!strcmp(m.sender, a->host.name))
+                return; /* our own, back from CPG */
+        struct ahost *h = host_by_name(a, m.sender);
+        struct avm *v = m.vm[0] ? vm_by_name(a, m.vm, false) : NULL;
+        bool for_me = !strcmp(m.target, a->host.name);
+        switch (m.type) {
+        case CLMSG_STATE:
+                if (h) {
+                        h->state = m;
+                        h->have_state = true;
+                }
+                update_newer_generations(a);
+                break;
+        case CLMSG_RELINQUISH:
+                if (for_me && v && v->po.generation == m.generation) {
+                        v->po.peer_relinquished = true;
+                        v->lost_ms = now_ms();
+                }
+                break;
+        case CLMSG_ASK_DISCARD:
+                if (for_me && v && v->po.generation == m.generation)
+                        v->po.discard_requested = true;
+                break;
+        case CLMSG_DISCARDED:
+                if (for_me && v && v->po.generation == m.generation)
+                        v->po.peer_discarded = true;
+                break;
+        case CLMSG_FENCED: {
+                struct ahost *t = host_by_name(a, m.target);
+                if (t && !t->po.member && t->po.fence != PO_FENCE_RUNNING) {
+                        t->po.fence = PO_FENCE_DONE;
+                        t->po.fence_ms = now_ms();
+                        snprintf(t->fence_last, sizeof(t->fence_last), "fenced by %s", m.sender);
+                }
+                break;
+        }
+        }
+        decide(a);
+}
+
+static const struct membership_cb mem_cb = {
+        .nodes = on_nodes, .members = on_members, .quorum = on_quorum, .message = on_message,
+};
+
+static void mem_close(struct agent *a)
+{
+        for (size_t i = 0; i < a->n_mem_fds; i++)
+                epoll_ctl(a->epfd, EPOLL_CTL_DEL, a->mem_fds[i], NULL);
+        a->n_mem_fds = 0;
+        membership_close(a->mem);
+        a->mem = NULL;
+}
+
+static void mem_open(struct agent *a)
+{
+        if (a->mem || now_ms() < a->mem_retry_ms)
+                return;
+        a->mem_retry_ms = now_ms() + 1000;
+        int r = membership_open("havms", &mem_cb, a, &a->mem);
+        if (r < 0) {
+                a->mem = NULL;
+                return;
+        }
+        a->self_nodeid = membership_local_nodeid(a->mem);
+        /* the hosts we may have to judge: corosync's node list */
+        uint32_t ids[MEMBERSHIP_NODES_MAX];
+        size_t n = 0;
+        membership_nodelist(a->mem, ids, MEMBERSHIP_NODES_MAX, &n);
+        for (size_t i = 0; i < n; i++) {
+                char name[CFG_NAME_MAX];
+                if (ids[i] == a->self_nodeid || host_by_id(a, ids[i]) ||
+                    a->n_hosts >= PO_MAX_HOSTS ||
+                    membership_node_name(a->mem, ids[i], name, sizeof(name)) < 0)
+                        continue;
+                struct ahost *h = &a->hosts[a->n_hosts++];
+                memset(h, 0, sizeof(*h));
+                snprintf(h->po.name, sizeof(h->po.name), "%s", name);
+                h->po.nodeid = ids[i];
+                h->po.member = true; /* until the first report says otherwise */
+                h->fence_cfg = host_config_fence(&a->host, name);
+                h->po.fence_configured = h->fence_cfg != NULL;
+                snprintf(h->monitor, sizeof(h->monitor), "unchecked");
+        }
+        membership_fds(a->mem, a->mem_fds, 8, &a->n_mem_fds);
+        for (size_t i = 0; i < a->n_mem_fds; i++) {
+                struct epoll_event e = { .events = EPOLLIN, .data.u64 = TAG_MEM + i };
+                epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->mem_fds[i], &e);
+        }
+        a->corosync_up = true;
+        a->state_dirty = true;
+        ev(a, LOG_LVL_NOTICE, MSG_FO_COROSYNC, NULL, a->host.name,
+           "joined corosync as node %u; %zu other host(s) known", a->self_nodeid, a->n_hosts);
+}
+
+static void mem_dispatch(struct agent *a, size_t idx)
+{
+        if (!a->mem || idx >= a->n_mem_fds)
+                return;
+        if (membership_dispatch(a->mem, a->mem_fds[idx]) < 0) {
+                mem_close(a);
+                a->corosync_up = false;
+                if (a->quorum_known) /* connected before: this is a loss, self-fence (S3) */
+                        a->quorate = false;
+                ev(a, LOG_LVL_ERR, MSG_FO_COROSYNC, NULL, a->host.name,
+                   "lost corosync: no quorum until it is back (the VMs running here stop)");
+                decide(a);
+        }
+}
+
+static void refresh_links(struct agent *a)
+{
+        if (!a->mem)
+                return;
+        for (size_t k = 0; k < a->n_hosts; k++) {
+                struct ahost *h = &a->hosts[k];
+                struct links_seen now = { 0 };
+                if (membership_links(a->mem, h->po.nodeid, now.l, MEMBERSHIP_LINKS_MAX,
+                                     &now.n) < 0)
+                        continue;
+                for (size_t i = 0; i < now.n; i++) {
+                        bool was = false, known = false;
+                        for (size_t j = 0; j < h->links.n; j++)
+                                if (h->links.l[j].link == now.l[i].link) {
+                                        known = true;
+                                        was = h->links.l[j].connected;
+                                }
+                        if (known && was != now.l[i].connected)
+                                ev(a, now.l[i].connected ? LOG_LVL_NOTICE : LOG_LVL_WARN,
+                                   MSG_FO_LINK, NULL, h->po.name, "link %u to %s is %s",
+                                   now.l[i].link, h->po.name,
+                                   now.l[i].connected ? "up again" : "DOWN");
+                }
+                h->links = now;
+        }
+}
+
+/* -------------------------------------------------------- monitoring -- */
+
+static void monitor_fences(struct agent *a)
+{
+        uint32_t every = a->host.cluster.fence_monitor_s;
+        if (!every || now_ms() < a->next_monitor_ms)
+                return;
+        a->next_monitor_ms = now_ms() + (uint64_t)every * 1000;
+        for (size_t k = 0; k < a->n_hosts; k++) {
+                struct ahost *h = &a->hosts[k];
+                if (!h->fence_cfg || h->po.fence == PO_FENCE_RUNNING)
+                        continue;
+                struct job *j = job_new(a, JOB_MONITOR, NULL, h->po.name);
+                if (!j)
+                        continue;
+                j->fence_cfg = h->fence_cfg;
+                job_start(a, j);
+        }
+}
+
+/* ------------------------------------------------------ control socket - */
+
+static const char *fence_state_name(enum po_fence f)
+{
+        static const char *const n[] = { "none", "running", "done", "failed" };
+        return n[f];
+}
+
+static const char *protection_of(const struct agent *a, const char *vm, const char **owner,
+                                 uint64_t *gen)
+{
+        /* the owner: the host that runs it with the highest generation */
+        const char *prot = "stopped";
+        *owner = "";
+        *gen = 0;
+        for (size_t i = 0; i < a->n_vms; i++)
+                if (!strcmp(a->vms[i].po.name, vm) && runs_here(a->vms[i].po.state)) {
+                        *owner = a->host.name;
+                        *gen = a->vms[i].po.generation;
+                        prot = po_vm_state_name(a->vms[i].po.state);
+                }
+        for (size_t k = 0; k < a->n_hosts; k++) {
+                const struct ahost *h = &a->hosts[k];
+                if (!h->have_state || !h->po.member)
+                        continue;
+                for (size_t e = 0; e < h->state.n_vms; e++) {
+                        const struct clmsg_vm *x = &h->state.vms[e];
+                        if (!strcmp(x->name, vm) && runs_here(x->state) && x->generation >= *gen) {
+                                *owner = h->po.name;
+                                *gen = x->generation;
+                                prot = po_vm_state_name(x->state);
+                        }
+                }
+        }
+        if (!strcmp(prot, "running"))
+                prot = "unprotected";
+        return prot;
+}
+
+static json_object *vm_host_json(const char *host, enum po_vm_state st, uint64_t gen,
+                                 uint64_t epoch, const char *peer, enum po_exit ex)
+{
+        static const char *const exits[] = { "", "guest-shutdown", "crash", "stopped", "stale" };
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "host", json_object_new_string(host));
+        json_object_object_add(o, "state", json_object_new_string(po_vm_state_name(st)));
+        json_object_object_add(o, "generation", json_object_new_int64((int64_t)gen));
+        json_object_object_add(o, "epoch", json_object_new_int64((int64_t)epoch));
+        json_object_object_add(o, "peer", json_object_new_string(peer));
+        json_object_object_add(o, "last_exit", json_object_new_string(exits[ex]));
+        return o;
+}
+
+static json_object *cluster_status(struct agent *a)
+{
+        json_object *r = json_object_new_object();
+        json_object_object_add(r, "ok", json_object_new_boolean(1));
+        json_object_object_add(r, "host", json_object_new_string(a->host.name));
+        json_object_object_add(r, "corosync", json_object_new_boolean(a->corosync_up));
+        json_object_object_add(r, "quorate", json_object_new_boolean(a->corosync_up && a->quorate));
+        json_object_object_add(r, "quorum", json_object_new_string(a->host.cluster.quorum));
+        json_object *members = json_object_new_array();
+        json_object *self = json_object_new_object();
+        json_object_object_add(self, "name", json_object_new_string(a->host.name));
+        json_object_object_add(self, "nodeid", json_object_new_int64(a->self_nodeid));
+        json_object_object_add(self, "member", json_object_new_boolean(a->corosync_up));
+        json_object_object_add(self, "self", json_object_new_boolean(1));
+        json_object_array_add(members, self);
+        for (size_t k = 0; k < a->n_hosts; k++) {
+                struct ahost *h = &a->hosts[k];
+                json_object *o = json_object_new_object(), *links = json_object_new_array();
+                json_object_object_add(o, "name", json_object_new_string(h->po.name));
+                json_object_object_add(o, "nodeid", json_object_new_int64(h->po.nodeid));
+                json_object_object_add(o, "member", json_object_new_boolean(h->po.member));
+                json_object_object_add(o, "self", json_object_new_boolean(0));
+                for (size_t i = 0; i < h->links.n; i++) {
+                        json_object *l = json_object_new_object();
+                        json_object_object_add(l, "id", json_object_new_int(h->links.l[i].link));
+                        json_object_object_add(l, "connected",
+                                               json_object_new_boolean(h->links.l[i].connected));
+                        json_object_array_add(links, l);
+                }
+                json_object_object_add(o, "links", links);
+                json_object *f = json_object_new_object();
+                json_object_object_add(f, "configured", json_object_new_boolean(h->fence_cfg != NULL));
+                json_object_object_add(f, "levels",
+                                       json_object_new_int(h->fence_cfg ? (int)h->fence_cfg->n_levels : 0));
+                json_object_object_add(f, "state", json_object_new_string(fence_state_name(h->po.fence)));
+                json_object_object_add(f, "last", json_object_new_string(h->fence_last));
+                json_object_object_add(f, "monitor", json_object_new_string(h->monitor));
+                json_object_object_add(o, "fence", f);
+                json_object_array_add(members, o);
+        }
+        json_object_object_add(r, "members", members);
+        json_object *vms = json_object_new_array();
+        for (size_t i = 0; i < a->n_vms; i++) {
+                struct avm *v = &a->vms[i];
+                json_object *o = json_object_new_object(), *hosts = json_object_new_array();
+                const char *owner;
+                uint64_t gen;
+                const char *prot = protection_of(a, v->po.name, &owner, &gen);
+                json_object_object_add(o, "name", json_object_new_string(v->po.name));
+                json_object_object_add(o, "owner", json_object_new_string(owner));
+                json_object_object_add(o, "generation", json_object_new_int64((int64_t)gen));
+                json_object_object_add(o, "protection", json_object_new_string(prot));
+                json_object_object_add(o, "note", json_object_new_string(v->note));
+                json_object_array_add(hosts, vm_host_json(a->host.name, v->po.state, v->po.generation,
+                                                          v->epoch, v->po.peer, v->po.last_exit));
+                for (size_t k = 0; k < a->n_hosts; k++) {
+                        struct ahost *h = &a->hosts[k];
+                        if (!h->have_state)
+                                continue;
+                        for (size_t e = 0; e < h->state.n_vms; e++) {
+                                const struct clmsg_vm *x = &h->state.vms[e];
+                                if (!strcmp(x->name, v->po.name))
+                                        json_object_array_add(hosts, vm_host_json(h->po.name,
+                                                x->state, x->generation, x->committed_epoch,
+                                                x->peer, x->last_exit));
+                        }
+                }
+                json_object_object_add(o, "hosts", hosts);
+                json_object_array_add(vms, o);
+        }
+        json_object_object_add(r, "vms", vms);
+        json_object *c = json_object_new_object();
+        json_object_object_add(c, "running", json_object_new_boolean(a->ckpt_up));
+        json_object_object_add(c, "pid", json_object_new_int(a->ckpt_pid));
+        json_object_object_add(c, "restarts", json_object_new_int((int)a->ckpt_restarts));
+        json_object_object_add(r, "checkpointd", c);
+        return r;
+}
+
+static const char *level_name(enum log_level l)
+{
+        switch (l) {
+        case LOG_LVL_ERR: return "error";
+        case LOG_LVL_WARN: return "warning";
+        case LOG_LVL_NOTICE: return "notice";
+        case LOG_LVL_INFO: return "info";
+        default: return "debug";
+        }
+}
+
+static json_object *events_json(struct agent *a, json_object *req)
+{
+        json_object *args, *mx;
+        int64_t max = 100;
+        if (json_object_object_get_ex(req, "args", &args) &&
+            json_object_object_get_ex(args, "max", &mx))
+                max = json_object_get_int64(mx);
+        json_object *r = json_object_new_object(), *arr = json_object_new_array();
+        json_object_object_add(r, "ok", json_object_new_boolean(1));
+        pthread_mutex_lock(&a->ev_lock);
+        uint64_t n = a->n_events, first = n > EVENTS_MAX ? n - EVENTS_MAX : 0;
+        if (max > 0 && n - first > (uint64_t)max)
+                first = n - (uint64_t)max;
+        for (uint64_t i = first; i < n; i++) {
+                const struct event *e = &a->events[i % EVENTS_MAX];
+                json_object *o = json_object_new_object();
+                char ts[40];
+                time_t s = (time_t)(e->wall_ms / 1000);
+                struct tm tm;
+                gmtime_r(&s, &tm);
+                size_t k = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+                snprintf(ts + k, sizeof(ts) - k, ".%03uZ", (unsigned)(e->wall_ms % 1000));
+                json_object_object_add(o, "time", json_object_new_string(ts));
+                json_object_object_add(o, "ts_ms", json_object_new_int64((int64_t)e->wall_ms));
+                json_object_object_add(o, "id", json_object_new_string(e->id));
+                json_object_object_add(o, "level", json_object_new_string(level_name(e->level)));
+                json_object_object_add(o, "vm", json_object_new_string(e->vm));
+                json_object_object_add(o, "host", json_object_new_string(e->host));
+                json_object_object_add(o, "text", json_object_new_string(e->text));
+                json_object_array_add(arr, o);
+        }
+        pthread_mutex_unlock(&a->ev_lock);
+        json_object_object_add(r, "events", arr);
+        return r;
+}
+
+static void serve_ctl(struct agent *a)
+{
+        int fd = accept4(a->ctlfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0)
+                return;
+        json_object *req = NULL, *resp;
+        if (ctl_read(fd, 1000, &req) < 0) {
+                close(fd);
+                return;
+        }
+        const char *cmd = jstr(req, "cmd");
+        if (!strcmp(cmd, "cluster-status")) {
+                resp = cluster_status(a);
+        } else if (!strcmp(cmd, "events")) {
+                resp = events_json(a, req);
+        } else {
+                resp = json_object_new_object();
+                json_object_object_add(resp, "ok", json_object_new_boolean(0));
+                json_object_object_add(resp, "error",
+                                       json_object_new_string("unknown command (havmsd knows "
+                                                              "cluster-status, events)"));
+        }
+        ctl_write(fd, resp, 1000);
+        json_object_put(resp);
+        json_object_put(req);
+        close(fd);
+}
+
+/* -------------------------------------------------------------- loop -- */
+
+static void tick(struct agent *a)
+{
+        uint64_t exp;
+        if (read(a->tickfd, &exp, sizeof(exp)) < 0)
+                return;
+        mem_open(a);
+        if (!a->ckpt_pid && !a->ckpt_up && now_ms() >= a->ckpt_next_start_ms &&
+            (a->ckpt_restarts == 0 || a->ckpt_silent_ticks >= 1))
+                ckpt_spawn(a);
+        poll_checkpointd(a);
+        /* an adopted checkpointd (not our child) that stays silent is replaced */
+        if (!a->ckpt_pid && a->ckpt_silent_ticks >= CKPT_DEAD_TICKS)
+                a->ckpt_silent_ticks = 1;
+        refresh_links(a);
+        monitor_fences(a);
+}
+
+int agent_init(struct agent **ret, const char *config_path, char *err, size_t errlen)
+{
+        struct agent *a = calloc(1, sizeof(*a));
+        if (!a)
+                return -ENOMEM;
+        a->epfd = a->sigfd = a->tickfd = a->decidefd = a->ctlfd = a->ckpt_pidfd = -1;
+        pthread_mutex_init(&a->ev_lock, NULL);
+        snprintf(a->config_path, sizeof(a->config_path), "%s", config_path);
+        int r = host_config_load(config_path, &a->host, err, errlen);
+        if (r < 0)
+                goto fail;
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGTERM);
+        sigaddset(&set, SIGINT);
+        sigaddset(&set, SIGCHLD);
+        sigaddset(&set, SIGPIPE);
+        sigprocmask(SIG_BLOCK, &set, NULL);
+        sigdelset(&set, SIGCHLD);
+        sigdelset(&set, SIGPIPE);
+        a->epfd = epoll_create1(EPOLL_CLOEXEC);
+        a->sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+        a->tickfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+        a->decidefd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+        if (a->epfd < 0 || a->sigfd < 0 || a->tickfd < 0 || a->decidefd < 0) {
+                r = -errno;
+                snprintf(err, errlen, "cannot set up the event loop: %s", strerror(-r));
+                goto fail;
+        }
+        const char *why = NULL;
+        char dir[CFG_PATH_MAX];
+        snprintf(dir, sizeof(dir), "%s", a->host.cluster.control_socket);
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir) {
+                *slash = 0;
+                mkdir_p(dir, 0755);
+        }
+        r = unix_listen(a->host.cluster.control_socket, SOCK_CLOEXEC | SOCK_NONBLOCK, 16,
+                        &a->ctlfd, &why);
+        if (r < 0) {
+                snprintf(err, errlen, "control socket %s: %s", a->host.cluster.control_socket,
+                         why ? why : strerror(-r));
+                goto fail;
+        }
+        struct itimerspec its = { .it_interval = { 0, TICK_MS * 1000000L },
+                                  .it_value = { 0, 1000000L } };
+        timerfd_settime(a->tickfd, 0, &its, NULL);
+        struct { int fd; uint64_t tag; } fds[] = {
+                { a->sigfd, TAG_SIGNAL }, { a->tickfd, TAG_TICK },
+                { a->decidefd, TAG_DECIDE }, { a->ctlfd, TAG_CTL },
+        };
+        for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
+                struct epoll_event e = { .events = EPOLLIN, .data.u64 = fds[i].tag };
+                epoll_ctl(a->epfd, EPOLL_CTL_ADD, fds[i].fd, &e);
+        }
+        /* a checkpointd that already answers (havmsd restarted) is adopted */
+        json_object *req = json_object_new_object(), *resp = NULL;
+        json_object_object_add(req, "cmd", json_object_new_string("status"));
+        a->ckpt_up = ctl_call(a->host.control_socket, req, CTL_TIMEOUT_MS, &resp) == 0;
+        json_object_put(req);
+        json_object_put(resp);
+        if (a->ckpt_up)
+                a->ckpt_restarts = 1; /* not ours to restart until it goes silent */
+        *ret = a;
+        return 0;
+fail:
+        agent_free(a);
+        return r;
+}
+
+int agent_run(struct agent *a)
+{
+        ev(a, LOG_LVL_NOTICE, MSG_FO_STARTED, NULL, a->host.name,
+           "havmsd started on %s (control %s; checkpointd %s)", a->host.name,
+           a->host.cluster.control_socket, a->ckpt_up ? "adopted" : "to be started");
+        while (!a->quit) {
+                struct epoll_event evs[16];
+                int n = epoll_wait(a->epfd, evs, 16, -1);
+                if (n < 0 && errno != EINTR)
+                        return -errno;
+                for (int i = 0; i < n; i++) {
+                        uint64_t tag = evs[i].data.u64;
+                        if ((tag & 0xff) == TAG_JOB && tag >> 8) {
+                                reap_job(a, (struct job *)(uintptr_t)(tag >> 8));
+                                continue;
+                        }
+                        switch (tag) {
+                        case TAG_SIGNAL: {
+                                struct signalfd_siginfo si;
+                                if (read(a->sigfd, &si, sizeof(si)) == sizeof(si))
+                                        a->quit = true;
+                                break;
+                        }
+                        case TAG_TICK:
+                                tick(a);
+                                break;
+                        case TAG_DECIDE: {
+                                uint64_t x;
+                                if (read(a->decidefd, &x, sizeof(x)) > 0)
+                                        decide(a);
+                                break;
+                        }
+                        case TAG_CTL:
+                                serve_ctl(a);
+                                break;
+                        case TAG_CKPT:
+                                ckpt_exited(a);
+                                break;
+                        default:
+                                if (tag >= TAG_MEM)
+                                        mem_dispatch(a, (size_t)(tag - TAG_MEM));
+                        }
+                }
+        }
+        ev(a, LOG_LVL_NOTICE, MSG_FO_STOPPING, NULL, a->host.name,
+           "havmsd stopping; checkpointd and its VMs keep running");
+        return 0;
+}
+
+void agent_free(struct agent *a)
+{
+        if (!a)
+                return;
+        while (a->jobs) {
+                struct job *j = a->jobs;
+                a->jobs = j->next;
+                runner_job_free(j->rj);
+                json_object_put(j->args);
+                json_object_put(j->resp);
+                free(j);
+        }
+        if (a->mem)
+                membership_close(a->mem);
+        int fds[] = { a->epfd, a->sigfd, a->tickfd, a->decidefd, a->ctlfd, a->ckpt_pidfd };
+        for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+                if (fds[i] >= 0)
+                        close(fds[i]);
+        if (a->ctlfd >= 0)
+                unlink(a->host.cluster.control_socket);
+        pthread_mutex_destroy(&a->ev_lock);
+        free(a);
+}

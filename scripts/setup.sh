@@ -25,6 +25,9 @@ pkgs=(
         libnl-3-dev libnl-route-3-dev
         qemu-system-x86 qemu-utils libnbd-bin
         busybox-static cpio kmod
+        # the test guest's builders unpack kernel modules shipped as .ko.xz or
+        # .ko.zst (Debian 12's cloud kernel ships plain .ko, later ones not)
+        xz-utils zstd
         iproute2 e2fsprogs util-linux procps psmisc python3
         clang libclang-rt-14-dev
         socat

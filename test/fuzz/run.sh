@@ -3,6 +3,7 @@
 # them, SECONDS in all (default 30) split evenly between the targets:
 #   fuzz_wire  the replication parser and page decoder (lib/wire.c, codec.c)
 #   fuzz_nbd   blockrepl's NBD server, handshake and requests (blockrepl/nbd.c)
+#   fuzz_clmsg havmsd's CPG messages (failover/clmsg.c)
 # Exit 0 if no crash was found, 77 (skip) without clang's fuzzer runtime.
 # Crashes are kept in $FUZZ_OUT.
 set -u
@@ -11,13 +12,19 @@ secs=${1:-30}
 out=${FUZZ_OUT:-$(mktemp -d /tmp/havms-fuzz-XXXXXX)}
 command -v clang >/dev/null || { echo "SKIP: no clang"; exit 77; }
 flags=(-std=gnu11 -g -O1 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined
-       -fno-sanitize-recover=undefined -I"$top/lib" -I"$top/blockrepl")
-targets=(wire nbd)
+       -fno-sanitize-recover=undefined -I"$top/lib" -I"$top/blockrepl" -I"$top/failover"
+       -I"$out")
+targets=(wire nbd clmsg)
 declare -A srcs=(
         [wire]="lib/wire.c lib/codec.c lib/util.c"
         [nbd]="blockrepl/nbd.c lib/util.c"
+        [clmsg]="failover/clmsg.c lib/config.c lib/util.c"
 )
-declare -A libs=([wire]="-llz4 -lxxhash" [nbd]="")
+declare -A libs=([wire]="-llz4 -lxxhash" [nbd]="" [clmsg]="-lxxhash -linih")
+# lib/config.c (cfg_name_valid) includes meson's generated header; the
+# fuzz build has no build directory, so it gets a stand-in.
+printf '#pragma once\n#define HAVMS_CHECKPOINTD_DEFAULT "checkpointd"\n#define HAVMS_PRELOAD_DEFAULT ""\n#define HAVMS_SYSCONFDIR "/etc/havms"\n#define HAVMS_VERSION "fuzz"\n' \
+        >"$out/havms-config.h"
 
 # Seeds for fuzz_nbd: byte 0 picks read-only, then a client's stream. A
 # valid handshake and a few requests get the fuzzer past the magics.
@@ -43,6 +50,21 @@ nbd_seeds() {
         } >"$d/options"
 }
 
+# Seeds for fuzz_clmsg: a STATE with one VM and a RELINQUISH; the
+# target fixes length and checksum up, so those fields may stay zero.
+clmsg_seeds() {
+        local d=$1
+        z() { head -c "$1" /dev/zero; }
+        mkdir -p "$d"
+        { printf 'HVCL\x01\x00\x01\x00'; z 12; printf a; z 31; printf '\x01\x00\x00\x00'
+          printf web01; z 27; printf '\x04\x00'; z 6; printf '\x05'; z 7; printf '\x10'; z 7
+          printf b; z 31
+        } >"$d/state"
+        { printf 'HVCL\x01\x00\x02\x00'; z 12; printf b; z 31
+          printf web01; z 27; printf '\x05'; z 7; printf a; z 31
+        } >"$d/relinquish"
+}
+
 n=${#targets[@]}
 each=$(( secs / n > 0 ? secs / n : 1 ))
 failed=0
@@ -57,6 +79,7 @@ for t in "${targets[@]}"; do
         fi
         mkdir -p "$out/corpus-$t"
         [ "$t" = nbd ] && nbd_seeds "$out/corpus-$t"
+        [ "$t" = clmsg ] && clmsg_seeds "$out/corpus-$t"
         if "$out/fuzz_$t" -max_total_time="$each" -max_len=70000 -artifact_prefix="$out/$t-" \
                 "$out/corpus-$t" >"$out/fuzz-$t.log" 2>&1; then
                 tail -n 2 "$out/fuzz-$t.log"

@@ -1,6 +1,8 @@
 /* havmsctl: the operator's command line. A thin client: every command is
  * a request to the local checkpointd over its control socket, except
- * check-config, which runs the daemon's own configuration checks. */
+ * check-config, which runs the daemon's own configuration checks, and the
+ * cluster view (`status` without a VM, `events`), which asks havmsd on its
+ * own socket (cluster.c prints it). */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -8,6 +10,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "cluster.h"
 #include "ctl.h"
 #include "havms-config.h"
 
@@ -15,14 +18,18 @@
 
 struct ctx {
         const char *socket;
+        const char *havmsd_socket;
+        const char *max_events; /* events -n N */
         bool json;
         bool force;
         const char *peer;
         bool reset;
 };
 
-static int call(struct ctx *c, const char *cmd, const char *vm, json_object *args,
-                int timeout_ms, json_object **ret)
+/* One request to the daemon at sock: 0 with *ret the ok response; 3 if it
+ * cannot be reached, 1 if it refused (both said on stderr, or as JSON). */
+static int call_at(struct ctx *c, const char *sock, const char *daemon, const char *cmd,
+                   const char *vm, json_object *args, int timeout_ms, json_object **ret)
 {
         json_object *req = json_object_new_object();
         json_object_object_add(req, "cmd", json_object_new_string(cmd));
@@ -31,10 +38,10 @@ static int call(struct ctx *c, const char *cmd, const char *vm, json_object *arg
         if (args)
                 json_object_object_add(req, "args", args);
         json_object *resp = NULL;
-        int r = ctl_call(c->socket, req, timeout_ms, &resp);
+        int r = ctl_call(sock, req, timeout_ms, &resp);
         json_object_put(req);
         if (r < 0) {
-                fprintf(stderr, "havmsctl: cannot talk to checkpointd at %s: %s%s\n", c->socket,
+                fprintf(stderr, "havmsctl: cannot talk to %s at %s: %s%s\n", daemon, sock,
                         strerror(-r), r == -ENOENT || r == -ECONNREFUSED ? " (is it running?)" : "");
                 return 3;
         }
@@ -51,6 +58,12 @@ static int call(struct ctx *c, const char *cmd, const char *vm, json_object *arg
         }
         *ret = resp;
         return 0;
+}
+
+static int call(struct ctx *c, const char *cmd, const char *vm, json_object *args,
+                int timeout_ms, json_object **ret)
+{
+        return call_at(c, c->socket, "checkpointd", cmd, vm, args, timeout_ms, ret);
 }
 
 static const char *get_s(json_object *o, const char *k)
@@ -111,6 +124,90 @@ static int do_status(struct ctx *c, const char *vm)
         return 0;
 }
 
+/* `status` without a VM: havmsd's cluster view, then this host's
+ * checkpointd as `status` always showed it. No havmsd (a host without
+ * automatic failover, or havmsd down) is said in one line, not an error:
+ * the exit status is checkpointd's. */
+static int do_status_all(struct ctx *c)
+{
+        json_object *req = json_object_new_object(), *cl = NULL;
+        json_object_object_add(req, "cmd", json_object_new_string("cluster-status"));
+        int r = ctl_call(c->havmsd_socket, req, 3000, &cl);
+        json_object_put(req);
+        char why[300] = "";
+        json_object *ok;
+        if (r == -ETIMEDOUT)
+                snprintf(why, sizeof(why), "havmsd: no answer within 3 s at %s; this host's checkpointd only",
+                         c->havmsd_socket);
+        else if (r < 0)
+                snprintf(why, sizeof(why), "havmsd: not reachable at %s (%s); this host's checkpointd only",
+                         c->havmsd_socket, strerror(-r));
+        else if (!json_object_object_get_ex(cl, "ok", &ok) || !json_object_get_boolean(ok))
+                snprintf(why, sizeof(why), "havmsd: cluster-status refused: %s",
+                         get_s(cl, "error")[0] ? get_s(cl, "error") : "no reason given");
+        if (why[0]) {
+                json_object_put(cl);
+                cl = NULL;
+        }
+        if (!c->json) {
+                if (cl)
+                        cluster_print_status(stdout, cl);
+                else
+                        printf("%s\n", why);
+                printf("\n");
+                fflush(stdout);
+                json_object_put(cl);
+                return do_status(c, NULL);
+        }
+        /* {"cluster": havmsd's answer or null, "local": checkpointd's or null} */
+        if (why[0])
+                fprintf(stderr, "%s\n", why);
+        json_object *local = NULL;
+        req = json_object_new_object();
+        json_object_object_add(req, "cmd", json_object_new_string("status"));
+        r = ctl_call(c->socket, req, 5000, &local);
+        json_object_put(req);
+        int rc = 0;
+        if (r < 0) {
+                fprintf(stderr, "havmsctl: cannot talk to checkpointd at %s: %s\n", c->socket,
+                        strerror(-r));
+                rc = 3;
+        } else if (!json_object_object_get_ex(local, "ok", &ok) || !json_object_get_boolean(ok)) {
+                rc = 1;
+        }
+        json_object *out = json_object_new_object();
+        json_object_object_add(out, "cluster", cl);
+        json_object_object_add(out, "local", local);
+        printf("%s\n", json_object_to_json_string_ext(out, JSON_C_TO_STRING_PLAIN));
+        json_object_put(out);
+        return rc;
+}
+
+/* `events [-n N]`: havmsd's recent failover steps, oldest first. */
+static int do_events(struct ctx *c)
+{
+        long long max = 50;
+        if (c->max_events) {
+                char *end;
+                max = strtoll(c->max_events, &end, 10);
+                if (*end || end == c->max_events || max <= 0 || max > 1000000) {
+                        fprintf(stderr, "havmsctl events: -n needs a number from 1 to 1000000\n");
+                        return 2;
+                }
+        }
+        json_object *args = json_object_new_object(), *resp;
+        json_object_object_add(args, "max", json_object_new_int64(max));
+        int r = call_at(c, c->havmsd_socket, "havmsd", "events", NULL, args, 5000, &resp);
+        if (r)
+                return r;
+        if (c->json)
+                printf("%s\n", json_object_to_json_string_ext(resp, JSON_C_TO_STRING_PLAIN));
+        else
+                cluster_print_events(stdout, resp);
+        json_object_put(resp);
+        return 0;
+}
+
 static int do_simple(struct ctx *c, const char *cmd, const char *vm, json_object *args,
                      int timeout_ms, const char *done)
 {
@@ -160,14 +257,18 @@ static int check_config(int n, char **files)
 static void usage(FILE *f)
 {
         fprintf(f,
-                "usage: havmsctl [-s SOCKET] [--json] COMMAND [ARGS]\n"
+                "usage: havmsctl [-s SOCKET] [-S HAVMSD_SOCKET] [--json] COMMAND [ARGS]\n"
                 "commands:\n"
                 "  start VM                 boot VM on this host (unprotected)\n"
                 "  stop VM                  end protection and power VM off\n"
                 "  protect VM [--peer HOST] replicate VM to standby HOST every epoch\n"
                 "  unprotect VM             end protection (the standby discards its replica)\n"
                 "  status [VM]              role, epoch, lag, last pause, link, sync progress,\n"
-                "                           accelerator (and what accel = auto means here)\n"
+                "                           accelerator (and what accel = auto means here);\n"
+                "                           without VM, first the cluster as havmsd sees it:\n"
+                "                           members, links, quorum, fencing, each VM's owner,\n"
+                "                           generation and protection\n"
+                "  events [-n N]            havmsd's last N (50) failover steps, oldest first\n"
                 "  activate VM [--force]    take over VM on this (standby) host\n"
                 "  pause VM                 checkpoint, then hold VM paused (replica == RAM)\n"
                 "  resume VM                continue a paused VM\n"
@@ -176,15 +277,21 @@ static void usage(FILE *f)
                 "  config-reference         list every configuration option\n"
                 "options:\n"
                 "  -s, --socket PATH  control socket (default $HAVMS_SOCKET or %s)\n"
-                "  -j, --json         machine-readable output\n",
-                DEFAULT_SOCKET);
+                "  -S, --havmsd-socket PATH  havmsd's control socket (default\n"
+                "                     $HAVMS_HAVMSD_SOCKET or %s)\n"
+                "  -j, --json         machine-readable output\n"
+                "  -n N               events: how many\n",
+                DEFAULT_SOCKET, HAVMSD_DEFAULT_SOCKET);
 }
 
 int main(int argc, char **argv)
 {
-        struct ctx c = { .socket = getenv("HAVMS_SOCKET") ? getenv("HAVMS_SOCKET") : DEFAULT_SOCKET };
+        struct ctx c = { .socket = getenv("HAVMS_SOCKET") ? getenv("HAVMS_SOCKET") : DEFAULT_SOCKET,
+                         .havmsd_socket = getenv("HAVMS_HAVMSD_SOCKET") ? getenv("HAVMS_HAVMSD_SOCKET")
+                                                                        : HAVMSD_DEFAULT_SOCKET };
         static const struct option opts[] = {
                 { "socket", required_argument, NULL, 's' },
+                { "havmsd-socket", required_argument, NULL, 'S' },
                 { "json", no_argument, NULL, 'j' },
                 { "peer", required_argument, NULL, 'p' },
                 { "force", no_argument, NULL, 'f' },
@@ -193,9 +300,11 @@ int main(int argc, char **argv)
                 { 0 },
         };
         int o;
-        while ((o = getopt_long(argc, argv, "+s:jp:frh", opts, NULL)) != -1) {
+        while ((o = getopt_long(argc, argv, "+s:S:n:jp:frh", opts, NULL)) != -1) {
                 switch (o) {
                 case 's': c.socket = optarg; break;
+                case 'S': c.havmsd_socket = optarg; break;
+                case 'n': c.max_events = optarg; break;
                 case 'j': c.json = true; break;
                 case 'p': c.peer = optarg; break;
                 case 'f': c.force = true; break;
@@ -221,6 +330,10 @@ int main(int argc, char **argv)
                         c.reset = true;
                 else if (!strcmp(argv[i], "--peer") && i + 1 < argc)
                         c.peer = argv[++i];
+                else if ((!strcmp(argv[i], "-S") || !strcmp(argv[i], "--havmsd-socket")) && i + 1 < argc)
+                        c.havmsd_socket = argv[++i];
+                else if (!strcmp(argv[i], "-n") && i + 1 < argc)
+                        c.max_events = argv[++i];
                 else if (argv[i][0] == '-' && strcmp(cmd, "check-config")) {
                         fprintf(stderr, "havmsctl: unknown option %s\n", argv[i]);
                         return 2;
@@ -234,8 +347,10 @@ int main(int argc, char **argv)
                 config_print_reference(stdout);
                 return 0;
         }
-        if (!strcmp(cmd, "status"))
-                return do_status(&c, vm);
+        if (!strcmp(cmd, "status")) /* with a VM: checkpointd's view only, as always */
+                return vm ? do_status(&c, vm) : do_status_all(&c);
+        if (!strcmp(cmd, "events"))
+                return do_events(&c);
         static const struct { const char *cmd, *done; int timeout_ms; } simple[] = {
                 { "start", "started (unprotected)", 30000 },
                 { "stop", "stopped", 30000 },

@@ -98,11 +98,13 @@ static void print_vm(FILE *f, json_object *v)
         fprintf(f, "\n");
 }
 
+/* Without quorum the word "quorate" does not appear at all, so a script's
+ * grep for it means what it says. */
 void cluster_print_status(FILE *f, json_object *resp)
 {
         bool up = jb(resp, "corosync", false);
         fprintf(f, "Cluster: host %s, corosync %s, %s (quorum: %s)\n", js_or(resp, "host", "?"),
-                up ? "up" : "DOWN", jb(resp, "quorate", false) ? "quorate" : "NOT QUORATE",
+                up ? "up" : "DOWN", jb(resp, "quorate", false) ? "quorate" : "NO QUORUM",
                 js_or(resp, "quorum", "?"));
         json_object *ck;
         if (json_object_object_get_ex(resp, "checkpointd", &ck)) {

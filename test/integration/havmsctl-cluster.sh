@@ -108,6 +108,18 @@ order() { awk '/^Cluster:/{c=NR} /^VMs:/{v=NR} /^host a/{h=NR} END{exit !(c && v
 check "order: Cluster, VMs, local" order
 check "status asked havmsd for cluster-status" grep -q '"cmd":"cluster-status"' "$tmp/havmsd/requests.log"
 
+# corosync down: said plainly, and "quorate" appears nowhere
+cp "$tmp/havmsd/cluster-status.json" "$tmp/cs.json"
+python3 -c 'import json, sys
+d = json.load(open(sys.argv[1]))
+d.update(corosync=False, quorate=False, vms=[])
+json.dump(d, open(sys.argv[1], "w"))' "$tmp/havmsd/cluster-status.json"
+out=$(run "${H[@]}" status)
+check "corosync down, no quorum" has '^Cluster: host a, corosync DOWN, NO QUORUM \(quorum: fence\)$'
+check "no quorum: no 'quorate' anywhere" bash -c '! grep -qi quorate <<<"$1"' _ "$out"
+check "no VMs: said so" has '^VMs: none known to havmsd$'
+mv "$tmp/cs.json" "$tmp/havmsd/cluster-status.json"
+
 # --- status --json -----------------------------------------------------
 js=$(run "${H[@]}" status --json); rc=$?
 check "status --json exits 0" [ "$rc" = 0 ]

@@ -10,7 +10,8 @@
 
 #define PAGE_ENTRY_HDR 16 /* pfn u64, enc u8, pad[3], len u32 */
 #define DISK_ENTRY_HDR 24 /* op u8, enc u8, pad[2], raw_len u32, offset u64, len u32, pad u32 */
-#define HELLO_LEN (24 + 2 * WIRE_NAME_LEN + 8 + 8 * WIRE_MAX_DISKS)
+#define HELLO_LEN (24 + 2 * WIRE_NAME_LEN + 8 + 8 * WIRE_MAX_DISKS + 8)
+#define WELCOME_LEN 24 /* last_committed u64, flags u32, 0 u32, generation u64 */
 
 /* Where the entry counts of a PAGES-like record start: SYNC_DISK has a
  * disk number and a reserved word first. */
@@ -182,6 +183,7 @@ int wire_put_hello(struct wire_buf *b, const struct wire_hello *h)
         put_le32(p + 4, 0);
         for (unsigned i = 0; i < WIRE_MAX_DISKS; i++)
                 put_le64(p + 8 + 8 * i, i < h->n_disks ? h->disk_bytes[i] : 0);
+        put_le64(p + 8 + 8 * WIRE_MAX_DISKS, h->generation);
         return wire_finish(b);
 }
 
@@ -192,6 +194,10 @@ int wire_put_welcome(struct wire_buf *b, const struct wire_welcome *w)
                 r = wire_put_u64(b, w->last_committed);
         if (r == 0)
                 r = wire_put_u32(b, w->flags);
+        if (r == 0)
+                r = wire_put_u32(b, 0);
+        if (r == 0)
+                r = wire_put_u64(b, w->generation);
         return r < 0 ? r : wire_finish(b);
 }
 
@@ -465,15 +471,18 @@ int wire_get_hello(const struct wire_msg *m, struct wire_hello *ret)
                 if ((i >= ret->n_disks) != (ret->disk_bytes[i] == 0))
                         return -EBADMSG; /* a listed disk has a size, others none */
         }
+        ret->generation = get_le64(p + 8 + 8 * WIRE_MAX_DISKS);
         return 0;
 }
 
 int wire_get_welcome(const struct wire_msg *m, struct wire_welcome *ret)
 {
-        if (expect(m, WIRE_WELCOME, 12) < 0 || m->hdr.length != 12)
+        if (expect(m, WIRE_WELCOME, WELCOME_LEN) < 0 || m->hdr.length != WELCOME_LEN ||
+            get_le32(m->payload + 12))
                 return -EBADMSG;
         ret->last_committed = get_le64(m->payload);
         ret->flags = get_le32(m->payload + 8);
+        ret->generation = get_le64(m->payload + 16);
         return 0;
 }
 

@@ -24,7 +24,8 @@
 #include <stdint.h>
 
 #define WIRE_MAGIC 0x534d5648u
-#define WIRE_VERSION 2 /* 2: disks in HELLO and EPOCH_END, SYNC_DISK, EPOCH_DISK */
+#define WIRE_VERSION 3 /* 2: disks in HELLO and EPOCH_END, SYNC_DISK, EPOCH_DISK;
+                           3: generations in HELLO and WELCOME, ERROR STALE */
 #define WIRE_HDR_SIZE 32
 #define WIRE_MAX_PAYLOAD (16u << 20)
 #define WIRE_NAME_LEN 64
@@ -65,7 +66,13 @@ enum wire_err {
         WIRE_ERR_NOSPACE = 5,  /* backup cannot store the replica */
         WIRE_ERR_INTERNAL = 6,
         WIRE_ERR_SHUTDOWN = 7, /* primary ended protection: discard the replica */
+        WIRE_ERR_STALE = 8,    /* HELLO's generation is older than the backup's */
 };
+
+/* A SHUTDOWN whose text starts with this: the guest powered itself off
+ * (not a crash, not the operator). The standby discards its replica and
+ * records why. */
+#define WIRE_SHUTDOWN_GUEST_OFF "guest powered off"
 
 struct wire_hdr {
         uint16_t version;
@@ -85,11 +92,13 @@ struct wire_hello {
         char host[WIRE_NAME_LEN]; /* NUL-terminated on decode */
         uint32_t n_disks;         /* <= WIRE_MAX_DISKS */
         uint64_t disk_bytes[WIRE_MAX_DISKS]; /* size of each disk, 0 past n_disks */
+        uint64_t generation;      /* the primary's generation of the VM (fencing token) */
 };
 
 struct wire_welcome {
         uint64_t last_committed; /* epoch the backup holds, 0 if none */
         uint32_t flags;
+        uint64_t generation;     /* the backup's generation, after adopting HELLO's */
 };
 
 struct wire_epoch_end {

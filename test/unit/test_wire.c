@@ -33,7 +33,8 @@ static int parse_msg(const struct wire_buf *b, size_t off, struct wire_msg *m, s
 static void test_hello_roundtrip(void **state)
 {
         struct wire_buf b = { 0 };
-        struct wire_hello h = { .page_size = 4096, .ram_bytes = 256u << 20, .config_digest = 0x1234 };
+        struct wire_hello h = { .page_size = 4096, .ram_bytes = 256u << 20, .config_digest = 0x1234,
+                                .generation = 0x0102030405060708ull };
         strcpy(h.vm, "web01");
         strcpy(h.host, "hostA");
         assert_int_equal(wire_put_hello(&b, &h), 0);
@@ -48,6 +49,11 @@ static void test_hello_roundtrip(void **state)
         assert_string_equal(g.vm, "web01");
         assert_string_equal(g.host, "hostA");
         assert_int_equal(g.n_disks, 0);
+        assert_int_equal(g.generation, 0x0102030405060708ull);
+        /* the generation is the last field: a HELLO of version 2's length is refused */
+        m.hdr.length -= 8;
+        assert_int_equal(wire_get_hello(&m, &g), -EBADMSG);
+        m.hdr.length += 8;
         /* a HELLO is not a WELCOME */
         struct wire_welcome w;
         assert_int_equal(wire_get_welcome(&m, &w), -EBADMSG);
@@ -171,7 +177,7 @@ static void test_disk_records_roundtrip(void **state)
 static void test_small_records_roundtrip(void **state)
 {
         struct wire_buf b = { 0 };
-        struct wire_welcome w = { .last_committed = 7, .flags = 0 };
+        struct wire_welcome w = { .last_committed = 7, .flags = 0, .generation = 42 };
         struct wire_epoch_end e = { .pages = 3, .devstate_bytes = 585000, .stop_wall_ms = 99,
                                     .disk_recs = 4, .disk_bytes = 12288 };
         struct wire_ack a = { .pages_applied = 3 };
@@ -186,6 +192,13 @@ static void test_small_records_roundtrip(void **state)
         struct wire_welcome w2;
         assert_int_equal(wire_get_welcome(&m, &w2), 0);
         assert_int_equal(w2.last_committed, 7);
+        assert_int_equal(w2.generation, 42);
+        /* the reserved word must be zero; a version-2 WELCOME (12 bytes) is refused */
+        m.payload[12] = 1;
+        assert_int_equal(wire_get_welcome(&m, &w2), -EBADMSG);
+        m.payload[12] = 0;
+        m.hdr.length = 12;
+        assert_int_equal(wire_get_welcome(&m, &w2), -EBADMSG);
         off += used;
         assert_int_equal(parse_msg(&b, off, &m, &used), 0);
         struct wire_epoch_end e2;

@@ -1,7 +1,9 @@
 #!/bin/bash
 # tb-clean-leftovers.sh - remove leftovers of crashed test-bed runs:
 # cgroups <cgroup2>/havms-tb-*, network namespaces havms-tb-*, run dirs
-# ${TB_BASE:-/tmp}/havms-tb-*.  A run whose owner shell is still alive
+# ${TB_BASE:-/tmp}/havms-tb-*, and the simulated BMCs of test/lib/bmc.sh
+# (namespaces havms-tb-<id>-bmc-*, cgroups .../bmc-*, ipmi_sim processes
+# of the run even when their namespace is gone).  A run whose owner shell is still alive
 # (pid + start time recorded in <run dir>/owner) is left alone unless
 # --all is given.
 #
@@ -14,7 +16,7 @@ for arg in "$@"; do
 	case $arg in
 	-n|--dry-run) dry=1 ;;
 	-a|--all) all=1 ;;
-	-h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+	-h|--help) sed -n '2,10p' "$0"; exit 0 ;;
 	*) echo "usage: $0 [-n|--dry-run] [-a|--all]" >&2; exit 2 ;;
 	esac
 done
@@ -94,6 +96,13 @@ for id in "${ids[@]}"; do
 		for pid in $(ip netns pids "$ns" 2>/dev/null); do do_ kill -9 "$pid"; done
 		do_ ip netns del "$ns"
 	done < <(ip netns list 2>/dev/null)
+	# simulated BMCs whose namespace name was deleted while ipmi_sim lived on
+	# (a process keeps its netns; "ip netns pids" no longer finds it)
+	for p in /proc/[0-9]*; do
+		[ "$(cat "$p/comm" 2>/dev/null)" = ipmi_sim ] || continue
+		tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "$base/havms-tb-$id/bmc/" &&
+			do_ kill -9 "${p#/proc/}"
+	done
 	[ -d "$base/havms-tb-$id" ] && do_ rm -rf -- "${base:?}/havms-tb-$id"
 	removed=$((removed + 1))
 done

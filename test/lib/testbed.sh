@@ -313,6 +313,26 @@ tb_cleanup() {
 	return "$failed"
 }
 
+# tb_attach RUNDIR: act on the test bed of a running test from another
+# process (the simulated BMC's power program, test/lib/bmc.sh): sets the
+# run's variables without taking it over: no traps, and tb_cleanup refuses
+# to run here (only the shell that called tb_init tears the bed down).
+# Start processes with explicit redirections: tb_spawn's subshell warning
+# would fire, as this shell is not the owner.
+tb_attach() {
+	local run=$1 cg2 _st
+	[ -d "$run/hosts" ] && [ -f "$run/owner" ] || { tb__err "tb_attach: '$run' is not a test-bed run dir"; return 1; }
+	cg2=$(tb_cgroup2_mount) || { tb__err "no cgroup2 mount in /proc/mounts"; return 1; }
+	TB_RUN=$run
+	TB_ID=${run##*/havms-tb-}
+	TB_PREFIX=havms-tb-$TB_ID
+	TB_CG2=$cg2
+	TB_CG_ROOT=$cg2/$TB_PREFIX
+	TB_NS_LAN=$TB_PREFIX-lan
+	TB_NS_CLIENT=$TB_PREFIX-client
+	read -r TB_OWNER_PID _st <"$run/owner"
+}
+
 # A pid that still has a /proc entry and is our child (zombie or not).
 tb__pid_exists_child() {
 	local st ppid

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -331,6 +332,39 @@ static void test_async_completion_on_fd(void **state)
         fence_op_free(op); /* at most one 300 ms timeout, not two */
 }
 
+static int count_fds(void)
+{
+        DIR *d = opendir("/proc/self/fd");
+        int n = 0;
+        assert_non_null(d);
+        while (readdir(d))
+                n++;
+        closedir(d);
+        return n;
+}
+
+/* The caller keeps no descriptor of finished operations: not of agents
+ * that exited, timed out or could not run, nor of async jobs. */
+static void test_no_fd_left_in_caller(void **state)
+{
+        struct cfg_fence f = fence_cfg(200);
+        level(&f, script("ok", "exit 0"), "");
+        level(&f, "fence_havms_no_such_agent", "");
+        level(&f, script("hang2", "sleep 5"), "");
+        struct fence_result r;
+        assert_int_equal(fence_run(&f, FENCE_MONITOR, 0, &r), 0); /* warm up libc */
+        int before = count_fds();
+        for (int i = 0; i < 3; i++) {
+                assert_int_equal(fence_run(&f, FENCE_MONITOR, 0, &r), 0);
+                struct fence_op *op;
+                assert_int_equal(fence_start(&f, FENCE_MONITOR, 1, &op), 0);
+                struct pollfd p = { .fd = fence_op_fd(op), .events = POLLIN };
+                assert_int_equal(poll(&p, 1, 5000), 1);
+                fence_op_free(op);
+        }
+        assert_int_equal(count_fds(), before);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -343,6 +377,7 @@ int main(void)
                 cmocka_unit_test(test_monitor_checks_every_level),
                 cmocka_unit_test(test_unknown_exit_codes),
                 cmocka_unit_test(test_async_completion_on_fd),
+                cmocka_unit_test(test_no_fd_left_in_caller),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -556,7 +556,7 @@ static void job_finished(struct agent *a, struct job *j)
                         }
                         if (j->r < 0 && j->err[0])
                                 snprintf(why, sizeof(why), "%.300s", j->err);
-                        snprintf(h->fence_last, sizeof(h->fence_last), "FAILED: %s", why);
+                        snprintf(h->fence_last, sizeof(h->fence_last), "FAILED: %.180s", why);
                         ev(a, LOG_LVL_ERR, MSG_FO_FENCE_FAILED, NULL, j->host,
                            "FENCING OF %s FAILED, nothing taken over; retry in %u ms: %s",
                            j->host, a->host.cluster.fence_retry_ms, why);
@@ -565,7 +565,7 @@ static void job_finished(struct agent *a, struct job *j)
                 if (j->r == 0 && j->fence.ok) {
                         snprintf(h->monitor, sizeof(h->monitor), "ok");
                 } else {
-                        snprintf(h->monitor, sizeof(h->monitor), "failed: %s",
+                        snprintf(h->monitor, sizeof(h->monitor), "failed: %.180s",
                                  j->fence.n_attempts ? j->fence.attempts[0].reason : "error");
                         ev(a, LOG_LVL_ERR, MSG_FO_MONITOR_FAILED, NULL, j->host,
                            "fence agent check for %s failed: %s", j->host, h->monitor);

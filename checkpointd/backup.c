@@ -14,10 +14,14 @@
  * unusable, and says so), then the pages, which cannot fail. A corrupt, truncated or
  * missing record drops the connection and the staging area, never the
  * replica. The ACK is sent after the copy: what it acknowledges is in the
- * replica. (The replica lives in tmpfs: it survives a restart of this
- * daemon's connection, not of the host; the committed device state is
- * kept in memory, so a restart of checkpointd itself loses the ability to
- * activate — see docs/checkpoint.md.)
+ * replica. The committed device state is also written next to the
+ * replica RAM (persist.h), so a checkpointd that crashed and restarted
+ * still holds an activatable replica (backup_adopt); both live in tmpfs
+ * and vanish with the host.
+ *
+ * Generations (fencing tokens): a HELLO carries the primary's; one older
+ * than what this host has seen is refused (STALE), otherwise it is
+ * persisted here before the WELCOME. Activation takes a newer one.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -27,6 +31,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "codec.h"
@@ -34,6 +39,7 @@
 #include "disks.h"
 #include "log.h"
 #include "msgid.h"
+#include "persist.h"
 #include "util.h"
 #include "wire.h"
 
@@ -240,6 +246,7 @@ struct session {
          * touch v->qemu. */
         pthread_t launcher;
         bool launching;
+        bool guest_off;          /* the goodbye said the guest powered itself off */
 };
 
 static void refuse(int fd, uint32_t code, const char *text)
@@ -312,6 +319,23 @@ static int disk_failed(struct session *s, int r, const char *what, bool touched)
         return r;
 }
 
+/* Write the staged device state of `epoch` as this replica's pending one. */
+static int persist_commit_begin(struct session *s, uint64_t epoch)
+{
+        struct vm *v = s->v;
+        struct devstate_hdr hdr = {
+                .epoch = epoch,
+                .config_digest = vm_config_digest(&v->cfg),
+                .ram_bytes = v->replica->npages * HAVMS_PAGE_SIZE,
+        };
+        pthread_mutex_lock(&v->lock);
+        hdr.generation = v->generation;
+        pthread_mutex_unlock(&v->lock);
+        snprintf(hdr.primary, sizeof(hdr.primary), "%s", s->primary);
+        return persist_devstate_begin(&s->d->host, v->name, &hdr, v->replica->st_dev,
+                                      v->replica->st_dev_len);
+}
+
 /* Returns 0 when the primary ended protection, negative errno otherwise. */
 static int receive_loop(struct session *s)
 {
@@ -364,13 +388,29 @@ static int receive_loop(struct session *s)
                                 return -EPROTO;
                         bool first = !b->valid;
                         size_t n = b->st_n;
+                        /* the device state of this epoch, marked pending, before
+                         * the replica changes: a crash from here until it is
+                         * marked committed leaves a replica nobody adopts */
+                        uint64_t tp = now_ns();
+                        r = persist_commit_begin(s, h->epoch);
+                        if (r < 0)
+                                return disk_failed(s, r, "saving the device state", false);
+                        float persist_ms = (float)(now_ns() - tp) / 1e6f;
                         /* disks first: the only part of a commit that can fail */
                         r = disk_replica_commit(&b->disks);
                         if (r < 0) /* the images may hold part of the epoch */
                                 return disk_failed(s, r, "applying the epoch to the disk images", true);
                         commit(b);
                         staging_reset(b);
+                        tp = now_ns();
+                        r = persist_devstate_commit(&s->d->host, v->name);
+                        if (r < 0)
+                                return disk_failed(s, r, "saving the device state", true);
+                        persist_ms += (float)(now_ns() - tp) / 1e6f;
                         pthread_mutex_lock(&v->lock);
+                        v->persist_ms_last = persist_ms;
+                        if (persist_ms > v->persist_ms_max)
+                                v->persist_ms_max = persist_ms;
                         v->committed_epoch = v->epoch = h->epoch;
                         v->last_commit_wall_ms = wall_ms();
                         v->last_stop_wall_ms = e.stop_wall_ms;
@@ -399,8 +439,11 @@ static int receive_loop(struct session *s)
                 case WIRE_ERROR: {
                         struct wire_error e;
                         r = wire_get_error(&s->in, &e);
-                        if (r == 0 && e.code == WIRE_ERR_SHUTDOWN)
+                        if (r == 0 && e.code == WIRE_ERR_SHUTDOWN) {
+                                s->guest_off = !strncmp(e.text, WIRE_SHUTDOWN_GUEST_OFF,
+                                                        strlen(WIRE_SHUTDOWN_GUEST_OFF));
                                 return 0;
+                        }
                         if (r == 0)
                                 log_msg(LOG_LVL_WARN, MSG_BK_PRIMARY_LOST, v->name, -1,
                                         "primary %s reported: %s", s->primary, e.text);
@@ -420,7 +463,13 @@ static void end_session(struct session *s, int r)
         struct backup_replica *b = v->replica;
         staging_reset(b);
         bool discard = r == 0 || !b->valid;
-        if (r == 0)
+        if (discard) /* before anyone can see the state: no restart adopts it */
+                persist_devstate_drop(&s->d->host, v->name);
+        if (r == 0 && s->guest_off)
+                log_msg(LOG_LVL_NOTICE, MSG_BK_PEER_OFF, v->name, (int64_t)v->committed_epoch,
+                        "the guest powered itself off on primary %s: not a failure; replica "
+                        "and hot standby discarded", s->primary);
+        else if (r == 0)
                 log_msg(LOG_LVL_NOTICE, MSG_BK_DISCARDED, v->name, (int64_t)v->committed_epoch,
                         "primary %s ended protection; replica discarded", s->primary);
         else if (r == -EBADMSG || r == -EPROTO)
@@ -440,6 +489,8 @@ static void end_session(struct session *s, int r)
         vm_set_state(v, discard ? VM_DEFINED : VM_BK_ORPHANED);
         if (r < 0)
                 vm_set_error(v, "primary %s lost: %s", s->primary, strerror(-r));
+        vm_set_exit(v, r == 0 ? (s->guest_off ? "peer-guest-shutdown" : "peer-ended")
+                              : "peer-lost");
         pthread_mutex_unlock(&v->lock);
         /* The session has ended for everyone who looks (state, link); the
          * hot standby may still be starting: wait for it before it is kept
@@ -459,9 +510,11 @@ static void end_session(struct session *s, int r)
         /* from here a new session may take the VM */
         v->thread_running = false;
         pthread_cond_broadcast(&v->changed);
+        struct qemu_vm *kept = discard ? NULL : v->qemu;
         pthread_mutex_unlock(&v->lock);
         qemu_destroy(q);
         replica_free(b);
+        daemon_watch_qemu(s->d, kept); /* a hot standby that dies is reaped */
 }
 
 static void *session_thread(void *arg)
@@ -592,6 +645,27 @@ static void *hello_thread(void *arg)
                          vm_state_name(v->state), s->d->host.name);
                 goto refused;
         }
+        /* The fencing token. Checked here, where no activation can run
+         * (it needs a backup state, and we hold the lock until the VM is
+         * reserved), so the generation cannot move under us. */
+        if (v->generation_bad)
+                daemon_load_generation(s->d, v);
+        if (v->generation_bad || h.generation < v->generation) {
+                code = v->generation_bad ? WIRE_ERR_INTERNAL : WIRE_ERR_STALE;
+                r = v->generation_bad ? -EUCLEAN : -ESTALE;
+                if (v->generation_bad)
+                        snprintf(why, sizeof(why), "%.64s: %.400s", s->d->host.name, v->last_error);
+                else
+                        snprintf(why, sizeof(why), "generation %llu of %.64s is stale: %.64s has "
+                                 "seen generation %llu", (unsigned long long)h.generation, h.vm,
+                                 s->d->host.name, (unsigned long long)v->generation);
+                pthread_mutex_unlock(&v->lock);
+                if (r == -ESTALE)
+                        log_msg(LOG_LVL_WARN, MSG_BK_STALE, h.vm, -1,
+                                "refused primary %s: %s; it must never run the VM again", h.host, why);
+                goto refused;
+        }
+        uint64_t old_gen = v->generation;
         v->thread_running = true;
         vm_set_state(v, VM_BK_SYNCING);
         snprintf(v->peer, sizeof(v->peer), "%.32s", h.host);
@@ -603,9 +677,25 @@ static void *hello_thread(void *arg)
         v->qemu = NULL;
         if (v->replica)
                 v->replica->valid = false; /* a re-sync rewrites it */
+        v->generation = h.generation;
         pthread_mutex_unlock(&v->lock);
         snprintf(s->primary, sizeof(s->primary), "%s", h.host);
         s->v = v;
+        /* no restart may adopt the replica a re-sync is about to rewrite */
+        persist_devstate_drop(&s->d->host, v->name);
+        /* the adopted generation is durable before the WELCOME says so */
+        if (h.generation != old_gen &&
+            (r = persist_generation_store(&s->d->host, v->name, h.generation)) < 0) {
+                code = WIRE_ERR_INTERNAL;
+                snprintf(why, sizeof(why), "%s cannot store generation %llu in %s: %s",
+                         s->d->host.name, (unsigned long long)h.generation, s->d->host.state_dir,
+                         strerror(-r));
+                pthread_mutex_lock(&v->lock);
+                v->generation = old_gen;
+                pthread_mutex_unlock(&v->lock);
+                release_reservation(v);
+                goto refused;
+        }
         /* A re-sync rewrites the replica: the old hot standby cannot stay. */
         qemu_destroy(old_q);
         if (!v->replica) {
@@ -630,7 +720,7 @@ static void *hello_thread(void *arg)
                 release_reservation(v);
                 goto refused;
         }
-        struct wire_welcome w = { .last_committed = 0 };
+        struct wire_welcome w = { .last_committed = 0, .generation = h.generation };
         wire_buf_reset(&s->out);
         r = wire_put_welcome(&s->out, &w);
         if (r == 0)
@@ -643,7 +733,8 @@ static void *hello_thread(void *arg)
                 "primary %s connected: receiving the initial sync", h.host);
         return session_thread(s);
 refused:
-        log_msg(LOG_LVL_WARN, MSG_BK_REFUSED, r == 0 ? NULL : (h.vm[0] ? h.vm : NULL), -1,
+        if (r != -ESTALE) /* logged above, with its own ID */
+                log_msg(LOG_LVL_WARN, MSG_BK_REFUSED, r == 0 ? NULL : (h.vm[0] ? h.vm : NULL), -1,
                 "refused a primary: %s", why);
         refuse(s->fd, code, why);
 closed:
@@ -686,7 +777,6 @@ void backup_stop(struct daemon *d, struct vm *v)
 
 void backup_discard(struct daemon *d, struct vm *v)
 {
-        (void)d;
         pthread_mutex_lock(&v->lock);
         struct qemu_vm *q = v->qemu;
         struct backup_replica *b = v->replica;
@@ -698,16 +788,34 @@ void backup_discard(struct daemon *d, struct vm *v)
         pthread_mutex_unlock(&v->lock);
         if (!backup_role)
                 return;
+        if (b)
+                persist_devstate_drop(&d->host, v->name);
         qemu_destroy(q);
         replica_free(b);
 }
 
-int backup_activate(struct daemon *d, struct vm *v, bool force, char *err, size_t errlen)
+int backup_activate(struct daemon *d, struct vm *v, bool force, uint64_t generation,
+                    char *err, size_t errlen)
 {
         uint64_t t0 = now_ns();
         pthread_mutex_lock(&v->lock);
         enum vm_state st = v->state;
+        if (v->generation_bad)
+                daemon_load_generation(d, v);
+        bool gen_bad = v->generation_bad;
+        uint64_t stored = v->generation;
         pthread_mutex_unlock(&v->lock);
+        if (gen_bad) {
+                snprintf(err, errlen, "%s: cannot activate without a trustworthy generation: %s",
+                         v->name, v->last_error);
+                return -EUCLEAN;
+        }
+        if (generation && generation <= stored) {
+                snprintf(err, errlen, "generation %llu is not newer than %llu, the one %s has "
+                         "seen for %s", (unsigned long long)generation,
+                         (unsigned long long)stored, d->host.name, v->name);
+                return -ESTALE;
+        }
         if (st == VM_BK_STANDBY && !force) {
                 snprintf(err, errlen, "%s's primary %s is still connected and replicating: "
                          "activating here would run two copies. Use --force only if %s is "
@@ -733,12 +841,20 @@ int backup_activate(struct daemon *d, struct vm *v, bool force, char *err, size_
         struct qemu_vm *q = v->qemu;
         v->qemu = NULL;
         uint64_t epoch = v->committed_epoch;
+        /* re-read under the lock: a HELLO may have taken a newer one */
+        uint64_t new_gen = generation ? generation : v->generation + 1;
+        bool gen_ok = new_gen > v->generation;
         pthread_mutex_unlock(&v->lock);
         log_msg(LOG_LVL_NOTICE, MSG_ACTIVATE_START, v->name, (int64_t)epoch,
                 "activating from the last committed epoch");
 
         int r = 0;
-        if (!q || qemu_exited(q)) {
+        if (!gen_ok) {
+                r = -ESTALE;
+                snprintf(err, errlen, "generation %llu is no longer newer than the one seen here",
+                         (unsigned long long)new_gen);
+        }
+        if (r == 0 && (!q || qemu_exited(q))) {
                 qemu_destroy(q);
                 q = NULL;
                 r = qemu_launch(&d->host, &v->cfg, QEMU_START_INCOMING, &q, err, errlen);
@@ -746,6 +862,16 @@ int backup_activate(struct daemon *d, struct vm *v, bool force, char *err, size_
         if (r == 0 && (r = qemu_load_devstate(q, b->devstate, b->devstate_len, 10000)) < 0)
                 snprintf(err, errlen, "loading the device state failed: %s (%s)", strerror(-r),
                          qmp_last_error(q->qmp));
+        /* The new generation is durable before the VM runs: from its first
+         * instruction on, no older copy may push a replica here. */
+        if (r == 0 && (r = persist_generation_store(&d->host, v->name, new_gen)) < 0)
+                snprintf(err, errlen, "cannot store generation %llu in %s: %s",
+                         (unsigned long long)new_gen, d->host.state_dir, strerror(-r));
+        if (r == 0) {
+                pthread_mutex_lock(&v->lock);
+                v->generation = new_gen;
+                pthread_mutex_unlock(&v->lock);
+        }
         bool cont_sent = false;
         if (r == 0) {
                 cont_sent = true;
@@ -762,16 +888,20 @@ int backup_activate(struct daemon *d, struct vm *v, bool force, char *err, size_
                  * possible; after it, RAM may no longer match the device
                  * state. */
                 vm_set_state(v, cont_sent ? VM_DEFINED : VM_BK_ORPHANED);
-                if (cont_sent)
+                if (cont_sent) {
                         v->replica = NULL;
-                else
+                        persist_devstate_drop(&d->host, v->name);
+                } else {
                         b = NULL;
+                }
                 vm_set_error(v, "activation failed: %s", err);
                 pthread_mutex_unlock(&v->lock);
                 replica_free(b);
                 return r;
         }
         uint64_t ms = (now_ns() - t0) / 1000000u;
+        /* the RAM file is live guest RAM now, not a replica to adopt */
+        persist_devstate_drop(&d->host, v->name);
         /* Tell the LAN's switches where the guest's MACs are now; a failure
          * here is not fatal: the guest's own traffic teaches them too. */
         qemu_announce(q, 2000);
@@ -784,9 +914,81 @@ int backup_activate(struct daemon *d, struct vm *v, bool force, char *err, size_
         vm_set_state(v, VM_RUNNING);
         pthread_mutex_unlock(&v->lock);
         replica_free(b);
+        daemon_watch_qemu(d, q);
         log_msg(LOG_LVL_NOTICE, MSG_ACTIVATED, v->name, (int64_t)epoch,
-                "VM running on %s from epoch %llu (activation took %llu ms); it is UNPROTECTED "
-                "until `havmsctl protect %s` finds a standby",
-                d->host.name, (unsigned long long)epoch, (unsigned long long)ms, v->name);
+                "VM running on %s from epoch %llu, generation %llu (activation took %llu ms); it "
+                "is UNPROTECTED until `havmsctl protect %s` finds a standby",
+                d->host.name, (unsigned long long)epoch, (unsigned long long)new_gen,
+                (unsigned long long)ms, v->name);
         return 0;
+}
+
+/* A hot-standby QEMU left behind by a checkpointd that died: its disks
+ * and NICs were served by that process, so it can never run. Ask it to
+ * quit (found by its QMP socket); activation starts a fresh one. */
+static void quit_leftover_qemu(struct daemon *d, const char *vm)
+{
+        char path[CFG_PATH_MAX + 64];
+        snprintf(path, sizeof(path), "%s/qmp-%s.sock", d->host.state_dir, vm);
+        struct qmp *q = NULL;
+        if (qmp_connect(path, 1000, &q) < 0)
+                return;
+        if (qmp_execute(q, "quit", NULL, 2000, NULL) == 0)
+                log_msg(LOG_LVL_INFO, MSG_BK_ADOPTED, vm, -1,
+                        "a hot-standby QEMU left by the previous checkpointd was told to quit");
+        qmp_close(q);
+}
+
+void backup_adopt(struct daemon *d, struct vm *v)
+{
+        struct devstate_hdr hdr;
+        uint8_t *data = NULL;
+        size_t len = 0;
+        char err[512] = "";
+        int r = persist_devstate_load(&d->host, v->name, &hdr, &data, &len, err, sizeof(err));
+        if (r == -ENOENT)
+                return;
+        struct backup_replica *b = NULL;
+        char ram[CFG_PATH_MAX + 64];
+        qemu_ram_path(&d->host, v->name, ram, sizeof(ram));
+        struct stat sb;
+        if (r == 0 && (v->generation_bad || hdr.generation != v->generation)) {
+                snprintf(err, sizeof(err), "its generation %llu is not the one stored here (%llu)",
+                         (unsigned long long)hdr.generation, (unsigned long long)v->generation);
+                r = -ESTALE;
+        } else if (r == 0 && (hdr.config_digest != vm_config_digest(&v->cfg) ||
+                              hdr.ram_bytes != (uint64_t)v->cfg.memory_mib << 20)) {
+                snprintf(err, sizeof(err), "the VM definition changed since");
+                r = -EINVAL;
+        } else if (r == 0 && (stat(ram, &sb) < 0 || (uint64_t)sb.st_size != hdr.ram_bytes)) {
+                snprintf(err, sizeof(err), "the replica RAM %s is missing or of the wrong size", ram);
+                r = -ENOENT;
+        }
+        quit_leftover_qemu(d, v->name);
+        if (r == 0 && (r = replica_open(&d->host, &v->cfg, &b)) < 0)
+                snprintf(err, sizeof(err), "cannot map %s: %s", ram, strerror(-r));
+        if (r < 0) {
+                log_msg(LOG_LVL_WARN, MSG_BK_ADOPT_FAILED, v->name, -1,
+                        "a replica left by the previous checkpointd is not usable (%s): dropped",
+                        err);
+                persist_devstate_drop(&d->host, v->name);
+                free(data);
+                return;
+        }
+        b->devstate = data;
+        b->devstate_len = b->devstate_cap = len;
+        b->valid = true;
+        pthread_mutex_lock(&v->lock);
+        v->replica = b;
+        v->committed_epoch = v->epoch = hdr.epoch;
+        snprintf(v->peer, sizeof(v->peer), "%.32s", hdr.primary);
+        v->link_up = false;
+        vm_set_error(v, "replica adopted after a restart of checkpointd; primary %s not "
+                     "connected", hdr.primary);
+        vm_set_state(v, VM_BK_ORPHANED);
+        pthread_mutex_unlock(&v->lock);
+        log_msg(LOG_LVL_NOTICE, MSG_BK_ADOPTED, v->name, (int64_t)hdr.epoch,
+                "replica of epoch %llu (generation %llu, primary %s) adopted after a restart: "
+                "backup-orphaned, can be activated (the hot-standby QEMU starts on demand)",
+                (unsigned long long)hdr.epoch, (unsigned long long)hdr.generation, hdr.primary);
 }

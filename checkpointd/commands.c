@@ -13,6 +13,7 @@
 #include "daemon.h"
 #include "log.h"
 #include "msgid.h"
+#include "persist.h"
 #include "util.h"
 
 #define ERRLEN 512
@@ -34,6 +35,20 @@ static bool arg_bool(json_object *args, const char *key)
         return args && json_object_object_get_ex(args, key, &o) && json_object_get_boolean(o);
 }
 
+/* A non-negative integer argument: 0 with *ret (0 if absent), -EINVAL if
+ * present but not a whole number >= 0. */
+static int arg_u64(json_object *args, const char *key, uint64_t *ret)
+{
+        json_object *o;
+        *ret = 0;
+        if (!args || !json_object_object_get_ex(args, key, &o))
+                return 0;
+        if (!json_object_is_type(o, json_type_int) || json_object_get_int64(o) < 0)
+                return -EINVAL;
+        *ret = (uint64_t)json_object_get_int64(o);
+        return 0;
+}
+
 static void add_str(json_object *o, const char *k, const char *v) { json_object_object_add(o, k, json_object_new_string(v)); }
 static void add_int(json_object *o, const char *k, int64_t v) { json_object_object_add(o, k, json_object_new_int64(v)); }
 static void add_dbl(json_object *o, const char *k, double v)
@@ -46,6 +61,40 @@ static void add_dbl(json_object *o, const char *k, double v)
 
 /* ---- lifecycle ---- */
 
+/* A fresh boot keeps the generation this host holds (1 if none): a cold
+ * boot is no takeover. A cluster manager that boots a VM another host ran
+ * gives `generation` (>= the stored one), so that the new copy can
+ * protect to that host and an older one cannot. Lock held. */
+static int start_generation(struct daemon *d, struct vm *v, json_object *args, char *err)
+{
+        uint64_t want;
+        if (arg_u64(args, "generation", &want) < 0) {
+                snprintf(err, ERRLEN, "generation must be a whole number");
+                return -EINVAL;
+        }
+        if (v->generation_bad && daemon_load_generation(d, v) < 0) {
+                snprintf(err, ERRLEN, "%s", v->last_error);
+                return -EUCLEAN;
+        }
+        if (want && want < v->generation) {
+                snprintf(err, ERRLEN, "generation %llu is older than %llu, the one %s has seen for %s",
+                         (unsigned long long)want, (unsigned long long)v->generation, d->host.name,
+                         v->name);
+                return -ESTALE;
+        }
+        uint64_t g = want ? want : v->generation ? v->generation : 1;
+        if (g != v->generation) {
+                int r = persist_generation_store(&d->host, v->name, g);
+                if (r < 0) {
+                        snprintf(err, ERRLEN, "cannot store the generation in %s: %s",
+                                 d->host.state_dir, strerror(-r));
+                        return r;
+                }
+                v->generation = g;
+        }
+        return 0;
+}
+
 static int cmd_start(struct daemon *d, struct vm *v, json_object *args, json_object *resp, char *err)
 {
         /* Claim the VM (state running, no QEMU yet) before the slow launch,
@@ -53,15 +102,18 @@ static int cmd_start(struct daemon *d, struct vm *v, json_object *args, json_obj
         pthread_mutex_lock(&v->lock);
         enum vm_state st = v->state;
         bool busy = st != VM_DEFINED || v->thread_running || v->qemu;
-        if (!busy)
+        int r = busy ? 0 : start_generation(d, v, args, err);
+        if (!busy && r == 0)
                 vm_set_state(v, VM_RUNNING);
         pthread_mutex_unlock(&v->lock);
         if (busy) {
                 snprintf(err, ERRLEN, "%s is already %s on %s", v->name, vm_state_name(st), d->host.name);
                 return -EBUSY;
         }
+        if (r < 0)
+                return r;
         struct qemu_vm *q = NULL;
-        int r = qemu_launch(&d->host, &v->cfg, QEMU_START_FRESH, &q, err, ERRLEN);
+        r = qemu_launch(&d->host, &v->cfg, QEMU_START_FRESH, &q, err, ERRLEN);
         if (r == 0 && (r = qemu_cont(q, 5000)) < 0)
                 snprintf(err, ERRLEN, "cont: %s", qmp_last_error(q->qmp));
         if (r < 0) {
@@ -76,9 +128,12 @@ static int cmd_start(struct daemon *d, struct vm *v, json_object *args, json_obj
         v->epoch = v->committed_epoch = 0;
         v->last_error[0] = 0;
         vm_set_state(v, VM_RUNNING);
+        uint64_t gen = v->generation;
         pthread_mutex_unlock(&v->lock);
-        log_msg(LOG_LVL_NOTICE, MSG_VM_STARTED, v->name, -1, "started on %s (QEMU pid %d), unprotected",
-                d->host.name, (int)q->pid);
+        daemon_watch_qemu(d, q);
+        log_msg(LOG_LVL_NOTICE, MSG_VM_STARTED, v->name, -1,
+                "started on %s (QEMU pid %d, generation %llu), unprotected", d->host.name,
+                (int)q->pid, (unsigned long long)gen);
         add_int(resp, "pid", q->pid);
         return 0;
 }
@@ -143,6 +198,17 @@ static int cmd_unprotect(struct daemon *d, struct vm *v, json_object *args, json
                          v->name, vm_state_name(st), d->host.name);
                 return -EINVAL;
         }
+        /* Unprotecting releases held output. From ISOLATED nobody has told
+         * the standby (it is unreachable) and it may take over: only the
+         * cluster can say that it cannot. */
+        if (st == VM_ISOLATED) {
+                snprintf(err, ERRLEN, "%s is isolated on %s: its standby %s was lost and may take "
+                         "over, so its held output cannot simply be released. The cluster "
+                         "decides: `release %s` once %s is fenced or provably cannot take over "
+                         "(or `stop %s`, which drops the held output)", v->name, d->host.name,
+                         v->peer, v->name, v->peer, v->name);
+                return -EBUSY;
+        }
         primary_stop(v);
         log_msg(LOG_LVL_NOTICE, MSG_PROTECT_END, v->name, -1, "protection ended by the operator");
         return 0;
@@ -150,13 +216,45 @@ static int cmd_unprotect(struct daemon *d, struct vm *v, json_object *args, json
 
 static int cmd_activate(struct daemon *d, struct vm *v, json_object *args, json_object *resp, char *err)
 {
-        int r = backup_activate(d, v, arg_bool(args, "force"), err, ERRLEN);
+        uint64_t gen;
+        if (arg_u64(args, "generation", &gen) < 0) {
+                snprintf(err, ERRLEN, "generation must be a whole number");
+                return -EINVAL;
+        }
+        int r = backup_activate(d, v, arg_bool(args, "force"), gen, err, ERRLEN);
         if (r == 0) {
                 pthread_mutex_lock(&v->lock);
                 add_int(resp, "activation_ms", (int64_t)v->activation_ms);
                 add_int(resp, "epoch", (int64_t)v->committed_epoch);
+                add_int(resp, "generation", (int64_t)v->generation);
                 pthread_mutex_unlock(&v->lock);
         }
+        return r;
+}
+
+static void wait_state_change(struct vm *v, enum vm_state from, int timeout_ms);
+
+/* release: the cluster has made sure the standby cannot take over (it was
+ * fenced, it said goodbye, its replica is gone): an ISOLATED primary
+ * releases its held output and runs on unprotected (degraded). */
+static int cmd_release(struct daemon *d, struct vm *v, json_object *args, json_object *resp, char *err)
+{
+        pthread_mutex_lock(&v->lock);
+        int r = 0;
+        if (v->state != VM_ISOLATED) {
+                snprintf(err, ERRLEN, "%s is %s on %s: only an isolated VM holds output to release",
+                         v->name, vm_state_name(v->state), d->host.name);
+                r = -EINVAL;
+        } else if ((r = primary_release(v)) == 0) {
+                wait_state_change(v, VM_ISOLATED, 10000);
+                if (v->state == VM_ISOLATED) {
+                        snprintf(err, ERRLEN, "%s: still isolated", v->name);
+                        r = -EIO;
+                }
+        }
+        if (r == 0)
+                add_str(resp, "state", vm_state_name(v->state));
+        pthread_mutex_unlock(&v->lock);
         return r;
 }
 
@@ -330,12 +428,16 @@ static json_object *vm_json(struct daemon *d, struct vm *v)
         add_str(o, "host", d->host.name);
         add_str(o, "peer", v->peer);
         bool replicating = v->state == VM_SYNCING || v->state == VM_PROTECTED || v->state == VM_HELD ||
-                           v->state == VM_DEGRADED || v->state == VM_CONNECTING ||
+                           v->state == VM_DEGRADED || v->state == VM_ISOLATED ||
+                           v->state == VM_CONNECTING ||
                            v->state == VM_BK_SYNCING || v->state == VM_BK_STANDBY ||
                            v->state == VM_BK_ORPHANED;
         add_str(o, "link", !replicating ? "none" : v->link_up ? "up" : "down");
         add_int(o, "epoch", (int64_t)v->epoch);
         add_int(o, "committed_epoch", (int64_t)v->committed_epoch);
+        add_int(o, "generation", (int64_t)v->generation);
+        add_str(o, "last_exit", v->last_exit);
+        add_str(o, "mode", d->host.managed ? "managed" : "manual");
         add_int(o, "epoch_ms", v->cfg.epoch_ms);
         /* lag: on the primary, how old the state the replica holds is (the
          * committed epoch's stop time); on the standby, time since the last
@@ -367,6 +469,10 @@ static json_object *vm_json(struct daemon *d, struct vm *v)
         if (v->activation_ms)
                 add_int(o, "activation_ms", (int64_t)v->activation_ms);
         add_int(o, "epochs_failed", (int64_t)v->epochs_failed);
+        if (v->persist_ms_max > 0) { /* backup: saving the device state per commit */
+                add_dbl(o, "devstate_persist_ms_last", v->persist_ms_last);
+                add_dbl(o, "devstate_persist_ms_max", v->persist_ms_max);
+        }
         if (v->last_error[0])
                 add_str(o, "last_error", v->last_error);
         pthread_mutex_unlock(&v->lock);
@@ -427,6 +533,7 @@ static const struct command {
         { "protect", VM_REQUIRED, cmd_protect },
         { "unprotect", VM_REQUIRED, cmd_unprotect },
         { "activate", VM_REQUIRED, cmd_activate },
+        { "release", VM_REQUIRED, cmd_release },
         { "pause", VM_REQUIRED, cmd_pause },
         { "resume", VM_REQUIRED, cmd_resume },
         { "status", VM_OPTIONAL, cmd_status },

@@ -9,12 +9,12 @@
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
-#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include "ctl.h"
 #include "log.h"
 #include "msgid.h"
+#include "persist.h"
 #include "util.h"
 
 #define CTL_TIMEOUT_MS 2000
@@ -32,6 +32,22 @@ static struct vm *vm_new(const struct vm_config *c)
         pthread_mutex_init(&v->lock, NULL);
         pthread_cond_init(&v->changed, NULL);
         return v;
+}
+
+int daemon_load_generation(struct daemon *d, struct vm *v)
+{
+        char err[512];
+        uint64_t g = 0;
+        int r = persist_generation_load(&d->host, v->name, &g, err, sizeof(err));
+        if (r < 0) {
+                v->generation_bad = true;
+                vm_set_error(v, "%s", err);
+                log_msg(LOG_LVL_ERR, MSG_GENERATION_BAD, v->name, -1, "%s", err);
+                return r;
+        }
+        v->generation = g;
+        v->generation_bad = false;
+        return 0;
 }
 
 int daemon_vm(struct daemon *d, const char *name, bool create, struct vm **ret,
@@ -64,6 +80,7 @@ int daemon_vm(struct daemon *d, const char *name, bool create, struct vm **ret,
                 r = -ENOMEM;
                 goto out;
         }
+        daemon_load_generation(d, v);
         d->vms[d->n_vms++] = v;
         *ret = v;
 out:
@@ -90,20 +107,38 @@ static void load_definitions(struct daemon *d)
                 struct vm *v;
                 if (daemon_vm(d, name, true, &v, err, sizeof(err)) < 0)
                         log_msg(LOG_LVL_WARN, MSG_BAD_DEFINITION, NULL, -1, "ignored: %s", err);
+                else
+                        backup_adopt(d, v);
         }
         closedir(dir);
 }
 
 static int add_fd(struct daemon *d, int fd)
 {
-        struct epoll_event ev = { .events = EPOLLIN, .data.fd = fd };
+        struct epoll_event ev = { .events = EPOLLIN, .data.u64 = (uint64_t)fd };
         return epoll_ctl(d->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
+}
+
+/* A QEMU's pidfd becomes readable when the process exits: the event loop
+ * then looks for dead QEMUs at once (milliseconds, not a periodic tick).
+ * One-shot, because a dead QEMU's pidfd stays readable: whoever keeps a
+ * QEMU that a replication thread was watching re-arms it. The entry goes
+ * away by itself when qemu_destroy closes the pidfd. */
+#define PIDFD_TAG (1ull << 32)
+void daemon_watch_qemu(struct daemon *d, struct qemu_vm *q)
+{
+        if (!q || q->pidfd < 0 || d->epoll_fd < 0)
+                return;
+        struct epoll_event ev = { .events = EPOLLIN | EPOLLONESHOT,
+                                  .data.u64 = PIDFD_TAG | (uint32_t)q->pidfd };
+        if (epoll_ctl(d->epoll_fd, EPOLL_CTL_MOD, q->pidfd, &ev) < 0 && errno == ENOENT)
+                epoll_ctl(d->epoll_fd, EPOLL_CTL_ADD, q->pidfd, &ev);
 }
 
 int daemon_init(struct daemon *d, const char *config_path, char *err, size_t errlen)
 {
         memset(d, 0, sizeof(*d));
-        d->ctl_fd = d->repl_fd = d->epoll_fd = d->signal_fd = d->tick_fd = -1;
+        d->ctl_fd = d->repl_fd = d->epoll_fd = d->signal_fd = -1;
         pthread_mutex_init(&d->table_lock, NULL);
         int r = host_config_load(config_path, &d->host, err, errlen);
         if (r < 0)
@@ -135,13 +170,10 @@ int daemon_init(struct daemon *d, const char *config_path, char *err, size_t err
         signal(SIGPIPE, SIG_IGN);
         d->signal_fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
         d->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
-        d->tick_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
-        if (d->signal_fd < 0 || d->epoll_fd < 0 || d->tick_fd < 0) {
+        if (d->signal_fd < 0 || d->epoll_fd < 0) {
                 snprintf(err, errlen, "cannot set up the event loop: %s", strerror(errno));
                 return -errno;
         }
-        struct itimerspec its = { .it_interval = { .tv_sec = 1 }, .it_value = { .tv_sec = 1 } };
-        timerfd_settime(d->tick_fd, 0, &its, NULL);
         const char *why;
         r = unix_listen(d->host.control_socket, SOCK_NONBLOCK, 16, &d->ctl_fd, &why);
         if (r < 0) {
@@ -158,7 +190,7 @@ int daemon_init(struct daemon *d, const char *config_path, char *err, size_t err
                 snprintf(err, errlen, "replication listener %s: %s", d->host.listen, strerror(-r));
                 return r;
         }
-        if ((r = add_fd(d, d->signal_fd)) < 0 || (r = add_fd(d, d->tick_fd)) < 0 ||
+        if ((r = add_fd(d, d->signal_fd)) < 0 ||
             (r = add_fd(d, d->ctl_fd)) < 0 || (r = add_fd(d, d->repl_fd)) < 0) {
                 snprintf(err, errlen, "epoll: %s", strerror(-r));
                 return r;
@@ -187,9 +219,9 @@ static void handle_ctl(struct daemon *d)
         close(fd);
 }
 
-/* Once a second: notice VMs whose QEMU died while no replication thread
- * was watching it. */
-static void tick(struct daemon *d)
+/* A QEMU exited (its pidfd fired): handle the VMs whose QEMU died while
+ * no replication thread was watching it (a thread handles its own). */
+static void reap_dead(struct daemon *d)
 {
         pthread_mutex_lock(&d->table_lock);
         for (unsigned i = 0; i < d->n_vms; i++) {
@@ -202,10 +234,17 @@ static void tick(struct daemon *d)
                         v->qemu = NULL;
                         if (vm_state_is_primary(v->state)) {
                                 vm_set_state(v, VM_DEFINED);
-                                vm_set_error(v, "QEMU exited (status %d)", dead->exit_status);
-                                log_msg(LOG_LVL_ERR, MSG_VM_EXITED, v->name, -1,
-                                        "QEMU exited unexpectedly (status %d); see %s/%s.qemu.log",
-                                        dead->exit_status, d->host.log_dir, v->name);
+                                if (vm_guest_powered_off(dead)) {
+                                        vm_set_exit(v, "guest-shutdown");
+                                        log_msg(LOG_LVL_NOTICE, MSG_VM_GUEST_OFF, v->name, -1,
+                                                "the guest powered itself off");
+                                } else {
+                                        vm_set_exit(v, "crash");
+                                        vm_set_error(v, "QEMU exited (status %d)", dead->exit_status);
+                                        log_msg(LOG_LVL_ERR, MSG_VM_EXITED, v->name, -1,
+                                                "QEMU exited unexpectedly (status %d); see %s/%s.qemu.log",
+                                                dead->exit_status, d->host.log_dir, v->name);
+                                }
                         }
                 }
                 pthread_mutex_unlock(&v->lock);
@@ -241,8 +280,9 @@ static void log_accel(const struct accel_choice *a)
 int daemon_run(struct daemon *d)
 {
         log_msg(LOG_LVL_NOTICE, MSG_DAEMON_STARTED, NULL, -1,
-                "checkpointd on host %s: control %s, replication %s", d->host.name,
-                d->host.control_socket, d->host.listen);
+                "checkpointd on host %s: control %s, replication %s%s", d->host.name,
+                d->host.control_socket, d->host.listen,
+                d->host.managed ? ", managed (a lost standby isolates its primaries)" : "");
         log_accel(&d->accel);
         while (!d->quit) {
                 struct epoll_event evs[8];
@@ -252,17 +292,17 @@ int daemon_run(struct daemon *d)
                 if (n < 0)
                         return -errno;
                 for (int i = 0; i < n; i++) {
-                        int fd = evs[i].data.fd;
+                        if (evs[i].data.u64 & PIDFD_TAG) {
+                                reap_dead(d);
+                                continue;
+                        }
+                        int fd = (int)evs[i].data.u64;
                         if (fd == d->ctl_fd) {
                                 handle_ctl(d);
                         } else if (fd == d->repl_fd) {
                                 int cfd;
                                 if (tcp_accept(d->repl_fd, &cfd) == 0)
                                         backup_accept(d, cfd);
-                        } else if (fd == d->tick_fd) {
-                                uint64_t x;
-                                if (read(d->tick_fd, &x, sizeof(x)) > 0)
-                                        tick(d);
                         } else if (fd == d->signal_fd) {
                                 struct signalfd_siginfo si;
                                 if (read(d->signal_fd, &si, sizeof(si)) > 0)
@@ -280,6 +320,8 @@ void daemon_stop_vm(struct daemon *d, struct vm *v)
         struct qemu_vm *q = v->qemu;
         v->qemu = NULL;
         vm_set_state(v, VM_DEFINED);
+        if (q)
+                vm_set_exit(v, "stopped");
         pthread_mutex_unlock(&v->lock);
         qemu_quit(q, 3000);
         qemu_destroy(q);

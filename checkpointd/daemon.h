@@ -22,7 +22,7 @@ struct daemon {
         pthread_mutex_t table_lock;
         struct vm *vms[DAEMON_MAX_VMS];
         unsigned n_vms;
-        int ctl_fd, repl_fd, epoll_fd, signal_fd, tick_fd;
+        int ctl_fd, repl_fd, epoll_fd, signal_fd;
         volatile bool quit;
 };
 
@@ -31,6 +31,12 @@ int daemon_run(struct daemon *d);
 void daemon_shutdown(struct daemon *d);
 /* End protection (if any), power the VM off here (QMP quit), state defined. */
 void daemon_stop_vm(struct daemon *d, struct vm *v);
+
+/* Watch q's pidfd in the event loop (one-shot; call again to re-arm when
+ * a replication thread that watched q ends and leaves it running). */
+void daemon_watch_qemu(struct daemon *d, struct qemu_vm *q);
+/* (Re-)read v's generation file (v->lock held or v not yet shared). */
+int daemon_load_generation(struct daemon *d, struct vm *v);
 
 /* Find a VM by name; with create, load its definition and add it. */
 int daemon_vm(struct daemon *d, const char *name, bool create, struct vm **ret,
@@ -45,6 +51,14 @@ int primary_start(struct daemon *d, struct vm *v, const char *peer, char *err, s
 void primary_stop(struct vm *v);
 int primary_hold(struct vm *v, bool hold); /* v->lock held */
 void backup_accept(struct daemon *d, int fd);
-int backup_activate(struct daemon *d, struct vm *v, bool force, char *err, size_t errlen);
+/* generation: 0 = stored + 1; otherwise it must exceed the stored one. */
+int backup_activate(struct daemon *d, struct vm *v, bool force, uint64_t generation,
+                    char *err, size_t errlen);
+/* Daemon start: a committed replica left by an earlier checkpointd makes v
+ * backup-orphaned again (persist.h). */
+void backup_adopt(struct daemon *d, struct vm *v);
+/* Managed mode: end ISOLATED (the cluster says the standby cannot take
+ * over); v->lock held. */
+int primary_release(struct vm *v);
 void backup_discard(struct daemon *d, struct vm *v);
 void backup_stop(struct daemon *d, struct vm *v);

@@ -10,8 +10,11 @@
 
 static void usage(FILE *f)
 {
-        fprintf(f, "usage: checkpointd [-c CONFIG] [--syslog] [-v]\n"
+        fprintf(f, "usage: checkpointd [-c CONFIG] [--managed] [--syslog] [-v]\n"
                    "  -c, --config FILE  host configuration (default %s/havms.conf)\n"
+                   "      --managed      havmsd decides takeovers: a primary that loses its\n"
+                   "                     standby holds its output (isolated) until the standby\n"
+                   "                     is back or `release`; overrides [host] managed\n"
                    "      --syslog       log to syslog instead of stderr\n"
                    "  -v, --verbose      debug logging\n",
                 HAVMS_SYSCONFDIR);
@@ -20,11 +23,12 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
         const char *config = HAVMS_SYSCONFDIR "/havms.conf";
-        bool use_syslog = false;
+        bool use_syslog = false, managed = false;
         enum log_level level = LOG_LVL_INFO;
         static const struct option opts[] = {
                 { "config", required_argument, NULL, 'c' },
                 { "syslog", no_argument, NULL, 'S' },
+                { "managed", no_argument, NULL, 'M' },
                 { "verbose", no_argument, NULL, 'v' },
                 { "help", no_argument, NULL, 'h' },
                 { 0 },
@@ -34,6 +38,7 @@ int main(int argc, char **argv)
                 switch (o) {
                 case 'c': config = optarg; break;
                 case 'S': use_syslog = true; break;
+                case 'M': managed = true; break;
                 case 'v': level = LOG_LVL_DEBUG; break;
                 case 'h': usage(stdout); return 0;
                 default: usage(stderr); return 2;
@@ -46,6 +51,8 @@ int main(int argc, char **argv)
                 log_msg(LOG_LVL_ERR, NULL, NULL, -1, "%s", err);
                 return 1;
         }
+        if (managed)
+                d.host.managed = true;
         int r = daemon_run(&d);
         daemon_shutdown(&d);
         return r < 0 ? 1 : 0;

@@ -141,10 +141,14 @@ static int connect_peer(struct primary *p)
         int r = tcp_connect(p->peer_addr, now_ns() + 3000000000ull, &p->fd);
         if (r < 0)
                 return r;
+        pthread_mutex_lock(&p->v->lock);
+        uint64_t gen = p->v->generation;
+        pthread_mutex_unlock(&p->v->lock);
         struct wire_hello h = {
                 .page_size = HAVMS_PAGE_SIZE,
                 .ram_bytes = p->npages * HAVMS_PAGE_SIZE,
                 .config_digest = vm_config_digest(&p->cfg),
+                .generation = gen,
         };
         snprintf(h.vm, sizeof(h.vm), "%s", p->cfg.name);
         snprintf(h.host, sizeof(h.host), "%s", p->d->host.name);
@@ -160,14 +164,21 @@ static int connect_peer(struct primary *p)
                 goto fail;
         if (p->in.hdr.type == WIRE_ERROR) {
                 struct wire_error e;
-                if (wire_get_error(&p->in, &e) == 0)
+                r = -EREMOTEIO;
+                if (wire_get_error(&p->in, &e) == 0 && e.code == WIRE_ERR_STALE) {
+                        /* not retried: the thread powers the VM off */
+                        snprintf(p->last_failure, sizeof(p->last_failure), "%.190s", e.text);
+                        r = -ESTALE;
+                } else if (wire_get_error(&p->in, &e) == 0) {
                         note_failure(p, MSG_PEER_REFUSED, "standby %s refused protection: %s",
                                      p->peer, e.text);
-                r = -EREMOTEIO;
+                }
                 goto fail;
         }
         struct wire_welcome w;
         r = wire_get_welcome(&p->in, &w);
+        if (r == 0 && w.generation != gen)
+                r = -EPROTO; /* a standby adopts our generation or refuses us */
         if (r < 0)
                 goto fail;
         p->last_failure[0] = 0;
@@ -648,11 +659,14 @@ out:
 
 /* ---- the thread ---- */
 
+/* Wait for the control thread, other_fd, QEMU's death (its pidfd: seen
+ * within milliseconds) or the timeout. */
 static int wait_wake_or(struct primary *p, int other_fd, int timeout_ms)
 {
-        struct pollfd fds[2] = { { .fd = p->wake_fd, .events = POLLIN },
+        struct pollfd fds[3] = { { .fd = p->wake_fd, .events = POLLIN },
+                                 { .fd = p->v->qemu->pidfd, .events = POLLIN },
                                  { .fd = other_fd, .events = POLLIN } };
-        int r = poll(fds, other_fd >= 0 ? 2 : 1, timeout_ms);
+        int r = poll(fds, other_fd >= 0 ? 3 : 2, timeout_ms);
         if (r > 0 && (fds[0].revents & POLLIN)) {
                 uint64_t x;
                 ssize_t k = read(p->wake_fd, &x, sizeof(x));
@@ -677,9 +691,11 @@ static int send_ping(struct primary *p)
 static bool wait_next_epoch(struct primary *p, uint64_t due, bool *disk_soft)
 {
         struct qemu_vm *q = p->v->qemu;
-        struct pollfd fds[1 + CFG_MAX_NICS + CFG_MAX_DISKS];
+        struct pollfd fds[2 + CFG_MAX_NICS + CFG_MAX_DISKS];
         nfds_t n = 0;
         fds[n++] = (struct pollfd){ .fd = p->wake_fd, .events = POLLIN };
+        /* QEMU's death ends the wait at once (the epoch then finds it) */
+        fds[n++] = (struct pollfd){ .fd = q->pidfd, .events = POLLIN };
         for (unsigned i = 0; i < q->n_net; i++)
                 fds[n++] = (struct pollfd){ .fd = netbuf_event_fd(q->net[i]), .events = POLLIN };
         nfds_t first_disk = n;
@@ -707,7 +723,11 @@ static bool wait_next_epoch(struct primary *p, uint64_t due, bool *disk_soft)
                 int r = ppoll(fds, n, &ts, NULL);
                 if (r <= 0)
                         continue;
+                if (fds[1].revents)
+                        return true;
                 for (nfds_t i = 0; i < n; i++) {
+                        if (i == 1)
+                                continue;
                         if (!(fds[i].revents & POLLIN))
                                 continue;
                         uint64_t x;
@@ -730,6 +750,10 @@ static int protected_loop(struct primary *p)
                         wait_wake_or(p, -1, (int)p->cfg.epoch_ms);
                         if (stop_requested(p))
                                 break;
+                        if (qemu_exited(p->v->qemu)) {
+                                r = -ECHILD;
+                                break;
+                        }
                         if (!p->v->hold_requested) {
                                 r = qemu_cont(p->v->qemu, QMP_TIMEOUT_MS);
                                 if (r < 0)
@@ -745,6 +769,10 @@ static int protected_loop(struct primary *p)
                 }
                 if (!wait_next_epoch(p, due, &disk_soft))
                         break;
+                if (qemu_exited(p->v->qemu)) {
+                        r = -ECHILD;
+                        break;
+                }
                 bool want_hold = p->v->hold_requested;
                 uint64_t start = now_ns();
                 pthread_mutex_lock(&p->v->lock);
@@ -855,14 +883,34 @@ static void leave_protection_io(struct primary *p)
         qemu_net_buffering(q, false);
 }
 
-/* Protection ends on purpose (unprotect, stop, on_buffer_full=release):
- * the standby must discard its replica BEFORE held output is released, or
- * it could take over from a state the world has already seen past. It
- * closes the connection once it has; wait for that (at most ack_timeout). */
-static void say_goodbye(struct primary *p, const char *why)
+/* Protection ends, and the standby may still take over from its last
+ * committed epoch (VM gone, stale, stopped while isolated): what the
+ * guest said after that epoch must never reach the world. Held frames are
+ * dropped, not released; the disk writes the standby may not have still
+ * go into the bitmap (they are on this host's image). */
+static void drop_held_io(struct primary *p)
+{
+        struct qemu_vm *q = p->v->qemu;
+        if (!q)
+                return;
+        for (unsigned i = 0; i < q->n_net; i++)
+                netbuf_discard(q->net[i]);
+        for (unsigned i = 0; i < q->n_disk; i++) {
+                blockrepl_bitmap_mark_log(q->disk[i], &p->logs[i]);
+                br_log_free(&p->logs[i]);
+        }
+        qemu_disk_mode(q, BR_MODE_ALONE);
+}
+
+/* Protection ends on purpose (unprotect, stop, on_buffer_full=release,
+ * the guest powered off): the standby must discard its replica BEFORE
+ * held output is released, or it could take over from a state the world
+ * has already seen past. It closes the connection once it has; wait for
+ * that (at most ack_timeout). Returns true when it confirmed. */
+static bool say_goodbye(struct primary *p, const char *why)
 {
         if (p->fd < 0)
-                return;
+                return false;
         wire_buf_reset(&p->wb);
         bool confirmed = wire_put_error(&p->wb, WIRE_ERR_SHUTDOWN, why) == 0 && send_buf(p) == 0 &&
                          drain_until_closed(p->fd, now_ns() + (uint64_t)p->cfg.ack_timeout_ms *
@@ -871,13 +919,55 @@ static void say_goodbye(struct primary *p, const char *why)
                 log_msg(LOG_LVL_WARN, MSG_STANDBY_LOST, p->cfg.name, (int64_t)p->v->epoch,
                         "standby %s did not confirm the end of protection: it may still hold "
                         "an activatable replica; do not activate it", p->peer);
+        return confirmed;
+}
+
+/* The guest powered itself off: that is not a failure, and the standby
+ * must not resurrect it. Tell it (on the connection we have, or on a new
+ * one: a HELLO alone already makes it drop its replica). */
+static bool tell_guest_off(struct primary *p)
+{
+        int r = 0;
+        if (p->fd < 0 && (r = connect_peer(p)) < 0) {
+                log_msg(LOG_LVL_WARN, MSG_GUEST_OFF_TOLD, p->cfg.name, (int64_t)p->v->epoch,
+                        "the guest powered itself off, but standby %s could not be told (%s): "
+                        "its replica, if any, is still activatable — do not activate it",
+                        p->peer, strerror(-r));
+                return false;
+        }
+        bool ok = say_goodbye(p, WIRE_SHUTDOWN_GUEST_OFF);
+        if (ok)
+                log_msg(LOG_LVL_NOTICE, MSG_GUEST_OFF_TOLD, p->cfg.name, (int64_t)p->v->epoch,
+                        "the guest powered itself off: standby %s discarded its replica", p->peer);
+        return ok;
+}
+
+/* Managed mode, standby lost with output held (ISOLATED). The standby may
+ * be about to take over from its last committed epoch: nothing more may
+ * reach the world until it provably cannot (`release`, or it accepts a
+ * HELLO and thereby drops the replica). */
+static void isolate(struct primary *p, int r)
+{
+        struct vm *v = p->v;
+        pthread_mutex_lock(&v->lock);
+        v->epochs_failed++;
+        vm_set_error(v, "standby %s lost: %s; isolated: output held until the standby is "
+                     "back or `release`", p->peer, strerror(-r));
+        vm_set_state(v, VM_ISOLATED);
+        pthread_mutex_unlock(&v->lock);
+        log_msg(LOG_LVL_WARN, MSG_ISOLATED, v->name, (int64_t)v->committed_epoch,
+                "standby %s lost (%s): VM ISOLATED, its output and disk logs held (managed: the "
+                "standby may take over); retrying every %u ms", p->peer, strerror(-r),
+                p->cfg.reconnect_ms);
 }
 
 static void *primary_thread(void *arg)
 {
         struct primary *p = arg;
         struct vm *v = p->v;
-        bool was_protected = false, vm_gone = false;
+        bool was_protected = false, vm_gone = false, stale = false;
+        bool buffering = false; /* output held: the standby may have committed an epoch */
+        bool isolated = false;
         int r = setup(p);
         if (r < 0)
                 goto out;
@@ -885,7 +975,20 @@ static void *primary_thread(void *arg)
                 "protecting to standby %s (%s), epoch %u ms, tracker %s", p->peer,
                 p->peer_addr, p->cfg.epoch_ms, tracker_name(p->tracker));
         while (!stop_requested(p)) {
-                set_state(p, was_protected ? VM_DEGRADED : VM_CONNECTING);
+                set_state(p, isolated ? VM_ISOLATED : was_protected ? VM_DEGRADED : VM_CONNECTING);
+                if (isolated && v->release_requested) {
+                        leave_protection_io(p);
+                        isolated = buffering = false;
+                        log_msg(LOG_LVL_WARN, MSG_RELEASED, v->name, (int64_t)v->committed_epoch,
+                                "released: held output flows, VM runs UNPROTECTED (the cluster "
+                                "says standby %s cannot take over); retrying every %u ms",
+                                p->peer, p->cfg.reconnect_ms);
+                        pthread_mutex_lock(&v->lock);
+                        v->release_requested = false;
+                        vm_set_state(v, VM_DEGRADED);
+                        pthread_mutex_unlock(&v->lock);
+                        continue;
+                }
                 /* Never offer the standby a VM we no longer control: a
                  * HELLO makes it drop the replica it could take over from. */
                 if ((qmp_is_broken(v->qemu->qmp) || qemu_exited(v->qemu)) && recover_vm(p) < 0) {
@@ -893,6 +996,10 @@ static void *primary_thread(void *arg)
                         break;
                 }
                 r = connect_peer(p);
+                if (r == -ESTALE) {
+                        stale = true;
+                        break;
+                }
                 if (r < 0 && r != -EREMOTEIO)
                         note_failure(p, MSG_STANDBY_UNREACHABLE, "cannot reach standby %s at %s: %s",
                                      p->peer, p->peer_addr, strerror(-r));
@@ -904,9 +1011,18 @@ static void *primary_thread(void *arg)
                         }
                         continue;
                 }
-                if (was_protected)
+                if (isolated) {
+                        /* its WELCOME says it dropped the replica it could
+                         * have taken over from */
+                        leave_protection_io(p);
+                        isolated = buffering = false;
+                        log_msg(LOG_LVL_NOTICE, MSG_RELEASED, v->name, (int64_t)v->committed_epoch,
+                                "standby %s accepted a new connection (its old replica is gone): "
+                                "held output released, full re-sync", p->peer);
+                } else if (was_protected) {
                         log_msg(LOG_LVL_NOTICE, MSG_STANDBY_BACK, v->name, -1,
                                 "standby %s is back: full re-sync", p->peer);
+                }
                 uint64_t t0 = now_ms();
                 p->wire_bytes = 0;
                 r = initial_sync(p);
@@ -916,6 +1032,7 @@ static void *primary_thread(void *arg)
                         pthread_mutex_unlock(&v->lock);
                         /* from the first epoch on, output waits for its ACK */
                         qemu_net_buffering(v->qemu, true);
+                        buffering = true;
                         p->early = false;
                         r = run_epoch(p, epoch, false);
                 }
@@ -936,10 +1053,22 @@ static void *primary_thread(void *arg)
                 }
                 if (stop_requested(p))
                         break; /* the goodbye comes first, below */
+                bool confirmed = false;
                 if (r == -ENOBUFS)
-                        say_goodbye(p, "primary dropped protection: output buffer full "
-                                       "(on_buffer_full = release)");
+                        confirmed = say_goodbye(p, "primary dropped protection: output buffer "
+                                                   "full (on_buffer_full = release)");
+                /* an ERROR from the standby in an epoch: it refused the
+                 * epoch and dropped its replica (backup.c, disk_failed) */
+                if (r == -ECONNABORTED)
+                        confirmed = true;
+                drop_connection(p);
+                if (p->d->host.managed && buffering && !confirmed) {
+                        isolate(p, r);
+                        isolated = was_protected = true;
+                        continue;
+                }
                 leave_protection_io(p);
+                buffering = false;
                 pthread_mutex_lock(&v->lock);
                 v->epochs_failed++;
                 vm_set_error(v, "standby %s lost: %s", p->peer, strerror(-r));
@@ -947,36 +1076,78 @@ static void *primary_thread(void *arg)
                 log_msg(LOG_LVL_WARN, MSG_STANDBY_LOST, v->name, (int64_t)v->epoch,
                         "standby %s lost (%s): VM keeps running UNPROTECTED; retrying every %u ms",
                         p->peer, strerror(-r), p->cfg.reconnect_ms);
-                drop_connection(p);
                 was_protected = true;
         }
-out:
-        if (p->fd >= 0 && !vm_gone && v->stop_requested)
-                say_goodbye(p, "primary ended protection");
-        /* after the goodbye: the standby no longer takes over. With the VM
-         * gone this still puts unacknowledged disk writes in the bitmap. */
-        leave_protection_io(p);
+out:;
+        bool confirmed = false, guest_off = false;
+        if (vm_gone)
+                guest_off = vm_guest_powered_off(v->qemu);
+        if (stale) {
+                /* A newer generation ran elsewhere: this copy is stale and
+                 * must not run (or speak) one moment longer. */
+                kill(v->qemu->pid, SIGKILL);
+                struct pollfd pf = { .fd = v->qemu->pidfd, .events = POLLIN };
+                poll(&pf, 1, 2000);
+        } else if (vm_gone && guest_off) {
+                confirmed = tell_guest_off(p);
+        } else if (p->fd >= 0 && !vm_gone && v->stop_requested) {
+                confirmed = say_goodbye(p, "primary ended protection");
+        }
+        /* After the goodbye: the standby no longer takes over, held output
+         * may flow. Without a confirmed goodbye, output held while the
+         * standby may still take over is dropped (the guest is gone or
+         * going): released, it could contradict the resumed replica. */
+        if (stale || ((vm_gone || isolated) && buffering && !confirmed))
+                drop_held_io(p);
+        else
+                leave_protection_io(p);
         drop_connection(p);
-        teardown(p);
+        /* the state first: tearing down (unmapping RAM and the shadow copy)
+         * takes tens of ms that nobody should wait for */
         struct qemu_vm *dead = NULL;
         pthread_mutex_lock(&v->lock);
-        if (vm_gone) {
+        v->release_requested = false;
+        if (stale) {
                 dead = v->qemu;
                 v->qemu = NULL;
                 vm_set_state(v, VM_DEFINED);
-                vm_set_error(v, "VM exited while protected");
-                log_msg(LOG_LVL_ERR, MSG_VM_EXITED, v->name, (int64_t)v->epoch,
-                        "QEMU exited on this host; the standby keeps the last committed epoch");
+                vm_set_exit(v, "stale");
+                vm_set_error(v, "generation %llu is stale: %s; powered off here (a newer copy "
+                             "runs elsewhere)", (unsigned long long)v->generation, p->last_failure);
+                log_msg(LOG_LVL_ERR, MSG_STALE, v->name, (int64_t)v->epoch,
+                        "standby %s refused generation %llu as stale (%s): a newer generation of "
+                        "the VM ran elsewhere; this copy was powered off", p->peer,
+                        (unsigned long long)v->generation, p->last_failure);
+        } else if (vm_gone) {
+                dead = v->qemu;
+                v->qemu = NULL;
+                vm_set_state(v, VM_DEFINED);
+                if (guest_off) {
+                        vm_set_exit(v, "guest-shutdown");
+                        log_msg(LOG_LVL_NOTICE, MSG_VM_GUEST_OFF, v->name, (int64_t)v->epoch,
+                                "the guest powered itself off while protected");
+                } else {
+                        vm_set_exit(v, "crash");
+                        vm_set_error(v, "VM exited while protected");
+                        log_msg(LOG_LVL_ERR, MSG_VM_EXITED, v->name, (int64_t)v->epoch,
+                                "QEMU exited on this host; the standby keeps the last committed epoch");
+                }
         } else {
                 /* keep a more precise reason set on the way (setup) */
                 if (r < 0 && r != -ECANCELED && !v->stop_requested && !v->last_error[0])
                         vm_set_error(v, "protection failed: %s", strerror(-r));
                 vm_set_state(v, VM_RUNNING);
         }
+        pthread_mutex_unlock(&v->lock);
+        teardown(p);
+        pthread_mutex_lock(&v->lock);
         v->thread_running = false;
         pthread_cond_broadcast(&v->changed);
         pthread_mutex_unlock(&v->lock);
-        qemu_destroy(dead);
+        if (dead)
+                qemu_destroy(dead);
+        else
+                daemon_watch_qemu(p->d, v->qemu); /* no thread watches it now */
         close(p->wake_fd);
         free(p);
         return NULL;
@@ -1011,6 +1182,7 @@ int primary_start(struct daemon *d, struct vm *v, const char *peer, char *err, s
         }
         v->stop_requested = false;
         v->hold_requested = false;
+        v->release_requested = false;
         v->wake_fd = p->wake_fd;
         snprintf(v->peer, sizeof(v->peer), "%s", peer);
         v->last_error[0] = 0;
@@ -1057,4 +1229,16 @@ void primary_stop(struct vm *v)
         v->thread_joinable = false;
         pthread_mutex_unlock(&v->lock);
         pthread_join(t, NULL);
+}
+
+/* Lock held. Managed mode: the cluster has made sure the standby cannot
+ * take over (fenced, said goodbye, replica gone): an ISOLATED VM may
+ * release its held output and run unprotected. */
+int primary_release(struct vm *v)
+{
+        if (!v->thread_running || v->state != VM_ISOLATED)
+                return -EINVAL;
+        v->release_requested = true;
+        uint64_t one = 1;
+        return write(v->wake_fd, &one, sizeof(one)) == sizeof(one) ? 0 : -errno;
 }

@@ -2,6 +2,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 const char *vm_state_name(enum vm_state s)
 {
@@ -13,6 +14,7 @@ const char *vm_state_name(enum vm_state s)
         case VM_PROTECTED: return "protected";
         case VM_HELD: return "held";
         case VM_DEGRADED: return "degraded";
+        case VM_ISOLATED: return "isolated";
         case VM_BK_SYNCING: return "backup-syncing";
         case VM_BK_STANDBY: return "backup-standby";
         case VM_BK_ORPHANED: return "backup-orphaned";
@@ -24,7 +26,7 @@ const char *vm_state_name(enum vm_state s)
 bool vm_state_is_primary(enum vm_state s)
 {
         return s == VM_RUNNING || s == VM_CONNECTING || s == VM_SYNCING ||
-               s == VM_PROTECTED || s == VM_HELD || s == VM_DEGRADED;
+               s == VM_PROTECTED || s == VM_HELD || s == VM_DEGRADED || s == VM_ISOLATED;
 }
 
 void vm_set_state(struct vm *v, enum vm_state s)
@@ -45,4 +47,18 @@ void vm_record_epoch(struct vm *v, const struct epoch_stat *st)
 {
         v->stats[v->n_stats % STATS_RING] = *st;
         v->n_stats++;
+}
+
+void vm_set_exit(struct vm *v, const char *why)
+{
+        snprintf(v->last_exit, sizeof(v->last_exit), "%s", why);
+}
+
+bool vm_guest_powered_off(struct qemu_vm *q)
+{
+        if (!q || !q->qmp)
+                return false;
+        qmp_drain(q->qmp);
+        bool guest = false;
+        return qmp_shutdown_seen(q->qmp, &guest) && guest;
 }

@@ -14,15 +14,24 @@
  *      │  │                   │                    │ pause ^ resume
  *      │  │                   │                    v       │
  *      │  │                   │                   HELD ─────┘
- *      │  │                   └── DEGRADED <───────┘  (retries the peer,
- *      │  │                         │ peer back         then SYNCING again)
- *      │  │                         └──> SYNCING
+ *      │  │                   └── DEGRADED <───────┤  (retries the peer,
+ *      │  │                         │ peer back  ^     │   then SYNCING again)
+ *      │  │                         └──> SYNCING │     │ peer lost, managed
+ *      │  │                                      │     v   (--managed / [host] managed)
+ *      │  │                              release └─ ISOLATED: output and disk logs
+ *      │  │                                           │  HELD, retries the peer
+ *      │  │                     WELCOME (the standby  │
+ *      │  │                     dropped its replica)  └──> release held, SYNCING
+ *      │  │
+ *      │  │  Any primary state: HELLO refused as STALE (a newer generation
+ *      │  │  ran elsewhere) -> the VM is powered off here -> DEFINED.
  *      │  │
  *      │  │  HELLO from a primary
  *      │  └──────────────── BK_SYNCING ── first commit ──> BK_STANDBY
  *      │   unprotect / error   ^                              │ primary lost
  *      │                       └──── HELLO (full re-sync) ── BK_ORPHANED
  *      │                                                      │ activate
+ *      │    checkpointd restarts holding a committed replica ─>│ (persist.h)
  *      └──── activation failed ──── ACTIVATING <──────────────┘
  *                                      │ device state loaded, cont
  *                                      v
@@ -45,6 +54,9 @@ enum vm_state {
         VM_HELD,        /* primary, paused right after a committed epoch:
                            the replica equals guest RAM (pause/resume) */
         VM_DEGRADED,    /* primary, standby lost: running unprotected, retrying */
+        VM_ISOLATED,    /* primary (managed mode), standby lost: output and disk
+                           logs still HELD (the standby may take over), retrying;
+                           `release` or a WELCOME ends it */
         VM_BK_SYNCING,  /* backup, receiving the initial sync: replica unusable */
         VM_BK_STANDBY,  /* backup, replica committed, primary connected */
         VM_BK_ORPHANED, /* backup, replica committed, primary gone: may activate */
@@ -93,6 +105,12 @@ struct vm {
         uint64_t stats_from;           /* first index counted by `stats` */
         uint64_t activation_ms;        /* last activation: command to running */
         uint64_t epochs_failed;
+        uint64_t generation;           /* fencing token as persisted here (persist.h) */
+        bool generation_bad;           /* the generation file is corrupt: refuse to act */
+        char last_exit[32];            /* why the VM last stopped here: guest-shutdown,
+                                          crash, stopped, stale, peer-guest-shutdown,
+                                          peer-ended, peer-lost; "" = never */
+        float persist_ms_last, persist_ms_max; /* backup: devstate write per commit */
 
         /* Owned by whoever holds `busy`: the replication thread while it
          * runs, else the control thread. */
@@ -104,6 +122,7 @@ struct vm {
                                           thread_running drops */
         volatile bool stop_requested;  /* control -> thread: end protection */
         volatile bool hold_requested;  /* control -> thread: pause after a checkpoint */
+        volatile bool release_requested; /* control -> thread: leave ISOLATED, release */
         int wake_fd;                   /* eventfd that wakes the thread */
         int conn_fd;                   /* backup: the primary's connection */
         struct backup_replica *replica;/* backup role state (backup.c) */
@@ -113,3 +132,8 @@ void vm_set_state(struct vm *v, enum vm_state s);     /* lock held */
 void vm_set_error(struct vm *v, const char *fmt, ...) /* lock held */
         __attribute__((format(printf, 2, 3)));
 void vm_record_epoch(struct vm *v, const struct epoch_stat *st); /* lock held */
+void vm_set_exit(struct vm *v, const char *why);       /* lock held */
+/* After the QEMU died: did the guest power itself off (QMP SHUTDOWN with
+ * guest true, seen before the end of the QMP stream)? Reads what QEMU left
+ * in its QMP socket. Call by the owner of q only. */
+bool vm_guest_powered_off(struct qemu_vm *q);

@@ -24,6 +24,7 @@ struct ctx {
         bool force;
         const char *peer;
         bool reset;
+        const char *generation;
 };
 
 /* One request to the daemon at sock: 0 with *ret the ok response; 3 if it
@@ -97,6 +98,8 @@ static void print_vm(json_object *vm)
                        json_object_get_double(json_object_object_get(s, "mib_s")),
                        json_object_get_double(json_object_object_get(s, "eta_s")),
                        (long long)get_i(s, "round", 0));
+        printf("  generation %lld%s%s\n", (long long)get_i(vm, "generation", 0),
+               get_s(vm, "last_exit")[0] ? ", last exit: " : "", get_s(vm, "last_exit"));
         if (get_s(vm, "last_error")[0])
                 printf("  last error: %s\n", get_s(vm, "last_error"));
 }
@@ -218,8 +221,9 @@ static int do_simple(struct ctx *c, const char *cmd, const char *vm, json_object
         if (c->json)
                 printf("%s\n", json_object_to_json_string_ext(resp, JSON_C_TO_STRING_PLAIN));
         else if (!strcmp(cmd, "activate"))
-                printf("%s: running here from epoch %lld (activation %lld ms)\n", vm,
-                       (long long)get_i(resp, "epoch", 0), (long long)get_i(resp, "activation_ms", 0));
+                printf("%s: running here from epoch %lld, generation %lld (activation %lld ms)\n",
+                       vm, (long long)get_i(resp, "epoch", 0), (long long)get_i(resp, "generation", 0),
+                       (long long)get_i(resp, "activation_ms", 0));
         else if (!strcmp(cmd, "stats"))
                 printf("%s\n", json_object_to_json_string_ext(json_object_object_get(resp, "stats"),
                                                               JSON_C_TO_STRING_PRETTY));
@@ -259,7 +263,7 @@ static void usage(FILE *f)
         fprintf(f,
                 "usage: havmsctl [-s SOCKET] [-S HAVMSD_SOCKET] [--json] COMMAND [ARGS]\n"
                 "commands:\n"
-                "  start VM                 boot VM on this host (unprotected)\n"
+                "  start VM [--generation N] boot VM on this host (unprotected)\n"
                 "  stop VM                  end protection and power VM off\n"
                 "  protect VM [--peer HOST] replicate VM to standby HOST every epoch\n"
                 "  unprotect VM             end protection (the standby discards its replica)\n"
@@ -269,7 +273,11 @@ static void usage(FILE *f)
                 "                           members, links, quorum, fencing, each VM's owner,\n"
                 "                           generation and protection\n"
                 "  events [-n N]            havmsd's last N (50) failover steps, oldest first\n"
-                "  activate VM [--force]    take over VM on this (standby) host\n"
+                "  activate VM [--force] [--generation N]\n"
+                "                           take over VM on this (standby) host with a new\n"
+                "                           generation (default: the stored one + 1)\n"
+                "  release VM               isolated VM: the standby cannot take over (fenced,\n"
+                "                           gone): release held output, run unprotected\n"
                 "  pause VM                 checkpoint, then hold VM paused (replica == RAM)\n"
                 "  resume VM                continue a paused VM\n"
                 "  stats VM [--reset]       epoch statistics (pause, bytes, compression)\n"
@@ -330,6 +338,8 @@ int main(int argc, char **argv)
                         c.reset = true;
                 else if (!strcmp(argv[i], "--peer") && i + 1 < argc)
                         c.peer = argv[++i];
+                else if (!strcmp(argv[i], "--generation") && i + 1 < argc)
+                        c.generation = argv[++i];
                 else if ((!strcmp(argv[i], "-S") || !strcmp(argv[i], "--havmsd-socket")) && i + 1 < argc)
                         c.havmsd_socket = argv[++i];
                 else if (!strcmp(argv[i], "-n") && i + 1 < argc)
@@ -357,6 +367,7 @@ int main(int argc, char **argv)
                 { "protect", "protection starting (see status)", 10000 },
                 { "unprotect", "protection ended", 30000 },
                 { "activate", "activated", 60000 },
+                { "release", "released: held output flows, unprotected (degraded)", 15000 },
                 { "pause", "paused after a committed checkpoint: the replica equals guest RAM", 15000 },
                 { "resume", "resumed, protected", 15000 },
                 { "stats", "", 5000 },
@@ -375,6 +386,16 @@ int main(int argc, char **argv)
                         json_object_object_add(args, "force", json_object_new_boolean(1));
                 if (c.reset)
                         json_object_object_add(args, "reset", json_object_new_boolean(1));
+                if (c.generation) {
+                        char *end;
+                        long long g = strtoll(c.generation, &end, 10);
+                        if (*end || g <= 0) {
+                                fprintf(stderr, "havmsctl: --generation needs a number > 0\n");
+                                json_object_put(args);
+                                return 2;
+                        }
+                        json_object_object_add(args, "generation", json_object_new_int64(g));
+                }
                 return do_simple(&c, cmd, vm, args, simple[i].timeout_ms, simple[i].done);
         }
         fprintf(stderr, "havmsctl: unknown command '%s'\n", cmd);

@@ -115,6 +115,10 @@ static const struct opt host_opts[] = {
           "QEMU binary" },
         { "host", "uffd_preload", OPT_STR, HO(uffd_preload), 0, 0, HAVMS_PRELOAD_DEFAULT, NULL,
           "LD_PRELOAD library that creates the dirty-tracking userfaultfd inside QEMU" },
+        { "host", "managed", OPT_BOOL, HO(managed), 0, 0, "no", NULL,
+          "havmsd decides takeovers: a primary that loses its standby holds its output "
+          "(isolated) until the standby is back or `release` says it cannot take over "
+          "(checkpointd --managed sets it too)" },
         { "cluster", "control_socket", OPT_STR, CO(control_socket), 0, 0,
           "/run/havms/havmsd.sock", NULL, "havmsd's unix socket (havmsctl cluster commands)" },
         { "cluster", "checkpointd", OPT_STR, CO(checkpointd), 0, 0, HAVMS_CHECKPOINTD_DEFAULT,

@@ -113,6 +113,7 @@ struct host_config {
         char log_dir[CFG_PATH_MAX];
         char qemu[CFG_PATH_MAX];
         char uffd_preload[CFG_PATH_MAX];
+        bool managed;           /* havmsd decides: a lost standby isolates, never releases */
         struct cfg_peer peers[CFG_MAX_PEERS];
         unsigned n_peers;
         struct cfg_cluster cluster;

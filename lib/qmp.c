@@ -57,6 +57,8 @@ struct qmp {
         size_t nevents;
         uint64_t events_seen;       /* ever queued; tells a loop one arrived */
         uint64_t events_dropped;
+        bool shutdown_seen;         /* a SHUTDOWN event arrived (kept across clears) */
+        bool shutdown_guest;        /* ... with "guest": true */
 
         char last_error[512];
         char rbuf[QMP_RBUF_SIZE];
@@ -203,6 +205,16 @@ static int dispatch(struct qmp *q, json_object *obj)
                 if (!json_object_is_type(v, json_type_string)) {
                         json_object_put(obj);
                         return fail(q, -EPROTO, "QMP event without a name");
+                }
+                /* QEMU says why it is about to exit only here: remember
+                 * it even if the queue is cleared or overflows. */
+                if (!strcmp(json_object_get_string(v), "SHUTDOWN")) {
+                        json_object *data, *g;
+                        q->shutdown_seen = true;
+                        q->shutdown_guest =
+                                json_object_object_get_ex(obj, "data", &data) &&
+                                json_object_object_get_ex(data, "guest", &g) &&
+                                json_object_get_boolean(g);
                 }
                 queue_event(q, obj);
                 return 0;
@@ -654,6 +666,23 @@ int qmp_wait_event(struct qmp *q, const char *name, int timeout_ms,
         else
                 json_object_put(ev);
         return 0;
+}
+
+void qmp_drain(struct qmp *q)
+{
+        if (!q)
+                return;
+        struct call c = call_start(0);
+        while (step(q, &c) == 0)
+                ;
+}
+
+bool qmp_shutdown_seen(const struct qmp *q, bool *ret_guest)
+{
+        if (!q || !q->shutdown_seen)
+                return false;
+        *ret_guest = q->shutdown_guest;
+        return true;
 }
 
 void qmp_clear_events(struct qmp *q)

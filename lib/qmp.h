@@ -40,6 +40,13 @@ int qmp_wait_event(struct qmp *q, const char *name, int timeout_ms,
                    json_object **ret_event);
 /* Drop queued events. */
 void qmp_clear_events(struct qmp *q);
+/* Parse what QEMU already sent, without waiting, even after a failure:
+ * the last words of a QEMU that exited are still in the socket. */
+void qmp_drain(struct qmp *q);
+/* Has a SHUTDOWN event arrived on this connection (ever, even if the
+ * queue was cleared since)? *ret_guest: its "guest" field (the guest
+ * powered itself off, as opposed to quit or a signal). */
+bool qmp_shutdown_seen(const struct qmp *q, bool *ret_guest);
 
 const char *qmp_last_error(const struct qmp *q);
 bool qmp_is_broken(const struct qmp *q);

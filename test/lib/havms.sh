@@ -21,6 +21,8 @@ HV_GUEST_IP=10.77.0.10
 declare -gA HV_PEER_ADDR=()   # per host: override the peer's address (a proxy)
 HV_DISK_MIB=${HV_DISK_MIB:-0} # >0: web01 gets an ext4 data disk of this size
 HV_DISK=/var/lib/havms/images/$HV_VM.raw
+HV_HOST_EXTRA=${HV_HOST_EXTRA:-} # extra lines for [host] of havms.conf (e.g. "managed = yes")
+HV_VM_EXTRA=${HV_VM_EXTRA:-}     # extra lines for [vm] of web01.conf (e.g. "accel = tcg")
 HV_PASS=0
 HV_FAIL=0
 
@@ -61,6 +63,7 @@ hv_host_config() {
 name = $host
 listen = $(tb_addr "$host" "$link"):7780
 uffd_preload = $HV_BUILD/checkpointd/libhavms-uffd.so
+$HV_HOST_EXTRA
 
 [peer $other]
 address = ${HV_PEER_ADDR[$host]:-$(tb_addr "$other" "$link"):7780}
@@ -76,6 +79,7 @@ cmdline = console=ttyS0 panic=-1 quiet havms.ip=$HV_GUEST_IP/24 havms.hb=1 $extr
 nic = mac=52:54:00:77:00:10,bridge=br0
 $disk
 preferred_host = a
+$HV_VM_EXTRA
 
 [protection]
 peer = $other

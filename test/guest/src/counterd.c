@@ -11,6 +11,9 @@
  *   next  -> increments the counter, replies "<new value>"
  *   get   -> replies "<current value>"
  *   stat  -> replies "counter=<v> uptime_ms=<ms> boot_id=<uuid>"
+ *   poweroff -> replies "ok poweroff", then the guest powers itself off
+ *            (ACPI, as `poweroff -f` would) half a second later, so the
+ *            reply can leave first; the host sees a guest shutdown
  *   other -> replies "error unknown-command"
  *
  * With -s PATH every increment is first written to PATH and made durable
@@ -26,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/reboot.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -128,6 +132,23 @@ static int reply_next(struct counterd *d, char *reply, size_t cap)
 	return snprintf(reply, cap, "%" PRIu64 "\n", v);
 }
 
+/* A child powers the machine off once the reply had time to leave (with
+ * output commit it waits for the next checkpoint's ACK). */
+static int reply_poweroff(char *reply, size_t cap)
+{
+	pid_t pid = fork();
+
+	if (pid < 0)
+		return snprintf(reply, cap, "error fork %s\n", strerror(errno));
+	if (pid == 0) {
+		usleep(500000);
+		sync();
+		reboot(RB_POWER_OFF);
+		_exit(1);
+	}
+	return snprintf(reply, cap, "ok poweroff\n");
+}
+
 static int handle_line(void *ctx, const char *line, char *reply, size_t cap)
 {
 	struct counterd *d = ctx;
@@ -139,6 +160,8 @@ static int handle_line(void *ctx, const char *line, char *reply, size_t cap)
 	if (strcmp(line, "stat") == 0)
 		return snprintf(reply, cap, "counter=%" PRIu64 " uptime_ms=%" PRIu64
 				" boot_id=%s\n", d->value, uptime_ms(), d->boot_id);
+	if (strcmp(line, "poweroff") == 0)
+		return reply_poweroff(reply, cap);
 	return snprintf(reply, cap, "error unknown-command\n");
 }
 

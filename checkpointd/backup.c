@@ -577,10 +577,24 @@ static int check_hello(struct daemon *d, const struct wire_hello *h, struct vm *
          * replica this host may already hold */
         if (disk_replica_check(&v->cfg, h, why, whylen) < 0)
                 return -EINVAL;
-        *code = WIRE_ERR_BUSY;
+        /* Stale before busy: an old primary whose standby took over (and
+         * runs the VM here now, a newer generation) must learn that it is
+         * stale and power its copy off, not retry forever. */
+        *code = WIRE_ERR_STALE;
         pthread_mutex_lock(&v->lock);
+        uint64_t gen = v->generation;
+        bool gen_ok = !v->generation_bad;
         enum vm_state st = v->state;
         pthread_mutex_unlock(&v->lock);
+        if (gen_ok && h->generation < gen) {
+                snprintf(why, whylen, "generation %llu of %.64s is stale: %.64s has seen "
+                         "generation %llu", (unsigned long long)h->generation, h->vm,
+                         d->host.name, (unsigned long long)gen);
+                log_msg(LOG_LVL_WARN, MSG_BK_STALE, h->vm, -1,
+                        "refused primary %s: %s; it must never run the VM again", h->host, why);
+                return -ESTALE;
+        }
+        *code = WIRE_ERR_BUSY;
         if (vm_state_is_primary(st) || st == VM_ACTIVATING) {
                 snprintf(why, whylen, "%s is %s on %s: refusing to become its standby",
                          h->vm, vm_state_name(st), d->host.name);

@@ -258,6 +258,34 @@ static int cmd_release(struct daemon *d, struct vm *v, json_object *args, json_o
         return r;
 }
 
+/* discard: the standby drops its replica (and its hot-standby QEMU) at
+ * the request of a primary that is alive and in contact but lost the
+ * replication stream (havmsd, rule S2 in docs/failover.md): once it is
+ * gone this host can no longer take over, so the primary may release its
+ * held output. Refused where this host runs the VM. */
+static int cmd_discard(struct daemon *d, struct vm *v, json_object *args, json_object *resp, char *err)
+{
+        pthread_mutex_lock(&v->lock);
+        enum vm_state st = v->state;
+        uint64_t gen = v->generation;
+        pthread_mutex_unlock(&v->lock);
+        if (st != VM_BK_STANDBY && st != VM_BK_ORPHANED && st != VM_BK_SYNCING) {
+                snprintf(err, ERRLEN, "%s is %s on %s: only a standby's replica can be discarded",
+                         v->name, vm_state_name(st), d->host.name);
+                return -EINVAL;
+        }
+        backup_stop(d, v);
+        pthread_mutex_lock(&v->lock);
+        vm_set_state(v, VM_DEFINED);
+        snprintf(v->last_exit, sizeof(v->last_exit), "discarded");
+        pthread_mutex_unlock(&v->lock);
+        log_msg(LOG_LVL_NOTICE, MSG_BK_DISCARDED, v->name, -1,
+                "replica of generation %llu discarded on request: this host can no longer "
+                "take the VM over", (unsigned long long)gen);
+        add_int(resp, "generation", (int64_t)gen);
+        return 0;
+}
+
 /* Wait (lock held) until the state leaves `from`, at most timeout_ms. */
 static void wait_state_change(struct vm *v, enum vm_state from, int timeout_ms)
 {
@@ -534,6 +562,7 @@ static const struct command {
         { "unprotect", VM_REQUIRED, cmd_unprotect },
         { "activate", VM_REQUIRED, cmd_activate },
         { "release", VM_REQUIRED, cmd_release },
+        { "discard", VM_REQUIRED, cmd_discard },
         { "pause", VM_REQUIRED, cmd_pause },
         { "resume", VM_REQUIRED, cmd_resume },
         { "status", VM_OPTIONAL, cmd_status },

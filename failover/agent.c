@@ -38,6 +38,7 @@
 #define EVENTS_MAX 512
 #define CKPT_RESTART_MS 1000   /* back-off between checkpointd starts */
 #define CKPT_DEAD_TICKS 30     /* an adopted checkpointd silent this long is replaced */
+#define ACTION_RETRY_MS 1000   /* a failed checkpointd command is retried after this */
 
 /* epoll tags: small integers; membership fds are tagged TAG_MEM + index. */
 enum { TAG_SIGNAL = 1, TAG_TICK, TAG_DECIDE, TAG_CTL, TAG_CKPT, TAG_JOB, TAG_MEM = 16 };
@@ -69,8 +70,8 @@ struct avm {
         bool seen;                /* in checkpointd's last status */
         uint64_t epoch;
         char note[PO_NOTE_MAX];
-        enum po_vm_state prev_state;
         uint64_t lost_ms;         /* when the owner's loss was first seen (takeover timing) */
+        uint64_t retry_ms;        /* a failed action: decide nothing for the VM before this */
 };
 
 enum job_kind { JOB_CTL, JOB_FENCE, JOB_MONITOR, JOB_HOOK };
@@ -390,6 +391,7 @@ static void arm_decide_timer(struct agent *a, uint64_t wake_ms)
 }
 
 static void do_action(struct agent *a, const struct po_action *x);
+static void poll_checkpointd(struct agent *a);
 
 static void decide(struct agent *a)
 {
@@ -407,9 +409,19 @@ static void decide(struct agent *a)
         in.fence_retry_ms = a->host.cluster.fence_retry_ms;
         for (size_t i = 0; i < a->n_hosts; i++)
                 in.hosts[in.n_hosts++] = a->hosts[i].po;
-        for (size_t i = 0; i < a->n_vms; i++)
-                in.vms[in.n_vms++] = a->vms[i].po;
+        uint64_t retry = 0;
+        for (size_t i = 0; i < a->n_vms; i++) {
+                struct po_vm *pv = &in.vms[in.n_vms++];
+                *pv = a->vms[i].po;
+                if (a->vms[i].retry_ms > in.now_ms) {
+                        pv->busy = true;
+                        if (!retry || a->vms[i].retry_ms < retry)
+                                retry = a->vms[i].retry_ms;
+                }
+        }
         po_decide(&in, &out);
+        if (retry && (!out.wake_ms || retry < out.wake_ms))
+                out.wake_ms = retry;
         for (size_t i = 0; i < a->n_vms; i++) {
                 struct avm *v = &a->vms[i];
                 if (strcmp(v->note, out.note[i])) {
@@ -577,8 +589,10 @@ static void job_finished(struct agent *a, struct job *j)
         } else if (j->kind == JOB_CTL && v) {
                 v->po.busy = false;
                 if (j->r < 0) {
+                        v->retry_ms = now_ms() + ACTION_RETRY_MS;
                         ev(a, LOG_LVL_ERR, MSG_FO_ACTION_FAILED, j->vm, j->host,
-                           "%s failed after %" PRIu64 " ms: %s", j->cmd, took, j->err);
+                           "%s failed after %" PRIu64 " ms (retry in %d ms): %s", j->cmd, took,
+                           ACTION_RETRY_MS, j->err);
                 } else if (j->act == PO_ACT_ACTIVATE) {
                         json_object *o;
                         int64_t act_ms = j->resp && json_object_object_get_ex(j->resp,
@@ -612,8 +626,13 @@ static void reap_job(struct agent *a, struct job *j)
                         break;
                 }
         runner_job_free(j->rj);
+        bool ctl = j->kind == JOB_CTL;
         job_finished(a, j);
         free(j);
+        /* the command changed the VM's state: read it before deciding
+         * again, or the old state would ask for the same action twice */
+        if (ctl)
+                poll_checkpointd(a);
         decide(a);
 }
 
@@ -833,9 +852,10 @@ static void on_quorum(void *opaque, bool quorate, uint32_t expected, uint32_t to
 {
         struct agent *a = opaque;
         if (!a->quorum_known || quorate != a->quorate)
-                ev(a, quorate ? LOG_LVL_NOTICE : LOG_LVL_ERR, MSG_FO_QUORUM, NULL, a->host.name,
-                   "%s (votes %u of %u expected)", quorate ? "quorate" : "QUORUM LOST", total,
-                   expected);
+                ev(a, quorate || !a->quorum_known ? LOG_LVL_NOTICE : LOG_LVL_ERR, MSG_FO_QUORUM,
+                   NULL, a->host.name, "%s (votes %u of %u expected)",
+                   quorate ? "quorate" : a->quorum_known ? "QUORUM LOST" : "not quorate yet",
+                   total, expected);
         a->quorum_known = true;
         a->quorate = quorate;
         decide(a);
@@ -929,7 +949,7 @@ static void mem_open(struct agent *a)
                 memset(h, 0, sizeof(*h));
                 snprintf(h->po.name, sizeof(h->po.name), "%s", name);
                 h->po.nodeid = ids[i];
-                h->po.member = true; /* until the first report says otherwise */
+                h->po.member = false; /* the first nodes report tells */
                 h->fence_cfg = host_config_fence(&a->host, name);
                 h->po.fence_configured = h->fence_cfg != NULL;
                 snprintf(h->monitor, sizeof(h->monitor), "unchecked");

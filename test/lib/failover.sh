@@ -34,7 +34,8 @@ hv_fence_levels() {
                 printf '%s\n' "$HV_FENCE_LEVELS" | sed "s/@BMC@/$(tb_bmc_addr "$1")/g"
                 return
         fi
-        echo "level1 = fence_ipmilan $(tb_bmc_fence_args "$1")"
+        # power_wait=0: off is verified by a status call anyway (docs/failover.md)
+        echo "level1 = fence_ipmilan $(tb_bmc_fence_args "$1") power_wait=0"
 }
 
 # hv_cluster_config HOST OTHER: havms.conf for havmsd (on top of

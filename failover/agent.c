@@ -72,6 +72,8 @@ struct avm {
         char note[PO_NOTE_MAX];
         uint64_t lost_ms;         /* when the owner's loss was first seen (takeover timing) */
         uint64_t retry_ms;        /* a failed action: decide nothing for the VM before this */
+        bool hook_aborted;        /* pre-activate said abort: no automatic takeover until
+                                     the VM's state here changes */
 };
 
 enum job_kind { JOB_CTL, JOB_FENCE, JOB_MONITOR, JOB_HOOK };
@@ -413,6 +415,8 @@ static void decide(struct agent *a)
         for (size_t i = 0; i < a->n_vms; i++) {
                 struct po_vm *pv = &in.vms[in.n_vms++];
                 *pv = a->vms[i].po;
+                if (a->vms[i].hook_aborted)
+                        pv->busy = true;
                 if (a->vms[i].retry_ms > in.now_ms) {
                         pv->busy = true;
                         if (!retry || a->vms[i].retry_ms < retry)
@@ -479,7 +483,7 @@ static void do_action(struct agent *a, const struct po_action *x)
                 j->hook = HOOK_PRE_FENCE;
                 snprintf(j->hhost, sizeof(j->hhost), "%s", a->host.name);
                 j->henv = (struct hook_env){ .host = j->hhost, .fenced_host = j->host };
-                ev(a, LOG_LVL_NOTICE, MSG_FO_FENCING, NULL, x->host,
+                ev(a, LOG_LVL_NOTICE, MSG_FENCE_START, NULL, x->host,
                    "fencing host %s (%s), %u level(s)", x->host, x->why, h->fence_cfg->n_levels);
                 if (start_action(a, j) == 0)
                         h->po.fence = PO_FENCE_RUNNING;
@@ -538,6 +542,48 @@ static void do_action(struct agent *a, const struct po_action *x)
         }
 }
 
+/* Each failed fence level, once (HAVMS-FN-6002), whether a later one worked or not. */
+static void report_failed_attempts(struct agent *a, const struct job *j)
+{
+        char buf[64];
+        for (unsigned i = 0; i < j->fence.n_attempts; i++) {
+                const struct fence_attempt *fa = &j->fence.attempts[i];
+                if (fa->ok)
+                        continue;
+                ev(a, LOG_LVL_WARN, MSG_FENCE_ATTEMPT_FAILED, NULL, j->host,
+                   "fencing %s: level %u (%s) %s failed: %s [%s]", j->host, fa->level, fa->agent,
+                   fa->action, fa->reason, runner_describe(&fa->run, buf, sizeof(buf)));
+        }
+}
+
+/* A hook that did not say "go on", or that failed (HAVMS-HK-70xx). */
+static void report_hook(struct agent *a, const struct job *j)
+{
+        const char *ev_name = hook_event_name(j->hook);
+        for (unsigned i = 0; i < j->hres.n_skipped; i++)
+                ev(a, LOG_LVL_WARN, MSG_HOOK_NOT_EXEC, j->vm, NULL,
+                   "%s hook %s is not executable: not run", ev_name, j->hres.skipped[i]);
+        for (unsigned i = 0; i < j->hres.n_runs; i++) {
+                const struct hook_run *hr = &j->hres.runs[i];
+                char buf[64];
+                runner_describe(&hr->run, buf, sizeof(buf));
+                if (hr->run.end == RUNNER_TIMEOUT)
+                        ev(a, LOG_LVL_WARN, MSG_HOOK_TIMEOUT, j->vm, NULL,
+                           "%s hook %s: %s, killed", ev_name, hr->path, buf);
+                else if (hr->verdict == HOOK_DEFER)
+                        ev(a, LOG_LVL_WARN, MSG_HOOK_DEFERRED, j->vm, NULL,
+                           "%s hook %s deferred the action (%s): retried later", ev_name,
+                           hr->path, buf);
+                else if (hr->verdict == HOOK_ABORT)
+                        ev(a, LOG_LVL_ERR, MSG_HOOK_ABORTED, j->vm, NULL,
+                           "%s hook %s ABORTED the action (%s): an operator must act", ev_name,
+                           hr->path, buf);
+                else if (hr->run.end != RUNNER_EXITED || hr->run.exit_code != 0)
+                        ev(a, LOG_LVL_WARN, MSG_HOOK_FAILED, j->vm, NULL, "%s hook %s: %s",
+                           ev_name, hr->path, buf);
+        }
+}
+
 static void job_finished(struct agent *a, struct job *j)
 {
         struct avm *v = j->vm[0] ? vm_by_name(a, j->vm, false) : NULL;
@@ -545,12 +591,17 @@ static void job_finished(struct agent *a, struct job *j)
         uint64_t took = now_ms() - j->started_ms;
         if (j->kind == JOB_FENCE && h) {
                 h->po.fence_ms = now_ms();
-                if (j->r == 0 && j->fence.ok) {
+                if (j->r == -EAGAIN || j->r == -ECANCELED) { /* the pre-fence hook */
+                        h->po.fence = PO_FENCE_FAILED;
+                        snprintf(h->fence_last, sizeof(h->fence_last), "deferred: %.180s", j->err);
+                        report_hook(a, j);
+                } else if (j->r == 0 && j->fence.ok) {
                         h->po.fence = PO_FENCE_DONE;
+                        report_failed_attempts(a, j);
                         snprintf(h->fence_last, sizeof(h->fence_last),
                                  "off at level %u in %" PRIu64 " ms", j->fence.level,
                                  j->fence.duration_ms);
-                        ev(a, LOG_LVL_NOTICE, MSG_FO_FENCED, NULL, j->host,
+                        ev(a, LOG_LVL_NOTICE, MSG_FENCE_DONE, NULL, j->host,
                            "host %s fenced: verified off by level %u (%s) in %" PRIu64 " ms",
                            j->host, j->fence.level,
                            j->fence.level ? j->fence_cfg->levels[j->fence.level - 1].agent : "?",
@@ -559,36 +610,43 @@ static void job_finished(struct agent *a, struct job *j)
                         hook_async(a, HOOK_POST_FENCE, NULL, j->host);
                 } else {
                         h->po.fence = PO_FENCE_FAILED;
-                        char why[400] = "";
-                        for (unsigned i = 0; i < j->fence.n_attempts; i++) {
-                                size_t n = strlen(why);
-                                snprintf(why + n, sizeof(why) - n, "%slevel %u %s: %s",
-                                         i ? "; " : "", j->fence.attempts[i].level,
-                                         j->fence.attempts[i].action, j->fence.attempts[i].reason);
-                        }
-                        if (j->r < 0 && j->err[0])
-                                snprintf(why, sizeof(why), "%.300s", j->err);
-                        snprintf(h->fence_last, sizeof(h->fence_last), "FAILED: %.180s", why);
-                        ev(a, LOG_LVL_ERR, MSG_FO_FENCE_FAILED, NULL, j->host,
-                           "FENCING OF %s FAILED, nothing taken over; retry in %u ms: %s",
-                           j->host, a->host.cluster.fence_retry_ms, why);
+                        report_failed_attempts(a, j);
+                        snprintf(h->fence_last, sizeof(h->fence_last), "FAILED at %u level(s)%s%.150s",
+                                 j->fence.n_attempts, j->err[0] ? ": " : "", j->err);
+                        ev(a, LOG_LVL_ERR, MSG_FENCE_ALL_FAILED, NULL, j->host,
+                           "FENCING OF %s FAILED at every level: it is NOT known to be off, so "
+                           "nothing is taken over; retry in %u ms", j->host,
+                           a->host.cluster.fence_retry_ms);
                 }
         } else if (j->kind == JOB_MONITOR && h) {
+                bool was_failing = !strncmp(h->monitor, "failed", 6);
                 if (j->r == 0 && j->fence.ok) {
                         snprintf(h->monitor, sizeof(h->monitor), "ok");
+                        if (was_failing)
+                                ev(a, LOG_LVL_INFO, MSG_FENCE_MONITOR_OK, NULL, j->host,
+                                   "fencing of %s answers its check again", j->host);
                 } else {
-                        snprintf(h->monitor, sizeof(h->monitor), "failed: %.180s",
-                                 j->fence.n_attempts ? j->fence.attempts[0].reason : "error");
-                        ev(a, LOG_LVL_ERR, MSG_FO_MONITOR_FAILED, NULL, j->host,
-                           "fence agent check for %s failed: %s", j->host, h->monitor);
+                        const struct fence_attempt *fa = NULL;
+                        for (unsigned i = 0; i < j->fence.n_attempts; i++)
+                                if (!j->fence.attempts[i].ok && !fa)
+                                        fa = &j->fence.attempts[i];
+                        snprintf(h->monitor, sizeof(h->monitor), "failed: level %u: %.160s",
+                                 fa ? fa->level : 0, fa ? fa->reason : "error");
+                        ev(a, LOG_LVL_WARN, MSG_FENCE_MONITOR_FAILED, NULL, j->host,
+                           "fence check for %s %s (it would fail when needed)", j->host,
+                           h->monitor);
                 }
         } else if (j->kind == JOB_HOOK) {
-                if (j->r == 0 && j->hres.verdict != HOOK_GO)
-                        ev(a, LOG_LVL_WARN, MSG_FO_HOOK, j->vm, NULL, "%s hook said %s",
-                           hook_event_name(j->hook), hook_verdict_name(j->hres.verdict));
+                report_hook(a, j);
         } else if (j->kind == JOB_CTL && v) {
                 v->po.busy = false;
-                if (j->r < 0) {
+                if (j->r == -ECANCELED) { /* pre-activate hook: abort */
+                        report_hook(a, j);
+                        v->hook_aborted = true;
+                } else if (j->r == -EAGAIN) { /* pre-activate hook: defer */
+                        report_hook(a, j);
+                        v->retry_ms = now_ms() + a->host.cluster.fence_retry_ms;
+                } else if (j->r < 0) {
                         v->retry_ms = now_ms() + ACTION_RETRY_MS;
                         ev(a, LOG_LVL_ERR, MSG_FO_ACTION_FAILED, j->vm, j->host,
                            "%s failed after %" PRIu64 " ms (retry in %d ms): %s", j->cmd, took,
@@ -713,6 +771,7 @@ static void local_transition(struct agent *a, struct avm *v, enum po_vm_state fr
                 hook_async(a, HOOK_PROTECTION_RESTORED, v, NULL);
         }
         /* flags that belong to one situation end with it */
+        v->hook_aborted = false;
         if (runs_here(to))
                 v->po.relinquished = false;
         if (to != PO_VM_ISOLATED)

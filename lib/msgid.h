@@ -62,7 +62,9 @@
 #define MSG_HOOK_TIMEOUT     "HAVMS-HK-7004"
 #define MSG_HOOK_NOT_EXEC    "HAVMS-HK-7005"
 
-/* havmsd: the failover agent (docs/failover.md) */
+/* havmsd: the failover agent (docs/failover.md); its fencing and hooks
+ * report with the HAVMS-FN and HAVMS-HK IDs above. 5008-5011 and 5024
+ * are unused (fencing and hooks have their own IDs). */
 #define MSG_FO_STARTED        "HAVMS-FO-5001"
 #define MSG_FO_STOPPING       "HAVMS-FO-5002"
 #define MSG_FO_COROSYNC       "HAVMS-FO-5003"
@@ -70,10 +72,6 @@
 #define MSG_FO_LEFT           "HAVMS-FO-5005"
 #define MSG_FO_JOINED         "HAVMS-FO-5006"
 #define MSG_FO_LINK           "HAVMS-FO-5007"
-#define MSG_FO_FENCING        "HAVMS-FO-5008"
-#define MSG_FO_FENCED         "HAVMS-FO-5009"
-#define MSG_FO_FENCE_FAILED   "HAVMS-FO-5010"
-#define MSG_FO_MONITOR_FAILED "HAVMS-FO-5011"
 #define MSG_FO_TAKEOVER       "HAVMS-FO-5012"
 #define MSG_FO_TAKEN_OVER     "HAVMS-FO-5013"
 #define MSG_FO_ACTION_FAILED  "HAVMS-FO-5014"
@@ -86,7 +84,6 @@
 #define MSG_FO_PROT_LOST      "HAVMS-FO-5021"
 #define MSG_FO_PROT_RESTORED  "HAVMS-FO-5022"
 #define MSG_FO_WAITING        "HAVMS-FO-5023"
-#define MSG_FO_HOOK           "HAVMS-FO-5024"
 #define MSG_FO_CKPT_START     "HAVMS-FO-5025"
 #define MSG_FO_CKPT_EXIT      "HAVMS-FO-5026"
 #define MSG_FO_BAD_MSG        "HAVMS-FO-5027"

@@ -12,7 +12,8 @@
 # Each host's havms.conf gets a [cluster] section and a [fence OTHER]
 # section whose level 1 is the real fence_ipmilan against OTHER's
 # simulated BMC (test/lib/bmc.sh). HV_FENCE_LEVELS overrides the levels
-# (lines "levelN = ..."), e.g. to put a failing agent first.
+# (lines "levelN = ...", @BMC@ = the BMC's address, @ARGS@ = the working
+# fence_ipmilan arguments), e.g. to put a failing agent first.
 
 hv_fo_top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 . "$hv_fo_top/test/lib/havms.sh"
@@ -31,7 +32,8 @@ hv_fo_need() {
 # hv_fence_levels HOST: the [fence HOST] levels (default: its BMC).
 hv_fence_levels() {
         if [ -n "${HV_FENCE_LEVELS:-}" ]; then
-                printf '%s\n' "$HV_FENCE_LEVELS" | sed "s/@BMC@/$(tb_bmc_addr "$1")/g"
+                printf '%s\n' "$HV_FENCE_LEVELS" |
+                        sed -e "s/@BMC@/$(tb_bmc_addr "$1")/g" -e "s/@ARGS@/$(tb_bmc_fence_args "$1")/g"
                 return
         fi
         # power_wait=0: off is verified by a status call anyway (docs/failover.md)
@@ -107,4 +109,57 @@ hv_fo_dump_logs() {
                 tb_holder "$h" >/dev/null 2>&1 || continue
                 echo "----- $h console"; tail -n 8 "$(tb_path "$h" /var/log/havms/$HV_VM.console)" 2>/dev/null
         done
+}
+
+# ------------------------------------------------ the consistency client --
+# hv_fo_client_start: a client on ONE TCP connection to the guest's
+# counter (test/tools/counter_client.py), answers in $HV_VALUES.
+hv_fo_client_start() {
+        HV_WORK=$(mktemp -d /tmp/havms-failover.XXXXXX) || return 1
+        tb_on_cleanup "rm -rf '$HV_WORK'"
+        HV_VALUES=$HV_WORK/values
+        tb_client_spawn "$HV_WORK/client.log" python3 "$hv_top/test/tools/counter_client.py" \
+                --addr "$HV_GUEST_IP" --out "$HV_VALUES" --pause-file "$HV_WORK/pause"
+        HV_CLIENT=$TB_LAST_PID
+        tb_on_cleanup "kill $HV_CLIENT 2>/dev/null"
+        tb_wait_for 10 grep -q CONNECTED "$HV_VALUES"
+}
+hv_fo_n_values() { grep -c '^[0-9]' "$HV_VALUES"; }
+hv_fo_more_values_than() { [ "$(hv_fo_n_values)" -gt "$1" ]; }
+hv_fo_last_value() { grep '^[0-9]' "$HV_VALUES" | tail -n1 | cut -d' ' -f2; }
+
+# hv_fo_client_judge OWNER: stop the client and judge the whole run as the
+# consistency test does: one connection, no gap or rollback; then stop the
+# VM on OWNER and check its disk image (e2fsck after journal replay, the
+# counter on disk >= the last value the client saw).
+hv_fo_client_judge() {
+        local owner=$1 last img on_disk
+        touch "$HV_WORK/pause"
+        sleep 0.5
+        last=$(hv_fo_last_value)
+        kill -TERM "$HV_CLIENT" 2>/dev/null
+        tb_wait_for 10 grep -q '^END' "$HV_VALUES"
+        hv_check "no value repeated, skipped or rolled back" tb__not grep -q '^GAP' "$HV_VALUES"
+        hv_check "one connection for the whole run" grep -q '^END stop' "$HV_VALUES"
+        [ "$HV_DISK_MIB" -gt 0 ] || return 0
+        hv_check "stop web01 on $owner" hvctl "$owner" stop web01
+        img=$HV_WORK/last.img
+        cp --sparse=always "$(tb_path "$owner" "$HV_DISK")" "$img"
+        e2fsck -E journal_only -y "$img" >"$HV_WORK/fsck-journal.log" 2>&1
+        hv_check "$owner's image passes e2fsck -fn after journal replay" e2fsck -fn "$img"
+        on_disk=$(debugfs -R "cat /counter" "$img" 2>/dev/null | tr -dc 0-9 | sed 's/^0*//')
+        hv_check "counter on disk (${on_disk:-none}) >= last value seen ($last)" \
+                test "${on_disk:-0}" -ge "$last"
+}
+
+# hv_fo_protected_with_client: web01 with a data disk on a, protected to
+# b, the client connected.
+hv_fo_protected_with_client() {
+        hv_must "ext4 data disk on a" hv_make_disk a
+        hv_must "start web01 on a" hvctl a start web01
+        hv_must "guest answers on the LAN" hv_wait_guest 90
+        hv_must "protect web01 to b" hvctl a protect web01
+        hv_must "a reaches protected" hv_wait_state a web01 protected 180
+        hv_must "b holds a committed replica" hv_wait_state b web01 backup-standby 30
+        hv_must "client connected" hv_fo_client_start
 }

@@ -14,6 +14,7 @@
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <sys/wait.h>
@@ -39,6 +40,10 @@
 #define CKPT_RESTART_MS 1000   /* back-off between checkpointd starts */
 #define CKPT_DEAD_TICKS 30     /* an adopted checkpointd silent this long is replaced */
 #define ACTION_RETRY_MS 1000   /* a failed checkpointd command is retried after this */
+#define PATROL_TICKS 50        /* the standby patrol runs every 5 s */
+#define PATROL_MAX 16
+#define PATROL_LAG_MS 2000     /* a connected replica older than this is reported */
+#define PATROL_MIN_FREE (64ull << 20)
 
 /* epoll tags: small integers; membership fds are tagged TAG_MEM + index. */
 enum { TAG_SIGNAL = 1, TAG_TICK, TAG_DECIDE, TAG_CTL, TAG_CKPT, TAG_JOB, TAG_MEM = 16 };
@@ -69,6 +74,8 @@ struct avm {
         struct po_vm po;          /* local view + CPG flags, fed to the policy */
         bool seen;                /* in checkpointd's last status */
         uint64_t epoch;
+        int64_t lag_ms;           /* backup: age of its last commit (-1 unknown) */
+        int qemu_pid;             /* the VM's QEMU here (the hot standby on a backup) */
         char note[PO_NOTE_MAX];
         uint64_t lost_ms;         /* when the owner's loss was first seen (takeover timing) */
         uint64_t retry_ms;        /* a failed action: decide nothing for the VM before this */
@@ -125,6 +132,10 @@ struct agent {
         struct avm vms[PO_MAX_VMS];
         size_t n_vms;
         bool state_dirty;         /* our STATE changed: announce it */
+        bool ckpt_adopted;        /* the running checkpointd is not our child */
+        unsigned patrol_tick;
+        char patrol[PATROL_MAX][PO_NOTE_MAX]; /* problems the standby patrol sees now */
+        size_t n_patrol;
         uint64_t next_monitor_ms;
         struct job *jobs;
         pthread_mutex_t ev_lock;
@@ -833,6 +844,8 @@ static void poll_checkpointd(struct agent *a)
                         changed = true;
                 }
                 v->epoch = ep;
+                v->lag_ms = jint(o, "lag_ms");
+                v->qemu_pid = (int)jint(o, "qemu_pid");
         }
         for (size_t i = 0; i < a->n_vms; i++)
                 if (!a->vms[i].seen && a->vms[i].po.state != PO_VM_DEFINED) {
@@ -1215,6 +1228,10 @@ static json_object *cluster_status(struct agent *a)
         json_object_object_add(c, "pid", json_object_new_int(a->ckpt_pid));
         json_object_object_add(c, "restarts", json_object_new_int((int)a->ckpt_restarts));
         json_object_object_add(r, "checkpointd", c);
+        json_object *pat = json_object_new_array();
+        for (size_t i = 0; i < a->n_patrol; i++)
+                json_object_array_add(pat, json_object_new_string(a->patrol[i]));
+        json_object_object_add(r, "patrol", pat);
         return r;
 }
 
@@ -1293,6 +1310,90 @@ static void serve_ctl(struct agent *a)
         close(fd);
 }
 
+/* ------------------------------------------------------ standby patrol - */
+
+static void patrol_add(char (*found)[PO_NOTE_MAX], size_t *n, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+static void patrol_add(char (*found)[PO_NOTE_MAX], size_t *n, const char *fmt, ...)
+{
+        if (*n >= PATROL_MAX)
+                return;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(found[(*n)++], PO_NOTE_MAX, fmt, ap);
+        va_end(ap);
+}
+
+static void patrol_space(char (*found)[PO_NOTE_MAX], size_t *n, const char *dir, const char *what)
+{
+        struct statvfs st;
+        if (statvfs(dir, &st) < 0)
+                return;
+        unsigned long long total = (unsigned long long)st.f_blocks * st.f_frsize;
+        unsigned long long avail = (unsigned long long)st.f_bavail * st.f_frsize;
+        if (avail < PATROL_MIN_FREE || avail < total / 10)
+                patrol_add(found, n, "only %llu MiB free in %s (%s)", avail >> 20, dir, what);
+}
+
+/* The standby patrol: what would make a takeover fail, found before it is
+ * needed (HAVMS-FO-5028 when a problem appears, 5029 when it clears). */
+static void patrol(struct agent *a)
+{
+        char found[PATROL_MAX][PO_NOTE_MAX];
+        size_t n = 0;
+        patrol_space(found, &n, a->host.ram_dir, "guest RAM and replicas");
+        patrol_space(found, &n, a->host.state_dir, "state, disk journals");
+        for (size_t i = 0; i < a->n_vms; i++) {
+                const struct avm *v = &a->vms[i];
+                const struct ahost *h = host_by_name(a, v->po.peer);
+                if (v->po.state == PO_VM_BK_READY) {
+                        if (v->lag_ms > PATROL_LAG_MS)
+                                patrol_add(found, &n, "%s: the replica is %lld ms old", v->po.name,
+                                           (long long)v->lag_ms);
+                        if (v->qemu_pid <= 0 || kill(v->qemu_pid, 0) < 0)
+                                patrol_add(found, &n, "%s: no hot-standby QEMU: a takeover "
+                                                      "would start one cold", v->po.name);
+                }
+                if ((v->po.state == PO_VM_BK_READY || runs_here(v->po.state)) && v->po.peer[0]) {
+                        if (!h)
+                                patrol_add(found, &n, "%s: its peer %s is not a corosync node",
+                                           v->po.name, v->po.peer);
+                        else if (!h->fence_cfg)
+                                patrol_add(found, &n, "no [fence %s]: %s cannot be taken over "
+                                                      "from it", h->po.name, v->po.name);
+                        else if (!strncmp(h->monitor, "failed", 6))
+                                patrol_add(found, &n, "fencing of %s would fail (%s)", h->po.name,
+                                           h->monitor);
+                }
+        }
+        for (size_t k = 0; k < a->n_hosts; k++) {
+                const struct ahost *h = &a->hosts[k];
+                for (size_t l = 0; h->po.member && l < h->links.n; l++)
+                        if (!h->links.l[l].connected)
+                                patrol_add(found, &n, "link %u to %s is down: one more failure "
+                                                      "and %s looks dead", h->links.l[l].link,
+                                           h->po.name, h->po.name);
+        }
+        for (size_t i = 0; i < n; i++) {
+                bool known = false;
+                for (size_t j = 0; j < a->n_patrol; j++)
+                        known |= !strcmp(found[i], a->patrol[j]);
+                if (!known)
+                        ev(a, LOG_LVL_WARN, MSG_FO_PATROL, NULL, a->host.name, "patrol: %s",
+                           found[i]);
+        }
+        for (size_t j = 0; j < a->n_patrol; j++) {
+                bool still = false;
+                for (size_t i = 0; i < n; i++)
+                        still |= !strcmp(found[i], a->patrol[j]);
+                if (!still)
+                        ev(a, LOG_LVL_NOTICE, MSG_FO_PATROL_OK, NULL, a->host.name,
+                           "patrol: cleared: %s", a->patrol[j]);
+        }
+        memcpy(a->patrol, found, sizeof(found));
+        a->n_patrol = n;
+}
+
 /* -------------------------------------------------------------- loop -- */
 
 static void tick(struct agent *a)
@@ -1301,15 +1402,22 @@ static void tick(struct agent *a)
         if (read(a->tickfd, &exp, sizeof(exp)) < 0)
                 return;
         mem_open(a);
+        /* Our own child is watched by its pidfd; an adopted checkpointd
+         * (havmsd restarted) is replaced only after staying silent for
+         * CKPT_DEAD_TICKS: a second one could not take its socket anyway. */
+        bool adopted_dead = a->ckpt_adopted && a->ckpt_silent_ticks >= CKPT_DEAD_TICKS;
         if (!a->ckpt_pid && !a->ckpt_up && now_ms() >= a->ckpt_next_start_ms &&
-            (a->ckpt_restarts == 0 || a->ckpt_silent_ticks >= 1))
+            (!a->ckpt_adopted || adopted_dead)) {
+                a->ckpt_adopted = false;
                 ckpt_spawn(a);
+        }
         poll_checkpointd(a);
-        /* an adopted checkpointd (not our child) that stays silent is replaced */
-        if (!a->ckpt_pid && a->ckpt_silent_ticks >= CKPT_DEAD_TICKS)
-                a->ckpt_silent_ticks = 1;
         refresh_links(a);
         monitor_fences(a);
+        if (++a->patrol_tick >= PATROL_TICKS) {
+                a->patrol_tick = 0;
+                patrol(a);
+        }
 }
 
 int agent_init(struct agent **ret, const char *config_path, char *err, size_t errlen)
@@ -1373,8 +1481,7 @@ int agent_init(struct agent **ret, const char *config_path, char *err, size_t er
         a->ckpt_up = ctl_call(a->host.control_socket, req, CTL_TIMEOUT_MS, &resp) == 0;
         json_object_put(req);
         json_object_put(resp);
-        if (a->ckpt_up)
-                a->ckpt_restarts = 1; /* not ours to restart until it goes silent */
+        a->ckpt_adopted = a->ckpt_up; /* not ours to restart until it goes silent */
         *ret = a;
         return 0;
 fail:

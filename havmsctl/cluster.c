@@ -118,6 +118,9 @@ void cluster_print_status(FILE *f, json_object *resp)
         json_object *members = jarr(resp, "members");
         for (size_t i = 0; i < alen(members); i++)
                 print_member(f, json_object_array_get_idx(members, i));
+        json_object *patrol = jarr(resp, "patrol");
+        for (size_t i = 0; i < alen(patrol); i++)
+                fprintf(f, "  PATROL: %s\n", json_object_get_string(json_object_array_get_idx(patrol, i)));
         json_object *vms = jarr(resp, "vms");
         if (!alen(vms)) {
                 fprintf(f, "VMs: none known to havmsd\n");

@@ -23,6 +23,7 @@
 #define MSG_ISOLATED         "HAVMS-CK-1015"
 #define MSG_RELEASED         "HAVMS-CK-1016"
 #define MSG_GUEST_OFF_TOLD   "HAVMS-CK-1017"
+#define MSG_PROTECT_RESUMED  "HAVMS-CK-1018"
 
 #define MSG_BK_CONNECTED     "HAVMS-BK-2001"
 #define MSG_BK_READY         "HAVMS-BK-2002"
@@ -46,6 +47,8 @@
 #define MSG_VM_EXITED        "HAVMS-VM-4003"
 #define MSG_VM_GUEST_OFF     "HAVMS-VM-4004"
 #define MSG_GENERATION_BAD   "HAVMS-VM-4005"
+#define MSG_VM_ADOPTED       "HAVMS-VM-4006"
+#define MSG_VM_ADOPT_FAILED  "HAVMS-VM-4007"
 
 /* fencing (failover/fence.h): logged by havmsd from a fence_result */
 #define MSG_FENCE_START      "HAVMS-FN-6001"
@@ -87,3 +90,5 @@
 #define MSG_FO_CKPT_START     "HAVMS-FO-5025"
 #define MSG_FO_CKPT_EXIT      "HAVMS-FO-5026"
 #define MSG_FO_BAD_MSG        "HAVMS-FO-5027"
+#define MSG_FO_PATROL         "HAVMS-FO-5028"
+#define MSG_FO_PATROL_OK      "HAVMS-FO-5029"

@@ -68,6 +68,10 @@ for k in $(seq 1 "$ROUNDS"); do
                 test "$now" -ge "$seen"
         gen_after=$(hv_field "$stby" web01 generation)
         hv_check "generation went up ($gen_before -> $gen_after)" test "$gen_after" -gt "$gen_before"
+        hv_check "post-fence hook ran on $stby for $prim" \
+                tb_wait_for 10 hv_hook_seen "$stby" "^post-fence host=$stby .*fenced=$prim"
+        hv_check "post-activate hook ran on $stby with the new generation" \
+                tb_wait_for 10 hv_hook_seen "$stby" "^post-activate host=$stby vm=web01 gen=$gen_after peer=$prim"
         # when the power went: the BMC's record, or (poweroff) the fault itself
         off_us=$(tb_bmc_events "$prim" 2>/dev/null | awk '$1 == "off_done" { t = $2 } END { print t }')
         if [ "$FAULT" = poweroff ]; then

@@ -58,7 +58,20 @@ hooks_dir = /etc/havms/hooks
 $(hv_fence_levels "$other")
 timeout_ms = ${HV_FENCE_TIMEOUT_MS:-20000}
 EOC
+        # hooks that record what they were told (the tests check them)
+        local hooks ev
+        hooks=$(tb_path "$host" /etc/havms/hooks) || return 1
+        mkdir -p "$hooks"
+        for ev in post-activate post-fence protection-lost; do
+                cat >"$hooks/$ev" <<'EOH'
+#!/bin/sh
+echo "$HAVMS_EVENT host=$HAVMS_HOST vm=$HAVMS_VM gen=$HAVMS_GENERATION peer=$HAVMS_PEER fenced=$HAVMS_FENCED_HOST" >>/var/log/havms/hooks.log
+EOH
+                chmod +x "$hooks/$ev"
+        done
 }
+# hv_hook_seen HOST REGEX: a hook on HOST recorded a matching line.
+hv_hook_seen() { grep -qE "$2" "$(tb_path "$1" /var/log/havms/hooks.log)" 2>/dev/null; }
 
 # hv_start_havmsd HOST: havmsd in HOST; it starts checkpointd (--managed).
 hv_start_havmsd() {

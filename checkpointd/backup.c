@@ -34,6 +34,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "adopt.h"
 #include "codec.h"
 #include "daemon.h"
 #include "disks.h"
@@ -926,6 +927,7 @@ int backup_activate(struct daemon *d, struct vm *v, bool force, uint64_t generat
         v->peer[0] = 0;
         v->last_error[0] = 0;
         vm_set_state(v, VM_RUNNING);
+        adopt_record(d, v, "", false); /* a primary now: a restarted checkpointd adopts it */
         pthread_mutex_unlock(&v->lock);
         replica_free(b);
         daemon_watch_qemu(d, q);

@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "adopt.h"
 #include "daemon.h"
 #include "log.h"
 #include "msgid.h"
@@ -128,6 +129,7 @@ static int cmd_start(struct daemon *d, struct vm *v, json_object *args, json_obj
         v->epoch = v->committed_epoch = 0;
         v->last_error[0] = 0;
         vm_set_state(v, VM_RUNNING);
+        adopt_record(d, v, "", false); /* a restarted checkpointd adopts it */
         uint64_t gen = v->generation;
         pthread_mutex_unlock(&v->lock);
         daemon_watch_qemu(d, q);

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "adopt.h"
 #include "ctl.h"
 #include "log.h"
 #include "msgid.h"
@@ -105,9 +106,11 @@ static void load_definitions(struct daemon *d)
                 memcpy(name, e->d_name, n - 5);
                 name[n - 5] = 0;
                 struct vm *v;
+                /* a QEMU left running by a crashed checkpointd first
+                 * (adopt.h); else a replica left on this host */
                 if (daemon_vm(d, name, true, &v, err, sizeof(err)) < 0)
                         log_msg(LOG_LVL_WARN, MSG_BAD_DEFINITION, NULL, -1, "ignored: %s", err);
-                else
+                else if (!adopt_at_start(d, v))
                         backup_adopt(d, v);
         }
         closedir(dir);
@@ -233,6 +236,7 @@ static void reap_dead(struct daemon *d)
                         dead = v->qemu;
                         v->qemu = NULL;
                         if (vm_state_is_primary(v->state)) {
+                                adopt_forget(d, v);
                                 vm_set_state(v, VM_DEFINED);
                                 if (vm_guest_powered_off(dead)) {
                                         vm_set_exit(v, "guest-shutdown");
@@ -322,6 +326,7 @@ void daemon_stop_vm(struct daemon *d, struct vm *v)
         vm_set_state(v, VM_DEFINED);
         if (q)
                 vm_set_exit(v, "stopped");
+        adopt_forget(d, v);
         pthread_mutex_unlock(&v->lock);
         qemu_quit(q, 3000);
         qemu_destroy(q);

@@ -48,6 +48,13 @@ json_object *daemon_dispatch(struct daemon *d, json_object *req);
 
 /* Replication roles (primary.c, backup.c). */
 int primary_start(struct daemon *d, struct vm *v, const char *peer, char *err, size_t errlen);
+/* Daemon start, v adopted (adopt.h; v->lock held): protection to peer
+ * again, by a full re-sync. With output_held the NICs are buffering and
+ * stay so until the standby's WELCOME (it dropped its old replica) or
+ * `release` (state isolated; without managed mode until the first failed
+ * attempt). */
+int primary_resume(struct daemon *d, struct vm *v, const char *peer, bool output_held,
+                   char *err, size_t errlen);
 void primary_stop(struct vm *v);
 int primary_hold(struct vm *v, bool hold); /* v->lock held */
 void backup_accept(struct daemon *d, int fd);

@@ -301,6 +301,7 @@ static int copy_options(struct netbuf *nb, const struct netbuf_options *o,
         snprintf(nb->vm, sizeof(nb->vm), "%s", o->vm ? o->vm : "?");
         nb->nic = o->nic;
         nb->max_bytes = o->max_bytes;
+        nb->qemu_listens = o->qemu_listens;
         if (!o->tap || !o->tap[0] || copy_name(nb->tap, sizeof(nb->tap), o->tap) < 0)
                 return nb_fail(nb, err, errlen, -EINVAL,
                                "tap name \"%s\" must have 1 to %zu characters",
@@ -372,6 +373,11 @@ void netbuf_close(struct netbuf *nb)
 int netbuf_qemu_netdev(const struct netbuf *nb, char *buf, size_t len)
 {
         return nb->ops->qemu_netdev(nb, buf, len);
+}
+
+int netbuf_attach(struct netbuf *nb, char *err, size_t errlen)
+{
+        return nb->attach ? nb->attach(nb, err, errlen) : 0;
 }
 
 void netbuf_set_buffering(struct netbuf *nb, bool on)

@@ -36,7 +36,14 @@ struct netbuf_options {
         unsigned nic;             /* index, for messages */
         const char *tap;          /* tap name to create, e.g. "hv-web01-0" */
         const char *bridge;       /* bridge to join; "" = leave the tap alone */
-        const char *socket_path;  /* relay: unix socket QEMU connects to */
+        const char *socket_path;  /* relay: the unix socket between QEMU and the relay */
+        /* relay: who listens on socket_path. false: the relay listens and
+         * QEMU connects (-netdev stream,server=off). true: QEMU listens
+         * (server=on) and the relay connects with netbuf_attach(): QEMU
+         * accepts again after a relay went away, so a relay opened by a
+         * restarted checkpointd reaches a QEMU that kept running
+         * (docs/checkpoint.md, "Restart of checkpointd"). */
+        bool qemu_listens;
         uint64_t max_bytes;       /* bound on held output (all epochs) */
         enum netbuf_backend backend;
 };
@@ -49,6 +56,13 @@ void netbuf_close(struct netbuf *nb); /* NULL ok; removes the tap */
  * "stream,server=off,addr.type=unix,addr.path=/run/..." or
  * "tap,ifname=hv-web01-0,script=no,downscript=no"). */
 int netbuf_qemu_netdev(const struct netbuf *nb, char *buf, size_t len);
+
+/* Relay with qemu_listens: connect to QEMU's socket (QEMU must be up:
+ * it creates the socket before its monitor answers). 0 at once for a
+ * backend that needs no connection (plug) or one that is connected;
+ * -ECONNREFUSED/-ENOENT while QEMU does not listen. A connection that
+ * breaks later is not retried: the QEMU behind it is gone. */
+int netbuf_attach(struct netbuf *nb, char *err, size_t errlen);
 
 /* Buffering on: guest frames are queued in the open epoch. Off (the
  * default, and whenever the VM is unprotected): they pass at once, and

@@ -56,6 +56,7 @@ struct netbuf {
         char bridge[IFNAMSIZ];
         char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
         uint64_t max_bytes;
+        bool qemu_listens;              /* relay: QEMU is the listening side */
 
         int event_fd;                   /* see netbuf_event_fd() */
 
@@ -78,6 +79,9 @@ struct netbuf {
         /* replaces the common discard (the plug backend's queue is in the
          * kernel). Called without the lock. */
         void (*discard)(struct netbuf *nb);
+        /* connect to a listening QEMU (relay with qemu_listens). Without
+         * the lock. */
+        int (*attach)(struct netbuf *nb, char *err, size_t errlen);
         /* fills the counters that live in the kernel (plug). Without the
          * lock; *st holds the common counters on entry. */
         void (*stats)(const struct netbuf *nb, struct netbuf_stats *st);

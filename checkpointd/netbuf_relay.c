@@ -3,8 +3,14 @@
  *
  * Owns: the tap fd (the tap lives as long as it), the listening unix
  * socket and its file, QEMU's connection, the relay thread and its epoll
- * loop. Does not own QEMU: it connects, goes away, and a new one may
- * connect again.
+ * loop. Does not own QEMU. Two ways to meet it (netbuf_options):
+ *   relay listens (qemu_listens false): QEMU connects (server=off), goes
+ *     away, and a new one may connect again;
+ *   QEMU listens (qemu_listens true): netbuf_attach() connects (server=on).
+ *     QEMU accepts again when a relay goes away, so the relay of a
+ *     restarted checkpointd reaches a QEMU that kept running; frames the
+ *     guest sends meanwhile are dropped by QEMU (its link is down), like
+ *     frames lost on a wire.
  *
  *   QEMU --[len BE32][frame]...--> rbuf --parse--> open queue (buffering)
  *                                              \-> tap      (not buffering)
@@ -24,6 +30,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -72,6 +79,8 @@ static void set_listen(struct netbuf *nb, bool on)
 {
         struct epoll_event ev = { .events = on ? EPOLLIN : 0, .data.u32 = TAG_LISTEN };
 
+        if (R(nb)->listen_fd < 0) /* QEMU listens: nothing to accept */
+                return;
         epoll_ctl(R(nb)->ep_fd, EPOLL_CTL_MOD, R(nb)->listen_fd, &ev);
 }
 
@@ -263,20 +272,19 @@ static void qemu_flush(struct netbuf *nb)
 
 /* ---- relay thread ---- */
 
-static void on_accept(struct netbuf *nb)
+/* Make fd (nonblocking) QEMU's connection. Takes fd in every case. */
+static int adopt_qemu_fd(struct netbuf *nb, int fd)
 {
         struct relay *r = R(nb);
         struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.u32 = TAG_QEMU };
-        int fd;
 
-        fd = accept4(r->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0)
-                return;
         pthread_mutex_lock(&nb->lock);
         if (r->qemu_fd >= 0 || epoll_ctl(r->ep_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+                int e = r->qemu_fd >= 0 ? -EISCONN : -errno;
+
                 pthread_mutex_unlock(&nb->lock);
                 close(fd);
-                return;
+                return e;
         }
         r->qemu_fd = fd;
         r->qemu_events = ev.events;
@@ -284,6 +292,50 @@ static void on_accept(struct netbuf *nb)
         set_listen(nb, false);
         pthread_mutex_unlock(&nb->lock);
         log_debug("netbuf vm=%s nic=%u: QEMU connected", nb->vm, nb->nic);
+        return 0;
+}
+
+static void on_accept(struct netbuf *nb)
+{
+        int fd = accept4(R(nb)->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+        if (fd >= 0)
+                (void)adopt_qemu_fd(nb, fd);
+}
+
+/* QEMU listens (server=on): connect to it. A unix connect completes at
+ * once (QEMU's accept may come later: the connection waits in its
+ * backlog, and so do frames written meanwhile). */
+static int relay_attach(struct netbuf *nb, char *err, size_t errlen)
+{
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int fd, ret;
+
+        pthread_mutex_lock(&nb->lock);
+        ret = R(nb)->qemu_fd >= 0;
+        pthread_mutex_unlock(&nb->lock);
+        if (ret)
+                return 0;
+        if (strlen(nb->socket_path) >= sizeof(sa.sun_path))
+                return nb_fail(nb, err, errlen, -ENAMETOOLONG, "%s", nb->socket_path);
+        strcpy(sa.sun_path, nb->socket_path);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return nb_fail(nb, err, errlen, -errno, "socket");
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+                ret = -errno;
+                close(fd);
+                return nb_fail(nb, err, errlen, ret, "connect to QEMU at %s", nb->socket_path);
+        }
+        ret = set_nonblock(fd, true);
+        if (ret < 0) {
+                close(fd);
+                return nb_fail(nb, err, errlen, ret, "nonblocking socket");
+        }
+        ret = adopt_qemu_fd(nb, fd);
+        if (ret < 0 && ret != -EISCONN)
+                return nb_fail(nb, err, errlen, ret, "watch QEMU's connection");
+        return 0;
 }
 
 static void on_qemu(struct netbuf *nb, uint32_t events)
@@ -425,15 +477,17 @@ static int relay_setup(struct netbuf *nb, char *err, size_t errlen)
                         return nb_fail(nb, err, errlen, ret, "add tap %s to bridge %s",
                                        nb->tap, nb->bridge);
         }
-        ret = listen_unix(nb, err, errlen);
-        if (ret < 0)
-                return ret;
+        if (!nb->qemu_listens) {
+                ret = listen_unix(nb, err, errlen);
+                if (ret < 0)
+                        return ret;
+        }
         r->ep_fd = epoll_create1(EPOLL_CLOEXEC);
         r->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (r->ep_fd < 0 || r->stop_fd < 0)
                 return nb_fail(nb, err, errlen, -errno, "epoll/eventfd");
         ret = ep_add(r, r->stop_fd, EPOLLIN, TAG_STOP);
-        if (ret == 0)
+        if (ret == 0 && r->listen_fd >= 0)
                 ret = ep_add(r, r->listen_fd, EPOLLIN, TAG_LISTEN);
         if (ret == 0)
                 ret = ep_add(r, r->tap_fd, EPOLLIN, TAG_TAP);
@@ -465,6 +519,8 @@ static int relay_open(struct netbuf *nb, char *err, size_t errlen)
                 goto fail;
         }
         nb->resume = relay_resume;
+        if (nb->qemu_listens)
+                nb->attach = relay_attach;
         ret = relay_setup(nb, err, errlen);
         if (ret < 0)
                 goto fail;
@@ -476,13 +532,13 @@ fail:
 
 static int relay_qemu_netdev(const struct netbuf *nb, char *buf, size_t len)
 {
-        static const char prefix[] = "stream,server=off,addr.type=unix,addr.path=";
-        size_t o = 0;
+        const char *prefix = nb->qemu_listens ? "stream,server=on,addr.type=unix,addr.path="
+                                              : "stream,server=off,addr.type=unix,addr.path=";
+        size_t o = strlen(prefix);
 
-        if (len < sizeof(prefix))
+        if (len <= o)
                 return -ENOSPC;
-        memcpy(buf, prefix, sizeof(prefix) - 1);
-        o = sizeof(prefix) - 1;
+        memcpy(buf, prefix, o);
         /* QEMU's option syntax: a comma in a value is written twice. */
         for (const char *p = nb->socket_path; *p; p++) {
                 if (o + 2 >= len)

@@ -33,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "adopt.h"
 #include "codec.h"
 #include "daemon.h"
 #include "disks.h"
@@ -74,6 +75,8 @@ struct primary {
         struct br_log logs[CFG_MAX_DISKS]; /* disk writes of the epoch in flight */
         uint64_t last_pause_end;  /* monotonic ns: the VM last continued after a pause */
         bool early;               /* the epoch about to run starts early (adaptive) */
+        bool resumed;             /* started by a restarted checkpointd (adopt.c) */
+        bool resume_held;         /* ... with output held from the adoption on */
         uint8_t enc[CODEC_PAGE_MAX] __attribute__((aligned(64)));
         uint8_t scratch[CODEC_PAGE_MAX] __attribute__((aligned(64)));
         uint8_t snap[CODEC_PAGE_MAX] __attribute__((aligned(64))); /* stable copy of a live page */
@@ -110,6 +113,16 @@ static void set_state(struct primary *p, enum vm_state s)
 {
         pthread_mutex_lock(&p->v->lock);
         vm_set_state(p->v, s);
+        pthread_mutex_unlock(&p->v->lock);
+}
+
+/* The run file says what a restarted checkpointd must do with the output
+ * (adopt.h): "held" is written before output is held, "free" after it
+ * was released. */
+static void record(struct primary *p, bool output_held)
+{
+        pthread_mutex_lock(&p->v->lock);
+        adopt_record(p->d, p->v, p->peer, output_held);
         pthread_mutex_unlock(&p->v->lock);
 }
 
@@ -965,12 +978,23 @@ static void *primary_thread(void *arg)
 {
         struct primary *p = arg;
         struct vm *v = p->v;
-        bool was_protected = false, vm_gone = false, stale = false;
-        bool buffering = false; /* output held: the standby may have committed an epoch */
-        bool isolated = false;
+        bool was_protected = p->resumed, vm_gone = false, stale = false;
+        /* output held: the standby may have committed an epoch. After an
+         * adoption with held output, the standby may hold a replica of an
+         * epoch older than what the guest said since: ISOLATED until its
+         * WELCOME (it dropped that replica) or `release`; without managed
+         * mode only until the first failed attempt (then degraded, as for
+         * any lost standby). */
+        bool buffering = p->resume_held;
+        bool isolated = p->resume_held, adopted_hold = p->resume_held;
         int r = setup(p);
         if (r < 0)
                 goto out;
+        if (p->resumed)
+                log_msg(LOG_LVL_NOTICE, MSG_PROTECT_RESUMED, v->name, -1,
+                        "protection to standby %s resumes after a restart of checkpointd: full "
+                        "re-sync%s", p->peer, p->resume_held ? "; output held until the standby "
+                        "accepts us (dropping its old replica) or `release`" : "");
         log_msg(LOG_LVL_INFO, MSG_PROTECT_START, v->name, -1,
                 "protecting to standby %s (%s), epoch %u ms, tracker %s", p->peer,
                 p->peer_addr, p->cfg.epoch_ms, tracker_name(p->tracker));
@@ -978,7 +1002,8 @@ static void *primary_thread(void *arg)
                 set_state(p, isolated ? VM_ISOLATED : was_protected ? VM_DEGRADED : VM_CONNECTING);
                 if (isolated && v->release_requested) {
                         leave_protection_io(p);
-                        isolated = buffering = false;
+                        record(p, false);
+                        isolated = buffering = adopted_hold = false;
                         log_msg(LOG_LVL_WARN, MSG_RELEASED, v->name, (int64_t)v->committed_epoch,
                                 "released: held output flows, VM runs UNPROTECTED (the cluster "
                                 "says standby %s cannot take over); retrying every %u ms",
@@ -1003,6 +1028,16 @@ static void *primary_thread(void *arg)
                 if (r < 0 && r != -EREMOTEIO)
                         note_failure(p, MSG_STANDBY_UNREACHABLE, "cannot reach standby %s at %s: %s",
                                      p->peer, p->peer_addr, strerror(-r));
+                if (r < 0 && adopted_hold && !p->d->host.managed) {
+                        leave_protection_io(p);
+                        record(p, false);
+                        isolated = buffering = adopted_hold = false;
+                        log_msg(LOG_LVL_WARN, MSG_STANDBY_LOST, v->name, -1,
+                                "standby %s not reachable after the restart: held output "
+                                "released, VM runs UNPROTECTED; retrying every %u ms", p->peer,
+                                p->cfg.reconnect_ms);
+                        set_state(p, VM_DEGRADED);
+                }
                 if (r < 0) {
                         wait_wake_or(p, -1, (int)p->cfg.reconnect_ms);
                         if (qemu_exited(v->qemu)) {
@@ -1015,7 +1050,8 @@ static void *primary_thread(void *arg)
                         /* its WELCOME says it dropped the replica it could
                          * have taken over from */
                         leave_protection_io(p);
-                        isolated = buffering = false;
+                        record(p, false);
+                        isolated = buffering = adopted_hold = false;
                         log_msg(LOG_LVL_NOTICE, MSG_RELEASED, v->name, (int64_t)v->committed_epoch,
                                 "standby %s accepted a new connection (its old replica is gone): "
                                 "held output released, full re-sync", p->peer);
@@ -1031,6 +1067,7 @@ static void *primary_thread(void *arg)
                         uint64_t epoch = ++v->epoch;
                         pthread_mutex_unlock(&v->lock);
                         /* from the first epoch on, output waits for its ACK */
+                        record(p, true);
                         qemu_net_buffering(v->qemu, true);
                         buffering = true;
                         p->early = false;
@@ -1068,6 +1105,7 @@ static void *primary_thread(void *arg)
                         continue;
                 }
                 leave_protection_io(p);
+                record(p, false);
                 buffering = false;
                 pthread_mutex_lock(&v->lock);
                 v->epochs_failed++;
@@ -1107,6 +1145,10 @@ out:;
         struct qemu_vm *dead = NULL;
         pthread_mutex_lock(&v->lock);
         v->release_requested = false;
+        if (stale || vm_gone)
+                adopt_forget(p->d, v);
+        else
+                adopt_record(p->d, v, "", false); /* after the output flowed */
         if (stale) {
                 dead = v->qemu;
                 v->qemu = NULL;
@@ -1153,7 +1195,8 @@ out:;
         return NULL;
 }
 
-int primary_start(struct daemon *d, struct vm *v, const char *peer, char *err, size_t errlen)
+static int start_thread(struct daemon *d, struct vm *v, const char *peer, bool resumed,
+                        bool held, char *err, size_t errlen)
 {
         const struct cfg_peer *cp = host_config_peer(&d->host, peer);
         if (!cp) {
@@ -1169,6 +1212,8 @@ int primary_start(struct daemon *d, struct vm *v, const char *peer, char *err, s
         p->cfg = v->cfg;
         p->fd = -1;
         p->ram_fd = -1;
+        p->resumed = resumed;
+        p->resume_held = held;
         snprintf(p->peer, sizeof(p->peer), "%s", peer);
         snprintf(p->peer_addr, sizeof(p->peer_addr), "%s", cp->address);
         p->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -1187,7 +1232,8 @@ int primary_start(struct daemon *d, struct vm *v, const char *peer, char *err, s
         snprintf(v->peer, sizeof(v->peer), "%s", peer);
         v->last_error[0] = 0;
         v->thread_running = true;
-        vm_set_state(v, VM_CONNECTING);
+        vm_set_state(v, held ? VM_ISOLATED : resumed ? VM_DEGRADED : VM_CONNECTING);
+        adopt_record(d, v, peer, held); /* protected to peer: a restart resumes it */
         int r = -pthread_create(&v->thread, NULL, primary_thread, p);
         v->thread_joinable = r == 0;
         if (r < 0) {
@@ -1198,6 +1244,17 @@ int primary_start(struct daemon *d, struct vm *v, const char *peer, char *err, s
                 snprintf(err, errlen, "cannot start replication thread");
         }
         return r;
+}
+
+int primary_start(struct daemon *d, struct vm *v, const char *peer, char *err, size_t errlen)
+{
+        return start_thread(d, v, peer, false, false, err, errlen);
+}
+
+int primary_resume(struct daemon *d, struct vm *v, const char *peer, bool output_held,
+                   char *err, size_t errlen)
+{
+        return start_thread(d, v, peer, true, output_held, err, errlen);
 }
 
 /* Called without v->lock. Ends protection and waits for the thread. */

@@ -23,6 +23,12 @@
 extern char **environ;
 
 #define QEMU_MAX_ARGS 128
+/* QEMU's NBD client keeps I/O waiting this long for a vanished server
+ * (checkpointd restarting) and retries it once connected again; after it,
+ * requests fail and the guest sees I/O errors. Its reconnect attempts
+ * back off 1, 2, 4, 8, 16 s, so a server back within ~3 s resumes I/O
+ * ~3 s after the crash, one back within 7 s after ~7 s. */
+#define QEMU_NBD_RECONNECT_S 60
 
 void qemu_ram_path(const struct host_config *h, const char *vm, char *buf, size_t len)
 {
@@ -115,8 +121,9 @@ static void build_argv(const struct host_config *h, const struct vm_config *c,
          * can cut the disk at the epoch barrier (docs/blockrepl.md). */
         for (unsigned i = 0; i < c->n_disks; i++) {
                 arg(a, "-blockdev");
-                arg(a, "driver=nbd,node-name=havms-disk%u,server.type=unix,server.path=%s/%s.disk%u.nbd",
-                    i, h->state_dir, c->name, i);
+                arg(a, "driver=nbd,node-name=havms-disk%u,server.type=unix,server.path=%s/%s.disk%u.nbd,"
+                       "reconnect-delay=%u",
+                    i, h->state_dir, c->name, i, QEMU_NBD_RECONNECT_S);
                 arg(a, "-device");
                 /* without a kernel, the first disk is the boot disk */
                 arg(a, "virtio-blk-pci,drive=havms-disk%u%s", i,
@@ -167,6 +174,9 @@ static int open_io(const struct host_config *h, const struct vm_config *c, struc
                         .socket_path = path,
                         .max_bytes = (uint64_t)c->netbuf_max_mib << 20,
                         .backend = strcmp(c->netbuf, "plug") ? NETBUF_RELAY : NETBUF_PLUG,
+                        /* QEMU listens: a restarted checkpointd's relay
+                         * can connect to a QEMU that kept running */
+                        .qemu_listens = true,
                 };
                 char why[256] = "";
                 r = netbuf_open(&o, &q->net[i], why, sizeof(why));
@@ -253,6 +263,73 @@ void qemu_disk_mode(struct qemu_vm *q, enum blockrepl_mode m)
                 blockrepl_set_mode(q->disk[i], m);
 }
 
+/* QEMU listens on each NIC's socket (server=on) from before its monitor
+ * answers; connect the relays. Retried briefly in case it is not there
+ * yet; a QEMU that dies meanwhile ends the wait at once. */
+static int attach_nics(struct qemu_vm *q, uint64_t deadline, char *err, size_t errlen)
+{
+        for (unsigned i = 0; i < q->n_net; i++) {
+                for (;;) {
+                        char why[256] = "";
+                        int r = netbuf_attach(q->net[i], why, sizeof(why));
+                        if (r == 0)
+                                break;
+                        if (qemu_exited(q) || now_ns() > deadline ||
+                            (r != -ENOENT && r != -ECONNREFUSED && r != -EAGAIN)) {
+                                snprintf(err, errlen, "NIC %u: %s", i, why[0] ? why : strerror(-r));
+                                return r;
+                        }
+                        struct pollfd p = { .fd = q->pidfd, .events = POLLIN };
+                        poll(&p, 1, 20);
+                }
+        }
+        return 0;
+}
+
+int qemu_proc_start_time(pid_t pid, uint64_t *ret)
+{
+        char path[64], buf[1024];
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return errno == ENOENT ? -ESRCH : -errno;
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        if (n <= 0)
+                return -EIO;
+        buf[n] = 0;
+        /* comm may hold spaces and parentheses: count fields after the last ')' */
+        char *p = strrchr(buf, ')');
+        if (!p)
+                return -EIO;
+        unsigned field = 2;
+        for (char *s = NULL, *t = strtok_r(p + 1, " ", &s); t; t = strtok_r(NULL, " ", &s)) {
+                if (++field == 22) {
+                        char *end;
+                        unsigned long long v = strtoull(t, &end, 10);
+                        if (*end)
+                                return -EIO;
+                        *ret = v;
+                        return 0;
+                }
+        }
+        return -EIO;
+}
+
+void qemu_kill_pid(pid_t pid, uint64_t start_time)
+{
+        uint64_t st;
+        int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+        if (fd < 0)
+                return;
+        if (qemu_proc_start_time(pid, &st) == 0 && st == start_time &&
+            syscall(SYS_pidfd_send_signal, fd, SIGKILL, NULL, 0) == 0) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                poll(&p, 1, 5000);
+        }
+        close(fd);
+}
+
 static int spawn_qemu(const struct host_config *h, struct argv_builder *a,
                       const char *logpath, pid_t *ret_pid)
 {
@@ -282,17 +359,19 @@ static int spawn_qemu(const struct host_config *h, struct argv_builder *a,
 
         posix_spawnattr_t attr;
         posix_spawnattr_init(&attr);
-        /* QEMU gets default signal dispositions and its own process group
-         * so a ^C at the daemon's terminal is not delivered to it. */
+        /* QEMU gets default signal dispositions and a session of its own:
+         * neither a ^C at the daemon's terminal nor the hang-up of the
+         * daemon's session reaches it, and nothing ties its life to
+         * checkpointd's (no parent-death signal, stdio on files): a crash
+         * of checkpointd leaves it running for the next one to adopt. */
         sigset_t all;
         sigfillset(&all);
         posix_spawnattr_setsigdefault(&attr, &all);
         sigset_t none;
         sigemptyset(&none);
         posix_spawnattr_setsigmask(&attr, &none);
-        posix_spawnattr_setpgroup(&attr, 0);
         posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK |
-                                                POSIX_SPAWN_SETPGROUP);
+                                                POSIX_SPAWN_SETSID);
         int e = posix_spawnp(ret_pid, a->argv[0], &fa, &attr, a->argv, env);
         posix_spawnattr_destroy(&attr);
         r = e ? -e : 0;
@@ -370,6 +449,10 @@ int qemu_launch(const struct host_config *h, const struct vm_config *c,
                 struct pollfd p = { .fd = q->pidfd, .events = POLLIN };
                 poll(&p, 1, 20); /* wake at once if QEMU exits */
         }
+        q->start_time = 0;
+        qemu_proc_start_time(q->pid, &q->start_time);
+        if ((r = attach_nics(q, deadline, err, errlen)) < 0)
+                goto fail;
         argv_free(&a);
         *ret = q;
         return 0;
@@ -379,10 +462,131 @@ fail:
         return r;
 }
 
+/* The guest's run state (query-status), into buf. */
+static int query_status(struct qemu_vm *q, char *buf, size_t len)
+{
+        json_object *ret = NULL, *st;
+        int r = qmp_execute(q->qmp, "query-status", NULL, 2000, &ret);
+        if (r < 0)
+                return r;
+        if (!json_object_object_get_ex(ret, "status", &st)) {
+                json_object_put(ret);
+                return -EPROTO;
+        }
+        snprintf(buf, len, "%s", json_object_get_string(st));
+        json_object_put(ret);
+        return 0;
+}
+
+/* The dead checkpointd may have left a device-state migration going (its
+ * end of the stream is closed, so QEMU fails it and resumes the guest by
+ * itself) or the guest paused (an epoch's pause, `pause`, a start not yet
+ * continued). Cancel what is left and continue the guest, checking until
+ * it runs: QEMU refuses `cont` while a failing migration still owns the
+ * stopped VM. */
+static int adopt_resume(struct qemu_vm *q, char *err, size_t errlen)
+{
+        char st[32] = "";
+        uint64_t deadline = now_ns() + 10000000000ull;
+        qmp_execute(q->qmp, "migrate_cancel", NULL, 2000, NULL);
+        for (;;) {
+                int r = query_status(q, st, sizeof(st));
+                if (r < 0) {
+                        snprintf(err, errlen, "query-status: %s", strerror(-r));
+                        return r;
+                }
+                if (!strcmp(st, "running"))
+                        return 0;
+                if (qemu_exited(q)) {
+                        snprintf(err, errlen, "QEMU exited while being adopted");
+                        return -ECHILD;
+                }
+                if (now_ns() > deadline) {
+                        snprintf(err, errlen, "the guest stays '%s': %s", st,
+                                 qmp_last_error(q->qmp));
+                        return -ETIMEDOUT;
+                }
+                if (qemu_cont(q, 2000) < 0) {
+                        struct pollfd p = { .fd = q->pidfd, .events = POLLIN };
+                        poll(&p, 1, 50); /* a migration still ending; wake if QEMU dies */
+                }
+        }
+}
+
+int qemu_adopt(const struct host_config *h, const struct vm_config *c, pid_t pid,
+               uint64_t start_time, const char *accel, bool hold_output,
+               struct qemu_vm **ret, char *err, size_t errlen)
+{
+        struct qemu_vm *q = calloc(1, sizeof(*q));
+        uint64_t st = 0;
+        int r = -ENOMEM;
+        if (!q)
+                goto fail;
+        q->pid = pid;
+        q->pidfd = -1;
+        q->ds_fd = -1;
+        q->adopted = true;
+        q->start_time = start_time;
+        strcpy(q->name, c->name);
+        q->ram_bytes = (uint64_t)c->memory_mib << 20;
+        snprintf(q->accel, sizeof(q->accel), "%s", accel);
+        qemu_ram_path(h, c->name, q->ram_path, sizeof(q->ram_path));
+        snprintf(q->qmp_path, sizeof(q->qmp_path), "%s/qmp-%s.sock", h->state_dir, c->name);
+        snprintf(q->console_path, sizeof(q->console_path), "%s/%s.console", h->log_dir, c->name);
+        /* the pidfd first, then the start time: if that matches, the pidfd
+         * names the very process the earlier checkpointd started */
+        q->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+        if (q->pidfd < 0 || qemu_proc_start_time(pid, &st) < 0 || st != start_time) {
+                r = -ESRCH;
+                snprintf(err, errlen, "QEMU pid %d is gone", (int)pid);
+                goto fail;
+        }
+        if (c->n_nics && !strcmp(c->netbuf, "plug")) {
+                r = -EOPNOTSUPP;
+                snprintf(err, errlen, "netbuf = plug: QEMU holds the tap itself and its output "
+                         "queue cannot be taken over");
+                goto fail;
+        }
+        /* NBD servers and relays first: QEMU's NBD client is retrying */
+        if ((r = open_io(h, c, q, err, errlen)) < 0)
+                goto fail;
+        /* before the first frame is read: the standby may hold a replica
+         * that the guest's newer output must not overtake */
+        if (hold_output)
+                qemu_net_buffering(q, true);
+        if ((r = qmp_connect(q->qmp_path, 5000, &q->qmp)) < 0) {
+                snprintf(err, errlen, "QMP %s: %s", q->qmp_path, strerror(-r));
+                goto fail;
+        }
+        if ((r = attach_nics(q, now_ns() + 5000000000ull, err, errlen)) < 0)
+                goto fail;
+        if ((r = adopt_resume(q, err, errlen)) < 0)
+                goto fail;
+        *ret = q;
+        return 0;
+fail:
+        if (q) {
+                /* gone, or left without its disks and NICs: killed, so
+                 * the cluster can hand the VM to its standby */
+                q->exited = r == -ESRCH || q->pidfd < 0;
+                qemu_destroy(q);
+        }
+        return r;
+}
+
 bool qemu_exited(struct qemu_vm *q)
 {
         if (q->exited)
                 return true;
+        if (q->adopted) {
+                /* not our child: init reaps it; its pidfd turns readable */
+                struct pollfd p = { .fd = q->pidfd, .events = POLLIN };
+                if (q->pidfd < 0 || poll(&p, 1, 0) == 1) {
+                        q->exited = true;
+                        q->exit_status = -1;
+                }
+                return q->exited;
+        }
         int st;
         pid_t p = waitpid(q->pid, &st, WNOHANG);
         if (p == q->pid || (p < 0 && errno == ECHILD)) {
@@ -397,9 +601,16 @@ void qemu_destroy(struct qemu_vm *q)
         if (!q)
                 return;
         if (q->pid > 0 && !qemu_exited(q)) {
-                kill(q->pid, SIGKILL);
-                int st;
-                waitpid(q->pid, &st, 0);
+                if (q->adopted) {
+                        /* the pidfd names this very process: no pid reuse */
+                        syscall(SYS_pidfd_send_signal, q->pidfd, SIGKILL, NULL, 0);
+                        struct pollfd p = { .fd = q->pidfd, .events = POLLIN };
+                        poll(&p, 1, 5000);
+                } else {
+                        kill(q->pid, SIGKILL);
+                        int st;
+                        waitpid(q->pid, &st, 0);
+                }
                 q->exited = true;
         }
         qmp_close(q->qmp);

@@ -11,7 +11,12 @@
  * replication (primary.c / backup.c), dirty tracking (lib/tracker).
  *
  * QEMU is never daemonized: the uffd the tracker needs is bound to the
- * address space it was created in (docs/tracker.md).
+ * address space it was created in (docs/tracker.md). It is started in a
+ * session of its own, stdio on /dev/null and its log file, no parent-death
+ * signal: it outlives a crash of checkpointd, and the next checkpointd
+ * adopts it (qemu_adopt; docs/checkpoint.md, "Restart of checkpointd"):
+ * its disks' NBD client reconnects by itself (reconnect-delay) and its
+ * NICs listen (-netdev stream,server=on), so both I/O paths come back.
  */
 #pragma once
 #include <stdbool.h>
@@ -37,7 +42,10 @@ struct qemu_vm {
         bool incoming;      /* started with -incoming defer, not yet loaded */
         int ds_fd;          /* our end of the armed device-state channel, or -1 */
         bool exited;
-        int exit_status;
+        int exit_status;    /* waitpid status; -1 when unknown (adopted) */
+        bool adopted;       /* started by an earlier checkpointd: not our child
+                               (init reaps it); its exit shows on the pidfd */
+        uint64_t start_time;/* /proc/PID/stat starttime: tells pid reuse apart */
         struct netbuf *net[CFG_MAX_NICS];       /* one per NIC, opened before QEMU */
         unsigned n_net;
         struct blockrepl *disk[CFG_MAX_DISKS];  /* one per disk, opened before QEMU */
@@ -51,6 +59,23 @@ enum qemu_start_mode {
 
 int qemu_launch(const struct host_config *h, const struct vm_config *c,
                 enum qemu_start_mode mode, struct qemu_vm **ret, char *err, size_t errlen);
+/* Take over a QEMU that an earlier checkpointd started and left running
+ * (pid, with start_time as /proc says): open its I/O paths again (NBD
+ * servers, NIC relays; with hold_output the NICs buffer from the first
+ * frame), connect QMP, end a device-state migration the dead daemon left
+ * and make sure the guest runs. -ESRCH: no such process (any more);
+ * -EOPNOTSUPP: a NIC on the plug backend (QEMU holds the tap itself).
+ * On any other failure the QEMU is killed: it cannot run on without its
+ * disks and NICs, and the caller reports a crash (the standby may take
+ * over). */
+int qemu_adopt(const struct host_config *h, const struct vm_config *c, pid_t pid,
+               uint64_t start_time, const char *accel, bool hold_output,
+               struct qemu_vm **ret, char *err, size_t errlen);
+/* SIGKILL the process pid if its start time is start_time (through a
+ * pidfd: no pid reuse race); waits up to 5 s for it to die. */
+void qemu_kill_pid(pid_t pid, uint64_t start_time);
+/* starttime of pid (field 22 of /proc/PID/stat). */
+int qemu_proc_start_time(pid_t pid, uint64_t *ret);
 /* SIGKILL if still running, reap, close QMP. Accepts NULL. */
 void qemu_destroy(struct qemu_vm *q);
 /* Ask QEMU to quit cleanly; falls back to SIGKILL after timeout_ms. */

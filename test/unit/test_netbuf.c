@@ -852,6 +852,78 @@ static void test_real_qemu(void **state)
         rmdir(dir);
 }
 
+/* QEMU listens (qemu_listens, -netdev stream,server=on): the relay
+ * connects with netbuf_attach(); a relay that dies (a checkpointd crash:
+ * netbuf_close) and a new one opened next to the same, still running QEMU
+ * connects again and frames pass; output held by the new one is held. */
+static void test_real_qemu_listens(void **state)
+{
+        char dir[] = "/tmp/havms-netbuf.XXXXXX", path[96], err[256], netdev[256];
+        struct netbuf_options o = { .vm = "test", .nic = 4, .tap = "nbt4", .bridge = "",
+                                    .max_bytes = 1 << 20, .backend = NETBUF_RELAY,
+                                    .qemu_listens = true };
+        struct sockaddr_ll sll = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL) };
+        struct netbuf *nb;
+        struct qmp *q;
+        pid_t pid;
+        int ps;
+
+        if (!have_qemu())
+                skip();
+        assert_non_null(mkdtemp(dir));
+        snprintf(path, sizeof(path), "%s/nic4.sock", dir);
+        o.socket_path = path;
+        if (netbuf_open(&o, &nb, err, sizeof(err)) < 0)
+                fail_msg("netbuf_open: %s", err);
+        assert_int_equal(netbuf_qemu_netdev(nb, netdev, sizeof(netdev)), 0);
+        assert_non_null(strstr(netdev, "server=on"));
+        /* nobody listens yet */
+        assert_true(netbuf_attach(nb, err, sizeof(err)) < 0);
+        pid = qemu_start(dir, netdev, &q);
+        assert_int_equal(netbuf_attach(nb, err, sizeof(err)), 0);
+        assert_int_equal(netbuf_attach(nb, err, sizeof(err)), 0); /* connected: no-op */
+        ps = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL));
+        assert_true(ps >= 0);
+        sll.sll_ifindex = (int)if_nametoindex("nbt4");
+        assert_int_equal(bind(ps, (struct sockaddr *)&sll, sizeof(sll)), 0);
+        assert_true(announce_until_seen(q, ps));
+        close(ps);
+
+        /* the relay goes away (its tap too); a new one, buffering from the
+         * start, reaches the same QEMU */
+        netbuf_close(nb);
+        assert_int_equal(if_nametoindex("nbt4"), 0);
+        if (netbuf_open(&o, &nb, err, sizeof(err)) < 0)
+                fail_msg("netbuf_open again: %s", err);
+        netbuf_set_buffering(nb, true);
+        ps = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL));
+        assert_true(ps >= 0);
+        sll.sll_ifindex = (int)if_nametoindex("nbt4");
+        assert_int_equal(bind(ps, (struct sockaddr *)&sll, sizeof(sll)), 0);
+        assert_int_equal(netbuf_attach(nb, err, sizeof(err)), 0);
+        /* QEMU accepts the new relay once it saw the old one go; until
+         * then its frames are dropped: announce until one is held */
+        bool held = false;
+        for (int i = 0; i < 20 && !held; i++) {
+                announce(q);
+                held = readable(netbuf_event_fd(nb), 500);
+        }
+        assert_true(held);
+        assert_false(rarp_seen(ps, 300));
+        netbuf_set_buffering(nb, false); /* released, in order */
+        assert_true(rarp_seen(ps, 2000));
+        assert_true(announce_until_seen(q, ps));
+        qemu_stop(pid, q);
+
+        close(ps);
+        netbuf_close(nb);
+        char f[128];
+        snprintf(f, sizeof(f), "%s/qemu.log", dir);
+        unlink(f);
+        unlink(path); /* QEMU's socket file */
+        rmdir(dir);
+}
+
 static void write_sysctl(const char *path, const char *v)
 {
         int fd = open(path, O_WRONLY | O_CLOEXEC);
@@ -882,6 +954,7 @@ int main(void)
                 cmocka_unit_test(test_bridge_and_options),
                 cmocka_unit_test(test_plug_refused),
                 cmocka_unit_test(test_real_qemu),
+                cmocka_unit_test(test_real_qemu_listens),
         };
 
         if (geteuid() != 0) {

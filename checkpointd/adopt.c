@@ -81,8 +81,8 @@ int runfile_load(const struct host_config *h, const char *vm, struct run_record 
         if (!line || strcmp(line, RUNFILE_MAGIC))
                 return corrupt(err, errlen, path, "not a run file");
         while ((line = strtok_r(NULL, "\n", &save))) {
-                char key[32], val[CFG_NAME_MAX + 1], *end;
-                if (sscanf(line, "%31s %64s", key, val) != 2)
+                char key[32], val[128], *end;
+                if (sscanf(line, "%31s %127s", key, val) != 2)
                         return corrupt(err, errlen, path, "malformed line");
                 if (!strcmp(key, "pid")) {
                         long v = strtol(val, &end, 10);

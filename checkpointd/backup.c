@@ -25,13 +25,16 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "adopt.h"
@@ -942,6 +945,13 @@ int backup_activate(struct daemon *d, struct vm *v, bool force, uint64_t generat
 /* A hot-standby QEMU left behind by a checkpointd that died: its disks
  * and NICs were served by that process, so it can never run. Ask it to
  * quit (found by its QMP socket); activation starts a fresh one. */
+/* A hot-standby QEMU left by a crashed checkpointd has no disks or NICs
+ * any more: tell it to quit, and wait until it is gone. A QEMU removes
+ * its socket files (QMP, stream netdevs) as it exits: one still exiting
+ * when the next hot standby has created the same paths would remove the
+ * new QEMU's, and a later restart of checkpointd could not reach it. Its
+ * pid comes from the QMP connection (SO_PEERCRED); one that does not exit
+ * in time is killed (no cleanup then). */
 static void quit_leftover_qemu(struct daemon *d, const char *vm)
 {
         char path[CFG_PATH_MAX + 64];
@@ -949,10 +959,23 @@ static void quit_leftover_qemu(struct daemon *d, const char *vm)
         struct qmp *q = NULL;
         if (qmp_connect(path, 1000, &q) < 0)
                 return;
+        struct ucred cr;
+        socklen_t crlen = sizeof(cr);
+        int pidfd = -1;
+        if (getsockopt(qmp_fd(q), SOL_SOCKET, SO_PEERCRED, &cr, &crlen) == 0 && cr.pid > 0)
+                pidfd = (int)syscall(SYS_pidfd_open, cr.pid, 0);
         if (qmp_execute(q, "quit", NULL, 2000, NULL) == 0)
                 log_msg(LOG_LVL_INFO, MSG_BK_ADOPTED, vm, -1,
                         "a hot-standby QEMU left by the previous checkpointd was told to quit");
         qmp_close(q);
+        if (pidfd < 0)
+                return;
+        struct pollfd p = { .fd = pidfd, .events = POLLIN };
+        if (poll(&p, 1, 5000) != 1) {
+                syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+                poll(&p, 1, 5000);
+        }
+        close(pidfd);
 }
 
 void backup_adopt(struct daemon *d, struct vm *v)
@@ -962,8 +985,12 @@ void backup_adopt(struct daemon *d, struct vm *v)
         size_t len = 0;
         char err[512] = "";
         int r = persist_devstate_load(&d->host, v->name, &hdr, &data, &len, err, sizeof(err));
-        if (r == -ENOENT)
+        if (r == -ENOENT) {
+                /* no replica, no run file (adopt.c looked first): a QEMU
+                 * answering here is a hot standby left without its I/O */
+                quit_leftover_qemu(d, v->name);
                 return;
+        }
         struct backup_replica *b = NULL;
         char ram[CFG_PATH_MAX + 64];
         qemu_ram_path(&d->host, v->name, ram, sizeof(ram));

@@ -138,7 +138,8 @@ void daemon_watch_qemu(struct daemon *d, struct qemu_vm *q)
                 epoll_ctl(d->epoll_fd, EPOLL_CTL_ADD, q->pidfd, &ev);
 }
 
-int daemon_init(struct daemon *d, const char *config_path, char *err, size_t errlen)
+int daemon_init(struct daemon *d, const char *config_path, bool managed, char *err,
+                size_t errlen)
 {
         memset(d, 0, sizeof(*d));
         d->ctl_fd = d->repl_fd = d->epoll_fd = d->signal_fd = -1;
@@ -146,6 +147,8 @@ int daemon_init(struct daemon *d, const char *config_path, char *err, size_t err
         int r = host_config_load(config_path, &d->host, err, errlen);
         if (r < 0)
                 return r;
+        if (managed)
+                d->host.managed = true;
         char dir[CFG_PATH_MAX];
         snprintf(dir, sizeof(dir), "%s", d->host.control_socket);
         char *slash = strrchr(dir, '/');
@@ -333,11 +336,10 @@ void daemon_stop_vm(struct daemon *d, struct vm *v)
         log_msg(LOG_LVL_NOTICE, MSG_VM_STOPPED, v->name, -1, "stopped on %s", d->host.name);
 }
 
-/* Protection ends cleanly (standbys are told). The guests running here
- * stop too: their disks (blockrepl) and NICs (netbuf) are served from
- * inside this process, so a QEMU left behind would run on with dead I/O.
- * Moving the I/O paths into a per-VM process that outlives the daemon is
- * future work (docs/checkpoint.md, known limits). */
+/* A clean stop: protection ends (standbys are told) and the guests
+ * running here stop too: their disks (blockrepl) and NICs (netbuf) are
+ * served from inside this process. Only a crash leaves them running, for
+ * the next checkpointd to adopt (adopt.h). */
 void daemon_shutdown(struct daemon *d)
 {
         log_msg(LOG_LVL_NOTICE, MSG_DAEMON_STOPPING, NULL, -1,

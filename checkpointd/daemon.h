@@ -26,7 +26,11 @@ struct daemon {
         volatile bool quit;
 };
 
-int daemon_init(struct daemon *d, const char *config_path, char *err, size_t errlen);
+/* managed: --managed, overrides [host] managed; known before the VMs that
+ * a crashed checkpointd left running are adopted (their protection
+ * resumes under the same rule). */
+int daemon_init(struct daemon *d, const char *config_path, bool managed, char *err,
+                size_t errlen);
 int daemon_run(struct daemon *d);
 void daemon_shutdown(struct daemon *d);
 /* End protection (if any), power the VM off here (QMP quit), state defined. */

@@ -47,12 +47,10 @@ int main(int argc, char **argv)
         log_open("checkpointd", use_syslog, level);
         static struct daemon d;
         char err[512];
-        if (daemon_init(&d, config, err, sizeof(err)) < 0) {
+        if (daemon_init(&d, config, managed, err, sizeof(err)) < 0) {
                 log_msg(LOG_LVL_ERR, NULL, NULL, -1, "%s", err);
                 return 1;
         }
-        if (managed)
-                d.host.managed = true;
         int r = daemon_run(&d);
         daemon_shutdown(&d);
         return r < 0 ? 1 : 0;

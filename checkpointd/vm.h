@@ -26,6 +26,11 @@
  *      │  │  Any primary state: HELLO refused as STALE (a newer generation
  *      │  │  ran elsewhere) -> the VM is powered off here -> DEFINED.
  *      │  │
+ *      │  │  checkpointd restarts after a crash, the VM's QEMU still runs
+ *      │  │  (adopt.h): RUNNING, or ISOLATED (output held) / DEGRADED when it
+ *      │  │  was protected: protection resumes with a full re-sync. QEMU gone:
+ *      │  │  DEFINED, last_exit crash.
+ *      │  │
  *      │  │  HELLO from a primary
  *      │  └──────────────── BK_SYNCING ── first commit ──> BK_STANDBY
  *      │   unprotect / error   ^                              │ primary lost

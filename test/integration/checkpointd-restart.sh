@@ -51,6 +51,11 @@ hv_must "a reaches protected" hv_wait_state a web01 protected 180
 n_values() { grep -c '^[0-9]' "$values"; }
 more_values_than() { [ "$(n_values)" -gt "$1" ]; }
 last_value() { grep '^[0-9]' "$values" | tail -n1 | cut -d' ' -f2; }
+# mark_log HOST, then new_log_has HOST TEXT: TEXT in what HOST's
+# checkpointd logged after the mark
+declare -A log_mark=()
+mark_log() { log_mark[$1]=$(wc -l <"$TB_RUN/$1-checkpointd.log"); }
+new_log_has() { tail -n +"$((${log_mark[$1]} + 1))" "$TB_RUN/$1-checkpointd.log" | grep -q "$2"; }
 ckpt_pid() { # ckpt_pid HOST: the host's checkpointd
         local pid
         for pid in $(tb_host_pids "$1"); do
@@ -141,8 +146,36 @@ hv_check "client gets answers from b" tb_wait_for 60 more_values_than "$before"
 st2=$(hv_guest stat)
 hv_check "same boot after the takeover" test "$(hv_kv "$st2" boot_id)" = "$boot_id"
 
+# ---- 4. an unprotected VM (b runs web01 since the takeover) is adopted
+# too; a QEMU that died while checkpointd was down is reported as a crash
+bpid=$(hv_field b web01 qemu_pid)
+cpid=$(ckpt_pid b)
+before=$(n_values)
+mark_log b
+t_kill=$(date +%s%N)
+kill -9 "$cpid"
+sleep 1
+hv_must "checkpointd restarts on b (unprotected VM)" hv_start_daemon b
+hv_check "b adopted web01's QEMU" tb_wait_for 10 new_log_has b HAVMS-VM-4006
+same_qemu_b() { [ "$(hv_field b web01 qemu_pid)" = "$bpid" ] && hv__state_is b web01 running; }
+hv_check "b runs web01 unprotected in the same QEMU (pid $bpid)" tb_wait_for 10 same_qemu_b
+hv_check "the client gets answers" tb_wait_for 30 more_values_than "$before"
+echo "unprotected restart: longest client stall $(longest_gap_ms "$t_kill") ms"
+hv_check "connection survived" tb__not grep -q '^END' "$values"
+
 kill -TERM "$client" 2>/dev/null
 tb_wait_for 10 grep -q '^END' "$values"
+
+cpid=$(ckpt_pid b)
+mark_log b
+kill -9 "$cpid"
+kill -9 "$bpid"
+hv_check "QEMU is gone" tb_wait_for 5 tb__not test -d "/proc/$bpid"
+hv_must "checkpointd restarts on b (QEMU gone)" hv_start_daemon b
+hv_check "b reports web01's QEMU lost (HAVMS-VM-4007)" tb_wait_for 10 new_log_has b HAVMS-VM-4007
+hv_check "web01 is defined on b" hv_wait_state b web01 defined 5
+hv_check "last_exit is crash (havmsd hands such a VM over)" hv_field_has b web01 last_exit '^crash$'
+
 hv_check "one connection for the whole run ($(grep '^END' "$values"))" grep -q '^END stop' "$values"
 gaps=$(grep -c '^GAP' "$values")
 hv_check "no value repeated, skipped or rolled back ($gaps gaps)" test "$gaps" = 0

@@ -266,20 +266,26 @@ static struct job *job_new(struct agent *a, enum job_kind kind, const char *vm, 
         return j;
 }
 
-static int job_start(struct agent *a, struct job *j)
+/* Run fn(j) on a worker thread; its end wakes the loop (TAG_JOB). */
+static int job_launch(struct agent *a, struct job *j, runner_job_fn *fn)
 {
-        int r = runner_job_start(job_body, j, &j->rj);
+        int r = runner_job_start(fn, j, &j->rj);
         if (r < 0) {
                 json_object_put(j->args);
                 free(j);
                 return r;
         }
-        struct epoll_event e = { .events = EPOLLIN, .data.ptr = NULL };
+        struct epoll_event e = { .events = EPOLLIN };
         e.data.u64 = (uint64_t)(uintptr_t)j << 8 | TAG_JOB;
         epoll_ctl(a->epfd, EPOLL_CTL_ADD, runner_job_fd(j->rj), &e);
         j->next = a->jobs;
         a->jobs = j;
         return 0;
+}
+
+static int job_start(struct agent *a, struct job *j)
+{
+        return job_launch(a, j, job_body);
 }
 
 static void hook_async(struct agent *a, enum hook_event hev, const struct avm *v,
@@ -329,18 +335,7 @@ static void action_job_body(void *arg, const volatile int *cancel)
 
 static int start_action(struct agent *a, struct job *j)
 {
-        int r = runner_job_start(action_job_body, j, &j->rj);
-        if (r < 0) {
-                json_object_put(j->args);
-                free(j);
-                return r;
-        }
-        struct epoll_event e = { .events = EPOLLIN };
-        e.data.u64 = (uint64_t)(uintptr_t)j << 8 | TAG_JOB;
-        epoll_ctl(a->epfd, EPOLL_CTL_ADD, runner_job_fd(j->rj), &e);
-        j->next = a->jobs;
-        a->jobs = j;
-        return 0;
+        return job_launch(a, j, action_job_body);
 }
 
 /* ---------------------------------------------------------- announce -- */
@@ -1235,17 +1230,6 @@ static json_object *cluster_status(struct agent *a)
         return r;
 }
 
-static const char *level_name(enum log_level l)
-{
-        switch (l) {
-        case LOG_LVL_ERR: return "error";
-        case LOG_LVL_WARN: return "warning";
-        case LOG_LVL_NOTICE: return "notice";
-        case LOG_LVL_INFO: return "info";
-        default: return "debug";
-        }
-}
-
 static json_object *events_json(struct agent *a, json_object *req)
 {
         json_object *args, *mx;
@@ -1271,7 +1255,7 @@ static json_object *events_json(struct agent *a, json_object *req)
                 json_object_object_add(o, "time", json_object_new_string(ts));
                 json_object_object_add(o, "ts_ms", json_object_new_int64((int64_t)e->wall_ms));
                 json_object_object_add(o, "id", json_object_new_string(e->id));
-                json_object_object_add(o, "level", json_object_new_string(level_name(e->level)));
+                json_object_object_add(o, "level", json_object_new_string(log_level_name(e->level)));
                 json_object_object_add(o, "vm", json_object_new_string(e->vm));
                 json_object_object_add(o, "host", json_object_new_string(e->host));
                 json_object_object_add(o, "text", json_object_new_string(e->text));

@@ -21,7 +21,7 @@ void log_open(const char *ident, bool use_syslog, enum log_level level)
 }
 
 
-static const char *level_name(enum log_level l)
+const char *log_level_name(enum log_level l)
 {
         switch (l) {
         case LOG_LVL_ERR: return "error";
@@ -63,7 +63,7 @@ void log_msg(enum log_level level, const char *msgid, const char *vm,
         char line[1400];
         int len = snprintf(line, sizeof(line), "%02d:%02d:%02d.%03ld %s %s: %s%s\n",
                            tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
-                           log_ident, level_name(level), prefix, text);
+                           log_ident, log_level_name(level), prefix, text);
         if (len > (int)sizeof(line) - 1)
                 len = (int)sizeof(line) - 1;
         /* one write per line so threads never interleave within a line */

@@ -20,6 +20,9 @@ enum log_level {
 
 void log_open(const char *ident, bool use_syslog, enum log_level threshold);
 
+/* "error", "warning", "notice", "info", "debug" */
+const char *log_level_name(enum log_level l);
+
 /* msgid: a stable ID such as "HAVMS-CK-1001", or NULL for debug chatter.
  * vm may be NULL; epoch < 0 means "no epoch". */
 void log_msg(enum log_level level, const char *msgid, const char *vm,

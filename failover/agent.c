@@ -41,6 +41,8 @@
 #define CKPT_DEAD_TICKS 30     /* an adopted checkpointd silent this long is replaced */
 #define ACTION_RETRY_MS 1000   /* a failed checkpointd command is retried after this */
 #define PATROL_TICKS 50        /* the standby patrol runs every 5 s */
+#define RESEND_MS 1000         /* an unanswered CPG request is sent again */
+#define CKPT_RESTART_MAX_MS 30000 /* back-off ceiling for a checkpointd that keeps dying */
 #define PATROL_MAX 16
 #define PATROL_LAG_MS 2000     /* a connected replica older than this is reported */
 #define PATROL_MIN_FREE (64ull << 20)
@@ -79,6 +81,8 @@ struct avm {
         char note[PO_NOTE_MAX];
         uint64_t lost_ms;         /* when the owner's loss was first seen (takeover timing) */
         uint64_t retry_ms;        /* a failed action: decide nothing for the VM before this */
+        uint64_t asked_ms;        /* when ASK_DISCARD / RELINQUISH went out (resent each second) */
+        bool stopping;            /* a self-fence kill was sent */
         bool hook_aborted;        /* pre-activate said abort: no automatic takeover until
                                      the VM's state here changes */
 };
@@ -125,6 +129,12 @@ struct agent {
         int mem_fds[8];
         size_t n_mem_fds;
         bool corosync_up, quorum_known, quorate;
+        bool nodes_known;         /* the first node membership report arrived */
+        uint64_t quorate_since_ms;
+        uint64_t started_ms;
+        bool unmanaged_reported;  /* an adopted checkpointd without --managed */
+        unsigned ckpt_quick_exits;/* consecutive exits soon after a start: back-off */
+        uint64_t ckpt_started_ms;
         uint64_t mem_retry_ms;
         uint32_t self_nodeid;
         struct ahost hosts[PO_MAX_HOSTS];
@@ -401,6 +411,40 @@ static void arm_decide_timer(struct agent *a, uint64_t wake_ms)
 static void do_action(struct agent *a, const struct po_action *x);
 static void poll_checkpointd(struct agent *a);
 
+/* The standby's last announcement for v: NULL if it made none. Kept
+ * after it left (its last word is what the fence head start needs). */
+static const struct clmsg_vm *peer_view(struct agent *a, const struct avm *v)
+{
+        struct ahost *h = host_by_name(a, v->po.peer);
+        if (!h || !h->have_state)
+                return NULL;
+        for (size_t e = 0; e < h->state.n_vms; e++)
+                if (!strcmp(h->state.vms[e].name, v->po.name))
+                        return &h->state.vms[e];
+        return NULL;
+}
+
+/* S5's tie: does the peer hold a replica of this VM we run? Unknown
+ * counts as yes (never both without a head start). */
+static bool peer_holds_replica(struct agent *a, const struct avm *v)
+{
+        struct ahost *h = host_by_name(a, v->po.peer);
+        if (!h || !h->have_state)
+                return true;
+        const struct clmsg_vm *x = peer_view(a, v);
+        return x && (x->state == PO_VM_BK_READY || x->state == PO_VM_ACTIVATING);
+}
+
+/* The standby acted on our RELINQUISH: it no longer shows a ready replica
+ * of our generation. */
+static bool relinquish_taken(struct agent *a, const struct avm *v)
+{
+        if (!v->po.relinquished)
+                return false;
+        const struct clmsg_vm *x = peer_view(a, v);
+        return !x || x->state != PO_VM_BK_READY || x->generation != v->po.generation;
+}
+
 static void decide(struct agent *a)
 {
         static struct po_input in;
@@ -409,8 +453,18 @@ static void decide(struct agent *a)
         in.now_ms = now_ms();
         snprintf(in.self, sizeof(in.self), "%s", a->host.name);
         in.self_nodeid = a->self_nodeid;
-        in.quorum_known = a->quorum_known;
+        /* Both first reports, nodes and quorum, before any decision: they
+         * arrive in no set order, and a host not yet reported is unknown. */
+        in.quorum_known = a->quorum_known && a->nodes_known;
         in.quorate = a->quorate && a->corosync_up;
+        in.quorate_since_ms = a->quorate_since_ms;
+        /* Witness mode relies on a cut-off host stopping its VMs by
+         * itself: a havmsd that never reaches corosync must too. */
+        if (!a->corosync_up && !strcmp(a->host.cluster.quorum, "witness") &&
+            in.now_ms - a->started_ms >= a->host.cluster.self_fence_ms) {
+                in.quorum_known = true;
+                in.quorate = false;
+        }
         in.witness = !strcmp(a->host.cluster.quorum, "witness");
         in.witness_wait_ms = a->host.cluster.witness_wait_ms;
         in.fence_delay_ms = a->host.cluster.fence_delay_ms;
@@ -419,8 +473,21 @@ static void decide(struct agent *a)
                 in.hosts[in.n_hosts++] = a->hosts[i].po;
         uint64_t retry = 0;
         for (size_t i = 0; i < a->n_vms; i++) {
+                struct avm *av = &a->vms[i];
                 struct po_vm *pv = &in.vms[in.n_vms++];
-                *pv = a->vms[i].po;
+                /* a request the peer did not answer within a second is made again */
+                if ((av->po.discard_asked || av->po.relinquished) && av->asked_ms &&
+                    in.now_ms >= av->asked_ms + RESEND_MS && !av->po.peer_discarded &&
+                    !relinquish_taken(a, av)) {
+                        av->po.discard_asked = false;
+                        av->po.relinquished = false;
+                }
+                *pv = av->po;
+                pv->stopping = av->stopping;
+                pv->peer_holds_replica = peer_holds_replica(a, av);
+                if (pv->discard_asked || pv->relinquished)
+                        if (!retry || av->asked_ms + RESEND_MS < retry)
+                                retry = av->asked_ms + RESEND_MS;
                 if (a->vms[i].hook_aborted)
                         pv->busy = true;
                 if (a->vms[i].retry_ms > in.now_ms) {
@@ -512,8 +579,10 @@ static void do_action(struct agent *a, const struct po_action *x)
                 ctl_action(a, x, "release", NULL);
                 break;
         case PO_ACT_ASK_DISCARD:
-                if (v)
+                if (v) {
                         v->po.discard_asked = true;
+                        v->asked_ms = now_ms();
+                }
                 ev(a, LOG_LVL_NOTICE, MSG_FO_ASK_DISCARD, x->vm, x->host,
                    "standby %s stopped ACKing but is a member: asking it to drop its replica",
                    x->host);
@@ -525,8 +594,10 @@ static void do_action(struct agent *a, const struct po_action *x)
                 ctl_action(a, x, "discard", NULL);
                 break;
         case PO_ACT_RELINQUISH:
-                if (v)
+                if (v) {
                         v->po.relinquished = true;
+                        v->asked_ms = now_ms();
+                }
                 ev(a, LOG_LVL_WARN, MSG_FO_RELINQUISH, x->vm, x->host,
                    "QEMU crashed here: handing generation %" PRIu64 " to standby %s",
                    x->generation, x->host);
@@ -541,9 +612,18 @@ static void do_action(struct agent *a, const struct po_action *x)
                 ctl_action(a, x, "start", NULL);
                 break;
         case PO_ACT_STOP:
-                ev(a, LOG_LVL_ERR, MSG_FO_SELF_FENCE, x->vm, NULL, "stopping the VM here: %s",
-                   x->why);
-                ctl_action(a, x, "stop", NULL);
+                /* Self-fence: kill QEMU here and now, not through a graceful
+                 * stop (that would say goodbye and make the standby drop
+                 * the replica the cluster needs). checkpointd sees the death
+                 * at once (pidfd) and drops the held output. */
+                if (!v)
+                        break;
+                v->stopping = true;
+                ev(a, LOG_LVL_ERR, MSG_FO_SELF_FENCE, x->vm, NULL,
+                   "killing the VM here (QEMU pid %d): %s", v->qemu_pid, x->why);
+                if (v->qemu_pid > 0 && kill(v->qemu_pid, SIGKILL) < 0 && errno != ESRCH)
+                        ev(a, LOG_LVL_ERR, MSG_FO_SELF_FENCE, x->vm, NULL,
+                           "cannot kill QEMU pid %d: %s", v->qemu_pid, strerror(errno));
                 break;
         }
 }
@@ -725,6 +805,7 @@ static void ckpt_spawn(struct agent *a)
                 epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->ckpt_pidfd, &e);
         }
         a->ckpt_silent_ticks = 0;
+        a->ckpt_started_ms = now_ms();
         ev(a, LOG_LVL_NOTICE, MSG_FO_CKPT_START, NULL, a->host.name,
            "checkpointd started (pid %d, start %u)", pid, a->ckpt_restarts + 1);
 }
@@ -739,14 +820,22 @@ static void ckpt_exited(struct agent *a)
                 close(a->ckpt_pidfd);
                 a->ckpt_pidfd = -1;
         }
+        /* one that keeps dying soon after its start is restarted less often */
+        if (now_ms() - a->ckpt_started_ms < 10 * CKPT_RESTART_MS)
+                a->ckpt_quick_exits++;
+        else
+                a->ckpt_quick_exits = 0;
+        uint64_t delay = (uint64_t)CKPT_RESTART_MS << (a->ckpt_quick_exits < 5 ? a->ckpt_quick_exits : 5);
+        if (delay > CKPT_RESTART_MAX_MS)
+                delay = CKPT_RESTART_MAX_MS;
         ev(a, LOG_LVL_WARN, MSG_FO_CKPT_EXIT, NULL, a->host.name,
-           "checkpointd (pid %d) %s %d; restarting it in %d ms", a->ckpt_pid,
+           "checkpointd (pid %d) %s %d; restarting it in %" PRIu64 " ms", a->ckpt_pid,
            WIFSIGNALED(st) ? "killed by signal" : "exited with status",
-           WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), CKPT_RESTART_MS);
+           WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), delay);
         a->ckpt_pid = 0;
         a->ckpt_up = false;
         a->ckpt_restarts++;
-        a->ckpt_next_start_ms = now_ms() + CKPT_RESTART_MS;
+        a->ckpt_next_start_ms = now_ms() + delay;
 }
 
 static const char *jstr(json_object *o, const char *k)
@@ -778,9 +867,11 @@ static void local_transition(struct agent *a, struct avm *v, enum po_vm_state fr
         }
         /* flags that belong to one situation end with it */
         v->hook_aborted = false;
+        if (!runs_here(to))
+                v->stopping = false;
         if (runs_here(to))
                 v->po.relinquished = false;
-        if (to != PO_VM_ISOLATED)
+        if (to != PO_VM_ISOLATED || from != PO_VM_ISOLATED)
                 v->po.discard_asked = v->po.peer_discarded = false;
         if (to != PO_VM_BK_READY)
                 v->po.discard_requested = v->po.peer_relinquished = false;
@@ -813,6 +904,25 @@ static void poll_checkpointd(struct agent *a)
         }
         a->ckpt_up = true;
         a->ckpt_silent_ticks = 0;
+        bool unmanaged = false;
+        for (size_t i = 0; i < json_object_array_length(vms); i++) {
+                const char *mode = jstr(json_object_array_get_idx(vms, i), "mode");
+                unmanaged |= mode[0] && strcmp(mode, "managed");
+        }
+        if (unmanaged) {
+                /* It would release output on its own when a standby is
+                 * lost: never decide for such a host's VMs. */
+                if (!a->unmanaged_reported)
+                        ev(a, LOG_LVL_ERR, MSG_FO_CKPT_EXIT, NULL, a->host.name,
+                           "checkpointd runs WITHOUT --managed: havmsd takes no decision "
+                           "until it is restarted by havmsd (stop it; havmsd starts it)");
+                a->unmanaged_reported = true;
+                json_object_put(resp);
+                for (size_t i = 0; i < a->n_vms; i++)
+                        a->vms[i].po.state = PO_VM_UNKNOWN;
+                return;
+        }
+        a->unmanaged_reported = false;
         bool changed = false;
         for (size_t i = 0; i < a->n_vms; i++)
                 a->vms[i].seen = false;
@@ -885,17 +995,23 @@ static void on_nodes(void *opaque, const uint32_t *ids, size_t n)
                 bool member = false;
                 for (size_t i = 0; i < n; i++)
                         member |= ids[i] == h->po.nodeid;
+                if (!a->nodes_known && !member) {
+                        /* absent at the first report: it counts as having
+                         * just left, so every wait and head start applies */
+                        h->po.left_ms = now_ms();
+                        continue;
+                }
                 if (member == h->po.member)
                         continue;
                 h->po.member = member;
                 if (member) {
-                        h->po.fence = PO_FENCE_NONE;
+                        if (h->po.fence != PO_FENCE_RUNNING)
+                                h->po.fence = PO_FENCE_NONE;
                         ev(a, LOG_LVL_NOTICE, MSG_FO_JOINED, NULL, h->po.name,
                            "host %s joined the membership", h->po.name);
                         a->state_dirty = true;
                 } else {
                         h->po.left_ms = now_ms();
-                        h->have_state = false;
                         ev(a, LOG_LVL_WARN, MSG_FO_LEFT, NULL, h->po.name,
                            "host %s left the membership", h->po.name);
                         for (size_t i = 0; i < a->n_vms; i++)
@@ -903,6 +1019,7 @@ static void on_nodes(void *opaque, const uint32_t *ids, size_t n)
                                         a->vms[i].lost_ms = h->po.left_ms;
                 }
         }
+        a->nodes_known = true;
         update_newer_generations(a);
         decide(a);
 }
@@ -923,6 +1040,8 @@ static void on_quorum(void *opaque, bool quorate, uint32_t expected, uint32_t to
                    NULL, a->host.name, "%s (votes %u of %u expected)",
                    quorate ? "quorate" : a->quorum_known ? "QUORUM LOST" : "not quorate yet",
                    total, expected);
+        if (quorate && (!a->quorate || !a->quorum_known))
+                a->quorate_since_ms = now_ms();
         a->quorum_known = true;
         a->quorate = quorate;
         decide(a);
@@ -942,7 +1061,14 @@ static void on_message(void *opaque, uint32_t from, uint32_t pid, const void *bu
                 return; /* our own, back from CPG */
         struct ahost *h = host_by_name(a, m.sender);
         struct avm *v = m.vm[0] ? vm_by_name(a, m.vm, false) : NULL;
+        if (m.type == CLMSG_ASK_DISCARD && !v && a->ckpt_up &&
+            !strcmp(m.target, a->host.name)) {
+                /* checkpointd holds nothing of this VM: no replica to drop */
+                send_ref(a, CLMSG_DISCARDED, m.vm, m.generation, m.sender);
+                return;
+        }
         bool for_me = !strcmp(m.target, a->host.name);
+        bool from_peer = v && !strcmp(v->po.peer, m.sender);
         switch (m.type) {
         case CLMSG_STATE:
                 if (h) {
@@ -952,17 +1078,21 @@ static void on_message(void *opaque, uint32_t from, uint32_t pid, const void *bu
                 update_newer_generations(a);
                 break;
         case CLMSG_RELINQUISH:
-                if (for_me && v && v->po.generation == m.generation) {
+                if (for_me && v && from_peer && v->po.generation == m.generation &&
+                    v->po.state == PO_VM_BK_READY) {
                         v->po.peer_relinquished = true;
                         v->lost_ms = now_ms();
                 }
                 break;
         case CLMSG_ASK_DISCARD:
-                if (for_me && v && v->po.generation == m.generation)
+                if (for_me && v && from_peer && v->po.generation <= m.generation &&
+                    !runs_here(v->po.state))
                         v->po.discard_requested = true;
                 break;
         case CLMSG_DISCARDED:
-                if (for_me && v && v->po.generation == m.generation)
+                /* only the answer to a request of this isolation counts */
+                if (for_me && v && from_peer && v->po.generation == m.generation &&
+                    v->po.state == PO_VM_ISOLATED && v->po.discard_asked)
                         v->po.peer_discarded = true;
                 break;
         case CLMSG_FENCED: {
@@ -1412,6 +1542,7 @@ int agent_init(struct agent **ret, const char *config_path, char *err, size_t er
         a->epfd = a->sigfd = a->tickfd = a->decidefd = a->ctlfd = a->ckpt_pidfd = -1;
         pthread_mutex_init(&a->ev_lock, NULL);
         snprintf(a->config_path, sizeof(a->config_path), "%s", config_path);
+        a->started_ms = now_ms();
         int r = host_config_load(config_path, &a->host, err, errlen);
         if (r < 0)
                 goto fail;

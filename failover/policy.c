@@ -75,11 +75,19 @@ static uint32_t fence_delay(const struct po_input *in, const struct po_host *h,
                 return in->fence_delay_ms;
         bool tie = false;
         for (size_t i = 0; i < in->n_vms; i++)
-                if (runs_here(in->vms[i].state) && !strcmp(in->vms[i].peer, h->name))
+                if (runs_here(in->vms[i].state) && !strcmp(in->vms[i].peer, h->name) &&
+                    in->vms[i].peer_holds_replica)
                         tie = true;
         if (tie && in->self_nodeid > h->nodeid)
                 return in->fence_delay_ms;
         return 0;
+}
+
+/* When a witness wait for a peer that left ends (see policy.h). */
+static uint64_t witness_end(const struct po_input *in, const struct po_host *h)
+{
+        uint64_t from = h->left_ms > in->quorate_since_ms ? h->left_ms : in->quorate_since_ms;
+        return from + in->witness_wait_ms;
 }
 
 /* The standby's side: take over, drop the replica, or wait. */
@@ -115,7 +123,7 @@ static void decide_backup(const struct po_input *in, size_t i, struct fence_need
                 return;
         }
         if (in->witness) {
-                uint64_t at = h->left_ms + in->witness_wait_ms;
+                uint64_t at = witness_end(in, h);
                 if (in->now_ms >= at) {
                         act(out, PO_ACT_ACTIVATE, v->name, v->peer, v->generation + 1,
                             "primary left and the witness wait is over");
@@ -167,7 +175,7 @@ static void decide_isolated(const struct po_input *in, size_t i, struct fence_ne
                 return;
         }
         if (in->witness) {
-                uint64_t at = h->left_ms + in->witness_wait_ms;
+                uint64_t at = witness_end(in, h);
                 if (in->now_ms >= at) {
                         act(out, PO_ACT_RELEASE, v->name, v->peer, v->generation,
                             "standby left and the witness wait is over");
@@ -251,17 +259,18 @@ void po_decide(const struct po_input *in, struct po_output *out)
                         note(out, i, "waiting for corosync's first quorum report");
                         continue;
                 }
-                if (v->busy || v->state == PO_VM_UNKNOWN || v->state == PO_VM_ACTIVATING)
-                        continue;
-                if (!in->quorate) { /* S3 */
-                        if (runs_here(v->state))
+                if (!in->quorate) { /* S3: before anything else under way */
+                        if (runs_here(v->state) && !v->stopping)
                                 act(out, PO_ACT_STOP, v->name, NULL, v->generation,
                                     "this host lost quorum (self-fence)");
                         else if (v->state == PO_VM_BK_READY)
                                 note(out, i, "no quorum: this host takes nothing over");
                         continue;
                 }
-                if (runs_here(v->state) && v->newer_generation > v->generation) { /* S4 */
+                if (v->busy || v->state == PO_VM_UNKNOWN || v->state == PO_VM_ACTIVATING)
+                        continue;
+                if (runs_here(v->state) && v->newer_generation > v->generation &&
+                    !v->stopping) { /* S4 */
                         act(out, PO_ACT_STOP, v->name, NULL, v->generation,
                             "a newer generation of this VM runs elsewhere");
                         continue;
@@ -272,7 +281,10 @@ void po_decide(const struct po_input *in, struct po_output *out)
                         break;
                 case PO_VM_BK_SYNCING: {
                         const struct po_host *h = host_of(in, v->peer, NULL);
-                        if (h && !h->member)
+                        if (h && h->member && v->discard_requested)
+                                act(out, PO_ACT_DISCARD, v->name, v->peer, v->generation,
+                                    "the primary asked us to drop an incomplete replica");
+                        else if (h && !h->member)
                                 note(out, i, "primary %s left during the initial sync: the "
                                              "replica is incomplete, no takeover possible",
                                      v->peer);
@@ -282,6 +294,11 @@ void po_decide(const struct po_input *in, struct po_output *out)
                         decide_isolated(in, i, needs, out);
                         break;
                 case PO_VM_DEFINED:
+                        if (v->discard_requested) { /* no replica here: say so */
+                                act(out, PO_ACT_DISCARD, v->name, v->peer, v->generation,
+                                    "the primary asked; there is no replica here");
+                                break;
+                        }
                         decide_stopped(in, i, out);
                         break;
                 default:

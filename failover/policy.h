@@ -19,13 +19,18 @@
  *      in checkpointd) until the standby is fenced, has confirmed over CPG
  *      that it dropped its replica, or (witness) cannot be quorate any
  *      more; only then RELEASE.
- *   S3 Without quorum (or without corosync) a host activates nothing and
- *      stops the VMs it runs at once (self-fence).
+ *   S3 Without quorum (or without corosync, after having had it, or in
+ *      witness mode for self_fence_ms after havmsd started) a host
+ *      activates nothing and kills the VMs it runs at once (self-fence),
+ *      whatever else is under way for them.
  *   S4 A host that learns of a newer generation of a VM it runs stops it.
  *   S5 Of two hosts that lost each other, the one that takes VMs over
  *      fences at once; the one that would only release output waits
- *      fence_delay_ms; between equals the lower node id goes first. So a
- *      partition never ends with both fenced.
+ *      fence_delay_ms; between equals (each holds a replica of a VM the
+ *      other runs) the lower node id goes first. So a partition never ends
+ *      with both fenced.
+ * Witness waits count from when the peer left or this host last became
+ * quorate, whichever is later: a quorum that flapped restarts the wait.
  */
 #pragma once
 #include <stdbool.h>
@@ -94,6 +99,9 @@ struct po_vm {
         bool discard_asked;          /* primary: we asked the standby to drop its replica */
         bool peer_discarded;         /* primary: the standby confirmed it dropped it */
         uint64_t newer_generation;   /* highest generation another host runs it with; 0 none */
+        bool peer_holds_replica;     /* primary: the standby's last announcement showed a
+                                        replica of it (or we never heard: assume it does) */
+        bool stopping;               /* a self-fence of it is under way: do not ask twice */
 };
 
 struct po_input {
@@ -102,6 +110,7 @@ struct po_input {
         uint32_t self_nodeid;
         bool quorum_known;     /* a first quorum report arrived: before it, decide nothing */
         bool quorate;          /* false also when corosync is down */
+        uint64_t quorate_since_ms; /* when this host last became quorate */
         bool witness;          /* [cluster] quorum = witness */
         uint32_t witness_wait_ms;
         uint32_t fence_delay_ms;
@@ -120,7 +129,8 @@ enum po_act {
         PO_ACT_DISCARD,      /* vm: drop our replica (its primary, alive, asked) */
         PO_ACT_RELINQUISH,   /* vm: announce our crashed copy given up; the standby takes over */
         PO_ACT_RESTART,      /* vm: start it again here (local_restarts) */
-        PO_ACT_STOP,         /* vm: stop it here now (no quorum, or a newer generation) */
+        PO_ACT_STOP,         /* vm: kill it here now (no quorum, or a newer generation): no
+                                goodbye, held output dropped, the standby's replica kept */
 };
 
 struct po_action {

@@ -52,6 +52,8 @@ case_link_cut() {
         hv_check "a asked b to drop its replica (HAVMS-FO-5016)" \
                 eval 'hv_events a | grep -q HAVMS-FO-5016'
         hv_check "b dropped it (HAVMS-FO-5017)" eval 'hv_events b | grep -q HAVMS-FO-5017'
+        hv_check "a released only after b had dropped it" \
+                hv_event_before b HAVMS-FO-5017 a HAVMS-FO-5015
         before=$(hv_fo_n_values)
         hv_check "the client is served while the link is down" \
                 tb_wait_for 20 hv_fo_more_values_than "$((before + 20))"

@@ -55,6 +55,8 @@ hv_check "web01 did not move: same generation ($web_gen)" \
 hv_check "web01's protection loss reported (HAVMS-FO-5021)" \
         eval 'hv_events a | grep -q "HAVMS-FO-5021.*web01"'
 hv_check "b fenced exactly once" test "$(hv_events a | grep -c 'HAVMS-FN-6001')" = 1
+hv_check "web01's output released only after b was verified off" \
+        hv_event_before a HAVMS-FN-6003 a HAVMS-FO-5015
 hv_check "web01's client gets answers" tb_wait_for 30 hv_fo_more_values_than "$((before + 10))"
 hv_check "a's cluster view: web01 unprotected on a, db01 on a" \
         eval 'hvctl a status | grep -E "web01.*a" >/dev/null && hvctl a status | grep -E "db01.*a" >/dev/null'

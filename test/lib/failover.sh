@@ -110,6 +110,20 @@ EOB
 # hv_cluster_field HOST VM KEY: one field of VM in havmsd's cluster-status.
 hv_cluster_json() { hvctl "$1" status --json 2>/dev/null; }
 
+# hv_event_ms HOST ID: ts_ms (wall clock) of HOST's last event with this ID
+hv_event_ms() {
+        hvctl "$1" events --json -n 500 2>/dev/null | python3 -c '
+import json, sys
+ev = [e for e in json.load(sys.stdin)["events"] if e["id"] == sys.argv[1]]
+print(ev[-1]["ts_ms"] if ev else "")' "$2"
+}
+# hv_event_before HOST1 ID1 HOST2 ID2: both events happened, the first earlier
+hv_event_before() {
+        local t1 t2
+        t1=$(hv_event_ms "$1" "$2") && t2=$(hv_event_ms "$3" "$4") &&
+                [ -n "$t1" ] && [ -n "$t2" ] && [ "$t1" -le "$t2" ]
+}
+
 # hv_events HOST: havmsd's events, one line each.
 hv_events() { hvctl "$1" events -n 500 2>/dev/null; }
 hv_event_seen() { hv_events "$1" | grep -q "$2"; }

@@ -2,8 +2,9 @@
  * cluster. Part 1 is a table of single situations and the actions they
  * must (and must not) produce. Part 2 simulates two hosts deciding on
  * their own views through partitions and power-offs, over every
- * combination of detection times, fence durations and VM placements, and
- * checks the safety rules at every millisecond step: never two running
+ * combination of detection times, fence durations and VM placements, with
+ * fencing and with a witness, and checks the safety rules at every 10 ms
+ * step: never two running
  * copies, never output released while the other side may still take over,
  * never both hosts fenced. */
 #include <setjmp.h>
@@ -325,7 +326,7 @@ static void test_tie_lower_nodeid_first(void **s)
         /* a runs web01 backed up on b; b runs db01 backed up on a */
         base(&in, "a", 1);
         struct po_host *b = add_host(&in, "b", 2);
-        add_vm(&in, "web01", PO_VM_ISOLATED, "b", 1);
+        add_vm(&in, "web01", PO_VM_ISOLATED, "b", 1)->peer_holds_replica = true;
         add_vm(&in, "db01", PO_VM_BK_READY, "b", 1);
         b->member = false;
         b->left_ms = in.now_ms;
@@ -333,12 +334,18 @@ static void test_tie_lower_nodeid_first(void **s)
 
         base(&in, "b", 2);
         struct po_host *a = add_host(&in, "a", 1);
-        add_vm(&in, "db01", PO_VM_PROTECTED, "a", 1);
+        struct po_vm *db = add_vm(&in, "db01", PO_VM_PROTECTED, "a", 1);
+        db->peer_holds_replica = true;
         add_vm(&in, "web01", PO_VM_BK_READY, "a", 1);
         a->member = false;
         a->left_ms = in.now_ms;
         assert_string_equal(decide(&in, &out), "");
         assert_int_equal(out.wake_ms, a->left_ms + 3000);
+        /* Not a tie when a holds no replica of db01 (it was still syncing
+         * or had dropped it): only b can take anything over, so b must not
+         * wait — a waits its own head start to release, and b wins. */
+        db->peer_holds_replica = false;
+        assert_string_equal(decide(&in, &out), "fence:a");
 }
 
 static void test_newer_generation_elsewhere_stops(void **s)
@@ -431,6 +438,55 @@ static void test_state_names_parse(void **s)
         assert_int_equal(po_exit_parse(""), PO_EXIT_NONE);
 }
 
+static void test_self_fence_wins_over_work_in_flight(void **s)
+{
+        (void)s;
+        struct po_input in;
+        struct po_output out;
+        base(&in, "a", 1);
+        add_host(&in, "b", 2);
+        struct po_vm *v = add_vm(&in, "web01", PO_VM_ISOLATED, "b", 3);
+        v->busy = true; /* e.g. a release job in flight */
+        in.quorate = false;
+        assert_string_equal(decide(&in, &out), "stop:web01");
+        v->stopping = true;
+        assert_string_equal(decide(&in, &out), "");
+}
+
+static void test_witness_wait_restarts_with_quorum(void **s)
+{
+        (void)s;
+        struct po_input in;
+        struct po_output out;
+        struct po_host *a;
+        struct po_vm *v;
+        standby_of_a(&in, &a, &v);
+        in.witness = true;
+        a->member = false;
+        a->left_ms = in.now_ms - 20000;    /* long gone ... */
+        in.quorate_since_ms = in.now_ms - 1000; /* ... but we were not quorate until 1 s ago */
+        assert_string_equal(decide(&in, &out), "");
+        assert_int_equal(out.wake_ms, in.quorate_since_ms + 12000);
+        in.now_ms = in.quorate_since_ms + 12000;
+        assert_string_equal(decide(&in, &out), "activate:web01:5");
+}
+
+static void test_discard_asked_without_a_replica_is_answered(void **s)
+{
+        (void)s;
+        struct po_input in;
+        struct po_output out;
+        struct po_host *a;
+        struct po_vm *v;
+        standby_of_a(&in, &a, &v);
+        v->state = PO_VM_DEFINED;
+        v->discard_requested = true;
+        /* nothing to drop, but the primary waits for the answer */
+        assert_string_equal(decide(&in, &out), "discard:web01");
+        v->state = PO_VM_BK_SYNCING;
+        assert_string_equal(decide(&in, &out), "discard:web01");
+}
+
 /* ------------------------------------------- part 2: two-host simulator -- */
 
 /* One VM's copy on one simulated host. */
@@ -460,22 +516,35 @@ struct sim {
         uint64_t fence_ms;        /* the agent returns (off verified) after this */
         uint64_t fence_effect_ms; /* the BMC cuts the power this soon after the call */
         bool dead_host0; /* host 0 powered off at cut_ms (else: a partition) */
+        bool witness;    /* quorum by a witness: no fencing; the cut-off side loses
+                            quorum after qdevice_ms and self-fences */
+        uint64_t qdevice_ms;
         int fenced_count;
 };
 
 static const char *const vm_names[2] = { "web01", "db01" };
+
+/* Host k's quorum at time now: with a witness, host 0 is the side cut off
+ * from it and loses quorum qdevice_ms after the cut. */
+static bool sim_quorate(const struct sim *s, int k, uint64_t now)
+{
+        return !(s->witness && k == 0 && now >= s->cut_ms + s->qdevice_ms);
+}
 
 static void sim_input(struct sim *s, int k, uint64_t now, struct po_input *in)
 {
         struct sim_host *me = &s->h[k], *other = &s->h[1 - k];
         base(in, me->name, me->nodeid);
         in->now_ms = now;
+        in->witness = s->witness;
+        in->quorate = sim_quorate(s, k, now);
         in->hosts[0] = me->peer;
         in->n_hosts = 1;
         for (int i = 0; i < s->n_vms; i++) {
                 struct po_vm *v = add_vm(in, vm_names[i], me->vm[i].state, other->name,
                                          me->vm[i].gen);
                 v->discard_asked = me->vm[i].asked;
+                v->peer_holds_replica = other->vm[i].state == PO_VM_BK_READY;
         }
 }
 
@@ -546,6 +615,10 @@ static void sim_run(struct sim *s)
                                         me->vm[i].state = PO_VM_RUNNING;
                                         me->vm[i].output_flows = true;
                                         break;
+                                case PO_ACT_STOP: /* self-fence: the copy is gone */
+                                        me->vm[i].state = PO_VM_DEFINED;
+                                        me->vm[i].output_flows = false;
+                                        break;
                                 default:
                                         fail_msg("unexpected action %s", po_act_name(a->type));
                                 }
@@ -554,14 +627,19 @@ static void sim_run(struct sim *s)
                 /* the safety invariants, at every step */
                 for (int i = 0; i < s->n_vms; i++) {
                         struct sim_vm *x = &s->h[0].vm[i], *y = &s->h[1].vm[i];
-                        bool x_runs = s->h[0].alive && x->state != PO_VM_BK_READY;
-                        bool y_runs = s->h[1].alive && y->state != PO_VM_BK_READY;
+                        bool x_runs = s->h[0].alive && x->state != PO_VM_BK_READY &&
+                                      x->state != PO_VM_DEFINED;
+                        bool y_runs = s->h[1].alive && y->state != PO_VM_BK_READY &&
+                                      y->state != PO_VM_DEFINED;
                         if (x_runs && y_runs)
                                 fail_msg("%s runs on both hosts at %llu ms", vm_names[i],
                                          (unsigned long long)now);
-                        /* output released while the other copy could still activate */
-                        bool x_could = s->h[0].alive && x->state == PO_VM_BK_READY;
-                        bool y_could = s->h[1].alive && y->state == PO_VM_BK_READY;
+                        /* output released while the other copy could still
+                         * activate (a host without quorum activates nothing) */
+                        bool x_could = s->h[0].alive && x->state == PO_VM_BK_READY &&
+                                       sim_quorate(s, 0, now);
+                        bool y_could = s->h[1].alive && y->state == PO_VM_BK_READY &&
+                                       sim_quorate(s, 1, now);
                         if ((s->h[0].alive && x->output_flows && y_could) ||
                             (s->h[1].alive && y->output_flows && x_could))
                                 fail_msg("%s output released while the standby may activate "
@@ -639,6 +717,31 @@ static void test_sim_partitions_and_power_offs(void **st)
         assert_int_equal(runs, 2 * 5 * 5 * 3 * 2);
 }
 
+/* Witness mode: a partition where host 0 (the primary of web01, standby
+ * of db01) is cut off from the witness too. It keeps believing itself
+ * quorate for qdevice_ms, then self-fences; host 1 activates only after
+ * witness_wait_ms (12 s) — longer than any qdevice window tried here. */
+static void test_sim_witness_partition(void **st)
+{
+        (void)st;
+        static const uint64_t windows[] = { 0, 3000, 9700, 11500 };
+        static const uint64_t dets[] = { 300, 800, 2000 };
+        for (int n_vms = 1; n_vms <= 2; n_vms++)
+                for (size_t w = 0; w < 4; w++)
+                        for (size_t i = 0; i < 3; i++)
+                                for (size_t j = 0; j < 3; j++) {
+                                        struct sim s;
+                                        sim_setup(&s, n_vms, dets[i], dets[j], 100, false);
+                                        s.witness = true;
+                                        s.qdevice_ms = windows[w];
+                                        sim_run(&s); /* the invariants, every step */
+                                        /* host 1 ends up running every VM */
+                                        for (int v = 0; v < n_vms; v++)
+                                                assert_true(s.h[1].vm[v].output_flows);
+                                        assert_int_equal(s.fenced_count, 0);
+                                }
+}
+
 /* Power-off of the primary: the standby fences at once (no head start),
  * so the takeover is detection + fence + activation. */
 static void test_sim_power_off_takeover_time(void **st)
@@ -679,8 +782,12 @@ int main(void)
                 cmocka_unit_test(test_incomplete_replica_never_activates),
                 cmocka_unit_test(test_busy_vm_left_alone),
                 cmocka_unit_test(test_state_names_parse),
+                cmocka_unit_test(test_self_fence_wins_over_work_in_flight),
+                cmocka_unit_test(test_witness_wait_restarts_with_quorum),
+                cmocka_unit_test(test_discard_asked_without_a_replica_is_answered),
                 cmocka_unit_test(test_sim_partitions_and_power_offs),
                 cmocka_unit_test(test_sim_power_off_takeover_time),
+                cmocka_unit_test(test_sim_witness_partition),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -966,6 +966,9 @@ static void isolate(struct primary *p, int r)
         v->epochs_failed++;
         vm_set_error(v, "standby %s lost: %s; isolated: output held until the standby is "
                      "back or `release`", p->peer, strerror(-r));
+        /* A `release` answers one isolation: one left over from an earlier
+         * one (granted meanwhile by a WELCOME) must not end this one. */
+        v->release_requested = false;
         vm_set_state(v, VM_ISOLATED);
         pthread_mutex_unlock(&v->lock);
         log_msg(LOG_LVL_WARN, MSG_ISOLATED, v->name, (int64_t)v->committed_epoch,
@@ -1048,10 +1051,15 @@ static void *primary_thread(void *arg)
                 }
                 if (isolated) {
                         /* its WELCOME says it dropped the replica it could
-                         * have taken over from */
+                         * have taken over from. A `release` that came
+                         * meanwhile is answered by this: it must not
+                         * survive into a later isolation. */
                         leave_protection_io(p);
                         record(p, false);
                         isolated = buffering = adopted_hold = false;
+                        pthread_mutex_lock(&v->lock);
+                        v->release_requested = false;
+                        pthread_mutex_unlock(&v->lock);
                         log_msg(LOG_LVL_NOTICE, MSG_RELEASED, v->name, (int64_t)v->committed_epoch,
                                 "standby %s accepted a new connection (its old replica is gone): "
                                 "held output released, full re-sync", p->peer);

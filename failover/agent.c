@@ -751,8 +751,17 @@ static void job_finished(struct agent *a, struct job *j)
                         ev(a, LOG_LVL_NOTICE, MSG_FO_DISCARDED, j->vm, j->host,
                            "replica dropped at the request of primary %s", j->host);
                         send_ref(a, CLMSG_DISCARDED, j->vm, j->generation, j->host);
-                } else if (j->act == PO_ACT_RESTART) {
+                } else if (j->act == PO_ACT_RESTART && !strcmp(j->cmd, "start")) {
                         v->po.last_exit = PO_EXIT_NONE;
+                        if (v->po.peer[0]) { /* protected again, to the same standby */
+                                struct po_action p = { .type = PO_ACT_RESTART };
+                                snprintf(p.vm, sizeof(p.vm), "%s", j->vm);
+                                snprintf(p.host, sizeof(p.host), "%s", v->po.peer);
+                                json_object *args = json_object_new_object();
+                                json_object_object_add(args, "peer",
+                                                       json_object_new_string(v->po.peer));
+                                ctl_action(a, &p, "protect", args);
+                        }
                 }
         }
         json_object_put(j->args);
@@ -1090,9 +1099,11 @@ static void on_message(void *opaque, uint32_t from, uint32_t pid, const void *bu
                         v->po.discard_requested = true;
                 break;
         case CLMSG_DISCARDED:
-                /* only the answer to a request of this isolation counts */
+                /* only the answer to a request of this situation counts
+                 * (an isolated primary's, or a crashed one's that restarts) */
                 if (for_me && v && from_peer && v->po.generation == m.generation &&
-                    v->po.state == PO_VM_ISOLATED && v->po.discard_asked)
+                    (v->po.state == PO_VM_ISOLATED || v->po.state == PO_VM_DEFINED) &&
+                    v->po.discard_asked)
                         v->po.peer_discarded = true;
                 break;
         case CLMSG_FENCED: {

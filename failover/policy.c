@@ -204,14 +204,31 @@ static void decide_isolated(const struct po_input *in, size_t i, struct fence_ne
 
 /* A VM that is not running here: a crash may call for a local restart
  * or for handing it to the standby. */
+/* A VM that is not running here: a crash may call for a local restart
+ * or for handing it to the standby. A restart here is a new boot whose
+ * output the standby's replica lacks: it waits until the standby has
+ * dropped that replica (ASK_DISCARD -> DISCARDED), and never happens
+ * while the standby is out of reach (it could still take over). */
 static void decide_stopped(const struct po_input *in, size_t i, struct po_output *out)
 {
         const struct po_vm *v = &in->vms[i];
         if (v->last_exit != PO_EXIT_CRASH || v->relinquished)
                 return;
         if (v->restarts_done < v->local_restarts) {
-                act(out, PO_ACT_RESTART, v->name, NULL, v->generation,
-                    "QEMU crashed; local restarts left");
+                const struct po_host *h = v->peer[0] ? host_of(in, v->peer, NULL) : NULL;
+                if (!v->peer[0] || v->peer_discarded) {
+                        act(out, PO_ACT_RESTART, v->name, v->peer, v->generation,
+                            "QEMU crashed; local restarts left");
+                } else if (h && h->member) {
+                        if (!v->discard_asked)
+                                act(out, PO_ACT_ASK_DISCARD, v->name, v->peer, v->generation,
+                                    "restart here: the standby's replica must go first");
+                        note(out, i, "QEMU crashed: restarting here once standby %s has "
+                                     "dropped its replica", v->peer);
+                } else {
+                        note(out, i, "QEMU crashed: standby %s is out of reach, so no restart "
+                                     "here (it may take the VM over)", v->peer);
+                }
                 return;
         }
         if (v->peer[0])

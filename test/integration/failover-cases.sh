@@ -10,6 +10,9 @@
 #   qemu-crash     the primary's QEMU is killed on a live host: the
 #                  primary hands the VM over (RELINQUISH), the standby
 #                  takes it over without fencing anyone.
+#   qemu-crash-restart  the same with local_restarts = 1: the standby drops
+#                  its replica, then the VM restarts on its host (a new
+#                  boot) and is protected again; no takeover.
 #   guest-poweroff the guest shuts itself down: no takeover, the VM ends
 #                  stopped on both hosts.
 #   fence-fallback the first fence level fails (wrong password), the
@@ -101,6 +104,33 @@ case_qemu_crash() {
         hv_fo_client_judge b
 }
 
+# local_restarts = 1: a QEMU crash is first handled on its own host — but
+# only after the standby dropped its replica (the restart is a new boot
+# whose output that replica lacks). No client here: a restart is a reboot.
+case_qemu_crash_restart() {
+        hv_cluster_create || { echo "FAIL: test bed"; exit 1; }
+        local h boot pid
+        for h in a b; do
+                printf '\n[failover]\nlocal_restarts = 1\n' >>"$(tb_path "$h" /etc/havms/vms/web01.conf)"
+        done
+        hv_must "ext4 data disk on a" hv_make_disk a
+        hv_start_protected
+        hv_must "b holds a committed replica" hv_wait_state b web01 backup-standby 30
+        boot=$HV_BOOT_ID
+        pid=$(hv_field a web01 qemu_pid)
+        echo "--- kill -9 of web01's QEMU (pid $pid) on a; one local restart allowed"
+        kill -9 "$pid"
+        hv_check "b dropped its replica first (HAVMS-FO-5017)" \
+                tb_wait_for 30 eval 'hv_events b | grep -q HAVMS-FO-5017'
+        hv_check "a restarted web01 (HAVMS-FO-5019)" \
+                tb_wait_for 30 eval 'hv_events a | grep -q HAVMS-FO-5019'
+        hv_check "the restart came after the discard" hv_event_before b HAVMS-FO-5017 a HAVMS-FO-5019
+        hv_check "the guest answers again" hv_wait_guest 120
+        hv_check "it is a new boot" eval '[ "$(hv_kv "$(hv_guest stat)" boot_id)" != "$boot" ]'
+        hv_check "a protects it again by itself" hv_wait_state a web01 protected 180
+        hv_check "b did not take it over" no_takeover_on b
+}
+
 case_guest_poweroff() {
         hv_cluster_create || { echo "FAIL: test bed"; exit 1; }
         hv_must "ext4 data disk on a" hv_make_disk a
@@ -158,8 +188,9 @@ level2 = script:/bin/false"
 case $CASE in
 link-cut) case_link_cut ;;
 qemu-crash) case_qemu_crash ;;
+qemu-crash-restart) case_qemu_crash_restart ;;
 guest-poweroff) case_guest_poweroff ;;
 fence-fallback) case_fence_fallback ;;
-*) echo "usage: failover-cases.sh link-cut|qemu-crash|guest-poweroff|fence-fallback"; exit 2 ;;
+*) echo "usage: failover-cases.sh link-cut|qemu-crash|qemu-crash-restart|guest-poweroff|fence-fallback"; exit 2 ;;
 esac
 hv_summary "failover-$CASE"

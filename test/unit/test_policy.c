@@ -368,11 +368,22 @@ static void test_crash_restart_then_relinquish(void **s)
         struct po_input in;
         struct po_output out;
         base(&in, "a", 1);
-        add_host(&in, "b", 2);
+        struct po_host *b = add_host(&in, "b", 2);
         struct po_vm *v = add_vm(&in, "web01", PO_VM_DEFINED, "b", 4);
         v->last_exit = PO_EXIT_CRASH;
         v->local_restarts = 1;
+        /* the standby's replica goes first: a new boot's output is not in it */
+        assert_string_equal(decide(&in, &out), "ask-discard:web01");
+        v->discard_asked = true;
+        assert_string_equal(decide(&in, &out), "");
+        v->peer_discarded = true;
         assert_string_equal(decide(&in, &out), "restart:web01");
+        /* a standby out of reach may take the VM over: no restart here */
+        v->peer_discarded = v->discard_asked = false;
+        b->member = false;
+        assert_string_equal(decide(&in, &out), "");
+        assert_non_null(strstr(out.note[0], "out of reach"));
+        b->member = true;
         v->restarts_done = 1;
         assert_string_equal(decide(&in, &out), "relinquish:web01");
         v->relinquished = true;

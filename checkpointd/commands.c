@@ -4,9 +4,12 @@
  * err. havmsctl is a thin client of this table. */
 #include <errno.h>
 #include <math.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -154,6 +157,90 @@ static int cmd_stop(struct daemon *d, struct vm *v, json_object *args, json_obje
         return 0;
 }
 
+/* kill: a fence, for the cluster agent (self-fencing without quorum, a
+ * newer generation elsewhere) and emergencies. Unlike `stop`, the standby
+ * is NOT told: its replica stays activatable, so it can take over. QEMU is
+ * SIGKILLed at once, held output is dropped (never released), last_exit
+ * says `fenced`. Bounded: the reply comes within KILL_WAIT_MS even when
+ * the replication thread is stuck waiting for an ACK (it finishes later,
+ * without releasing anything). A VM that does not run here: nothing to
+ * do, ok (killed false). */
+#define KILL_WAIT_MS 500
+static int cmd_kill(struct daemon *d, struct vm *v, json_object *args, json_object *resp, char *err)
+{
+        uint64_t t0 = now_ms();
+        pthread_mutex_lock(&v->lock);
+        enum vm_state st = v->state;
+        struct qemu_vm *q = v->qemu;
+        if (st == VM_ACTIVATING) {
+                pthread_mutex_unlock(&v->lock);
+                snprintf(err, ERRLEN, "%s is being activated on %s: retry", v->name, d->host.name);
+                return -EBUSY;
+        }
+        if (!vm_state_is_primary(st) || !q) {
+                pthread_mutex_unlock(&v->lock);
+                json_object_object_add(resp, "killed", json_object_new_boolean(0));
+                add_str(resp, "state", vm_state_name(st));
+                return 0;
+        }
+        v->kill_requested = true;
+        int pidfd = q->pidfd >= 0 ? dup(q->pidfd) : -1;
+        if (q->exited || q->pidfd < 0 ||
+            syscall(SYS_pidfd_send_signal, q->pidfd, SIGKILL, NULL, 0) < 0)
+                kill(q->pid, SIGKILL); /* exited: a zombie (not reaped): harmless */
+        /* The replication thread may be waiting for an ACK and see the
+         * death only then: what the NICs hold is dropped here, now. */
+        for (unsigned i = 0; i < q->n_net; i++)
+                netbuf_discard(q->net[i]);
+        if (v->thread_running && v->wake_fd >= 0) {
+                uint64_t one = 1;
+                ssize_t k = write(v->wake_fd, &one, sizeof(one));
+                (void)k;
+        }
+        pthread_mutex_unlock(&v->lock);
+        if (pidfd >= 0) {
+                struct pollfd pf = { .fd = pidfd, .events = POLLIN };
+                poll(&pf, 1, KILL_WAIT_MS / 2);
+                close(pidfd);
+        }
+        struct qemu_vm *dead = NULL;
+        pthread_mutex_lock(&v->lock);
+        if (!v->thread_running && v->qemu == q && qemu_exited(q)) {
+                /* nobody else watches it: reaped here (reap_dead would too) */
+                dead = q;
+                v->qemu = NULL;
+                vm_set_state(v, VM_DEFINED);
+                vm_set_exit(v, "fenced");
+                v->kill_requested = false;
+                adopt_forget(d, v);
+        } else if (v->thread_running) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                uint64_t left = KILL_WAIT_MS - (now_ms() - t0 < KILL_WAIT_MS ? now_ms() - t0 : KILL_WAIT_MS);
+                ts.tv_sec += (time_t)(left / 1000);
+                ts.tv_nsec += (long)(left % 1000) * 1000000;
+                if (ts.tv_nsec >= 1000000000) {
+                        ts.tv_sec++;
+                        ts.tv_nsec -= 1000000000;
+                }
+                while (v->thread_running && pthread_cond_timedwait(&v->changed, &v->lock, &ts) == 0)
+                        ;
+        }
+        st = v->state;
+        uint64_t epoch = v->committed_epoch, gen = v->generation;
+        pthread_mutex_unlock(&v->lock);
+        qemu_destroy(dead);
+        uint64_t ms = now_ms() - t0;
+        log_msg(LOG_LVL_WARN, MSG_VM_KILLED, v->name, (int64_t)epoch,
+                "killed on request (fence): QEMU SIGKILLed, held output dropped, the standby was "
+                "NOT told (its replica of generation %llu stays activatable); %llu ms, now %s",
+                (unsigned long long)gen, (unsigned long long)ms, vm_state_name(st));
+        json_object_object_add(resp, "killed", json_object_new_boolean(1));
+        add_str(resp, "state", vm_state_name(st));
+        add_int(resp, "kill_ms", (int64_t)ms);
+        return 0;
+}
+
 static int cmd_protect(struct daemon *d, struct vm *v, json_object *args, json_object *resp, char *err)
 {
         const char *peer = arg_str(args, "peer");
@@ -211,7 +298,16 @@ static int cmd_unprotect(struct daemon *d, struct vm *v, json_object *args, json
                          v->peer, v->name, v->peer, v->name);
                 return -EBUSY;
         }
-        primary_stop(v);
+        /* The standby must confirm the goodbye before held output flows;
+         * without its confirmation the output held is dropped, or (managed
+         * mode) kept held: the VM stays isolated until the cluster decides. */
+        if (primary_unprotect(v) == -EAGAIN) {
+                snprintf(err, ERRLEN, "%s: standby %s did not confirm the end of protection and "
+                         "may still take over: the VM stays isolated on %s with its output held "
+                         "until `release %s` (the standby is fenced or provably cannot take "
+                         "over) or `stop %s`", v->name, v->peer, d->host.name, v->name, v->name);
+                return -EBUSY;
+        }
         log_msg(LOG_LVL_NOTICE, MSG_PROTECT_END, v->name, -1, "protection ended by the operator");
         return 0;
 }
@@ -560,6 +656,7 @@ static const struct command {
 } commands[] = {
         { "start", VM_REQUIRED, cmd_start },
         { "stop", VM_REQUIRED, cmd_stop },
+        { "kill", VM_REQUIRED, cmd_kill },
         { "protect", VM_REQUIRED, cmd_protect },
         { "unprotect", VM_REQUIRED, cmd_unprotect },
         { "activate", VM_REQUIRED, cmd_activate },

@@ -60,6 +60,11 @@ int primary_start(struct daemon *d, struct vm *v, const char *peer, char *err, s
 int primary_resume(struct daemon *d, struct vm *v, const char *peer, bool output_held,
                    char *err, size_t errlen);
 void primary_stop(struct vm *v);
+/* `unprotect` (called without v->lock): end protection, the VM runs on.
+ * 0 when protection ended; -EAGAIN in managed mode when the standby did
+ * not confirm the goodbye while output was held: the thread stays,
+ * ISOLATED, until `release`, a confirmed goodbye or `stop`. */
+int primary_unprotect(struct vm *v);
 int primary_hold(struct vm *v, bool hold); /* v->lock held */
 void backup_accept(struct daemon *d, int fd);
 /* generation: 0 = stored + 1; otherwise it must exceed the stored one. */

@@ -883,11 +883,17 @@ static void teardown(struct primary *p)
  * flows again, and the disk writes the standby may not have — the logs of
  * epochs not ACKed, and every write from now on — go into the persistent
  * bitmap that failback resyncs from. */
+static void drop_held_io(struct primary *p);
+
 static void leave_protection_io(struct primary *p)
 {
         struct qemu_vm *q = p->v->qemu;
         if (!q)
                 return;
+        if (p->v->kill_requested) { /* fenced: nothing held may go out */
+                drop_held_io(p);
+                return;
+        }
         for (unsigned i = 0; i < q->n_disk; i++) {
                 blockrepl_bitmap_mark_log(q->disk[i], &p->logs[i]);
                 br_log_free(&p->logs[i]);
@@ -975,6 +981,50 @@ static void isolate(struct primary *p, int r)
                 "standby %s lost (%s): VM ISOLATED, its output and disk logs held (managed: the "
                 "standby may take over); retrying every %u ms", p->peer, strerror(-r),
                 p->cfg.reconnect_ms);
+}
+
+/* Managed mode: `unprotect` while output is held, and the standby did
+ * not confirm the goodbye. The VM runs on, but the standby may still take
+ * over from its last committed epoch: the output stays held (ISOLATED)
+ * until `release` (the cluster says it cannot take over), or the standby
+ * accepts a HELLO and confirms a goodbye (it dropped that replica), or
+ * `stop`/`kill`/the VM's death (the output is then dropped). Returns true
+ * when the held output may flow. */
+static bool park_isolated(struct primary *p, bool *vm_gone, bool *stale)
+{
+        struct vm *v = p->v;
+        drop_connection(p);
+        isolate(p, -ETIMEDOUT);
+        log_msg(LOG_LVL_WARN, MSG_UNPROTECT_ISOLATED, v->name, (int64_t)v->committed_epoch,
+                "unprotect: standby %s did not confirm the end of protection; the VM stays "
+                "ISOLATED with its output held until `release` or `stop`", p->peer);
+        for (;;) {
+                if (v->kill_requested || qemu_exited(v->qemu)) {
+                        *vm_gone = true;
+                        return false;
+                }
+                if (!v->unprotecting) /* primary_stop: `stop` or shutdown */
+                        return false;
+                if (v->release_requested) {
+                        log_msg(LOG_LVL_WARN, MSG_RELEASED, v->name, (int64_t)v->committed_epoch,
+                                "released: held output flows, protection ended (the cluster "
+                                "says standby %s cannot take over)", p->peer);
+                        return true;
+                }
+                int r = connect_peer(p);
+                if (r == -ESTALE) {
+                        *stale = true;
+                        return false;
+                }
+                if (r == 0 && say_goodbye(p, "primary ended protection")) {
+                        log_msg(LOG_LVL_NOTICE, MSG_RELEASED, v->name, (int64_t)v->committed_epoch,
+                                "standby %s is back and discarded its replica: held output "
+                                "released, protection ended", p->peer);
+                        return true;
+                }
+                drop_connection(p);
+                wait_wake_or(p, -1, (int)p->cfg.reconnect_ms);
+        }
 }
 
 static void *primary_thread(void *arg)
@@ -1125,8 +1175,21 @@ static void *primary_thread(void *arg)
                 was_protected = true;
         }
 out:;
+        /* `kill` (a fence): not a word to the standby, whose replica stays
+         * activatable; held output is dropped below. */
+        bool killed = v->kill_requested;
         bool confirmed = false, guest_off = false;
-        if (vm_gone)
+        if (killed)
+                vm_gone = true;
+        if (!stale && !vm_gone && p->fd >= 0 && v->stop_requested)
+                confirmed = say_goodbye(p, "primary ended protection");
+        /* `unprotect` in managed mode, unconfirmed, output held: the VM
+         * runs on, so it stays ISOLATED until the cluster decides. */
+        if (!stale && !vm_gone && buffering && !confirmed && v->unprotecting &&
+            p->d->host.managed)
+                confirmed = park_isolated(p, &vm_gone, &stale);
+        killed = v->kill_requested;
+        if (vm_gone && !killed)
                 guest_off = vm_guest_powered_off(v->qemu);
         if (stale) {
                 /* A newer generation ran elsewhere: this copy is stale and
@@ -1134,25 +1197,32 @@ out:;
                 kill(v->qemu->pid, SIGKILL);
                 struct pollfd pf = { .fd = v->qemu->pidfd, .events = POLLIN };
                 poll(&pf, 1, 2000);
-        } else if (vm_gone && guest_off) {
+        } else if (vm_gone && guest_off && !killed) {
                 confirmed = tell_guest_off(p);
-        } else if (p->fd >= 0 && !vm_gone && v->stop_requested) {
-                confirmed = say_goodbye(p, "primary ended protection");
         }
-        /* After the goodbye: the standby no longer takes over, held output
-         * may flow. Without a confirmed goodbye, output held while the
-         * standby may still take over is dropped (the guest is gone or
-         * going): released, it could contradict the resumed replica. */
-        if (stale || ((vm_gone || isolated) && buffering && !confirmed))
+        /* After a confirmed goodbye the standby no longer takes over: held
+         * output may flow. Without one, whatever the reason (VM gone, stale,
+         * isolated, or a `stop`/`unprotect` whose goodbye the standby did
+         * not confirm in time), the standby may still take over from its
+         * last committed epoch: output held past it is DROPPED, never sent
+         * (released, it could contradict the resumed replica). */
+        if (stale || killed || (buffering && !confirmed)) {
                 drop_held_io(p);
-        else
+                /* without managed mode an unconfirmed unprotect ends like a
+                 * lost standby: the VM runs on, its output flows from here */
+                if (!stale && !vm_gone && v->unprotecting && v->qemu)
+                        qemu_net_buffering(v->qemu, false);
+        } else {
                 leave_protection_io(p);
+        }
         drop_connection(p);
         /* the state first: tearing down (unmapping RAM and the shadow copy)
          * takes tens of ms that nobody should wait for */
         struct qemu_vm *dead = NULL;
         pthread_mutex_lock(&v->lock);
         v->release_requested = false;
+        v->unprotecting = false;
+        v->kill_requested = false;
         if (stale || vm_gone)
                 adopt_forget(p->d, v);
         else
@@ -1172,7 +1242,9 @@ out:;
                 dead = v->qemu;
                 v->qemu = NULL;
                 vm_set_state(v, VM_DEFINED);
-                if (guest_off) {
+                if (killed) {
+                        vm_set_exit(v, "fenced");
+                } else if (guest_off) {
                         vm_set_exit(v, "guest-shutdown");
                         log_msg(LOG_LVL_NOTICE, MSG_VM_GUEST_OFF, v->name, (int64_t)v->epoch,
                                 "the guest powered itself off while protected");
@@ -1236,6 +1308,8 @@ static int start_thread(struct daemon *d, struct vm *v, const char *peer, bool r
         v->stop_requested = false;
         v->hold_requested = false;
         v->release_requested = false;
+        v->unprotecting = false;
+        v->kill_requested = false;
         v->wake_fd = p->wake_fd;
         snprintf(v->peer, sizeof(v->peer), "%s", peer);
         v->last_error[0] = 0;
@@ -1285,6 +1359,7 @@ void primary_stop(struct vm *v)
                 return;
         }
         if (v->thread_running) {
+                v->unprotecting = false; /* a `stop`: a parked thread drops its output */
                 v->stop_requested = true;
                 uint64_t one = 1;
                 ssize_t k = write(v->wake_fd, &one, sizeof(one));
@@ -1294,6 +1369,34 @@ void primary_stop(struct vm *v)
         v->thread_joinable = false;
         pthread_mutex_unlock(&v->lock);
         pthread_join(t, NULL);
+}
+
+int primary_unprotect(struct vm *v)
+{
+        pthread_mutex_lock(&v->lock);
+        if (!v->thread_joinable) {
+                pthread_mutex_unlock(&v->lock);
+                return 0;
+        }
+        if (v->thread_running) {
+                v->unprotecting = true;
+                v->stop_requested = true;
+                uint64_t one = 1;
+                ssize_t k = write(v->wake_fd, &one, sizeof(one));
+                (void)k;
+        }
+        /* ISOLATED with stop_requested: parked (or about to park) */
+        while (v->thread_running && v->state != VM_ISOLATED)
+                pthread_cond_wait(&v->changed, &v->lock);
+        if (v->thread_running) {
+                pthread_mutex_unlock(&v->lock);
+                return -EAGAIN;
+        }
+        pthread_t t = v->thread;
+        v->thread_joinable = false;
+        pthread_mutex_unlock(&v->lock);
+        pthread_join(t, NULL);
+        return 0;
 }
 
 /* Lock held. Managed mode: the cluster has made sure the standby cannot

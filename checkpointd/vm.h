@@ -128,6 +128,10 @@ struct vm {
         volatile bool stop_requested;  /* control -> thread: end protection */
         volatile bool hold_requested;  /* control -> thread: pause after a checkpoint */
         volatile bool release_requested; /* control -> thread: leave ISOLATED, release */
+        volatile bool unprotecting;    /* control -> thread: this stop_requested is an
+                                          `unprotect` (the VM runs on), not a `stop` */
+        volatile bool kill_requested;  /* `kill` (fence): QEMU SIGKILLed; drop held
+                                          output, no goodbye, last_exit fenced */
         int wake_fd;                   /* eventfd that wakes the thread */
         int conn_fd;                   /* backup: the primary's connection */
         struct backup_replica *replica;/* backup role state (backup.c) */

@@ -24,6 +24,7 @@
 #define MSG_RELEASED         "HAVMS-CK-1016"
 #define MSG_GUEST_OFF_TOLD   "HAVMS-CK-1017"
 #define MSG_PROTECT_RESUMED  "HAVMS-CK-1018"
+#define MSG_UNPROTECT_ISOLATED "HAVMS-CK-1019"
 
 #define MSG_BK_CONNECTED     "HAVMS-BK-2001"
 #define MSG_BK_READY         "HAVMS-BK-2002"
@@ -49,6 +50,7 @@
 #define MSG_GENERATION_BAD   "HAVMS-VM-4005"
 #define MSG_VM_ADOPTED       "HAVMS-VM-4006"
 #define MSG_VM_ADOPT_FAILED  "HAVMS-VM-4007"
+#define MSG_VM_KILLED        "HAVMS-VM-4008"
 
 /* fencing (failover/fence.h): logged by havmsd from a fence_result */
 #define MSG_FENCE_START      "HAVMS-FN-6001"

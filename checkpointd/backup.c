@@ -311,6 +311,11 @@ static int disk_failed(struct session *s, int r, const char *what, bool touched)
         pthread_mutex_lock(&s->v->lock);
         s->v->replica->valid = false;
         pthread_mutex_unlock(&s->v->lock);
+        /* ... nor after a restart of checkpointd: the refusal below lets
+         * the primary release output past this replica, so the persisted
+         * device state goes BEFORE it is sent (a crash in the drain below
+         * would otherwise leave an adoptable replica behind). */
+        persist_devstate_drop(&s->d->host, s->v->name);
         log_msg(LOG_LVL_ERR, MSG_BK_DISK_FAILED, s->v->name, (int64_t)s->v->committed_epoch,
                 "%s; %s, and the replica is dropped now that the primary runs on without a "
                 "standby (its next sync rebuilds it)", text,

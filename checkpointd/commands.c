@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -365,21 +366,48 @@ static int cmd_discard(struct daemon *d, struct vm *v, json_object *args, json_o
 {
         pthread_mutex_lock(&v->lock);
         enum vm_state st = v->state;
-        uint64_t gen = v->generation;
-        pthread_mutex_unlock(&v->lock);
-        if (st != VM_BK_STANDBY && st != VM_BK_ORPHANED && st != VM_BK_SYNCING) {
+        if (vm_state_is_primary(st) || st == VM_ACTIVATING) {
+                pthread_mutex_unlock(&v->lock);
                 snprintf(err, ERRLEN, "%s is %s on %s: only a standby's replica can be discarded",
                          v->name, vm_state_name(st), d->host.name);
                 return -EINVAL;
         }
-        backup_stop(d, v);
+        /* The whole discard runs under a reservation (thread_running, as a
+         * session holds it): a HELLO arriving meanwhile waits for it (same
+         * primary) or is refused busy, instead of reserving the VM between
+         * the session's end and the replica's release (which then freed
+         * the replica under a running session). */
+        if (v->thread_running && v->conn_fd >= 0)
+                shutdown(v->conn_fd, SHUT_RDWR);
+        while (v->thread_running)
+                pthread_cond_wait(&v->changed, &v->lock);
+        st = v->state;
+        if (vm_state_is_primary(st) || st == VM_ACTIVATING) { /* cannot happen: control only */
+                pthread_mutex_unlock(&v->lock);
+                snprintf(err, ERRLEN, "%s became %s on %s", v->name, vm_state_name(st), d->host.name);
+                return -EBUSY;
+        }
+        bool had = v->replica != NULL || v->qemu != NULL || st != VM_DEFINED;
+        v->thread_running = true;
+        uint64_t gen = v->generation;
+        pthread_mutex_unlock(&v->lock);
+        backup_discard(d, v);
         pthread_mutex_lock(&v->lock);
         vm_set_state(v, VM_DEFINED);
-        snprintf(v->last_exit, sizeof(v->last_exit), "discarded");
+        v->conn_fd = -1;
+        v->link_up = false;
+        if (had)
+                vm_set_exit(v, "discarded");
+        v->thread_running = false;
+        pthread_cond_broadcast(&v->changed);
         pthread_mutex_unlock(&v->lock);
-        log_msg(LOG_LVL_NOTICE, MSG_BK_DISCARDED, v->name, -1,
-                "replica of generation %llu discarded on request: this host can no longer "
-                "take the VM over", (unsigned long long)gen);
+        /* No replica here (defined): nothing to discard, and that is the
+         * answer the primary needs ("this host cannot take over"). */
+        if (had)
+                log_msg(LOG_LVL_NOTICE, MSG_BK_DISCARDED, v->name, -1,
+                        "replica of generation %llu discarded on request: this host can no "
+                        "longer take the VM over", (unsigned long long)gen);
+        json_object_object_add(resp, "discarded", json_object_new_boolean(had));
         add_int(resp, "generation", (int64_t)gen);
         return 0;
 }

@@ -2,12 +2,16 @@
  * checkpointd (adopt.h). */
 #include "adopt.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "daemon.h"
@@ -172,6 +176,69 @@ static void report_lost(struct daemon *d, struct vm *v, const char *why)
                 "reported as a crash (last_exit crash)", why);
 }
 
+/* Does /proc/PID/cmdline look like a QEMU whose QMP socket is qmp? */
+static bool is_vm_qemu(const char *pid, const char *qmp)
+{
+        char path[300], buf[8192];
+        snprintf(path, sizeof(path), "/proc/%.256s/cmdline", pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return false;
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        if (n <= 0)
+                return false;
+        buf[n] = 0;
+        if (!strstr(buf, "qemu")) /* argv[0] */
+                return false;
+        for (ssize_t i = 0; i < n; i++) /* NULs between the arguments */
+                if (!buf[i])
+                        buf[i] = ' ';
+        return strstr(buf, qmp) != NULL;
+}
+
+/* The run file is damaged, so its pid cannot be trusted or read: find the
+ * VM's QEMU by its QMP socket path (derived from the host configuration
+ * and the VM's name, on its command line) and kill it, so that nothing
+ * restarts onto the RAM file and sockets a live QEMU still uses, and the
+ * standby does not take over from under it. 0: none runs (any more);
+ * -EBUSY with why: one could not be killed or /proc not read. */
+static int kill_vm_qemu(struct daemon *d, struct vm *v, char *why, size_t whylen)
+{
+        char qmp[CFG_PATH_MAX + 64];
+        snprintf(qmp, sizeof(qmp), "%s/qmp-%s.sock,", d->host.state_dir, v->name);
+        DIR *dir = opendir("/proc");
+        if (!dir) {
+                snprintf(why, whylen, "cannot read /proc: %s", strerror(errno));
+                return -EBUSY;
+        }
+        int r = 0;
+        struct dirent *e;
+        while ((e = readdir(dir))) {
+                char *end;
+                long pid = strtol(e->d_name, &end, 10);
+                if (*end || pid <= 1 || pid == (long)getpid() || !is_vm_qemu(e->d_name, qmp))
+                        continue;
+                int fd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+                if (fd < 0)
+                        continue; /* gone meanwhile */
+                struct pollfd pf = { .fd = fd, .events = POLLIN };
+                if (syscall(SYS_pidfd_send_signal, fd, SIGKILL, NULL, 0) < 0 ||
+                    poll(&pf, 1, 5000) != 1) {
+                        snprintf(why, whylen, "QEMU pid %ld (QMP %.*s) survives SIGKILL", pid,
+                                 (int)strlen(qmp) - 1, qmp);
+                        r = -EBUSY;
+                } else {
+                        log_msg(LOG_LVL_WARN, MSG_VM_ADOPT_FAILED, v->name, -1,
+                                "killed QEMU pid %ld, found by its QMP socket: its run file is "
+                                "damaged", pid);
+                }
+                close(fd);
+        }
+        closedir(dir);
+        return r;
+}
+
 bool adopt_at_start(struct daemon *d, struct vm *v)
 {
         struct run_record rec;
@@ -180,6 +247,19 @@ bool adopt_at_start(struct daemon *d, struct vm *v)
         if (r == -ENOENT)
                 return false;
         if (r < 0) {
+                char why[256] = "";
+                if (kill_vm_qemu(d, v, why, sizeof(why)) < 0) {
+                        /* not a crash: a QEMU may still run (and speak) */
+                        pthread_mutex_lock(&v->lock);
+                        vm_set_state(v, VM_DEFINED);
+                        vm_set_error(v, "run file damaged (%s) and %s: a QEMU of this VM may "
+                                     "still run here; kill it by hand", err, why);
+                        pthread_mutex_unlock(&v->lock);
+                        log_msg(LOG_LVL_ERR, MSG_VM_ADOPT_FAILED, v->name, -1,
+                                "run file damaged (%s) and %s: a QEMU of this VM may still run "
+                                "here; NOT reported as a crash (kill it by hand)", err, why);
+                        return true;
+                }
                 report_lost(d, v, err);
                 return true;
         }
@@ -195,7 +275,9 @@ bool adopt_at_start(struct daemon *d, struct vm *v)
         /* The standby role cannot be ours too: a replica file here is stale. */
         persist_devstate_drop(&d->host, v->name);
         bool protect = rec.peer[0] && !v->generation_bad;
-        bool held = protect && rec.output_held;
+        /* held whatever else is wrong (a bad generation file, say): the
+         * standby may hold an activatable replica behind this output */
+        bool held = rec.output_held;
         struct qemu_vm *q = NULL;
         uint64_t t0 = now_ms();
         r = qemu_adopt(&d->host, &v->cfg, rec.pid, rec.start_time, rec.accel, held, &q, err,
@@ -215,10 +297,16 @@ bool adopt_at_start(struct daemon *d, struct vm *v)
         char perr[512] = "";
         if (protect)
                 pr = primary_resume(d, v, rec.peer, held, perr, sizeof(perr));
-        if (pr < 0 && !d->host.managed) {
+        if ((!protect || pr < 0) && held && !d->host.managed) {
                 /* as for a lost standby without managed mode: released */
                 qemu_net_buffering(q, false);
                 held = false;
+        } else if ((!protect || pr < 0) && held) {
+                /* managed: no replication thread, output held: isolated,
+                 * so havmsd sees it and says `release` (or stops it) */
+                vm_set_state(v, VM_ISOLATED);
+                vm_set_error(v, "adopted with output held, protection not resumed: isolated "
+                             "until `release`");
         }
         if (!protect || pr < 0)
                 adopt_record(d, v, pr < 0 ? rec.peer : "", held);
@@ -230,10 +318,11 @@ bool adopt_at_start(struct daemon *d, struct vm *v)
                 "disks and NICs served again%s%s", (int)rec.pid,
                 (unsigned long long)(now_ms() - t0), protect ? ", protection to " : "",
                 protect ? rec.peer : "");
-        if (pr < 0)
+        if (pr < 0 || (!protect && rec.peer[0]))
                 log_msg(LOG_LVL_ERR, MSG_PROTECT_FAILED, v->name, -1,
                         "cannot resume protection to %s: %s; the VM runs unprotected%s",
-                        rec.peer, perr, held ? ", its output held (managed: the standby may "
-                        "hold a replica; `stop` it or fix and restart checkpointd)" : "");
+                        rec.peer, pr < 0 ? perr : "its generation file is not trustworthy",
+                        held ? ", ISOLATED with its output held (managed: the standby may "
+                        "hold a replica; `release` once it cannot take over, or `stop`)" : "");
         return true;
 }

@@ -344,6 +344,16 @@ static int cmd_release(struct daemon *d, struct vm *v, json_object *args, json_o
                 snprintf(err, ERRLEN, "%s is %s on %s: only an isolated VM holds output to release",
                          v->name, vm_state_name(v->state), d->host.name);
                 r = -EINVAL;
+        } else if (!v->thread_running && v->qemu) {
+                /* adopted with output held, protection not resumed
+                 * (adopt.c): no thread to ask, release it here */
+                qemu_net_buffering(v->qemu, false);
+                adopt_record(d, v, "", false); /* after the output flowed */
+                vm_set_state(v, VM_RUNNING);
+                v->last_error[0] = 0;
+                log_msg(LOG_LVL_WARN, MSG_RELEASED, v->name, -1,
+                        "released: held output flows, VM runs unprotected (the cluster says "
+                        "the standby cannot take over)");
         } else if ((r = primary_release(v)) == 0) {
                 wait_state_change(v, VM_ISOLATED, 10000);
                 if (v->state == VM_ISOLATED) {

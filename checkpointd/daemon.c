@@ -241,7 +241,10 @@ static void reap_dead(struct daemon *d)
                         if (vm_state_is_primary(v->state)) {
                                 adopt_forget(d, v);
                                 vm_set_state(v, VM_DEFINED);
-                                if (vm_guest_powered_off(dead)) {
+                                if (v->kill_requested) { /* `kill`: commands.c logged it */
+                                        v->kill_requested = false;
+                                        vm_set_exit(v, "fenced");
+                                } else if (vm_guest_powered_off(dead)) {
                                         vm_set_exit(v, "guest-shutdown");
                                         log_msg(LOG_LVL_NOTICE, MSG_VM_GUEST_OFF, v->name, -1,
                                                 "the guest powered itself off");

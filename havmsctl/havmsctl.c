@@ -265,6 +265,9 @@ static void usage(FILE *f)
                 "commands:\n"
                 "  start VM [--generation N] boot VM on this host (unprotected)\n"
                 "  stop VM                  end protection and power VM off\n"
+                "  kill VM                  for the cluster agent / emergencies: SIGKILL the\n"
+                "                           VM's QEMU at once, drop held output, do NOT tell\n"
+                "                           the standby: the standby can take over\n"
                 "  protect VM [--peer HOST] replicate VM to standby HOST every epoch\n"
                 "  unprotect VM             end protection (the standby discards its replica)\n"
                 "  status [VM]              role, epoch, lag, last pause, link, sync progress,\n"
@@ -364,6 +367,7 @@ int main(int argc, char **argv)
         static const struct { const char *cmd, *done; int timeout_ms; } simple[] = {
                 { "start", "started (unprotected)", 30000 },
                 { "stop", "stopped", 30000 },
+                { "kill", "killed (the standby was not told: it can take over)", 5000 },
                 { "protect", "protection starting (see status)", 10000 },
                 { "unprotect", "protection ended", 30000 },
                 { "activate", "activated", 60000 },

@@ -374,7 +374,10 @@ enum po_exit po_exit_parse(const char *s)
                 return PO_EXIT_NONE;
         if (!strcmp(s, "guest-shutdown"))
                 return PO_EXIT_GUEST_SHUTDOWN;
-        if (!strcmp(s, "crash"))
+        /* "fenced": killed by `havmsctl kill` or a self-fence — the copy
+         * here is gone without a goodbye, as after a crash: the standby may
+         * take the VM over. */
+        if (!strcmp(s, "crash") || !strcmp(s, "fenced"))
                 return PO_EXIT_CRASH;
         if (!strcmp(s, "stopped"))
                 return PO_EXIT_STOPPED;

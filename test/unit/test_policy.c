@@ -445,6 +445,7 @@ static void test_state_names_parse(void **s)
         assert_int_equal(po_vm_state_parse("no-such"), PO_VM_UNKNOWN);
         assert_int_equal(po_vm_state_parse(NULL), PO_VM_UNKNOWN);
         assert_int_equal(po_exit_parse("crash"), PO_EXIT_CRASH);
+        assert_int_equal(po_exit_parse("fenced"), PO_EXIT_CRASH);
         assert_int_equal(po_exit_parse("guest-shutdown"), PO_EXIT_GUEST_SHUTDOWN);
         assert_int_equal(po_exit_parse(""), PO_EXIT_NONE);
 }

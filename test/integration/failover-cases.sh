@@ -50,6 +50,8 @@ case_link_cut() {
         hv_check "b's status shows link 0 to a down" tb_wait_for 10 link_is b a 0 0
         hv_check "a's status shows link 0 to b down" tb_wait_for 10 link_is a b 0 0
         hv_check "a and b stay members of one membership" hv_corosync_wait_members b 2 1
+        hv_check "b's standby patrol reports the cut link (PATROL)" \
+                tb_wait_for 12 eval 'hvctl b status | grep -q "PATROL: link 0 to a is down"'
         hv_must "a: web01 released after b dropped its replica (degraded)" \
                 hv_wait_state a web01 degraded 30
         hv_check "a asked b to drop its replica (HAVMS-FO-5016)" \

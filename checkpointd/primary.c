@@ -1142,6 +1142,12 @@ static void *primary_thread(void *arg)
                                 p->peer, (unsigned long long)(now_ms() - t0));
                         r = protected_loop(p);
                 }
+                /* An epoch that failed because QEMU is dying (its pagemap or
+                 * socket gone before the exit is visible) is the VM's end,
+                 * not the standby's loss: wait briefly for the exit. */
+                if (r < 0 && r != -ECHILD && !stop_requested(p) &&
+                    qemu_wait_exit(v->qemu, r == -ESRCH ? 1000 : 50))
+                        r = -ECHILD;
                 if (r == -ECHILD) {
                         vm_gone = true;
                         break;

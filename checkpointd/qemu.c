@@ -574,6 +574,15 @@ fail:
         return r;
 }
 
+bool qemu_wait_exit(struct qemu_vm *q, int timeout_ms)
+{
+        if (!qemu_exited(q) && q->pidfd >= 0) {
+                struct pollfd p = { .fd = q->pidfd, .events = POLLIN };
+                poll(&p, 1, timeout_ms);
+        }
+        return qemu_exited(q);
+}
+
 bool qemu_exited(struct qemu_vm *q)
 {
         if (q->exited)

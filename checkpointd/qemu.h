@@ -82,6 +82,10 @@ void qemu_destroy(struct qemu_vm *q);
 void qemu_quit(struct qemu_vm *q, int timeout_ms);
 /* Non-blocking: has the process exited? Reaps it if so. */
 bool qemu_exited(struct qemu_vm *q);
+/* Wait up to timeout_ms for QEMU to exit (its pidfd); true if it has. An
+ * epoch that fails while QEMU is dying must be taken for the VM's end, not
+ * for the standby's loss (which would start the discard handshake). */
+bool qemu_wait_exit(struct qemu_vm *q, int timeout_ms);
 
 int qemu_cont(struct qemu_vm *q, int timeout_ms);
 /* One-time migration settings: x-ignore-shared, events, no bandwidth cap. */

@@ -197,6 +197,18 @@ static struct ahost *host_by_id(struct agent *a, uint32_t nodeid)
         return NULL;
 }
 
+/* The VM's [failover] settings, read again whenever it leaves `defined`:
+ * an operator may have edited the definition meanwhile. */
+static void vm_reload_config(struct agent *a, struct avm *v)
+{
+        struct vm_config cfg;
+        char err[256];
+        if (vm_config_find(&a->host, v->po.name, &cfg, err, sizeof(err)) == 0) {
+                v->po.failover_auto = strcmp(cfg.failover, "manual") != 0;
+                v->po.local_restarts = cfg.local_restarts;
+        }
+}
+
 static struct avm *vm_by_name(struct agent *a, const char *name, bool create)
 {
         for (size_t i = 0; i < a->n_vms; i++)
@@ -208,12 +220,7 @@ static struct avm *vm_by_name(struct agent *a, const char *name, bool create)
         memset(v, 0, sizeof(*v));
         snprintf(v->po.name, sizeof(v->po.name), "%s", name);
         v->po.failover_auto = true;
-        struct vm_config cfg;
-        char err[256];
-        if (vm_config_find(&a->host, name, &cfg, err, sizeof(err)) == 0) {
-                v->po.failover_auto = strcmp(cfg.failover, "manual") != 0;
-                v->po.local_restarts = cfg.local_restarts;
-        }
+        vm_reload_config(a, v);
         return v;
 }
 
@@ -579,6 +586,14 @@ static void do_action(struct agent *a, const struct po_action *x)
                 ctl_action(a, x, "release", NULL);
                 break;
         case PO_ACT_ASK_DISCARD:
+                /* An isolated primary whose QEMU is dying is a crash about
+                 * to be reported, not a lost standby: the standby's
+                 * replica is exactly what the cluster will need. */
+                if (v && v->po.state == PO_VM_ISOLATED &&
+                    (v->qemu_pid <= 0 || kill(v->qemu_pid, 0) < 0)) {
+                        v->retry_ms = now_ms() + ACTION_RETRY_MS;
+                        break;
+                }
                 if (v) {
                         v->po.discard_asked = true;
                         v->asked_ms = now_ms();
@@ -949,6 +964,8 @@ static void poll_checkpointd(struct agent *a)
                 if (st != v->po.state || gen != v->po.generation || ex != v->po.last_exit ||
                     strcmp(peer, v->po.peer)) {
                         enum po_vm_state from = v->po.state;
+                        if (from == PO_VM_DEFINED || from == PO_VM_UNKNOWN)
+                                vm_reload_config(a, v); /* edited since we last looked */
                         v->po.state = st;
                         v->po.generation = gen;
                         v->po.last_exit = ex;

@@ -121,15 +121,18 @@ import json, statistics, sys
 vals = [(int(f[0]), int(f[1])) for f in (l.split() for l in open(sys.argv[1]))
         if f and f[0].isdigit()]
 rounds = []
-for line in open(sys.argv[2]):
-    f = line.split()
-    fail_ms = int(f[1]) / 1e6
+lines = [l.split() for l in open(sys.argv[2]) if l.strip()]
+fails = [int(f[1]) / 1e6 for f in lines]
+for n, f in enumerate(lines):
+    fail_ms = fails[n]
+    # up to the next round's fault: its silence is that round's
+    end_ms = min(fail_ms + 60000, fails[n + 1] - 2000 if n + 1 < len(fails) else fail_ms + 60000)
     t = [float(x) if x else None for x in f[2:7]] + [None] * 5
     left, fencing, fenced, takeover, running = t[:5]
     unsafe = len(f) > 7 and f[7] == "0"
     # the longest silence between two answers around the fault (an answer
     # already on its way when the fault hit does not hide the outage)
-    near = [x / 1e6 for x, _ in vals if fail_ms - 2000 < x / 1e6 < fail_ms + 60000]
+    near = [x / 1e6 for x, _ in vals if fail_ms - 2000 < x / 1e6 < end_ms]
     gaps = [b - a for a, b in zip(near, near[1:])]
     r = {"outage_ms": round(max(gaps), 1) if gaps else None}
     if left:

@@ -305,33 +305,46 @@ static int job_start(struct agent *a, struct job *j)
         return job_launch(a, j, job_body);
 }
 
+/* The hook environment of a job (hooks.h): the VM's fields when vm is
+ * given, the fenced host (the job's host) when fenced. The strings live
+ * in the job, so the worker thread owns what it reads. */
+static void job_hook_env(struct agent *a, struct job *j, enum hook_event hev, const char *vm,
+                         const char *peer, const char *role, uint64_t generation,
+                         uint64_t epoch, bool fenced)
+{
+        j->hook = hev;
+        snprintf(j->hhost, sizeof(j->hhost), "%s", a->host.name);
+        j->henv = (struct hook_env){ .host = j->hhost, .fenced_host = fenced ? j->host : NULL };
+        if (!vm)
+                return;
+        snprintf(j->hvm, sizeof(j->hvm), "%s", vm);
+        snprintf(j->hpeer, sizeof(j->hpeer), "%s", peer);
+        snprintf(j->hrole, sizeof(j->hrole), "%s", role);
+        j->henv.vm = j->hvm;
+        j->henv.peer = j->hpeer;
+        j->henv.role = j->hrole;
+        j->henv.has_generation = j->henv.has_epoch = true;
+        j->henv.generation = generation;
+        j->henv.epoch = epoch;
+}
+
 static void hook_async(struct agent *a, enum hook_event hev, const struct avm *v,
                        const char *fenced)
 {
         struct job *j = job_new(a, JOB_HOOK, v ? v->po.name : NULL, fenced);
         if (!j)
                 return;
-        j->hook = hev;
-        snprintf(j->hhost, sizeof(j->hhost), "%s", a->host.name);
-        j->henv.host = j->hhost;
-        if (v) {
-                snprintf(j->hvm, sizeof(j->hvm), "%s", v->po.name);
-                snprintf(j->hpeer, sizeof(j->hpeer), "%s", v->po.peer);
-                snprintf(j->hrole, sizeof(j->hrole), "%s",
-                         runs_here(v->po.state) ? "primary" : "backup");
-                j->henv.vm = j->hvm;
-                j->henv.peer = j->hpeer;
-                j->henv.role = j->hrole;
-                j->henv.has_generation = j->henv.has_epoch = true;
-                j->henv.generation = v->po.generation;
-                j->henv.epoch = v->epoch;
-        }
-        j->henv.fenced_host = fenced ? j->host : NULL;
+        if (v)
+                job_hook_env(a, j, hev, v->po.name, v->po.peer,
+                             runs_here(v->po.state) ? "primary" : "backup", v->po.generation,
+                             v->epoch, fenced != NULL);
+        else
+                job_hook_env(a, j, hev, NULL, NULL, NULL, 0, 0, fenced != NULL);
         job_start(a, j);
 }
 
 /* The pre-hook runs synchronously (bounded by hook_timeout_ms) in the
- * job's thread before the action itself: see job_body_with_hook. */
+ * job's thread before the action itself. */
 static void action_job_body(void *arg, const volatile int *cancel)
 {
         struct job *j = arg;
@@ -418,17 +431,20 @@ static void arm_decide_timer(struct agent *a, uint64_t wake_ms)
 static void do_action(struct agent *a, const struct po_action *x);
 static void poll_checkpointd(struct agent *a);
 
-/* The standby's last announcement for v: NULL if it made none. Kept
- * after it left (its last word is what the fence head start needs). */
-static const struct clmsg_vm *peer_view(struct agent *a, const struct avm *v)
+/* What host h last announced about VM vm; NULL if nothing. */
+static const struct clmsg_vm *host_vm(const struct ahost *h, const char *vm)
 {
-        struct ahost *h = host_by_name(a, v->po.peer);
-        if (!h || !h->have_state)
-                return NULL;
-        for (size_t e = 0; e < h->state.n_vms; e++)
-                if (!strcmp(h->state.vms[e].name, v->po.name))
+        for (size_t e = 0; h && h->have_state && e < h->state.n_vms; e++)
+                if (!strcmp(h->state.vms[e].name, vm))
                         return &h->state.vms[e];
         return NULL;
+}
+
+/* The standby's last announcement for v. Kept after it left (its last
+ * word is what the fence head start needs). */
+static const struct clmsg_vm *peer_view(struct agent *a, const struct avm *v)
+{
+        return host_vm(host_by_name(a, v->po.peer), v->po.name);
 }
 
 /* S5's tie: does the peer hold a replica of this VM we run? Unknown
@@ -534,17 +550,9 @@ static void ctl_action(struct agent *a, const struct po_action *x, const char *c
         j->generation = x->generation;
         snprintf(j->cmd, sizeof(j->cmd), "%s", cmd);
         j->args = args;
-        if (x->type == PO_ACT_ACTIVATE) {
-                j->hook = HOOK_PRE_ACTIVATE;
-                snprintf(j->hhost, sizeof(j->hhost), "%s", a->host.name);
-                snprintf(j->hvm, sizeof(j->hvm), "%s", x->vm);
-                snprintf(j->hpeer, sizeof(j->hpeer), "%s", x->host);
-                snprintf(j->hrole, sizeof(j->hrole), "backup");
-                j->henv = (struct hook_env){ .host = j->hhost, .vm = j->hvm, .peer = j->hpeer,
-                                             .role = j->hrole, .has_generation = true,
-                                             .generation = x->generation, .has_epoch = true,
-                                             .epoch = v->epoch };
-        }
+        if (x->type == PO_ACT_ACTIVATE)
+                job_hook_env(a, j, HOOK_PRE_ACTIVATE, x->vm, x->host, "backup", x->generation,
+                             v->epoch, false);
         if (start_action(a, j) == 0)
                 v->po.busy = true;
 }
@@ -560,9 +568,7 @@ static void do_action(struct agent *a, const struct po_action *x)
                         return;
                 j->act = PO_ACT_FENCE;
                 j->fence_cfg = h->fence_cfg;
-                j->hook = HOOK_PRE_FENCE;
-                snprintf(j->hhost, sizeof(j->hhost), "%s", a->host.name);
-                j->henv = (struct hook_env){ .host = j->hhost, .fenced_host = j->host };
+                job_hook_env(a, j, HOOK_PRE_FENCE, NULL, NULL, NULL, 0, 0, true);
                 ev(a, LOG_LVL_NOTICE, MSG_FENCE_START, NULL, x->host,
                    "fencing host %s (%s), %u level(s)", x->host, x->why, h->fence_cfg->n_levels);
                 if (start_action(a, j) == 0)
@@ -1001,14 +1007,10 @@ static void update_newer_generations(struct agent *a)
                 v->po.newer_generation = 0;
                 for (size_t k = 0; k < a->n_hosts; k++) {
                         struct ahost *h = &a->hosts[k];
-                        if (!h->have_state || !h->po.member)
-                                continue;
-                        for (size_t e = 0; e < h->state.n_vms; e++) {
-                                const struct clmsg_vm *x = &h->state.vms[e];
-                                if (!strcmp(x->name, v->po.name) && runs_here(x->state) &&
-                                    x->generation > v->po.newer_generation)
-                                        v->po.newer_generation = x->generation;
-                        }
+                        const struct clmsg_vm *x = host_vm(h, v->po.name);
+                        if (x && h->po.member && runs_here(x->state) &&
+                            x->generation > v->po.newer_generation)
+                                v->po.newer_generation = x->generation;
                 }
         }
 }
@@ -1275,15 +1277,11 @@ static const char *protection_of(const struct agent *a, const char *vm, const ch
                 }
         for (size_t k = 0; k < a->n_hosts; k++) {
                 const struct ahost *h = &a->hosts[k];
-                if (!h->have_state || !h->po.member)
-                        continue;
-                for (size_t e = 0; e < h->state.n_vms; e++) {
-                        const struct clmsg_vm *x = &h->state.vms[e];
-                        if (!strcmp(x->name, vm) && runs_here(x->state) && x->generation >= *gen) {
-                                *owner = h->po.name;
-                                *gen = x->generation;
-                                prot = po_vm_state_name(x->state);
-                        }
+                const struct clmsg_vm *x = host_vm(h, vm);
+                if (x && h->po.member && runs_here(x->state) && x->generation >= *gen) {
+                        *owner = h->po.name;
+                        *gen = x->generation;
+                        prot = po_vm_state_name(x->state);
                 }
         }
         if (!strcmp(prot, "running"))
@@ -1362,15 +1360,11 @@ static json_object *cluster_status(struct agent *a)
                                                           v->epoch, v->po.peer, v->po.last_exit));
                 for (size_t k = 0; k < a->n_hosts; k++) {
                         struct ahost *h = &a->hosts[k];
-                        if (!h->have_state)
-                                continue;
-                        for (size_t e = 0; e < h->state.n_vms; e++) {
-                                const struct clmsg_vm *x = &h->state.vms[e];
-                                if (!strcmp(x->name, v->po.name))
-                                        json_object_array_add(hosts, vm_host_json(h->po.name,
-                                                x->state, x->generation, x->committed_epoch,
-                                                x->peer, x->last_exit));
-                        }
+                        const struct clmsg_vm *x = host_vm(h, v->po.name);
+                        if (x)
+                                json_object_array_add(hosts, vm_host_json(h->po.name,
+                                        x->state, x->generation, x->committed_epoch,
+                                        x->peer, x->last_exit));
                 }
                 json_object_object_add(o, "hosts", hosts);
                 json_object_array_add(vms, o);

@@ -39,18 +39,12 @@ boot_id=$(hv_kv "$st0" boot_id)
 qpid=$(hv_field a web01 qemu_pid)
 hv_check "QEMU pid known ($qpid)" test -n "$qpid"
 
-tb_client_spawn "$work/client.log" python3 "$hv_top/test/tools/counter_client.py" \
-        --addr "$HV_GUEST_IP" --out "$values"
-client=$TB_LAST_PID
-tb_on_cleanup "kill $client 2>/dev/null"
-hv_must "client connected" tb_wait_for 10 grep -q CONNECTED "$values"
+hv_must "client connected" hv_client_start "$work"
+client=$HV_CLIENT
 
 hv_must "protect web01 to b" hvctl a protect web01
 hv_must "a reaches protected" hv_wait_state a web01 protected 180
 
-n_values() { grep -c '^[0-9]' "$values"; }
-more_values_than() { [ "$(n_values)" -gt "$1" ]; }
-last_value() { grep '^[0-9]' "$values" | tail -n1 | cut -d' ' -f2; }
 # mark_log HOST, then new_log_has HOST TEXT: TEXT in what HOST's
 # checkpointd logged after the mark
 declare -A log_mark=()
@@ -88,7 +82,7 @@ sleep 3
 # ---- 1. the primary's checkpointd dies
 cpid=$(ckpt_pid a)
 hv_must "found a's checkpointd ($cpid)" test -n "$cpid"
-before=$(n_values)
+before=$(hv_client_n)
 t_kill=$(date +%s%N)
 kill -9 "$cpid"
 hv_check "QEMU runs on without its checkpointd" tb_wait_for 1 test -d "/proc/$qpid"
@@ -100,7 +94,7 @@ hv_check "a adopted web01's QEMU (HAVMS-VM-4006)" \
 grep HAVMS-VM-4006 "$TB_RUN/a-checkpointd.log" | tail -n1
 same_qemu() { [ "$(hv_field a web01 qemu_pid)" = "$qpid" ]; }
 hv_check "the same QEMU (pid $qpid) runs web01" tb_wait_for 10 same_qemu
-hv_must "the client gets answers again" tb_wait_for 30 more_values_than "$before"
+hv_must "the client gets answers again" tb_wait_for 30 hv_client_more_than "$before"
 t_back=$(date +%s%N)
 hv_check "a is protected again by itself" hv_wait_state a web01 protected 180
 t_prot=$(date +%s%N)
@@ -123,8 +117,8 @@ kill -9 "$cpid"
 sleep 1
 hv_must "checkpointd restarts on b" hv_start_daemon b
 hv_check "a is protected again after b's restart" hv_wait_state a web01 protected 180
-before=$(n_values)
-hv_check "the client gets answers" tb_wait_for 30 more_values_than "$before"
+before=$(hv_client_n)
+hv_check "the client gets answers" tb_wait_for 30 hv_client_more_than "$before"
 gap2=$(longest_gap_ms "$t_kill")
 echo "standby restart: longest client stall ${gap2} ms"
 hv_check "client stall after b's restart ($gap2 ms) < 20 s" test "$gap2" -lt 20000
@@ -133,8 +127,8 @@ hv_check "connection survived b's restart" tb__not grep -q '^END' "$values"
 sleep 3
 # ---- 3. takeover after all this
 hv_must "b holds a committed replica" hv_wait_state b web01 backup-standby 10
-seen=$(last_value)
-before=$(n_values)
+seen=$(hv_client_last)
+before=$(hv_client_n)
 tb_poweroff a
 hv_must "b notices the primary is gone" hv_wait_state b web01 backup-orphaned 20
 hv_must "activate web01 on b" hvctl b activate web01
@@ -142,7 +136,7 @@ ask_now() { now=$(hv_guest get); }
 tb_wait_for 20 ask_now || now=-1
 hv_check "resumed counter $now >= last value seen before the power-off ($seen)" \
         test "$now" -ge "$seen"
-hv_check "client gets answers from b" tb_wait_for 60 more_values_than "$before"
+hv_check "client gets answers from b" tb_wait_for 60 hv_client_more_than "$before"
 st2=$(hv_guest stat)
 hv_check "same boot after the takeover" test "$(hv_kv "$st2" boot_id)" = "$boot_id"
 
@@ -150,7 +144,7 @@ hv_check "same boot after the takeover" test "$(hv_kv "$st2" boot_id)" = "$boot_
 # too; a QEMU that died while checkpointd was down is reported as a crash
 bpid=$(hv_field b web01 qemu_pid)
 cpid=$(ckpt_pid b)
-before=$(n_values)
+before=$(hv_client_n)
 mark_log b
 t_kill=$(date +%s%N)
 kill -9 "$cpid"
@@ -159,7 +153,7 @@ hv_must "checkpointd restarts on b (unprotected VM)" hv_start_daemon b
 hv_check "b adopted web01's QEMU" tb_wait_for 10 new_log_has b HAVMS-VM-4006
 same_qemu_b() { [ "$(hv_field b web01 qemu_pid)" = "$bpid" ] && hv__state_is b web01 running; }
 hv_check "b runs web01 unprotected in the same QEMU (pid $bpid)" tb_wait_for 10 same_qemu_b
-hv_check "the client gets answers" tb_wait_for 30 more_values_than "$before"
+hv_check "the client gets answers" tb_wait_for 30 hv_client_more_than "$before"
 echo "unprotected restart: longest client stall $(longest_gap_ms "$t_kill") ms"
 hv_check "connection survived" tb__not grep -q '^END' "$values"
 
@@ -179,5 +173,5 @@ hv_check "last_exit is crash (havmsd hands such a VM over)" hv_field_has b web01
 hv_check "one connection for the whole run ($(grep '^END' "$values"))" grep -q '^END stop' "$values"
 gaps=$(grep -c '^GAP' "$values")
 hv_check "no value repeated, skipped or rolled back ($gaps gaps)" test "$gaps" = 0
-hv_check "$(n_values) requests answered" test "$(n_values)" -gt 100
+hv_check "$(hv_client_n) requests answered" test "$(hv_client_n)" -gt 100
 hv_summary checkpointd-restart

@@ -63,11 +63,8 @@ disk_write_once >/dev/null || echo "diskw: warm-up write failed" >&2
 unprot_rate=$(disk_write_rate) || unprot_rate=0
 hv_check "disk writes work unprotected ($unprot_rate MiB/s)" test "$unprot_rate" != 0
 
-tb_client_spawn "$work/client.log" python3 "$hv_top/test/tools/counter_client.py" \
-        --addr "$HV_GUEST_IP" --out "$values" --pause-file "$pause"
-client=$TB_LAST_PID
-tb_on_cleanup "kill $client 2>/dev/null"
-hv_must "client connected" tb_wait_for 10 grep -q CONNECTED "$values"
+hv_must "client connected" hv_client_start "$work"
+client=$HV_CLIENT
 mark unprotected
 sleep 5
 
@@ -85,16 +82,14 @@ rm -f "$pause"
 hv_check "disk writes work protected ($prot_rate MiB/s)" test "$prot_rate" != 0
 mark protected-end
 
-n_values() { grep -c '^[0-9]' "$values"; }
-more_values_than() { [ "$(n_values)" -gt "$1" ]; }
 
 for k in $(seq 1 "$TAKEOVERS"); do
         sleep "$((5 + RANDOM % 4)).$((RANDOM % 10))"
         echo "--- takeover $k: $prim dies, $stby takes over"
         mark "kill-$k"
         tb_poweroff "$prim"
-        before=$(n_values)
-        seen=$(grep '^[0-9]' "$values" | tail -n1 | cut -d' ' -f2)
+        before=$(hv_client_n)
+        seen=$(hv_client_last)
         hv_must "$stby notices the primary is gone" hv_wait_state "$stby" web01 backup-orphaned 20
         hv_must "activate web01 on $stby" hvctl "$stby" activate web01
         mark "active-$k"
@@ -106,7 +101,7 @@ for k in $(seq 1 "$TAKEOVERS"); do
         hv_check "resumed counter $now >= last value seen before the kill ($seen)" \
                 test "$now" -ge "$seen"
         hv_must "client gets answers again after takeover $k" \
-                tb_wait_for 60 more_values_than "$before"
+                tb_wait_for 60 hv_client_more_than "$before"
         hv_check "connection survived takeover $k" tb__not grep -q '^END' "$values"
 
         # The dead host comes back as the new standby (full re-sync).
@@ -127,7 +122,7 @@ sleep 2
 touch "$pause"
 sleep 0.5
 hv_must "hold web01 on $prim (havmsctl pause)" hvctl "$prim" pause web01
-last_seen=$(grep '^[0-9]' "$values" | tail -n1 | cut -d' ' -f2)
+last_seen=$(hv_client_last)
 img=$work/standby.img
 cp --sparse=always "$(tb_path "$stby" "$HV_DISK")" "$img"
 hv_must "resume web01" hvctl "$prim" resume web01

@@ -59,9 +59,9 @@ case_link_cut() {
         hv_check "b dropped it (HAVMS-FO-5017)" eval 'hv_events b | grep -q HAVMS-FO-5017'
         hv_check "a released only after b had dropped it" \
                 hv_event_before b HAVMS-FO-5017 a HAVMS-FO-5015
-        before=$(hv_fo_n_values)
+        before=$(hv_client_n)
         hv_check "the client is served while the link is down" \
-                tb_wait_for 20 hv_fo_more_values_than "$((before + 20))"
+                tb_wait_for 20 hv_client_more_than "$((before + 20))"
         hvctl b status
         echo "--- link restored"
         tb_link_up a b 1
@@ -89,8 +89,8 @@ case_qemu_crash() {
         gen=$(hv_field b web01 generation)
         sleep 3
         pid=$(hv_field a web01 qemu_pid)
-        before=$(hv_fo_n_values)
-        seen=$(hv_fo_last_value)
+        before=$(hv_client_n)
+        seen=$(hv_client_last)
         echo "--- kill -9 of web01's QEMU (pid $pid) on a; a stays up"
         kill -9 "$pid"
         hv_must "b takes web01 over by itself" hv_wait_state b web01 running 30
@@ -99,7 +99,7 @@ case_qemu_crash() {
         hv_check "nobody was fenced" eval '! hv_events b | grep -q HAVMS-FN-6001'
         hv_check "a is still a member" hv_corosync_wait_members b 2 1
         hv_check "generation went up" test "$(hv_field b web01 generation)" -gt "$gen"
-        hv_must "client gets answers again" tb_wait_for 60 hv_fo_more_values_than "$before"
+        hv_must "client gets answers again" tb_wait_for 60 hv_client_more_than "$before"
         now=$(hv_guest get)
         hv_check "resumed counter ${now:-none} >= last value seen ($seen)" test "${now:-0}" -ge "$seen"
         hv_events b | tail -n 6
@@ -157,13 +157,13 @@ level2 = fence_ipmilan @ARGS@ power_wait=0"
         local before
         sleep 3
         echo "--- a powers off; b's first fence level fails"
-        before=$(hv_fo_n_values)
+        before=$(hv_client_n)
         tb_poweroff a
         hv_must "b takes web01 over by itself" hv_wait_state b web01 running 60
         hv_check "fenced by level 2" eval 'hv_events b | grep -q "HAVMS-FN-6003.*level 2"'
         hv_check "level 1's failure reported (HAVMS-FN-6002)" \
                 eval 'hv_events b | grep -q "HAVMS-FN-6002.*level 1"'
-        hv_must "client gets answers again" tb_wait_for 60 hv_fo_more_values_than "$before"
+        hv_must "client gets answers again" tb_wait_for 60 hv_client_more_than "$before"
         hv_events b | grep -E "FO-501[23]|FN-600[123]"
         hv_fo_client_judge b
 

@@ -29,7 +29,7 @@ pid_of() { # HOST COMM: the pid of COMM in HOST's cgroup
         done
         return 1
 }
-served() { local n; n=$(hv_fo_n_values); tb_wait_for 30 hv_fo_more_values_than "$((n + 10))"; }
+served() { local n; n=$(hv_client_n); tb_wait_for 30 hv_client_more_than "$((n + 10))"; }
 no_takeover() { ! hv_events a | grep -q HAVMS-FO-5012 && ! hv_events b | grep -q HAVMS-FO-5012; }
 
 echo "--- 1. havmsd killed on both hosts"
@@ -65,11 +65,11 @@ hv_check "no takeover so far" no_takeover
 
 echo "--- 4. the primary host dies: the standby still takes over"
 sleep 3
-seen=$(hv_fo_last_value)
-before=$(hv_fo_n_values)
+seen=$(hv_client_last)
+before=$(hv_client_n)
 tb_poweroff a
 hv_must "b takes web01 over by itself" hv_wait_state b web01 running 60
-hv_must "client gets answers again" tb_wait_for 60 hv_fo_more_values_than "$before"
+hv_must "client gets answers again" tb_wait_for 60 hv_client_more_than "$before"
 now=$(hv_guest get)
 hv_check "resumed counter ${now:-none} >= last value seen ($seen)" test "${now:-0}" -ge "$seen"
 hv_check "same boot of the guest" eval '[ "$(hv_kv "$(hv_guest stat)" boot_id)" = "$boot" ]'

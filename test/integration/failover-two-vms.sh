@@ -39,7 +39,7 @@ db_seen=$(db get)
 sleep 3
 
 echo "--- host b (db01's primary, web01's standby) dies"
-before=$(hv_fo_n_values)
+before=$(hv_client_n)
 tb_poweroff b
 hv_must "a takes db01 over by itself" hv_wait_state a db01 running 60
 hv_check "db01 answers from a with the same boot" \
@@ -57,7 +57,7 @@ hv_check "web01's protection loss reported (HAVMS-FO-5021)" \
 hv_check "b fenced exactly once" test "$(hv_events a | grep -c 'HAVMS-FN-6001')" = 1
 hv_check "web01's output released only after b was verified off" \
         hv_event_before a HAVMS-FN-6003 a HAVMS-FO-5015
-hv_check "web01's client gets answers" tb_wait_for 30 hv_fo_more_values_than "$((before + 10))"
+hv_check "web01's client gets answers" tb_wait_for 30 hv_client_more_than "$((before + 10))"
 hv_check "a's cluster view: web01 unprotected on a, db01 on a" \
         eval 'hvctl a status | grep -E "web01.*a" >/dev/null && hvctl a status | grep -E "db01.*a" >/dev/null'
 hvctl a status

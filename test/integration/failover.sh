@@ -52,10 +52,10 @@ for k in $(seq 1 "$ROUNDS"); do
         gen_before=$(hv_field "$stby" web01 generation)
         fail_ns=$(date +%s%N)
         fail_host "$prim"
-        before=$(hv_fo_n_values)
+        before=$(hv_client_n)
         seen=$(grep '^[0-9]' "$values" | tail -n1 | cut -d' ' -f2)
         hv_must "$stby takes web01 over by itself" hv_wait_state "$stby" web01 running 60
-        hv_must "client gets answers again" tb_wait_for 60 hv_fo_more_values_than "$before"
+        hv_must "client gets answers again" tb_wait_for 60 hv_client_more_than "$before"
         hv_check "connection survived round $k" tb__not grep -q '^END' "$values"
         tb_wait_for 20 ask_now || now=-1
         hv_check "resumed counter $now >= last value seen before the fault ($seen)" \

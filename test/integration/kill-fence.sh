@@ -19,14 +19,9 @@ hv_must "b holds a committed replica" hv_wait_state b web01 backup-standby 10
 work=$TB_RUN/kill
 mkdir -p "$work"
 values=$work/values
-tb_client_spawn "$work/client.log" python3 "$hv_top/test/tools/counter_client.py" \
-        --addr "$HV_GUEST_IP" --out "$values"
-client=$TB_LAST_PID
-tb_on_cleanup "kill $client 2>/dev/null"
-hv_must "client connected" tb_wait_for 10 grep -q CONNECTED "$values"
-n_values() { grep -c '^[0-9]' "$values"; }
-more_values_than() { [ "$(n_values)" -gt "$1" ]; }
-hv_must "client gets answers" tb_wait_for 20 more_values_than 20
+hv_must "client connected" hv_client_start "$work"
+client=$HV_CLIENT
+hv_must "client gets answers" tb_wait_for 20 hv_client_more_than 20
 
 ms_of() { local t0 t1; t0=$(date +%s%N); "$@" >"$work/out" 2>&1; local rc=$?; t1=$(date +%s%N)
         echo $(((t1 - t0) / 1000000)) >"$work/ms"; cat "$work/out"; return $rc; }
@@ -37,7 +32,7 @@ hv_check "a: defined" hv_wait_state a web01 defined 5
 hv_check "a: last_exit fenced" hv_field_has a web01 last_exit '^fenced$'
 hv_check "a logged it (HAVMS-VM-4008)" grep -q "HAVMS-VM-4008" "$TB_RUN/a-checkpointd.log"
 sleep 1
-seen=$(grep '^[0-9]' "$values" | tail -n1 | cut -d' ' -f2)
+seen=$(hv_client_last)
 hv_must "b keeps an activatable replica" hv_wait_state b web01 backup-orphaned 15
 hv_check "b: last_exit peer-lost (no goodbye)" hv_field_has b web01 last_exit '^peer-lost$'
 hv_check "b discarded nothing (no HAVMS-BK-2006)" tb__not grep -q "HAVMS-BK-2006" "$TB_RUN/b-checkpointd.log"

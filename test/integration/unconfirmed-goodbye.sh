@@ -24,14 +24,9 @@ hv_must "b holds a committed replica" hv_wait_state b web01 backup-standby 10
 work=$TB_RUN/unconfirmed
 mkdir -p "$work"
 values=$work/values
-tb_client_spawn "$work/client.log" python3 "$hv_top/test/tools/counter_client.py" \
-        --addr "$HV_GUEST_IP" --out "$values"
-client=$TB_LAST_PID
-tb_on_cleanup "kill $client 2>/dev/null"
-hv_must "client connected" tb_wait_for 10 grep -q CONNECTED "$values"
-n_values() { grep -c '^[0-9]' "$values"; }
-more_values_than() { [ "$(n_values)" -gt "$1" ]; }
-hv_must "client gets answers" tb_wait_for 20 more_values_than 20
+hv_must "client connected" hv_client_start "$work"
+client=$HV_CLIENT
+hv_must "client gets answers" tb_wait_for 20 hv_client_more_than 20
 
 tb_link_down a b 1
 t0=$(date +%s%N)
@@ -40,7 +35,7 @@ t1=$(date +%s%N)
 echo "stop took $(((t1 - t0) / 1000000)) ms"
 hv_check "a: web01 defined" hv_wait_state a web01 defined 5
 sleep 1 # whatever a released is at the client by now
-seen=$(grep '^[0-9]' "$values" | tail -n1 | cut -d' ' -f2)
+seen=$(hv_client_last)
 echo "last value the client saw: $seen"
 hv_check "a logged the unconfirmed goodbye (HAVMS-CK-1003)" \
         grep -q "did not confirm the end of protection" "$TB_RUN/a-checkpointd.log"

@@ -139,21 +139,12 @@ hv_fo_dump_logs() {
 }
 
 # ------------------------------------------------ the consistency client --
-# hv_fo_client_start: a client on ONE TCP connection to the guest's
-# counter (test/tools/counter_client.py), answers in $HV_VALUES.
+# hv_fo_client_start: hv_client_start in a work dir of its own (HV_WORK).
 hv_fo_client_start() {
         HV_WORK=$(mktemp -d /tmp/havms-failover.XXXXXX) || return 1
         tb_on_cleanup "rm -rf '$HV_WORK'"
-        HV_VALUES=$HV_WORK/values
-        tb_client_spawn "$HV_WORK/client.log" python3 "$hv_top/test/tools/counter_client.py" \
-                --addr "$HV_GUEST_IP" --out "$HV_VALUES" --pause-file "$HV_WORK/pause"
-        HV_CLIENT=$TB_LAST_PID
-        tb_on_cleanup "kill $HV_CLIENT 2>/dev/null"
-        tb_wait_for 10 grep -q CONNECTED "$HV_VALUES"
+        hv_client_start "$HV_WORK"
 }
-hv_fo_n_values() { grep -c '^[0-9]' "$HV_VALUES"; }
-hv_fo_more_values_than() { [ "$(hv_fo_n_values)" -gt "$1" ]; }
-hv_fo_last_value() { grep '^[0-9]' "$HV_VALUES" | tail -n1 | cut -d' ' -f2; }
 
 # hv_fo_client_judge OWNER: stop the client and judge the whole run as the
 # consistency test does: one connection, no gap or rollback; then stop the
@@ -163,7 +154,7 @@ hv_fo_client_judge() {
         local owner=$1 last img on_disk
         touch "$HV_WORK/pause"
         sleep 0.5
-        last=$(hv_fo_last_value)
+        last=$(hv_client_last)
         kill -TERM "$HV_CLIENT" 2>/dev/null
         tb_wait_for 10 grep -q '^END' "$HV_VALUES"
         hv_check "no value repeated, skipped or rolled back" tb__not grep -q '^GAP' "$HV_VALUES"

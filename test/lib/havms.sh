@@ -148,6 +148,22 @@ hv_start_protected() {
         hv_must "a reaches protected" hv_wait_state a web01 protected 120
 }
 
+# ------------------------------------------------ the consistency client --
+# hv_client_start DIR: a client in the LAN keeps ONE TCP connection to the
+# guest's counter (test/tools/counter_client.py). Its answers go to
+# HV_VALUES (DIR/values); a file DIR/pause pauses it; HV_CLIENT is its pid.
+hv_client_start() {
+        HV_VALUES=$1/values
+        tb_client_spawn "$1/client.log" python3 "$hv_top/test/tools/counter_client.py" \
+                --addr "$HV_GUEST_IP" --out "$HV_VALUES" --pause-file "$1/pause"
+        HV_CLIENT=$TB_LAST_PID
+        tb_on_cleanup "kill $HV_CLIENT 2>/dev/null"
+        tb_wait_for 10 grep -q CONNECTED "$HV_VALUES"
+}
+hv_client_n() { grep -c '^[0-9]' "$HV_VALUES"; }                    # answers so far
+hv_client_more_than() { [ "$(hv_client_n)" -gt "$1" ]; }
+hv_client_last() { grep '^[0-9]' "$HV_VALUES" | tail -n1 | cut -d' ' -f2; } # last value seen
+
 hv_dump_logs() { # on failure: what the daemons and consoles said
         local h
         for h in a b; do

@@ -15,40 +15,27 @@
 
 #include <cmocka.h>
 
+#define SCRATCH_NAME "havms-adopt"
+#include "scratch.h"
+
 #include "adopt.h"
 #include "qemu.h"
 
-static char dir[] = "/tmp/havms-adopt-XXXXXX";
 static struct host_config host;
 
 static int setup(void **state)
 {
-        assert_non_null(mkdtemp(dir));
-        snprintf(host.state_dir, sizeof(host.state_dir), "%s", dir);
+        assert_int_equal(scratch_setup(state), 0);
+        snprintf(host.state_dir, sizeof(host.state_dir), "%s", scratch);
         return 0;
 }
 
-static int teardown(void **state)
-{
-        char cmd[128];
-        snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-        return system(cmd) == 0 ? 0 : -1;
-}
 
-static void put_file(const char *name, const char *text)
-{
-        char p[512];
-        snprintf(p, sizeof(p), "%s/%s", dir, name);
-        FILE *f = fopen(p, "w");
-        assert_non_null(f);
-        fputs(text, f);
-        fclose(f);
-}
 
 static unsigned count_files(void)
 {
         unsigned n = 0;
-        DIR *d = opendir(dir);
+        DIR *d = opendir(scratch);
         struct dirent *e;
         assert_non_null(d);
         while ((e = readdir(d)))
@@ -116,12 +103,12 @@ static void test_damaged(void **state)
         };
         char err[256];
         struct run_record out;
-        put_file("vm2.run", good);
+        scratch_put("vm2.run", good);
         assert_int_equal(runfile_load(&host, "vm2", &out, err, sizeof(err)), 0);
         assert_int_equal(out.pid, 7);
         assert_string_equal(out.peer, "");
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-                put_file("vm2.run", bad[i]);
+                scratch_put("vm2.run", bad[i]);
                 err[0] = 0;
                 int r = runfile_load(&host, "vm2", &out, err, sizeof(err));
                 if (r != -EUCLEAN)
@@ -132,7 +119,7 @@ static void test_damaged(void **state)
         char big[2048];
         memset(big, 'x', sizeof(big) - 1);
         big[sizeof(big) - 1] = 0;
-        put_file("vm2.run", big);
+        scratch_put("vm2.run", big);
         assert_int_equal(runfile_load(&host, "vm2", &out, err, sizeof(err)), -EUCLEAN);
 }
 
@@ -156,5 +143,5 @@ int main(void)
                 cmocka_unit_test(test_damaged),
                 cmocka_unit_test(test_start_time),
         };
-        return cmocka_run_group_tests(tests, setup, teardown);
+        return cmocka_run_group_tests(tests, setup, scratch_teardown);
 }

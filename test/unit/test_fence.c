@@ -20,22 +20,12 @@
 
 #include <cmocka.h>
 
+#define SCRATCH_NAME "havms-fencetest"
+#include "scratch.h"
+
 #include "fence.h"
 
-static char dir[64];
 
-static int setup(void **state)
-{
-        strcpy(dir, "/tmp/havms-fencetest-XXXXXX");
-        return mkdtemp(dir) ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-        char cmd[128];
-        snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-        return system(cmd);
-}
 
 /* An executable /bin/sh script DIR/name; returns "script:DIR/name". */
 static const char *script(const char *name, const char *body)
@@ -43,7 +33,7 @@ static const char *script(const char *name, const char *body)
         static char agent[4][160];
         static int k;
         char path[128];
-        snprintf(path, sizeof(path), "%s/%s", dir, name);
+        snprintf(path, sizeof(path), "%s/%s", scratch, name);
         FILE *f = fopen(path, "w");
         assert_non_null(f);
         fprintf(f, "#!/bin/sh\n%s\n", body);
@@ -78,7 +68,7 @@ static void test_dummy_off_verified_on_status_monitor(void **state)
                 skip(); /* fence-agents not installed (scripts/setup.sh installs it) */
         struct cfg_fence f = fence_cfg(20000);
         char args[200];
-        snprintf(args, sizeof(args), "status_file=%s/dummy.st", dir);
+        snprintf(args, sizeof(args), "status_file=%s/dummy.st", scratch);
         level(&f, "fence_dummy", args);
         struct fence_result r;
         assert_int_equal(fence_run(&f, FENCE_ON, 0, &r), 0);
@@ -115,7 +105,7 @@ static void test_script_protocol_and_no_fd_leak(void **state)
                  "cat > %s/stdin.txt\n"
                  "echo \"$HAVMS_FENCE_ACTION $HAVMS_FENCE_HOST $#\" > %s/env.txt\n"
                  "[ -e /proc/$$/fd/100 ] && { echo leaked fd 100 >&2; exit 9; }\n"
-                 "exit 0", dir, dir);
+                 "exit 0", scratch, scratch);
         struct cfg_fence f = fence_cfg(5000);
         level(&f, script("proto", body), "plug=4 ip=10.88.0.101");
         int p[2];
@@ -129,14 +119,14 @@ static void test_script_protocol_and_no_fd_leak(void **state)
         if (!r.ok)
                 fail_msg("monitor failed: %s (%s)", r.attempts[0].reason, r.attempts[0].run.stderr_tail);
         char path[128], buf[256] = "";
-        snprintf(path, sizeof(path), "%s/stdin.txt", dir);
+        snprintf(path, sizeof(path), "%s/stdin.txt", scratch);
         FILE *fp = fopen(path, "r");
         assert_non_null(fp);
         size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
         fclose(fp);
         buf[n] = 0;
         assert_string_equal(buf, "plug=4\nip=10.88.0.101\naction=monitor\n");
-        snprintf(path, sizeof(path), "%s/env.txt", dir);
+        snprintf(path, sizeof(path), "%s/env.txt", scratch);
         fp = fopen(path, "r");
         assert_non_null(fp);
         assert_non_null(fgets(buf, sizeof(buf), fp));
@@ -170,7 +160,7 @@ static const char *switch_script(const char *name)
                  "on) echo on > $st; exit 0;;\n"
                  "status) [ \"$(cat $st 2>/dev/null)\" = off ] && exit 2; exit 0;;\n"
                  "monitor) exit 0;;\n"
-                 "esac\nexit 1", dir, name);
+                 "esac\nexit 1", scratch, name);
         return script(name, body);
 }
 
@@ -236,7 +226,7 @@ static bool gone(pid_t pid)
 static void test_timeout_kills_the_process_group(void **state)
 {
         char body[256];
-        snprintf(body, sizeof(body), "sleep 60 &\necho $$ $! > %s/pids\nsleep 60\nexit 0", dir);
+        snprintf(body, sizeof(body), "sleep 60 &\necho $$ $! > %s/pids\nsleep 60\nexit 0", scratch);
         struct cfg_fence f = fence_cfg(300);
         level(&f, script("hang", body), "");
         struct fence_result r;
@@ -247,7 +237,7 @@ static void test_timeout_kills_the_process_group(void **state)
         assert_true(r.attempts[0].run.duration_ms >= 300 && r.attempts[0].run.duration_ms < 2000);
         assert_non_null(strstr(r.attempts[0].reason, "timeout after"));
         char path[128];
-        snprintf(path, sizeof(path), "%s/pids", dir);
+        snprintf(path, sizeof(path), "%s/pids", scratch);
         FILE *fp = fopen(path, "r");
         assert_non_null(fp);
         int sh = 0, bg = 0;
@@ -298,7 +288,7 @@ static void test_unknown_exit_codes(void **state)
         /* a non-executable script */
         struct cfg_fence h = fence_cfg(5000);
         char path[160];
-        snprintf(path, sizeof(path), "script:%s/proto.txt", dir);
+        snprintf(path, sizeof(path), "script:%s/proto.txt", scratch);
         FILE *fp = fopen(path + 7, "w");
         fclose(fp);
         level(&h, path, "");
@@ -379,5 +369,5 @@ int main(void)
                 cmocka_unit_test(test_async_completion_on_fd),
                 cmocka_unit_test(test_no_fd_left_in_caller),
         };
-        return cmocka_run_group_tests(tests, setup, teardown);
+        return cmocka_run_group_tests(tests, scratch_setup, scratch_teardown);
 }

@@ -1,6 +1,6 @@
-/* Hooks: the layout (<dir>/E, then the files of <dir>/E.d in byte order), the
+/* Hooks: the layout (<scratch>/E, then the files of <scratch>/E.d in byte order), the
  * environment, the exit-code table, the event's time limit, reports of
- * files that cannot run, no hooks dir = no hooks, the asynchronous form. */
+ * files that cannot run, no hooks scratch = no hooks, the asynchronous form. */
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -16,28 +16,18 @@
 
 #include <cmocka.h>
 
+#define SCRATCH_NAME "havms-hooktest"
+#include "scratch.h"
+
 #include "hooks.h"
 
-static char dir[64];
 
-static int setup(void **state)
-{
-        strcpy(dir, "/tmp/havms-hooktest-XXXXXX");
-        return mkdtemp(dir) ? 0 : -1;
-}
 
-static int teardown(void **state)
-{
-        char cmd[128];
-        snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-        return system(cmd);
-}
-
-/* Fresh hooks dir for one test: DIR/name. */
+/* Fresh hooks scratch for one test: DIR/name. */
 static const char *hooks_dir(const char *name)
 {
         static char d[128];
-        snprintf(d, sizeof(d), "%s/%s", dir, name);
+        snprintf(d, sizeof(d), "%s/%s", scratch, name);
         assert_int_equal(mkdir(d, 0755), 0);
         return d;
 }
@@ -256,5 +246,5 @@ int main(void)
                 cmocka_unit_test(test_time_limit_is_per_event),
                 cmocka_unit_test(test_async_and_names),
         };
-        return cmocka_run_group_tests(tests, setup, teardown);
+        return cmocka_run_group_tests(tests, scratch_setup, scratch_teardown);
 }

@@ -14,35 +14,22 @@
 
 #include <cmocka.h>
 
+#define SCRATCH_NAME "havms-persist"
+#include "scratch.h"
+
 #include "persist.h"
 
-static char dir[] = "/tmp/havms-persist-XXXXXX";
 static struct host_config host;
 
 static int setup(void **state)
 {
-        assert_non_null(mkdtemp(dir));
-        snprintf(host.state_dir, sizeof(host.state_dir), "%s", dir);
-        snprintf(host.ram_dir, sizeof(host.ram_dir), "%s", dir);
+        assert_int_equal(scratch_setup(state), 0);
+        snprintf(host.state_dir, sizeof(host.state_dir), "%s", scratch);
+        snprintf(host.ram_dir, sizeof(host.ram_dir), "%s", scratch);
         return 0;
 }
 
-static int teardown(void **state)
-{
-        char cmd[128];
-        snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-        return system(cmd) == 0 ? 0 : -1;
-}
 
-static void put_file(const char *name, const char *text)
-{
-        char p[512];
-        snprintf(p, sizeof(p), "%s/%s", dir, name);
-        FILE *f = fopen(p, "w");
-        assert_non_null(f);
-        fputs(text, f);
-        fclose(f);
-}
 
 static void test_generation(void **state)
 {
@@ -62,7 +49,7 @@ static void test_generation(void **state)
                 "generation 3\n", "havms-generation 3\n4\n",
         };
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-                put_file("vm2.generation", bad[i]);
+                scratch_put("vm2.generation", bad[i]);
                 g = 5;
                 err[0] = 0;
                 assert_int_equal(persist_generation_load(&host, "vm2", &g, err, sizeof(err)), -EUCLEAN);
@@ -103,7 +90,7 @@ static void test_devstate(void **state)
 
         /* every damaged byte is refused: header or data */
         char p[512];
-        snprintf(p, sizeof(p), "%s/vm.devstate", dir);
+        snprintf(p, sizeof(p), "%s/vm.devstate", scratch);
         size_t offs[] = { 0, 16, 24, 48, 60, 120, 128, 128 + 4999 };
         for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++) {
                 FILE *f = fopen(p, "r+");
@@ -144,5 +131,5 @@ int main(void)
                 cmocka_unit_test(test_generation),
                 cmocka_unit_test(test_devstate),
         };
-        return cmocka_run_group_tests(tests, setup, teardown);
+        return cmocka_run_group_tests(tests, setup, scratch_teardown);
 }

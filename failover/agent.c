@@ -1015,9 +1015,12 @@ static void update_newer_generations(struct agent *a)
         }
 }
 
+static void patrol(struct agent *a);
+
 static void on_nodes(void *opaque, const uint32_t *ids, size_t n)
 {
         struct agent *a = opaque;
+        bool patrol_now = false;
         for (size_t k = 0; k < a->n_hosts; k++) {
                 struct ahost *h = &a->hosts[k];
                 bool member = false;
@@ -1042,6 +1045,7 @@ static void on_nodes(void *opaque, const uint32_t *ids, size_t n)
                         h->po.left_ms = now_ms();
                         ev(a, LOG_LVL_WARN, MSG_FO_LEFT, NULL, h->po.name,
                            "host %s left the membership", h->po.name);
+                        patrol_now = true; /* its links no longer concern the patrol */
                         for (size_t i = 0; i < a->n_vms; i++)
                                 if (!strcmp(a->vms[i].po.peer, h->po.name))
                                         a->vms[i].lost_ms = h->po.left_ms;
@@ -1050,6 +1054,8 @@ static void on_nodes(void *opaque, const uint32_t *ids, size_t n)
         a->nodes_known = true;
         update_newer_generations(a);
         decide(a);
+        if (patrol_now)
+                patrol(a);
 }
 
 static void on_members(void *opaque, const struct membership_member *m, size_t n)
@@ -1360,7 +1366,9 @@ static json_object *cluster_status(struct agent *a)
                                                           v->epoch, v->po.peer, v->po.last_exit));
                 for (size_t k = 0; k < a->n_hosts; k++) {
                         struct ahost *h = &a->hosts[k];
-                        const struct clmsg_vm *x = host_vm(h, v->po.name);
+                        /* a host that left keeps its last word for the
+                         * policy, but status shows only what members say */
+                        const struct clmsg_vm *x = h->po.member ? host_vm(h, v->po.name) : NULL;
                         if (x)
                                 json_object_array_add(hosts, vm_host_json(h->po.name,
                                         x->state, x->generation, x->committed_epoch,

@@ -645,8 +645,10 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         /* Committed on the standby: what the guest said in this epoch may
          * now reach the world, and its disk writes are no longer ours. */
         qemu_net_release(q, epoch);
-        for (unsigned i = 0; i < q->n_disk; i++)
-                br_log_free(&p->logs[i]);
+        for (unsigned i = 0; i < q->n_disk; i++) {
+                blockrepl_committed(q->disk[i], p->logs[i].seq);
+                br_log_free(&p->logs[i]); /* keeps seq, for the resync commit */
+        }
         st.commit_ms = ms_since(t0);
         st.disk_bytes = disk_bytes;
         st.raw_bytes = raw + dslen + disk_bytes;
@@ -1132,9 +1134,12 @@ static void *primary_thread(void *arg)
                         r = run_epoch(p, epoch, false);
                 }
                 if (r == 0) {
-                        /* the standby holds every block now: nothing to resync */
+                        /* the standby holds every block up to the first
+                         * epoch's barrier: only later writes stay marked.
+                         * Lineage 0 (unknown: the next resync is full) until
+                         * failback agrees one with the standby. */
                         for (unsigned i = 0; i < v->qemu->n_disk; i++)
-                                blockrepl_bitmap_clear(v->qemu->disk[i]);
+                                blockrepl_resync_committed(v->qemu->disk[i], p->logs[i].seq, 0);
                         set_state(p, VM_PROTECTED);
                         was_protected = true;
                         log_msg(LOG_LVL_NOTICE, MSG_PROTECTED, v->name, (int64_t)v->epoch,

@@ -1224,6 +1224,7 @@ static void test_br_clear_cancel(void **state)
         usleep(2000);
         al_write(c, 1, 0xc1, false);
         assert_int_equal(blockrepl_barrier(b, &log), 0); /* boundary */
+        br_log_free(&log);
         /* the peer is lost before the commit arrives */
         blockrepl_set_mode(b, BR_MODE_ALONE);
         assert_int_equal(blockrepl_committed(b, log.seq), 0);
@@ -1242,6 +1243,7 @@ static void test_br_clear_cancel(void **state)
         usleep(2000);
         al_write(c, 1, 0xc2, false);
         assert_int_equal(blockrepl_barrier(b, &log), 0); /* boundary */
+        br_log_free(&log);
         pthread_mutex_lock(&hk.lock);
         hk.hold = true;
         pthread_mutex_unlock(&hk.lock);

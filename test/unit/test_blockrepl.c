@@ -1303,10 +1303,10 @@ static void test_br_copy_merge(void **state)
  * N random 4 KiB writes through the socket in LOG mode, on this file
  * system, HAVMS_BR_MEASURE_N of them (default 300). */
 static double measure(struct fx *f, const char *img, const char *bm, uint64_t blocks, int n,
-                      bool epochs, uint64_t *ret_syncs)
+                      bool epochs, uint64_t *ret_syncs, uint64_t *ret_clears)
 {
         struct blockrepl_options o = { .name = "measure", .image = img, .socket_path = f->sock,
-                                       .bitmap_path = bm, .clear_interval_ms = 100 };
+                                       .bitmap_path = bm, .clear_interval_ms = 1 };
         struct blockrepl *b;
         char err[256];
         assert_int_equal(blockrepl_open(&o, &b, err, sizeof(err)), 0);
@@ -1333,6 +1333,7 @@ static double measure(struct fx *f, const char *img, const char *bm, uint64_t bl
         struct blockrepl_stats st;
         blockrepl_get_stats(b, &st);
         *ret_syncs = st.bitmap_syncs;
+        *ret_clears = st.bitmap_clears;
         close(c);
         blockrepl_close(b);
         return us;
@@ -1349,21 +1350,21 @@ static void test_br_measure_marks(void **state)
         int fd = open(img, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
         assert_int_equal(ftruncate(fd, 1ll << 30), 0);
         close(fd);
-        uint64_t s0, s1, s2, s3;
+        uint64_t s0, s1, s2, s3, c0, c1, c2, c3;
         srand(3);
-        double none = measure(f, img, NULL, 16384, n, true, &s0);
+        double none = measure(f, img, NULL, 64, n, true, &s0, &c0);
         unlink(bm);
-        double fresh = measure(f, img, bm, 16384, n, false, &s1);
+        double fresh = measure(f, img, bm, 16384, n, false, &s1, &c1);
         unlink(bm);
-        double hot = measure(f, img, bm, 64, n, false, &s2);
+        double hot = measure(f, img, bm, 64, n, false, &s2, &c2);
         unlink(bm);
-        double hot_clear = measure(f, img, bm, 64, n, true, &s3);
-        printf("LOG-mode marks, %d random 4 KiB writes, us/write: no bitmap %.0f; "
-               "bitmap, 1 GiB spread (%llu marks) %.0f; bitmap, 4 MiB hot set (%llu marks) "
-               "%.0f; same with an epoch per 10 writes and a clear every 100 ms "
-               "(%llu marks) %.0f\n",
+        double hot_clear = measure(f, img, bm, 64, n, true, &s3, &c3);
+        printf("LOG-mode marks, %d random 4 KiB writes, us/write: no bitmap (4 MiB, an "
+               "epoch per 10 writes) %.0f; bitmap, 1 GiB spread (%llu marks) %.0f; bitmap, "
+               "4 MiB hot set (%llu marks) %.0f; bitmap, 4 MiB, an epoch per 10 writes, "
+               "ACKed at once, a boundary at each (%llu marks, %llu clears) %.0f\n",
                n, none, (unsigned long long)s1, fresh, (unsigned long long)s2, hot,
-               (unsigned long long)s3, hot_clear);
+               (unsigned long long)s3, (unsigned long long)c3, hot_clear);
 }
 
 static void test_br_protocol_errors(void **state)

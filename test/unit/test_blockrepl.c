@@ -1,7 +1,9 @@
 /* blockrepl: the standby's stage (memory and journal, order, refusals,
- * errors), the persistent bitmap (persistence, refusals), and the server
- * driven through its NBD socket by a small client here: epoch barrier and
- * log order, the hard limit, the sync map, modes and protocol errors. */
+ * errors), the persistent bitmap (persistence, refusals, lineage, merge, the
+ * v1 upgrade, the resync set), and the server driven through its NBD socket
+ * by a small client here: epoch barrier and log order, the hard limit, the
+ * sync map, modes, protocol errors, and the activity log (LOG-mode marks,
+ * lazy clearing, its cancel, resync_committed) with fdatasync wrapped. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>

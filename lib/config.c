@@ -11,6 +11,7 @@
 
 #include "havms-config.h"
 #include "util.h"
+#include "wol.h"
 
 enum opt_type {
         OPT_STR,   /* char[size] */
@@ -121,7 +122,7 @@ static const struct opt spare_opts[] = {
         { "spare", "interface", OPT_STR, SO(interface), 0, 0, NULL, NULL,
           "this host's interface the magic packet leaves through" },
         { "spare", "password", OPT_STR, SO(password), 0, 0, "", NULL,
-          "SecureOn password: a.b.c.d (4 bytes) or xx:xx:xx:xx:xx:xx (6 bytes); empty = none" },
+          "SecureOn password: a.b.c.d or 4 hex bytes, or 6 hex bytes (xx:xx:xx:xx:xx:xx); empty = none" },
         { "spare", "broadcast", OPT_STR, SO(broadcast), 0, 0, "255.255.255.255", NULL,
           "UDP destination address of the magic packet" },
         { "spare", "port", OPT_U32, SO(port), 1, 65535, "9", NULL, "UDP port of the magic packet" },
@@ -568,33 +569,12 @@ static bool ifname_valid(const char *s)
         return true;
 }
 
-/* SecureOn: a.b.c.d (each 0..255) or six hex octets split by ':' or '-'. */
+/* SecureOn: what lib/wol parses (a.b.c.d, or 4 or 6 hex bytes). */
 static bool password_valid(const char *s)
 {
-        if (strlen(s) == 17) {
-                for (int i = 0; i < 17; i++)
-                        if (i % 3 == 2 ? (s[i] != ':' && s[i] != '-') : !isxdigit((unsigned char)s[i]))
-                                return false;
-                return true;
-        }
-        int parts = 0;
-        const char *p = s;
-        while (*p) {
-                char *end;
-                if (!isdigit((unsigned char)*p))
-                        return false;
-                long n = strtol(p, &end, 10);
-                if (n > 255 || end - p > 3)
-                        return false;
-                parts++;
-                if (*end == '.' && end[1])
-                        p = end + 1;
-                else if (!*end)
-                        p = end;
-                else
-                        return false;
-        }
-        return parts == 4;
+        uint8_t pw[6];
+        size_t len;
+        return wol_parse_password(s, pw, &len) == 0;
 }
 
 static struct cfg_spare *spare_entry(struct load_ctx *x, const char *section, unsigned *ret_i)

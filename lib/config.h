@@ -120,7 +120,7 @@ struct cfg_spare {
         char name[CFG_NAME_MAX];
         char mac[18];           /* "xx:xx:xx:xx:xx:xx": the NIC the magic packet wakes */
         char interface[16];     /* where the magic packet leaves this host */
-        char password[18];      /* SecureOn: "a.b.c.d" (4 bytes) or "xx:xx:xx:xx:xx:xx" (6); "" = none */
+        char password[18];      /* SecureOn as wol_parse_password() reads it; "" = none */
         char broadcast[64];     /* UDP destination of the magic packet */
         uint32_t port;          /* UDP port (9 = discard) */
         char wake[8];           /* "auto" (IPMI on through [fence NAME] first, then WOL), "wol", "ipmi" */

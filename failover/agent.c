@@ -1953,6 +1953,47 @@ static json_object *vm_host_json(const char *host, enum po_vm_state st, uint64_t
         return o;
 }
 
+/* A member's spare fields: "spare": asleep|waking|up|failed, wake history. */
+static void spare_json(struct agent *a, json_object *o, const char *name)
+{
+        const struct fbc_spare *s = fbc_spare(&a->fb, name);
+        if (!s)
+                return;
+        json_object_object_add(o, "spare", json_object_new_string(fb_spare_state_name(s->state)));
+        json_object_object_add(o, "wake_attempts", json_object_new_int((int)s->attempts));
+        json_object_object_add(o, "wake_way", json_object_new_string(s->last_way));
+        json_object_object_add(o, "on_return", json_object_new_string(s->cfg->on_return));
+}
+
+/* Per VM: "status" protected | degraded | resyncing | switching | stopped,
+ * checkpointd's sync progress when the owner is here, the failback note. */
+static void failback_json(struct agent *a, json_object *o, const struct avm *v,
+                          const char *owner, const char *prot)
+{
+        const struct fbc_vm *r = fbc_vm(&a->fb, v->po.name, false);
+        bool switching = r && r->sw != FBC_SW_NONE;
+        for (size_t i = 0; i < a->fb.n_remote; i++)
+                switching |= !strcmp(a->fb.remote[i].vm, v->po.name) &&
+                             now_ms() < a->fb.remote[i].since_ms + FBC_SWITCH_TIMEOUT_MS;
+        const char *st = switching                      ? "switching"
+                         : !strcmp(prot, "protected")   ? "protected"
+                         : !strcmp(prot, "syncing")     ? "resyncing"
+                         : !strcmp(prot, "stopped")     ? "stopped"
+                                                        : "degraded";
+        json_object_object_add(o, "status", json_object_new_string(st));
+        if (!strcmp(owner, a->host.name) && v->has_sync) {
+                json_object *s = json_object_new_object();
+                json_object_object_add(s, "percent", json_object_new_double(v->sync_pct));
+                json_object_object_add(s, "mib_s", json_object_new_double(v->sync_mib_s));
+                json_object_object_add(s, "eta_s", json_object_new_double(v->sync_eta_s));
+                json_object_object_add(o, "sync", s);
+        }
+        json_object_object_add(o, "failback", json_object_new_string(v->fb_note));
+        json_object_object_add(o, "failback_pending", json_object_new_boolean(v->fb_pending));
+        if (switching && r && r->sw != FBC_SW_NONE)
+                json_object_object_add(o, "switching_to", json_object_new_string(r->sw_to));
+}
+
 static json_object *cluster_status(struct agent *a)
 {
         json_object *r = json_object_new_object();
@@ -1991,6 +2032,20 @@ static json_object *cluster_status(struct agent *a)
                 json_object_object_add(f, "last", json_object_new_string(h->fence_last));
                 json_object_object_add(f, "monitor", json_object_new_string(h->monitor));
                 json_object_object_add(o, "fence", f);
+                spare_json(a, o, h->po.name);
+                json_object_array_add(members, o);
+        }
+        /* spares that are no corosync node: never members, still wakeable */
+        for (size_t k = 0; k < a->fb.n_spares; k++) {
+                const char *sn = a->fb.spares[k].cfg->name;
+                if (host_by_name(a, sn))
+                        continue;
+                json_object *o = json_object_new_object();
+                json_object_object_add(o, "name", json_object_new_string(sn));
+                json_object_object_add(o, "nodeid", json_object_new_int64(0));
+                json_object_object_add(o, "member", json_object_new_boolean(0));
+                json_object_object_add(o, "self", json_object_new_boolean(0));
+                spare_json(a, o, sn);
                 json_object_array_add(members, o);
         }
         json_object_object_add(r, "members", members);
@@ -2006,6 +2061,7 @@ static json_object *cluster_status(struct agent *a)
                 json_object_object_add(o, "generation", json_object_new_int64((int64_t)gen));
                 json_object_object_add(o, "protection", json_object_new_string(prot));
                 json_object_object_add(o, "note", json_object_new_string(v->note));
+                failback_json(a, o, v, owner, prot);
                 json_object_array_add(hosts, vm_host_json(a->host.name, v->po.state, v->po.generation,
                                                           v->epoch, v->po.peer, v->po.last_exit));
                 for (size_t k = 0; k < a->n_hosts; k++) {

@@ -12,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include "controller.h"
 #include "plan.h"
 
 /* table rows leave the optional columns out */
@@ -566,6 +567,110 @@ static void test_f7_hand_back(void **state)
         ROWS(t);
 }
 
+/* ------------------------------------------------- the controller -- */
+
+static void test_controller_timers(void **state)
+{
+        static struct host_config h;
+        static struct fb_controller c;
+        static struct fb_input in;
+        memset(&h, 0, sizeof(h));
+        fbc_init(&c, &h);
+        struct fb_vm *v = base(&in, FB_VM_RETRYING, "b");
+        v->unprotected_since_ms = 0;
+        snprintf(v->preferred, sizeof(v->preferred), "b");
+        fbc_observe(&c, &in);
+        assert_int_equal(in.vms[0].unprotected_since_ms, NOW); /* from the first sight */
+        in.now_ms = NOW + 5000;
+        in.vms[0].state = FB_VM_UNPROTECTED;
+        fbc_observe(&c, &in);
+        assert_int_equal(in.vms[0].unprotected_since_ms, NOW); /* still the same loss */
+        in.vms[0].state = FB_VM_SYNCING;                       /* a resync does not reset */
+        fbc_observe(&c, &in);
+        assert_int_equal(in.vms[0].unprotected_since_ms, NOW);
+        assert_int_equal(in.vms[0].preferred_since_ms, 0);
+        in.now_ms = NOW + 9000;
+        in.vms[0].state = FB_VM_PROTECTED;
+        in.vms[0].standby_committed = true;
+        fbc_observe(&c, &in);
+        assert_int_equal(in.vms[0].unprotected_since_ms, 0);
+        assert_int_equal(in.vms[0].preferred_since_ms, NOW + 9000);
+        in.now_ms = NOW + 20000;
+        fbc_observe(&c, &in);
+        assert_int_equal(in.vms[0].preferred_since_ms, NOW + 9000); /* kept while it lasts */
+        snprintf(in.vms[0].peer, CFG_NAME_MAX, "c");                /* another standby */
+        fbc_observe(&c, &in);
+        assert_int_equal(in.vms[0].preferred_since_ms, 0);
+        /* a switchover of ours: the VM is busy, and one runs in the cluster */
+        fbc_switch_begin(&c, "web", "c", "", 0, 3, NOW);
+        in.vms[0].busy = false;
+        in.switchover_running = false;
+        fbc_observe(&c, &in);
+        assert_true(in.vms[0].busy);
+        assert_true(in.switchover_running);
+        fbc_switch_end(&c, "web");
+        assert_false(fbc_switch_running(&c, NOW));
+        /* another host's: until it ends, that host leaves, or the timeout */
+        fbc_remote_begin(&c, "b", "db", NOW);
+        assert_true(fbc_switch_running(&c, NOW + 1000));
+        assert_false(fbc_switch_running(&c, NOW + FBC_SWITCH_TIMEOUT_MS));
+        fbc_remote_end(&c, "b", "db");
+        assert_false(fbc_switch_running(&c, NOW));
+        fbc_remote_begin(&c, "b", "db", NOW);
+        fbc_remote_begin(&c, "c", "web", NOW);
+        fbc_remote_end(&c, "b", NULL);
+        assert_int_equal(c.n_remote, 1);
+        assert_string_equal(c.remote[0].host, "c");
+}
+
+static void test_controller_spares(void **state)
+{
+        static struct host_config h;
+        static struct fb_controller c;
+        static struct fb_input in;
+        memset(&h, 0, sizeof(h));
+        h.n_spares = 2;
+        snprintf(h.spares[0].name, CFG_NAME_MAX, "s1");
+        snprintf(h.spares[0].on_return, sizeof(h.spares[0].on_return), "hand-back");
+        h.spares[0].boot_timeout_s = 120;
+        snprintf(h.spares[1].name, CFG_NAME_MAX, "s2");
+        snprintf(h.spares[1].on_return, sizeof(h.spares[1].on_return), "keep");
+        fbc_init(&c, &h);
+        base(&in, FB_VM_UNPROTECTED, "");
+        host(&in, "s1", false, 0); /* a corosync node; s2 is none */
+        fbc_observe(&c, &in);
+        assert_int_equal(in.n_hosts, 5); /* s2 appended, never a member */
+        struct fb_host *s1 = hostn(&in, "s1"), *s2 = hostn(&in, "s2");
+        assert_true(s1->spare && s2->spare);
+        assert_true(s1->hand_back);
+        assert_false(s2->hand_back);
+        assert_false(s2->member);
+        assert_int_equal(s1->boot_timeout_s, 120);
+        assert_int_equal(s1->spare_state, FB_SPARE_ASLEEP);
+        struct fb_action x = { .type = FB_WAKE, .host = "s1", .attempt = 1 };
+        fbc_action_started(&c, &x, NOW);
+        fbc_action_started(&c, &x, NOW + 5000);
+        assert_int_equal(c.spares[0].state, FB_SPARE_WAKING);
+        assert_int_equal(c.spares[0].attempts, 2);
+        assert_int_equal(c.spares[0].first_ms, NOW);
+        assert_int_equal(c.spares[0].last_ms, NOW + 5000);
+        base(&in, FB_VM_UNPROTECTED, "");
+        host(&in, "s1", true, 0); /* it joined */
+        fbc_observe(&c, &in);
+        assert_int_equal(c.spares[0].state, FB_SPARE_UP);
+        assert_int_equal(hostn(&in, "s1")->spare_state, FB_SPARE_UP);
+        base(&in, FB_VM_UNPROTECTED, "");
+        host(&in, "s1", false, 0); /* powered off (hand-back) or lost */
+        fbc_observe(&c, &in);
+        assert_int_equal(c.spares[0].state, FB_SPARE_ASLEEP);
+        assert_int_equal(c.spares[0].attempts, 0);
+        x.type = FB_WAKE_FAILED;
+        x.host[1] = '2';
+        fbc_action_started(&c, &x, NOW + 7);
+        assert_int_equal(c.spares[1].state, FB_SPARE_FAILED);
+        assert_int_equal(c.spares[1].failed_ms, NOW + 7);
+}
+
 static void test_state_parse(void **state)
 {
         assert_int_equal(fb_vm_state_parse("running"), FB_VM_UNPROTECTED);
@@ -588,6 +693,8 @@ int main(void)
                 cmocka_unit_test(test_f5_failback),
                 cmocka_unit_test(test_f6_spare_wake),
                 cmocka_unit_test(test_f7_hand_back),
+                cmocka_unit_test(test_controller_timers),
+                cmocka_unit_test(test_controller_spares),
                 cmocka_unit_test(test_state_parse),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

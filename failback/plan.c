@@ -198,7 +198,7 @@ static bool plan_vm(const struct fb_input *in, size_t i, bool *switch_planned,
         case FB_VM_RETRYING: {
                 *blocks_off = true;
                 if (usable(in, peer)) {
-                        note(out, i, "reconnecting to standby %s", v->peer);
+                        note(out, i, "connecting to standby %s (checkpointd retries it)", v->peer);
                         return false;
                 }
                 const char *c = fb_choose_standby(in, i, true);

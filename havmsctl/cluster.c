@@ -112,7 +112,7 @@ static void print_vm(FILE *f, json_object *v)
         fprintf(f, "\n");
         json_object *s;
         const char *st = js(v, "status");
-        if (st[0]) {
+        if (st[0] && (strcmp(st, "stopped") || js(v, "failback")[0])) {
                 fprintf(f, "  %-12s status: %s", "", st);
                 if (!strcmp(st, "switching") && js(v, "switching_to")[0])
                         fprintf(f, " to %s", js(v, "switching_to"));

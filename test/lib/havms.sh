@@ -23,6 +23,9 @@ HV_DISK_MIB=${HV_DISK_MIB:-0} # >0: web01 gets an ext4 data disk of this size
 HV_DISK=/var/lib/havms/images/$HV_VM.raw
 HV_HOST_EXTRA=${HV_HOST_EXTRA:-} # extra lines for [host] of havms.conf (e.g. "managed = yes")
 HV_VM_EXTRA=${HV_VM_EXTRA:-}     # extra lines for [vm] of web01.conf (e.g. "accel = tcg")
+HV_FAILBACK=${HV_FAILBACK-reprotect = manual} # lines for [failback] of web01.conf: the
+                                 # existing tests protect by hand; failback tests set
+                                 # e.g. HV_FAILBACK="reprotect = auto" (docs/failback.md)
 HV_PASS=0
 HV_FAIL=0
 
@@ -84,6 +87,9 @@ $HV_VM_EXTRA
 [protection]
 peer = $other
 $prot
+
+[failback]
+$HV_FAILBACK
 EOC
 }
 

@@ -293,7 +293,7 @@ static void test_f3_reprotect(void **state)
                 { "reprotect = manual: a note only", f3_manual, "", 0,
                   "`havmsctl protect web --peer b`" },
                 { "retrying a member: checkpointd reconnects", f3_retry_peer_up, "", 0,
-                  "reconnecting to standby b" },
+                  "connecting to standby b" },
                 { "retrying a dead standby while c could: unprotect", f3_retry_peer_gone,
                   "unprotect:web:b" },
                 { "retrying with nobody else: wait", f3_retry_nobody, "" },

@@ -788,8 +788,10 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         /* Committed on the standby: what the guest said in this epoch may
          * now reach the world, and its disk writes are no longer ours. */
         qemu_net_release(q, epoch);
-        for (unsigned i = 0; i < q->n_disk; i++)
-                br_log_free(&p->logs[i]);
+        for (unsigned i = 0; i < q->n_disk; i++) {
+                blockrepl_committed(q->disk[i], p->logs[i].seq);
+                br_log_free(&p->logs[i]); /* keeps seq, for the resync commit */
+        }
         st.commit_ms = ms_since(t0);
         st.disk_bytes = disk_bytes;
         st.raw_bytes = raw + dslen + disk_bytes;
@@ -1311,9 +1313,14 @@ static void *primary_thread(void *arg)
                         r = run_epoch(p, epoch, false);
                 }
                 if (r == 0) {
-                        /* the standby holds every block now: nothing to resync */
+                        /* the standby holds every block up to the first
+                         * epoch's barrier: only later writes stay marked.
+                         * The lineage offered in HELLO names the state both
+                         * hosts now share (the standby records it at its
+                         * first commit). */
                         for (unsigned i = 0; i < v->qemu->n_disk; i++)
-                                blockrepl_bitmap_clear(v->qemu->disk[i]);
+                                blockrepl_resync_committed(v->qemu->disk[i], p->logs[i].seq,
+                                                           p->new_lineage);
                         pthread_mutex_lock(&v->lock);
                         v->sync.ended_ms = wall_ms();
                         vm_set_state(v, VM_PROTECTED);

@@ -97,3 +97,6 @@
 #define MSG_FO_BAD_MSG        "HAVMS-FO-5027"
 #define MSG_FO_PATROL         "HAVMS-FO-5028"
 #define MSG_FO_PATROL_OK      "HAVMS-FO-5029"
+
+/* blockrepl (docs/blockrepl.md) */
+#define MSG_BR_BITMAP_UPGRADED "HAVMS-BR-9001"

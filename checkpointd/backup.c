@@ -441,6 +441,11 @@ static int receive_loop(struct session *s)
                                 r = write_full(s->fd, s->out.data, s->out.len, now_ns() + timeout_ns);
                         if (r < 0)
                                 return r;
+                        int rd = first ? disk_replica_sync_done(&b->disks) : 0;
+                        if (rd < 0)
+                                log_msg(LOG_LVL_WARN, MSG_BK_RESYNC, v->name, (int64_t)h->epoch,
+                                        "cannot record the disks' new history (%s): the next "
+                                        "resync copies them whole", strerror(-rd));
                         if (first) {
                                 log_msg(LOG_LVL_NOTICE, MSG_BK_READY, v->name, (int64_t)h->epoch,
                                         "replica committed; starting the hot-standby QEMU");
@@ -647,8 +652,25 @@ static void release_reservation(struct vm *v)
 
 #define HASHES_PER_RECORD 65536u /* 1 MiB of page hashes per record */
 
+struct hash_emit {
+        struct session *s;
+        uint32_t disk;
+        uint64_t deadline;
+};
+
+static int emit_disk_hashes(void *ctx, const uint8_t *entries, uint32_t n)
+{
+        struct hash_emit *e = ctx;
+        struct wire_disk_hashes dh = { .disk = e->disk, .count = n, .entries = entries };
+        wire_buf_reset(&e->s->out);
+        int r = wire_put_disk_hashes(&e->s->out, &dh);
+        return r < 0 ? r : write_full(e->s->fd, e->s->out.data, e->s->out.len, e->deadline);
+}
+
 /* After the WELCOME: what this host already holds, as hashes, so the
- * primary sends only what differs (docs/failback.md). */
+ * primary sends only what differs (docs/failback.md). For an incremental
+ * disk, the primary's bitmap comes first: the union of it and ours is
+ * marked here before we say which blocks we hold. */
 static int send_hashes(struct session *s, uint32_t flags)
 {
         struct backup_replica *b = s->v->replica;
@@ -656,6 +678,25 @@ static int send_hashes(struct session *s, uint32_t flags)
         uint64_t deadline = now_ns() + 30000000000ull;
         uint8_t *hashes = NULL;
         int r = 0;
+        if (flags >> 8) {
+                bool done = false;
+                while (r == 0 && !done) {
+                        r = wire_recv(s->fd, deadline, &s->in);
+                        if (r == 0)
+                                r = s->in.hdr.type == WIRE_DISK_BITMAP
+                                            ? disk_replica_bitmap(&b->disks, &s->in, &done) : -EPROTO;
+                }
+                for (unsigned i = 0; i < b->disks.n && r == 0; i++) {
+                        if (!b->disks.incremental[i])
+                                continue;
+                        struct hash_emit e = { .s = s, .disk = i, .deadline = deadline };
+                        r = disk_replica_hashes(&b->disks, i, 16384, emit_disk_hashes, &e,
+                                                &end.blocks[i]);
+                        log_msg(LOG_LVL_INFO, MSG_BK_RESYNC, s->v->name, -1,
+                                "disk %u: %llu blocks may differ (the primary's bitmap and ours)",
+                                i, (unsigned long long)end.blocks[i]);
+                }
+        }
         if (flags & WIRE_WELCOME_PAGE_HASHES) {
                 hashes = malloc((size_t)HASHES_PER_RECORD * WIRE_HASH_LEN);
                 if (!hashes)
@@ -807,6 +848,9 @@ static void *hello_thread(void *arg)
         struct wire_welcome w = { .last_committed = 0, .generation = h.generation };
         if (v->replica->seeded)
                 w.flags |= WIRE_WELCOME_PAGE_HASHES;
+        for (unsigned i = 0; i < v->replica->disks.n; i++)
+                if (v->replica->disks.incremental[i])
+                        w.flags |= WIRE_WELCOME_DISK_INCR(i);
         wire_buf_reset(&s->out);
         r = wire_put_welcome(&s->out, &w);
         if (r == 0)

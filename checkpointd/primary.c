@@ -83,6 +83,8 @@ struct primary {
         uint32_t welcome_flags;   /* WIRE_WELCOME_*: hashes that follow the WELCOME */
         uint64_t new_lineage;     /* offered in HELLO, recorded when the sync commits */
         uint8_t *peer_hash;       /* npages * WIRE_HASH_LEN: the standby's page hashes */
+        uint8_t *disk_hash[CFG_MAX_DISKS]; /* incremental disks: the standby's DISK_HASHES */
+        uint64_t disk_hash_n[CFG_MAX_DISKS], disk_hash_cap[CFG_MAX_DISKS];
         bool peer_hash_ok;        /* ... all of them arrived for this connection */
         bool handed_over;         /* switchover: the standby keeps the replica, our copy ends */
         uint8_t enc[CODEC_PAGE_MAX] __attribute__((aligned(64)));
@@ -181,8 +183,13 @@ static int connect_peer(struct primary *p)
         h.new_lineage = p->new_lineage;
         struct qemu_vm *q = p->v->qemu;
         h.n_disks = q->n_disk;
-        for (unsigned i = 0; i < q->n_disk; i++)
+        for (unsigned i = 0; i < q->n_disk; i++) {
                 h.disk_bytes[i] = blockrepl_size(q->disk[i]);
+                /* a known history: the standby may resync incrementally */
+                h.disk_lineage[i] = blockrepl_lineage(q->disk[i]);
+                if (h.disk_lineage[i] && blockrepl_bitmap_bytes(q->disk[i]))
+                        h.flags |= WIRE_HELLO_BITMAP(i);
+        }
         wire_buf_reset(&p->wb);
         if ((r = wire_put_hello(&p->wb, &h)) < 0 || (r = send_buf(p)) < 0)
                 goto fail;
@@ -206,8 +213,9 @@ static int connect_peer(struct primary *p)
         r = wire_get_welcome(&p->in, &w);
         if (r == 0 && w.generation != gen)
                 r = -EPROTO; /* a standby adopts our generation or refuses us */
-        if (r == 0 && (w.flags >> 8) >> h.n_disks)
-                r = -EPROTO; /* incremental for a disk we do not have */
+        for (unsigned i = 0; i < WIRE_MAX_DISKS && r == 0; i++)
+                if ((w.flags & WIRE_WELCOME_DISK_INCR(i)) && !(h.flags & WIRE_HELLO_BITMAP(i)))
+                        r = -EPROTO; /* incremental where we offered no history */
         if (r < 0)
                 goto fail;
         p->welcome_flags = w.flags;
@@ -326,6 +334,56 @@ static int scan_more(struct primary *p, size_t n_pre, size_t *ret_n)
 
 /* ---- re-seed: hashes of what the standby holds ---- */
 
+/* Incremental disks (the standby has our lineage): our bitmap, taken
+ * now that the disks are in SYNC mode (every later write marks the sync
+ * map, so nothing falls between this copy and the copy pass). */
+static int send_bitmaps(struct primary *p)
+{
+        struct qemu_vm *q = p->v->qemu;
+        for (unsigned i = 0; i < q->n_disk; i++) {
+                if (!(p->welcome_flags & WIRE_WELCOME_DISK_INCR(i)))
+                        continue;
+                size_t len = blockrepl_bitmap_bytes(q->disk[i]);
+                uint8_t *bits = malloc(len ? len : 1);
+                int r = bits ? blockrepl_bitmap_copy(q->disk[i], bits, len) : -ENOMEM;
+                for (size_t off = 0; off < len && r == 0; off += 8u << 20) {
+                        struct wire_bitmap_chunk c = { .disk = i, .offset = off, .bits = bits + off,
+                                                       .len = (uint32_t)(len - off < (8u << 20)
+                                                                         ? len - off : 8u << 20) };
+                        wire_buf_reset(&p->wb);
+                        if ((r = wire_put_disk_bitmap(&p->wb, &c)) == 0)
+                                r = send_buf(p);
+                }
+                free(bits);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+/* DISK_HASHES of an incremental disk: kept for the copy pass, which
+ * checks the block numbers again as it goes. */
+static int take_disk_hashes(struct primary *p)
+{
+        struct wire_disk_hashes dh;
+        if (wire_get_disk_hashes(&p->in, &dh) < 0 ||
+            !(p->welcome_flags & WIRE_WELCOME_DISK_INCR(dh.disk)))
+                return -EPROTO;
+        uint64_t need = p->disk_hash_n[dh.disk] + dh.count;
+        if (need > p->disk_hash_cap[dh.disk]) {
+                uint64_t cap = need * 2;
+                uint8_t *n = realloc(p->disk_hash[dh.disk], cap * WIRE_DISK_HASH_ENTRY);
+                if (!n)
+                        return -ENOMEM;
+                p->disk_hash[dh.disk] = n;
+                p->disk_hash_cap[dh.disk] = cap;
+        }
+        memcpy(p->disk_hash[dh.disk] + p->disk_hash_n[dh.disk] * WIRE_DISK_HASH_ENTRY, dh.entries,
+               (size_t)dh.count * WIRE_DISK_HASH_ENTRY);
+        p->disk_hash_n[dh.disk] = need;
+        return 0;
+}
+
 /* After the WELCOME, a standby that still holds a RAM file of the VM (a
  * link flap, a restart of its daemons, the old primary after a
  * switchover) sends the XXH3-128 of each of its pages; the first pass
@@ -345,8 +403,13 @@ static int receive_hashes(struct primary *p)
         uint64_t next_pfn = 0, t0 = now_ms();
         /* the standby reads and hashes its whole RAM file first */
         uint64_t deadline = now_ns() + 30000000000ull + (uint64_t)p->cfg.ack_timeout_ms * 1000000u;
+        int r = send_bitmaps(p);
+        if (r < 0)
+                return r;
+        for (unsigned i = 0; i < CFG_MAX_DISKS; i++)
+                p->disk_hash_n[i] = 0;
         for (;;) {
-                int r = wire_recv(p->fd, deadline, &p->in);
+                r = wire_recv(p->fd, deadline, &p->in);
                 if (r < 0)
                         return r;
                 pthread_mutex_lock(&p->v->lock);
@@ -363,11 +426,18 @@ static int receive_hashes(struct primary *p)
                         next_pfn += h.count;
                         break;
                 }
+                case WIRE_DISK_HASHES:
+                        if ((r = take_disk_hashes(p)) < 0)
+                                return r;
+                        break;
                 case WIRE_HASHES_END: {
                         struct wire_hashes_end e;
                         if (wire_get_hashes_end(&p->in, &e) < 0 || e.pages != next_pfn ||
                             (want_pages && next_pfn != p->npages))
                                 return -EPROTO;
+                        for (unsigned i = 0; i < WIRE_MAX_DISKS; i++)
+                                if (e.blocks[i] != p->disk_hash_n[i])
+                                        return -EPROTO;
                         p->peer_hash_ok = want_pages;
                         log_msg(LOG_LVL_INFO, MSG_SYNC_PROGRESS, p->cfg.name, -1,
                                 "standby %s holds a RAM file of the VM: %llu page hashes in "
@@ -483,20 +553,35 @@ static int initial_sync(struct primary *p)
                 return r;
         struct disk_sender ds = { .fd = p->fd, .wb = &p->wb, .wire_bytes = &p->wire_bytes,
                                   .timeout_ns = (uint64_t)p->cfg.ack_timeout_ms * 1000000u };
-        if (q->n_disk) {
-                sync_note(p, "disks", 0);
-                uint64_t draw = 0;
-                if ((r = disks_sync_pass(q->disk, q->n_disk, &ds, false, &draw)) < 0)
+        uint64_t done = 0;
+        for (unsigned i = 0; i < q->n_disk; i++) {
+                sync_note(p, "disks", done);
+                uint64_t draw = 0, same = 0, blocks, size = blockrepl_size(q->disk[i]);
+                bool incr = p->welcome_flags & WIRE_WELCOME_DISK_INCR(i);
+                if (incr) {
+                        blocks = p->disk_hash_n[i];
+                        r = disks_resync_pass(q->disk[i], i, p->disk_hash[i], blocks, &ds, &draw, &same);
+                } else {
+                        blocks = (size + BR_BLOCK_SIZE - 1) / BR_BLOCK_SIZE;
+                        r = disks_copy_disk(q->disk[i], i, &ds, &draw);
+                }
+                if (r < 0)
                         return r;
+                done += size;
                 pthread_mutex_lock(&v->lock);
-                v->sync.disks_full = q->n_disk;
-                v->sync.disk_blocks = (disk_bytes + BR_BLOCK_SIZE - 1) / BR_BLOCK_SIZE;
-                v->sync.disk_sent_bytes = draw;
+                if (incr)
+                        v->sync.disks_incremental++;
+                else
+                        v->sync.disks_full++;
+                v->sync.disk_blocks += blocks;
+                v->sync.disk_sent_bytes += draw;
                 pthread_mutex_unlock(&v->lock);
                 log_msg(LOG_LVL_INFO, MSG_SYNC_PROGRESS, v->name, -1,
-                        "disks copied: %.1f MiB in %llu ms, %.1f MiB on the wire",
-                        (double)draw / 1048576.0, (unsigned long long)(now_ms() - t0),
-                        (double)p->wire_bytes / 1048576.0);
+                        "disk %u %s: %llu blocks of 64 KiB looked at, %.1f MiB sent (%llu pieces "
+                        "of 4 KiB the standby had) in %llu ms", i,
+                        incr ? "resynced incrementally" : "copied whole (history unknown or different)",
+                        (unsigned long long)blocks, (double)draw / 1048576.0,
+                        (unsigned long long)same, (unsigned long long)(now_ms() - t0));
         }
 
         /* Re-arm everything: from here on, every write is caught. */
@@ -1056,6 +1141,9 @@ static void teardown(struct primary *p)
         free(p->staging);
         free(p->devstate);
         free(p->chunk);
+        free(p->peer_hash);
+        for (unsigned i = 0; i < CFG_MAX_DISKS; i++)
+                free(p->disk_hash[i]);
         wire_buf_free(&p->wb);
         wire_msg_free(&p->in);
 }

@@ -765,6 +765,9 @@ int wire_get_hashes_end(const struct wire_msg *m, struct wire_hashes_end *ret)
         return 0;
 }
 
+uint64_t wire_hash_entry_block(const uint8_t *entry) { return get_le64(entry); }
+void wire_hash_entry_set_block(uint8_t *entry, uint64_t block) { put_le64(entry, block); }
+
 void wire_hash(const void *data, size_t len, uint8_t out[WIRE_HASH_LEN])
 {
         XXH128_hash_t h = XXH3_128bits(data, len);

@@ -284,6 +284,9 @@ int wire_get_disk_bitmap(const struct wire_msg *m, struct wire_bitmap_chunk *ret
 int wire_get_page_hashes(const struct wire_msg *m, struct wire_page_hashes *ret);
 int wire_get_disk_hashes(const struct wire_msg *m, struct wire_disk_hashes *ret);
 int wire_get_hashes_end(const struct wire_msg *m, struct wire_hashes_end *ret);
+/* The block number of a DISK_HASHES entry (its first 8 bytes, LE). */
+uint64_t wire_hash_entry_block(const uint8_t *entry);
+void wire_hash_entry_set_block(uint8_t *entry, uint64_t block);
 /* XXH3-128 of len bytes into out[WIRE_HASH_LEN] (the wire's byte order). */
 void wire_hash(const void *data, size_t len, uint8_t out[WIRE_HASH_LEN]);
 

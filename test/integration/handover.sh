@@ -38,9 +38,21 @@ for round in $(seq 1 "$rounds"); do
         hv_check "round $round: memory re-seeded by hashes" \
                 test "$(hv_sync_field "$to" web01 memory)" = re-seed
         hv_check "round $round: under 4096 of 65536 pages went again ($sent)" test "${sent:-65536}" -lt 4096
+        dsent=$(hv_sync_field "$to" web01 disk_sent_bytes)
+        echo "round $round: disk resync: $(hv_sync_field "$to" web01 disk_blocks) blocks looked at, $dsent bytes sent"
+        hv_check "round $round: the disk resync was incremental" \
+                test "$(hv_sync_field "$to" web01 disks_incremental)" = 1
+        hv_check "round $round: it sent under 4 MiB of the 64 MiB disk ($dsent bytes)" \
+                test "${dsent:-67108864}" -lt 4194304
         hv_check "round $round: the client got answers after the switch" \
                 tb_wait_for 20 hv_client_more_than $((n0 + 20))
         t=$from; from=$to; to=$t
 done
+# the disks are bit-identical at a committed point (the VM held)
+hv_must "pause web01 on $from" hvctl "$from" pause web01
+sum_from=$(sha256sum <"$(tb_path "$from" "$HV_DISK")")
+sum_to=$(sha256sum <"$(tb_path "$to" "$HV_DISK")")
+hv_check "with the VM held, $from's and $to's disk images are identical" test "$sum_from" = "$sum_to"
+hv_must "resume web01 on $from" hvctl "$from" resume web01
 hv_fo_client_judge "$from"
 hv_summary handover

@@ -13,6 +13,7 @@
 #include "cluster.h"
 #include "ctl.h"
 #include "havms-config.h"
+#include "wake.h"
 
 #define DEFAULT_SOCKET "/run/havms/checkpointd.sock"
 
@@ -287,6 +288,9 @@ static void usage(FILE *f)
                 "                           standby keeps it, VM powered off here (havmsd's\n"
                 "                           `switchover` does this and the activation)\n"
                 "  stats VM [--reset]       epoch statistics (pause, bytes, compression)\n"
+                "  wake --mac MAC --interface IF [--password PW] [--broadcast ADDR] [--port N]\n"
+                "                           send one wake-on-LAN magic packet (UDP broadcast\n"
+                "                           and EtherType 0x0842 frame) out of IF\n"
                 "  check-config FILE...     validate havms.conf or VM definitions\n"
                 "  config-reference         list every configuration option\n"
                 "options:\n"
@@ -333,6 +337,8 @@ int main(int argc, char **argv)
                 return 2;
         }
         const char *cmd = argv[optind++];
+        if (!strcmp(cmd, "wake")) /* its own options (wake.c) */
+                return wake_main(argc - optind + 1, argv + optind - 1, c.json);
         char *pos[8];
         int npos = 0;
         for (int i = optind; i < argc; i++) {

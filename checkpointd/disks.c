@@ -57,6 +57,8 @@ static int sync_block(struct blockrepl *b, uint32_t disk, uint64_t block,
                         return r;
         }
         *raw += len;
+        if (s->done_bytes)
+                __atomic_add_fetch(s->done_bytes, len, __ATOMIC_RELAXED);
         return s->wb->len >= SEND_BATCH ? flush_record(s) : 0;
 }
 
@@ -143,6 +145,8 @@ int disks_resync_pass(struct blockrepl *b, uint32_t disk, const uint8_t *entries
                                 r = wire_pages_add(s->wb, (off + pc) / HAVMS_PAGE_SIZE, enc, enc_buf, elen);
                         *raw += HAVMS_PAGE_SIZE;
                 }
+                if (s->done_bytes)
+                        __atomic_add_fetch(s->done_bytes, len, __ATOMIC_RELAXED);
                 if (r == 0 && s->wb->len >= SEND_BATCH)
                         r = flush_record(s);
         }

@@ -34,6 +34,8 @@ struct disk_sender {
         uint64_t timeout_ns;   /* per write to the socket */
         struct wire_buf *wb;
         uint64_t *wire_bytes;  /* added to as records go out */
+        uint64_t *done_bytes;  /* copy passes: bytes looked at, added to (atomically, for
+                                  status) as they go; NULL = not counted */
 };
 
 /* Copy every block of every disk (dirty_only: only blocks the sync map

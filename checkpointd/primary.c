@@ -554,6 +554,9 @@ static int initial_sync(struct primary *p)
         struct disk_sender ds = { .fd = p->fd, .wb = &p->wb, .wire_bytes = &p->wire_bytes,
                                   .timeout_ns = (uint64_t)p->cfg.ack_timeout_ms * 1000000u };
         uint64_t done = 0;
+        /* status reads the bytes looked at as the copy goes: for an
+         * incremental disk the whole disk counts once its set is done */
+        ds.done_bytes = &v->sync.sent_bytes;
         for (unsigned i = 0; i < q->n_disk; i++) {
                 sync_note(p, "disks", done);
                 uint64_t draw = 0, same = 0, blocks, size = blockrepl_size(q->disk[i]);
@@ -583,6 +586,7 @@ static int initial_sync(struct primary *p)
                         (unsigned long long)blocks, (double)draw / 1048576.0,
                         (unsigned long long)same, (unsigned long long)(now_ms() - t0));
         }
+        ds.done_bytes = NULL; /* the pass after the switch to LOG is not counted */
 
         /* Re-arm everything: from here on, every write is caught. */
         r = scan_all(p, &n);

@@ -1,4 +1,4 @@
-/* bitmap: the persistent dirty-block bitmap (stage.h, format in format.h).
+/* bitmap: the persistent dirty-block bitmap (bitmap.h, format in format.h).
  *
  * Owns: the bitmap file and its mapping. The file is created whole (header,
  * then its full size) under a temporary name and renamed, so a crash never
@@ -19,10 +19,12 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "bitmap.h"
 #include "blockrepl.h"
 #include "format.h"
 #include "image.h"
-#include "stage.h"
+#include "log.h"
+#include "msgid.h"
 #include "util.h"
 
 struct br_bitmap {
@@ -30,6 +32,7 @@ struct br_bitmap {
         uint8_t *map;    /* the whole file, MAP_SHARED */
         size_t map_len;
         uint8_t *bits;   /* map + BR_BM_HDR_SIZE */
+        size_t nbytes;   /* of bits, padding included */
         uint64_t nbits;
 };
 
@@ -44,16 +47,18 @@ static uint64_t file_len_for(uint64_t nbits)
         return BR_BM_HDR_SIZE + (bytes + 7) / 8 * 8;
 }
 
-static void header_encode(uint8_t *h, uint64_t image_size)
+/* The v2 header fields (the rest of the page is left as it is). */
+static void header_encode(uint8_t *h, uint64_t image_size, uint64_t lineage)
 {
-        memset(h, 0, BR_BM_HDR_SIZE);
         memcpy(h, BR_BM_MAGIC, 8);
         br_put_le32(h + 8, BR_BM_VERSION);
         br_put_le32(h + 12, BR_BM_HDR_SIZE);
         br_put_le64(h + 16, image_size);
         br_put_le32(h + 24, BR_BLOCK_SIZE);
+        br_put_le32(h + 28, 0);
         br_put_le64(h + 32, nbits_for(image_size));
-        br_put_le64(h + 40, XXH64(h, 40, 0));
+        br_put_le64(h + 40, lineage);
+        br_put_le64(h + 48, XXH64(h, 48, 0));
 }
 
 /* Checks the header against the image; says what is wrong in err. */
@@ -65,12 +70,17 @@ static int header_check(const uint8_t *h, uint64_t file_size, uint64_t image_siz
                          path);
                 return -EINVAL;
         }
-        if (br_get_le64(h + 40) != XXH64(h, 40, 0)) {
+        /* The checksum sits after the fields, so its place depends on the
+         * version; a version that matches neither place is damage. */
+        bool v2_sum = br_get_le64(h + 48) == XXH64(h, 48, 0);
+        bool v1_sum = br_get_le64(h + 40) == XXH64(h, 40, 0);
+        if (!v2_sum && !v1_sum) {
                 snprintf(err, errlen, "bitmap %s: header checksum mismatch (corrupt file)", path);
                 return -EINVAL;
         }
         uint32_t version = br_get_le32(h + 8);
-        if (version != BR_BM_VERSION || br_get_le32(h + 12) != BR_BM_HDR_SIZE) {
+        if (!((version == BR_BM_VERSION && v2_sum) || (version == BR_BM_VERSION_1 && v1_sum)) ||
+            br_get_le32(h + 12) != BR_BM_HDR_SIZE) {
                 snprintf(err, errlen, "bitmap %s: unsupported version %u", path, version);
                 return -EINVAL;
         }
@@ -128,7 +138,8 @@ static int bitmap_create(const char *path, uint64_t image_size, char *err, size_
                 snprintf(err, errlen, "bitmap %s: cannot create: %s", tmp, strerror(-r));
                 return r;
         }
-        header_encode(h, image_size);
+        memset(h, 0, sizeof(h));
+        header_encode(h, image_size, 0);
         r = pwrite_full(fd, h, sizeof(h), 0);
         if (r == 0 && ftruncate(fd, (off_t)file_len_for(nbits_for(image_size))) < 0)
                 r = -errno;
@@ -144,6 +155,29 @@ static int bitmap_create(const char *path, uint64_t image_size, char *err, size_
         }
         close(fd);
         return r;
+}
+
+/* v1 had no lineage: in LOG mode it did not mark blocks before writing
+ * them, so its history is unknown (lineage 0, a full resync next time).
+ * The fields live in the first 56 bytes, one sector: the header is
+ * rewritten in place with one pwrite; a torn one fails its checksum and
+ * the file is refused on the next open, never misread. */
+static int upgrade_v1(int fd, uint8_t *h, uint64_t image_size, const char *path, char *err,
+                      size_t errlen)
+{
+        header_encode(h, image_size, 0);
+        int r = pwrite_full(fd, h, BR_BM_HDR_USED, 0);
+        if (r == 0 && fdatasync(fd) < 0)
+                r = -errno;
+        if (r < 0) {
+                snprintf(err, errlen, "bitmap %s: cannot upgrade to version %u: %s", path,
+                         BR_BM_VERSION, strerror(-r));
+                return r;
+        }
+        log_msg(LOG_LVL_NOTICE, MSG_BR_BITMAP_UPGRADED, NULL, -1,
+                "bitmap %s upgraded from version 1 to %u: lineage unknown, the next resync "
+                "of this disk is a full one", path, BR_BM_VERSION);
+        return 0;
 }
 
 int br_bitmap_open(const char *path, uint64_t image_size, struct br_bitmap **ret,
@@ -185,6 +219,11 @@ int br_bitmap_open(const char *path, uint64_t image_size, struct br_bitmap **ret
         r = header_check(h, (uint64_t)st.st_size, image_size, path, err, errlen);
         if (r < 0)
                 goto out;
+        if (br_get_le32(h + 8) == BR_BM_VERSION_1) {
+                r = upgrade_v1(fd, h, image_size, path, err, errlen);
+                if (r < 0)
+                        goto out;
+        }
         bm = calloc(1, sizeof(*bm));
         if (!bm) {
                 r = -ENOMEM;
@@ -202,6 +241,7 @@ int br_bitmap_open(const char *path, uint64_t image_size, struct br_bitmap **ret
         }
         bm->fd = fd;
         bm->bits = bm->map + BR_BM_HDR_SIZE;
+        bm->nbytes = bm->map_len - BR_BM_HDR_SIZE;
         bm->nbits = nbits_for(image_size);
         *ret = bm;
         return 0;
@@ -244,8 +284,7 @@ bool br_bitmap_test(const struct br_bitmap *bm, uint64_t block)
 uint64_t br_bitmap_count(const struct br_bitmap *bm)
 {
         uint64_t n = 0;
-        size_t bytes = bm->map_len - BR_BM_HDR_SIZE;
-        for (size_t i = 0; i < bytes; i += 8) {
+        for (size_t i = 0; i < bm->nbytes; i += 8) {
                 uint64_t w;
                 memcpy(&w, bm->bits + i, 8);
                 n += (uint64_t)__builtin_popcountll(w);
@@ -259,8 +298,76 @@ int br_bitmap_sync(struct br_bitmap *bm)
         return msync(bm->map, bm->map_len, MS_SYNC) < 0 ? -errno : 0;
 }
 
-int br_bitmap_clear(struct br_bitmap *bm)
+uint64_t br_bitmap_lineage(const struct br_bitmap *bm)
 {
-        memset(bm->bits, 0, bm->map_len - BR_BM_HDR_SIZE);
+        return br_get_le64(bm->map + 40);
+}
+
+int br_bitmap_set_lineage(struct br_bitmap *bm, uint64_t lineage)
+{
+        header_encode(bm->map, br_get_le64(bm->map + 16), lineage);
         return br_bitmap_sync(bm);
+}
+
+const uint8_t *br_bitmap_bits(const struct br_bitmap *bm, size_t *ret_len)
+{
+        *ret_len = bm->nbytes;
+        return bm->bits;
+}
+
+/* The bits of byte i that stand for blocks (the padding after nbits is 0). */
+static uint8_t valid_mask(const struct br_bitmap *bm, size_t i)
+{
+        if ((uint64_t)i * 8 + 8 <= bm->nbits)
+                return 0xff;
+        if ((uint64_t)i * 8 >= bm->nbits)
+                return 0;
+        return (uint8_t)((1u << (bm->nbits - (uint64_t)i * 8)) - 1);
+}
+
+int br_bitmap_merge(struct br_bitmap *bm, const uint8_t *bits, size_t len)
+{
+        if (!bits || len != bm->nbytes)
+                return -EINVAL;
+        for (size_t i = 0; i < len; i++) {
+                uint8_t v = bits[i] & valid_mask(bm, i);
+                if (v)
+                        __atomic_fetch_or(&bm->bits[i], v, __ATOMIC_RELAXED);
+        }
+        return br_bitmap_sync(bm);
+}
+
+int br_bitmap_clear_except(struct br_bitmap *bm, const uint8_t *keep, size_t len)
+{
+        if (!keep || len != bm->nbytes)
+                return -EINVAL;
+        for (size_t i = 0; i < len; i++)
+                if (__atomic_load_n(&bm->bits[i], __ATOMIC_RELAXED) & ~keep[i])
+                        __atomic_fetch_and(&bm->bits[i], keep[i], __ATOMIC_RELAXED);
+        return 0;
+}
+
+int br_bitmap_clear_all(struct br_bitmap *bm)
+{
+        for (size_t i = 0; i < bm->nbytes; i++)
+                __atomic_store_n(&bm->bits[i], 0, __ATOMIC_RELAXED);
+        return br_bitmap_sync(bm);
+}
+
+int br_resync_set(uint64_t owner_lineage, const uint8_t *owner_bits,
+                  uint64_t rejoiner_lineage, const uint8_t *rejoiner_bits, size_t nbytes,
+                  uint8_t *ret_set, uint64_t *ret_blocks)
+{
+        if (!owner_bits || !rejoiner_bits || !ret_set || !ret_blocks)
+                return -EINVAL;
+        /* see bitmap.h: only one common history makes the union complete */
+        if (owner_lineage == 0 || rejoiner_lineage == 0 || owner_lineage != rejoiner_lineage)
+                return -ESTALE;
+        uint64_t n = 0;
+        for (size_t i = 0; i < nbytes; i++) {
+                ret_set[i] = owner_bits[i] | rejoiner_bits[i];
+                n += (uint64_t)__builtin_popcount(ret_set[i]);
+        }
+        *ret_blocks = n;
+        return 0;
 }

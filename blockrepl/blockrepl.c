@@ -5,17 +5,27 @@
  *
  *   write path (all under b->lock, so log order = image order):
  *     wait while the open log is at log_hard_bytes (LOG)
- *     mark + msync the persistent bitmap if a bit is new (ALONE, SYNC)
+ *     mark + msync the persistent bitmap if a bit is new (every mode)
+ *     add the blocks to W (LOG)
  *     change the image
  *     append to the open log (LOG) / set the sync map bits (SYNC)
  *   then, outside the lock: fdatasync for FUA; then nbd.c replies.
  *
  * The bitmap is written ahead of the image (like md's write-intent bitmap):
  * data the page cache writes back before any FLUSH must never be on disk
- * without its bit, or failback would skip a block that differs.
+ * without its bit, or failback would skip a block that differs. In LOG mode
+ * it is an activity log: bits are cleared lazily behind the peer's commits.
  *
- * Owns: the image fd, the listening socket, client threads, the open epoch
- * log, the sync map, the bitmap. Does not own: epochs, the peer, QEMU.
+ *   clear state (b->clear), only in LOG, once a resync committed:
+ *     OFF ──resync_committed──► IDLE ──barrier, interval passed──► BOUNDARY(B)
+ *      ▲                         ▲     (W := {}: W is what was written after B)
+ *      │                         │                                   │
+ *   leave LOG (from any)       worker: fdatasync, then      committed(>= B)
+ *                              clear every bit not in W ◄── REQUESTED
+ *
+ * Owns: the image fd, the listening socket, client threads, the clearing
+ * worker, the open epoch log, the sync map, the bitmap and W. Does not own:
+ * epochs, the peer, QEMU.
  */
 #include "blockrepl.h"
 
@@ -30,6 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bitmap.h"
 #include "image.h"
 #include "log.h"
 #include "nbd.h"
@@ -38,6 +49,19 @@
 
 #define BR_MAX_CLIENTS 16               /* QEMU uses one; bounds threads and buffers */
 #define BR_HANDSHAKE_NS (30ull * 1000000000u)
+#define BR_CLEAR_INTERVAL_MS 2000       /* default clear_interval_ms */
+
+/* Lazy clearing of the bitmap in LOG mode (diagram on top). */
+enum br_clear_state {
+        BR_CLEAR_OFF = 0,   /* not LOG, or no resync committed since LOG was
+                               entered: committed() says nothing about the
+                               blocks it did not carry, so nothing is cleared */
+        BR_CLEAR_IDLE,      /* the first barrier after next_boundary_ns becomes
+                               a boundary */
+        BR_CLEAR_BOUNDARY,  /* boundary at barrier `boundary`; W holds what was
+                               written after it; waiting for its commit */
+        BR_CLEAR_REQUESTED, /* committed: the worker fdatasyncs, then clears */
+};
 
 struct br_client {
         struct br_client *next;
@@ -77,6 +101,22 @@ struct blockrepl {
         uint64_t *sync_map;    /* one bit per block; atomics, no lock */
         uint64_t n_blocks;
         struct br_bitmap *bitmap;
+
+        /* the activity log (only with a bitmap), under lock */
+        uint64_t seq;          /* the last barrier's number */
+        uint8_t *w;            /* W: blocks written in LOG mode after barrier
+                                  w_since (the bitmap's layout) */
+        uint8_t *keep;         /* scratch of the same size */
+        size_t w_len;
+        uint64_t w_since;
+        enum br_clear_state clear;
+        uint64_t boundary;     /* BOUNDARY, REQUESTED: its barrier */
+        uint64_t clear_gen;    /* bumped when a pending clear is cancelled */
+        uint64_t next_boundary_ns;
+        uint64_t clear_interval_ns;
+        pthread_cond_t clear_cond; /* REQUESTED or stopping: the worker */
+        pthread_t clear_thread;
+        bool clear_started;
 
         struct blockrepl_stats st; /* atomics */
 };
@@ -193,8 +233,19 @@ static int bitmap_intent(struct blockrepl *b, uint64_t offset, uint64_t len)
         if (!fresh)
                 return 0;
         br_bitmap_set_range(b->bitmap, offset, len);
+        stat_add(&b->st.bitmap_syncs, 1);
         int r = br_bitmap_sync(b->bitmap);
         return r < 0 ? -EIO : 0;
+}
+
+/* Under b->lock, LOG mode: [offset, offset+len) joins W. */
+static void w_set(struct blockrepl *b, uint8_t *set, uint64_t offset, uint64_t len)
+{
+        if (!set || len == 0)
+                return;
+        uint64_t last = (offset + len - 1) / BR_BLOCK_SIZE;
+        for (uint64_t i = offset / BR_BLOCK_SIZE; i <= last && i < b->n_blocks; i++)
+                set[i / 8] |= (uint8_t)(1u << (i % 8));
 }
 
 static void sync_map_set(struct blockrepl *b, uint64_t offset, uint64_t len)
@@ -247,11 +298,14 @@ static int change(struct blockrepl *b, uint8_t op, const void *data, uint32_t le
         r = wait_log_room(b, rec_cost(op, len));
         if (r < 0)
                 goto out;
-        if (b->mode != BR_MODE_LOG) {
-                r = bitmap_intent(b, offset, len);
-                if (r < 0)
-                        goto out;
-        }
+        /* In every mode: in LOG too, the write may never be committed by the
+         * peer (the primary dies with its epoch in flight), and it may reach
+         * this disk anyway. */
+        r = bitmap_intent(b, offset, len);
+        if (r < 0)
+                goto out;
+        if (b->mode == BR_MODE_LOG)
+                w_set(b, b->w, offset, len);
         r = image_change(b, op, data, len, offset, may_hole);
         /* Recorded even when it failed: the image may hold part of it, and
          * the peer must not keep what the guest's disk no longer has. */
@@ -436,6 +490,67 @@ static void *accept_main(void *arg)
         return NULL;
 }
 
+/* ---- lazy clearing (LOG mode) --------------------------------------------
+ *
+ * Why a clear never loses a mark. The worker clears, under b->lock, only
+ * while the state is still the REQUESTED it was handed (same clear_gen),
+ * which implies the mode is LOG and has been since the boundary B was
+ * placed (leaving LOG sets OFF and bumps clear_gen under the same lock).
+ * A bit it clears is outside W, so its block was last written before
+ * barrier B: the peer committed that write (committed(>= B) came first),
+ * and this disk holds it durably (the fdatasync started after committed()
+ * was called, so after barrier B, when every write before B had
+ * completed). A block written after B is in W and keeps its bit, whatever
+ * happens meanwhile: the writes of epochs not yet ACKed, those of the open
+ * epoch, and every write once the mode changed (a write marks its bit
+ * before the image write in every mode, and a cleared bit is marked again
+ * by the next write to its block). A mode change that races with the
+ * fdatasync wins: the worker sees a new clear_gen and clears nothing. */
+static void *clear_main(void *arg)
+{
+        struct blockrepl *b = arg;
+        pthread_mutex_lock(&b->lock);
+        for (;;) {
+                while (!b->stopping && b->clear != BR_CLEAR_REQUESTED)
+                        pthread_cond_wait(&b->clear_cond, &b->lock);
+                if (b->stopping)
+                        break;
+                uint64_t gen = b->clear_gen;
+                uint64_t boundary = b->boundary;
+                pthread_mutex_unlock(&b->lock);
+                int r = fdatasync(b->image_fd) < 0 ? -errno : 0;
+                pthread_mutex_lock(&b->lock);
+                if (gen != b->clear_gen || b->clear != BR_CLEAR_REQUESTED)
+                        continue; /* cancelled (mode change) meanwhile */
+                if (r < 0) {
+                        /* retried at the next committed(); the bits stay */
+                        b->clear = BR_CLEAR_BOUNDARY;
+                        log_msg(LOG_LVL_DEBUG, NULL, b->name, -1, "clear: fdatasync: %s",
+                                strerror(-r));
+                        continue;
+                }
+                uint64_t before = br_bitmap_count(b->bitmap);
+                br_bitmap_clear_except(b->bitmap, b->w, b->w_len);
+                uint64_t cleared = before - br_bitmap_count(b->bitmap);
+                b->clear = BR_CLEAR_IDLE;
+                pthread_mutex_unlock(&b->lock);
+                /* Outside the lock: a clear reaching the disk late only
+                 * keeps bits longer; writers msync under the lock anyway. */
+                r = br_bitmap_sync(b->bitmap);
+                if (r < 0)
+                        log_msg(LOG_LVL_DEBUG, NULL, b->name, -1, "clear: msync: %s",
+                                strerror(-r));
+                stat_add(&b->st.bitmap_clears, 1);
+                stat_add(&b->st.bitmap_cleared, cleared);
+                log_msg(LOG_LVL_DEBUG, NULL, b->name, -1,
+                        "bitmap: %llu blocks cleared behind barrier %llu",
+                        (unsigned long long)cleared, (unsigned long long)boundary);
+                pthread_mutex_lock(&b->lock);
+        }
+        pthread_mutex_unlock(&b->lock);
+        return NULL;
+}
+
 /* ---- open / close ------------------------------------------------------ */
 
 static int listen_unix(const char *path, int *ret_fd, char *err, size_t errlen)
@@ -469,6 +584,9 @@ int blockrepl_open(const struct blockrepl_options *o, struct blockrepl **ret,
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* for the bounded log wait */
         pthread_cond_init(&b->log_cond, &ca);
         pthread_condattr_destroy(&ca);
+        pthread_cond_init(&b->clear_cond, NULL);
+        b->clear_interval_ns = (uint64_t)(o->clear_interval_ms ? o->clear_interval_ms
+                                                                : BR_CLEAR_INTERVAL_MS) * 1000000u;
         b->name = strdup(o->name ? o->name : o->image);
         b->socket_path = strdup(o->socket_path);
         if (!b->name || !b->socket_path) {
@@ -486,6 +604,20 @@ int blockrepl_open(const struct blockrepl_options *o, struct blockrepl **ret,
                 r = br_bitmap_open(o->bitmap_path, b->size, &b->bitmap, err, errlen);
                 if (r < 0)
                         goto fail;
+                br_bitmap_bits(b->bitmap, &b->w_len);
+                b->w = calloc(1, b->w_len);
+                b->keep = calloc(1, b->w_len);
+                if (!b->w || !b->keep) {
+                        snprintf(err, errlen, "out of memory");
+                        r = -ENOMEM;
+                        goto fail;
+                }
+                r = -pthread_create(&b->clear_thread, NULL, clear_main, b);
+                if (r < 0) {
+                        snprintf(err, errlen, "blockrepl: thread: %s", strerror(-r));
+                        goto fail;
+                }
+                b->clear_started = true;
         }
         b->n_blocks = b->size / BR_BLOCK_SIZE + (b->size % BR_BLOCK_SIZE != 0);
         b->sync_map = calloc(b->n_blocks / 64 + 1, sizeof(uint64_t));
@@ -521,15 +653,18 @@ void blockrepl_close(struct blockrepl *b)
 {
         if (!b)
                 return;
+        pthread_mutex_lock(&b->lock);
+        b->stopping = true;
+        pthread_cond_broadcast(&b->log_cond);
+        pthread_cond_broadcast(&b->clear_cond);
+        pthread_mutex_unlock(&b->lock);
         if (b->accept_started) {
-                pthread_mutex_lock(&b->lock);
-                b->stopping = true;
-                pthread_cond_broadcast(&b->log_cond);
-                pthread_mutex_unlock(&b->lock);
                 wake(b);
                 pthread_join(b->accept_thread, NULL);
                 unlink(b->socket_path);
         }
+        if (b->clear_started)
+                pthread_join(b->clear_thread, NULL);
         if (b->listen_fd >= 0)
                 close(b->listen_fd);
         if (b->wake_fd >= 0)
@@ -544,7 +679,10 @@ void blockrepl_close(struct blockrepl *b)
         br_bitmap_close(b->bitmap);
         br_log_free(&b->log);
         free(b->sync_map);
+        free(b->w);
+        free(b->keep);
         pthread_cond_destroy(&b->log_cond);
+        pthread_cond_destroy(&b->clear_cond);
         pthread_mutex_destroy(&b->lock);
         free(b->name);
         free(b->socket_path);
@@ -580,11 +718,19 @@ void blockrepl_set_mode(struct blockrepl *b, enum blockrepl_mode m)
         b->limit_lifted = false;
         if (b->mode == BR_MODE_LOG && m != BR_MODE_LOG) {
                 /* The open epoch will never be sent: its writes are what the
-                 * peer misses now, so the bitmap takes them over. */
+                 * peer misses now. Their bits are set already (marked before
+                 * the write); marked again in case a bitmap msync failed. */
                 mark_log_locked(b, &b->log);
                 br_log_free(&b->log);
                 b->log_mem = 0;
                 b->soft_signalled = false;
+                /* No clearing outside LOG: a pending clear is dropped (the
+                 * worker checks clear_gen under this lock, see clear_main). */
+                b->clear = BR_CLEAR_OFF;
+                b->clear_gen++;
+        } else if (b->mode != BR_MODE_LOG && m == BR_MODE_LOG && b->w) {
+                memset(b->w, 0, b->w_len);
+                b->w_since = b->seq;
         }
         __atomic_store_n(&b->mode, m, __ATOMIC_RELAXED);
         pthread_cond_broadcast(&b->log_cond);
@@ -604,7 +750,17 @@ int blockrepl_barrier(struct blockrepl *b, struct br_log *ret)
                 return -EINVAL;
         }
         *ret = b->log;
+        ret->seq = ++b->seq;
         memset(&b->log, 0, sizeof(b->log));
+        /* Writes are drained (the VM is stopped) and every one of them is
+         * before this barrier: W starts empty here exactly. */
+        if (b->clear == BR_CLEAR_IDLE && now_ns() >= b->next_boundary_ns) {
+                memset(b->w, 0, b->w_len);
+                b->w_since = b->seq;
+                b->boundary = b->seq;
+                b->clear = BR_CLEAR_BOUNDARY;
+                b->next_boundary_ns = now_ns() + b->clear_interval_ns;
+        }
         b->log_mem = 0;
         b->soft_signalled = false;
         b->limit_lifted = false;
@@ -668,12 +824,114 @@ void blockrepl_bitmap_mark_log(struct blockrepl *b, const struct br_log *log)
         pthread_mutex_unlock(&b->lock);
 }
 
-int blockrepl_bitmap_clear(struct blockrepl *b)
+int blockrepl_committed(struct blockrepl *b, uint64_t seq)
+{
+        int r = 0;
+        pthread_mutex_lock(&b->lock);
+        if (seq > b->seq) {
+                r = -EINVAL;
+        } else if (b->clear == BR_CLEAR_BOUNDARY && seq >= b->boundary) {
+                /* the fdatasync is the worker's: the caller is the epoch loop */
+                b->clear = BR_CLEAR_REQUESTED;
+                pthread_cond_signal(&b->clear_cond);
+        }
+        pthread_mutex_unlock(&b->lock);
+        return r;
+}
+
+uint64_t blockrepl_lineage(const struct blockrepl *b)
+{
+        struct blockrepl *m = (struct blockrepl *)b; /* the lock, not the data */
+        if (!b->bitmap)
+                return 0;
+        pthread_mutex_lock(&m->lock);
+        uint64_t l = br_bitmap_lineage(b->bitmap);
+        pthread_mutex_unlock(&m->lock);
+        return l;
+}
+
+int blockrepl_set_lineage(struct blockrepl *b, uint64_t lineage)
 {
         if (!b->bitmap)
                 return 0;
         pthread_mutex_lock(&b->lock);
-        int r = br_bitmap_clear(b->bitmap);
+        int r = br_bitmap_set_lineage(b->bitmap, lineage);
+        pthread_mutex_unlock(&b->lock);
+        return r;
+}
+
+/* Under b->lock: keep[] := the blocks written after barrier seq, as far as
+ * they are known; -EINVAL when they are not. */
+static int written_after(struct blockrepl *b, uint64_t seq)
+{
+        if (b->mode != BR_MODE_LOG || seq > b->seq)
+                return -EINVAL;
+        if (seq == b->seq) { /* exactly the open epoch */
+                memset(b->keep, 0, b->w_len);
+                for (const struct br_rec *r = b->log.head; r; r = r->next)
+                        w_set(b, b->keep, r->offset, r->len);
+                return 0;
+        }
+        if (seq < b->w_since)
+                return -EINVAL; /* W was emptied since: no record of (seq, w_since] */
+        memcpy(b->keep, b->w, b->w_len); /* W: after w_since <= seq, a superset */
+        return 0;
+}
+
+int blockrepl_resync_committed(struct blockrepl *b, uint64_t seq, uint64_t lineage)
+{
+        if (!b->bitmap)
+                return 0;
+        /* Every write before barrier seq completed before this call: after
+         * this, they are durable here, and their bits may go. */
+        if (fdatasync(b->image_fd) < 0)
+                return -errno;
+        pthread_mutex_lock(&b->lock);
+        int r = written_after(b, seq);
+        /* The lineage first: a crash between the two leaves the new lineage
+         * with more bits than needed (safe), never fewer bits under the old
+         * lineage. */
+        if (r == 0)
+                r = br_bitmap_set_lineage(b->bitmap, lineage);
+        if (r == 0)
+                r = br_bitmap_clear_except(b->bitmap, b->keep, b->w_len);
+        if (r == 0 && b->clear == BR_CLEAR_OFF) {
+                b->clear = BR_CLEAR_IDLE;
+                b->next_boundary_ns = now_ns() + b->clear_interval_ns;
+        }
+        pthread_mutex_unlock(&b->lock);
+        if (r == 0)
+                r = br_bitmap_sync(b->bitmap);
+        return r;
+}
+
+size_t blockrepl_bitmap_bytes(const struct blockrepl *b)
+{
+        return b->bitmap ? b->w_len : 0;
+}
+
+int blockrepl_bitmap_copy(struct blockrepl *b, uint8_t *buf, size_t len)
+{
+        if (len != blockrepl_bitmap_bytes(b))
+                return -EINVAL;
+        if (!b->bitmap)
+                return 0;
+        size_t n;
+        pthread_mutex_lock(&b->lock);
+        const uint8_t *bits = br_bitmap_bits(b->bitmap, &n);
+        memcpy(buf, bits, n);
+        pthread_mutex_unlock(&b->lock);
+        return 0;
+}
+
+int blockrepl_bitmap_merge(struct blockrepl *b, const uint8_t *bits, size_t len)
+{
+        if (len != blockrepl_bitmap_bytes(b))
+                return -EINVAL;
+        if (!b->bitmap)
+                return 0;
+        pthread_mutex_lock(&b->lock);
+        int r = br_bitmap_merge(b->bitmap, bits, len);
         pthread_mutex_unlock(&b->lock);
         return r;
 }
@@ -691,6 +949,9 @@ void blockrepl_get_stats(const struct blockrepl *b, struct blockrepl_stats *ret)
         s.bytes_written = __atomic_load_n(&b->st.bytes_written, __ATOMIC_RELAXED);
         s.log_waits = __atomic_load_n(&b->st.log_waits, __ATOMIC_RELAXED);
         s.log_overruns = __atomic_load_n(&b->st.log_overruns, __ATOMIC_RELAXED);
+        s.bitmap_syncs = __atomic_load_n(&b->st.bitmap_syncs, __ATOMIC_RELAXED);
+        s.bitmap_clears = __atomic_load_n(&b->st.bitmap_clears, __ATOMIC_RELAXED);
+        s.bitmap_cleared = __atomic_load_n(&b->st.bitmap_cleared, __ATOMIC_RELAXED);
         pthread_mutex_lock(&m->lock);
         s.clients = m->n_clients;
         pthread_mutex_unlock(&m->lock);

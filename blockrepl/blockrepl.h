@@ -7,8 +7,10 @@
  *                               +--> mode LOG:   epoch log (br_log), cut by
  *                               |                blockrepl_barrier() in the pause
  *                               +--> mode SYNC:  sync map (what to copy again)
- *                               +--> always when the peer is absent (ALONE):
- *                                                persistent dirty bitmap
+ *                               +--> every mode, BEFORE the image write:
+ *                                                persistent dirty bitmap (bitmap.h);
+ *                                                in LOG an activity log, cleared
+ *                                                lazily behind the peer's commits
  *
  * Owns: the image fd, the NBD protocol, the epoch log of writes, the sync
  * map and the persistent bitmap. Does not own: the wire to the peer, epochs
@@ -54,8 +56,11 @@ struct br_log {
         struct br_rec *head, *tail;
         uint64_t n_recs;
         uint64_t data_bytes;  /* sum of data[] sizes */
+        uint64_t seq;         /* the barrier that cut it: 1, 2, ... per blockrepl */
 };
-void br_log_free(struct br_log *log); /* frees the records; NULL ok */
+/* Frees the records; NULL ok. seq is kept (the caller still names the
+ * barrier in blockrepl_committed after the log is gone). */
+void br_log_free(struct br_log *log);
 /* One record with a copy of data (only for BR_OP_WRITE); NULL without memory. */
 struct br_rec *br_rec_new(uint8_t op, uint64_t offset, uint32_t len, const void *data);
 void br_log_append(struct br_log *log, struct br_rec *rec); /* at the tail, counted */
@@ -70,6 +75,8 @@ struct blockrepl_options {
                                   * at most 1 s (QEMU also drains on reset or
                                   * exit, when no barrier comes) */
         bool read_only;
+        uint32_t clear_interval_ms; /* LOG mode: at most one bitmap clearing
+                                     * boundary per interval; 0 = 2000 */
 };
 
 /* Open the image and the bitmap, listen on the socket, start the server
@@ -88,8 +95,15 @@ enum blockrepl_mode blockrepl_get_mode(const struct blockrepl *b);
 /* Called while the VM is stopped (QEMU has drained its requests): hands
  * over every write completed since the previous barrier and starts an empty
  * log. Writers blocked on log_hard_bytes wake up. ret gets an empty log if
- * nothing was written. Only in BR_MODE_LOG. */
+ * nothing was written, and ret->seq the barrier's number (monotonic per
+ * blockrepl, never reused). Only in BR_MODE_LOG. */
 int blockrepl_barrier(struct blockrepl *b, struct br_log *ret);
+
+/* Every write up to barrier seq is committed on the peer (it applied them
+ * and fdatasync'ed: the standby's ACK). Lets blockrepl clear the bits of
+ * blocks not written since (lazily, on its own thread: this returns at
+ * once). -EINVAL for a barrier not cut yet. See docs/blockrepl.md. */
+int blockrepl_committed(struct blockrepl *b, uint64_t seq);
 
 /* The VM is about to stop for the barrier: writers waiting at
  * log_hard_bytes may go on (their requests were issued in this epoch, and
@@ -109,10 +123,29 @@ void blockrepl_sync_clear(struct blockrepl *b, uint64_t block);
 int64_t blockrepl_sync_next_dirty(struct blockrepl *b, uint64_t from_block);
 void blockrepl_sync_mark_all(struct blockrepl *b);
 
-/* Persistent bitmap of blocks changed while the peer was absent. */
+/* Persistent bitmap: a set bit means "this block may differ between this
+ * image and the replicated state the lineage names" (bitmap.h). Calls
+ * without a bitmap (bitmap_path NULL) do nothing and return 0. */
 uint64_t blockrepl_bitmap_count(const struct blockrepl *b);
 void blockrepl_bitmap_mark_log(struct blockrepl *b, const struct br_log *log);
-int blockrepl_bitmap_clear(struct blockrepl *b); /* after a full sync commits */
+uint64_t blockrepl_lineage(const struct blockrepl *b); /* 0: unknown, or no bitmap */
+int blockrepl_set_lineage(struct blockrepl *b, uint64_t lineage); /* durable */
+
+/* A (full or incremental) resync whose first epoch was cut at barrier seq
+ * is committed on the peer: fdatasyncs the image (on the caller's thread,
+ * once per resync), sets the lineage, then clears every bit except the
+ * blocks written after barrier seq; durable before return. Turns lazy
+ * clearing on until the mode leaves LOG. Only in LOG mode, with seq cut
+ * and not older than the last clearing boundary (or the entry into LOG):
+ * -EINVAL otherwise, nothing changed. */
+int blockrepl_resync_committed(struct blockrepl *b, uint64_t seq, uint64_t lineage);
+
+/* For the resync exchange: the bitmap's length in bytes (0 without one), a
+ * consistent copy of it (len must be that length: -EINVAL), and OR-ing
+ * another bitmap in (same length; durable). */
+size_t blockrepl_bitmap_bytes(const struct blockrepl *b);
+int blockrepl_bitmap_copy(struct blockrepl *b, uint8_t *buf, size_t len);
+int blockrepl_bitmap_merge(struct blockrepl *b, const uint8_t *bits, size_t len);
 
 /* Counters for status/stats. */
 struct blockrepl_stats {
@@ -120,6 +153,9 @@ struct blockrepl_stats {
         uint64_t bytes_read, bytes_written;
         uint64_t log_waits;      /* writers that waited on log_hard_bytes */
         uint64_t log_overruns;   /* of which went on after 1 s without a barrier */
+        uint64_t bitmap_syncs;   /* writes that marked a clean block (one msync each) */
+        uint64_t bitmap_clears;  /* lazy clears done (LOG mode) */
+        uint64_t bitmap_cleared; /* blocks they cleared */
         uint32_t clients;        /* connected now */
 };
 void blockrepl_get_stats(const struct blockrepl *b, struct blockrepl_stats *ret);

@@ -8,14 +8,19 @@
  *
  *   offset size  field
  *   0      8     magic       "HVMSBMAP"
- *   8      4     version     BR_BM_VERSION
+ *   8      4     version     BR_BM_VERSION (2)
  *   12     4     hdr_size    BR_BM_HDR_SIZE: where the bits start
  *   16     8     image_size  bytes of the image the bitmap describes
  *   24     4     block_size  BR_BLOCK_SIZE
  *   28     4     reserved    0
  *   32     8     nbits       ceil(image_size / block_size)
- *   40     8     checksum    XXH64 of bytes 0..39
- *   48     ...   zero up to hdr_size
+ *   40     8     lineage     the replicated history the bits are relative
+ *                            to; 0 = unknown (bitmap.h)
+ *   48     8     checksum    XXH64 of bytes 0..47
+ *   56     ...   zero up to hdr_size
+ *
+ * Version 1 had no lineage: its checksum (XXH64 of bytes 0..39) is at
+ * offset 40. It is accepted and rewritten as version 2 with lineage 0.
  *   4096   n     bits: block i is bit (i % 8) of byte (i / 8); n is
  *                ceil(nbits / 8) rounded up to 8 bytes
  *
@@ -39,9 +44,10 @@
 #include <string.h>
 
 #define BR_BM_MAGIC "HVMSBMAP"
-#define BR_BM_VERSION 1u
+#define BR_BM_VERSION 2u
+#define BR_BM_VERSION_1 1u   /* read and upgraded, never written */
 #define BR_BM_HDR_SIZE 4096u /* page-aligned: the bits are mmap'd with it */
-#define BR_BM_HDR_USED 48u   /* fields above, checksum included */
+#define BR_BM_HDR_USED 56u   /* fields above, checksum included */
 
 #define BR_JR_MAGIC 0x524a5648u
 #define BR_JR_VERSION 1u

@@ -304,6 +304,9 @@ static void usage(FILE *f)
                 "                           gone): release held output, run unprotected\n"
                 "  pause VM                 checkpoint, then hold VM paused (replica == RAM)\n"
                 "  resume VM                continue a paused VM\n"
+                "  handover VM              switchover, first half: final checkpoint, the\n"
+                "                           standby keeps it, VM powered off here (havmsd's\n"
+                "                           `switchover` does this and the activation)\n"
                 "  stats VM [--reset]       epoch statistics (pause, bytes, compression)\n"
                 "  switchover VM [--to HOST]  move protected VM to its standby (HOST must be\n"
                 "                           it): final checkpoint with the VM stopped, the\n"
@@ -413,6 +416,8 @@ int main(int argc, char **argv)
                 { "release", "released: held output flows, unprotected (degraded)", 15000 },
                 { "pause", "paused after a committed checkpoint: the replica equals guest RAM", 15000 },
                 { "resume", "resumed, protected", 15000 },
+                { "handover", "handed over: powered off here, the standby keeps the replica "
+                              "(activate it there)", 20000 },
                 { "stats", "", 5000 },
         };
         for (size_t i = 0; i < sizeof(simple) / sizeof(simple[0]); i++) {

@@ -111,5 +111,7 @@ struct wol_target {
  * Both need CAP_NET_RAW. 0 if at least one went out, with *ret_sent the
  * WOL_SENT_* bits of those that did and err (when not NULL) saying why the
  * other failed ("" when both went out). Otherwise the negative errno of
- * the UDP failure (-EINVAL for a bad target) and err says why each failed. */
+ * the UDP failure (-EINVAL for a bad target) and err says why each failed.
+ * Does not wait for anything (two sendto calls on fresh sockets): callable
+ * from an event loop. */
 int wol_send(const struct wol_target *t, unsigned *ret_sent, char *err, size_t errlen);

@@ -14,8 +14,11 @@
 #   3. UDP does not reach the spare (the listener runs with --no-udp, as a
 #      NIC the UDP datagram never reaches): the raw frame alone wakes it
 #   4. SIGTERM ends the listener cleanly ("stopped")
+#   5. the raw frame cannot leave a (MTU 68 < 102): havmsctl wake still
+#      succeeds, says which way failed and why; UDP alone wakes the spare
 # Measured: wake_ms, from havmsctl wake's start to the command running.
 # Exit 0 = pass, 1 = fail, 77 = skip (reason printed).
+# shellcheck disable=SC2015,SC2317 # a && b || fail; functions called through tb_wait_for
 set -u
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -48,7 +51,7 @@ PW=1.2.3.4                # SecureOn, dotted form
 PW_HEX=01020304
 
 # listener state: its pid, log, the file its command creates, packet lines seen
-L_PID= L_LOG= L_FILE= L_SEEN=0
+L_PID='' L_LOG='' L_FILE='' L_SEEN=0
 
 start_listener() { # start_listener TAG [wol-listen options...]
 	local tag=$1; shift
@@ -115,7 +118,7 @@ fi
 t0=$(tb__now_us)
 out=$(tb_exec a "$ctl" wake --mac "$SPARE_MAC" --interface br0 --password "$PW" 2>&1)
 rc=$?
-echo "$out" | sed 's/^/  havmsctl: /'
+while IFS= read -r l; do echo "  havmsctl: $l"; done <<<"$out"
 if [ $rc = 0 ] && grep -q 'udp 255.255.255.255:9: sent' <<<"$out" &&
    grep -q 'raw ethertype 0x0842 .*: sent' <<<"$out"; then
 	pass "havmsctl wake sent the packet both ways"
@@ -131,7 +134,7 @@ else
 	wake_ms=-1
 fi
 tb_wait_for 5 grep -q 'already awake' "$L_LOG"
-cat "$L_LOG" | sed 's/^/  log: /'
+sed 's/^/  log: /' "$L_LOG"
 grep -qE "^[0-9]+ udp valid $SPARE_MAC " "$L_LOG" && pass "log: a udp valid line" ||
 	fail "log: no udp valid line"
 grep -qE "^[0-9]+ raw valid $SPARE_MAC .* from=$(tb_mac a)$" "$L_LOG" &&
@@ -158,6 +161,28 @@ if tb_wait_for 5 test -e "$L_FILE" && grep -qE "^[0-9]+ raw valid $SPARE_MAC " "
 	pass "UDP not received: the raw frame alone woke the spare"
 else
 	fail "UDP not received: not woken by the raw frame"; sed 's/^/  log: /' "$L_LOG"
+fi
+
+# ---- 5. the raw frame cannot go out (a's MTU of 68 is below the frame's
+# 102 bytes; the UDP datagram is fragmented): wake still succeeds, says
+# which way failed and why, and UDP alone wakes the spare
+kill -TERM "$L_PID"; tb_wait_exit "$L_PID" 5
+start_listener udp-only
+tb_exec a ip link set up0 mtu 68 && tb_exec a ip link set br0 mtu 68 || fail "MTU 68 on a"
+out=$(tb_exec a "$ctl" wake --mac "$SPARE_MAC" --interface br0 --password "$PW" 2>&1)
+rc=$?
+while IFS= read -r l; do echo "  havmsctl: $l"; done <<<"$out"
+if [ $rc = 0 ] && grep -q 'udp 255.255.255.255:9: sent' <<<"$out" &&
+   grep -q 'raw ethertype 0x0842 .*: NOT sent' <<<"$out" && grep -q 'raw: sendto on br0' <<<"$out"; then
+	pass "raw frame refused by the MTU: havmsctl wake exits 0, says raw NOT sent and why"
+else
+	fail "raw frame refused: want exit 0 with 'NOT sent' and the reason (exit $rc)"
+fi
+if tb_wait_for 5 test -e "$L_FILE" && grep -qE "^[0-9]+ udp valid $SPARE_MAC " "$L_LOG" &&
+   ! grep -qE '^[0-9]+ raw ' "$L_LOG"; then
+	pass "no raw frame: the UDP datagram alone woke the spare"
+else
+	fail "no raw frame: not woken by UDP"; sed 's/^/  log: /' "$L_LOG"
 fi
 
 echo "wake_ms=$wake_ms"

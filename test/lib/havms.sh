@@ -128,6 +128,12 @@ hv_field() {
                 python3 -c 'import sys,json; v=json.load(sys.stdin)["vms"][0]; print(v.get(sys.argv[1], ""))' "$3"
 }
 
+# hv_sync_field HOST VM KEY: a figure of the last (re-)sync (status "last_sync")
+hv_sync_field() {
+        hvctl "$1" status "$2" --json 2>/dev/null |
+                python3 -c 'import sys,json; v=json.load(sys.stdin)["vms"][0]; print(v.get("last_sync", {}).get(sys.argv[1], ""))' "$3"
+}
+
 # hv_field_has HOST VM KEY REGEX: the field matches (grep -E)
 hv_field_has() { hv_field "$1" "$2" "$3" | grep -qE "$4"; }
 

@@ -946,6 +946,8 @@ static void send_sw_status(struct agent *a, const char *vm, uint64_t gen, const 
 static void finish_switch(struct agent *a, struct fbc_vm *r, int status, uint32_t ms,
                           const char *text)
 {
+        if (!r)
+                return;
         ev(a, status ? LOG_LVL_ERR : LOG_LVL_NOTICE, status ? MSG_FB_SW_FAILED : MSG_FB_SW_DONE,
            r->name, r->sw_to, "switchover to %s %s: %s", r->sw_to, status ? "FAILED" : "done",
            text);
@@ -1182,7 +1184,10 @@ static void fb_job_finished(struct agent *a, struct job *j, struct avm *v, uint6
                         return;
                 }
                 json_object *o;
-                int64_t pause = j->resp && json_object_object_get_ex(j->resp, "pause_ms", &o)
+                /* pause_ms (the spec) or handover_ms (checkpointd's answer: the
+                 * VM is held from the final checkpoint's start to its end) */
+                int64_t pause = j->resp && (json_object_object_get_ex(j->resp, "pause_ms", &o) ||
+                                            json_object_object_get_ex(j->resp, "handover_ms", &o))
                                         ? json_object_get_int64(o) : -1;
                 int64_t ep = j->resp && json_object_object_get_ex(j->resp, "epoch", &o)
                                      ? json_object_get_int64(o) : -1;

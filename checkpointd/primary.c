@@ -1318,7 +1318,7 @@ static void *primary_thread(void *arg)
                 goto out;
         if (p->resumed)
                 log_msg(LOG_LVL_NOTICE, MSG_PROTECT_RESUMED, v->name, -1,
-                        "protection to standby %s resumes after a restart of checkpointd: full "
+                        "protection to standby %s resumes after a restart of checkpointd: "
                         "re-sync%s", p->peer, p->resume_held ? "; output held until the standby "
                         "accepts us (dropping its old replica) or `release`" : "");
         log_msg(LOG_LVL_INFO, MSG_PROTECT_START, v->name, -1,
@@ -1385,10 +1385,10 @@ static void *primary_thread(void *arg)
                         pthread_mutex_unlock(&v->lock);
                         log_msg(LOG_LVL_NOTICE, MSG_RELEASED, v->name, (int64_t)v->committed_epoch,
                                 "standby %s accepted a new connection (its old replica is gone): "
-                                "held output released, full re-sync", p->peer);
+                                "held output released, re-sync of what differs", p->peer);
                 } else if (was_protected) {
                         log_msg(LOG_LVL_NOTICE, MSG_STANDBY_BACK, v->name, -1,
-                                "standby %s is back: full re-sync", p->peer);
+                                "standby %s is back: re-sync of what differs", p->peer);
                 }
                 uint64_t t0 = now_ms();
                 p->wire_bytes = 0;

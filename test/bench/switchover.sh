@@ -33,6 +33,10 @@ marks=$HV_WORK/marks   # one line per round: the host clock's milestones
 from=a to=b
 for round in $(seq 1 "$ROUNDS"); do
         n0=$(hv_client_n)
+        # what one havmsctl call costs here (nsenter, process start, socket
+        # round trip): the two commands of the switch each pay it, a
+        # switchover inside havmsd would not
+        t_ctl=$(ms); hvctl "$to" status web01 >/dev/null; ctl_ms=$(($(ms) - t_ctl))
         t_start=$(ms)
         out=$(hvctl "$from" handover web01 2>&1)
         hv_check "round $round: handover on $from ($out)" test $? = 0
@@ -47,7 +51,7 @@ for round in $(seq 1 "$ROUNDS"); do
         sent=$(hv_sync_field "$to" web01 pages_sent)
         hv_check "round $round: the old primary $from was re-seeded by hashes ($sent pages sent)" \
                 test "$mem" = re-seed
-        echo "$round $from $to $t_start $t_handed $t_active $t_prot ${act_ms:-0} ${sent:-0}" >>"$marks"
+        echo "$round $from $to $t_start $t_handed $t_active $t_prot ${act_ms:-0} ${sent:-0} $ctl_ms" >>"$marks"
         hv_check "round $round: the client got answers after the switch" \
                 tb_wait_for 20 hv_client_more_than $((n0 + 20))
         sleep 2
@@ -61,7 +65,7 @@ vals = [int(f[0]) / 1e6 for f in (l.split() for l in open(sys.argv[1])) if f and
 rounds = []
 for f in (l.split() for l in open(sys.argv[2]) if l.strip()):
     n, frm, to = int(f[0]), f[1], f[2]
-    t_start, t_handed, t_active, t_prot, act_ms, sent = map(float, f[3:9])
+    t_start, t_handed, t_active, t_prot, act_ms, sent, ctl = map(float, f[3:10])
     # the longest silence between two consecutive answers x, y with y
     # after a and x before b (an answer on its way at a does not hide it)
     def longest(a, b):
@@ -85,6 +89,7 @@ for f in (l.split() for l in open(sys.argv[2]) if l.strip()):
         "first_answer_after_activate_ms": round(first[0] - t_active, 1) if first else None,
         "reprotect_ms": int(t_prot - t_active),
         "reseed_pages_sent": int(sent),
+        "ctl_call_ms": int(ctl),
     })
 def med(k):
     xs = [r[k] for r in rounds if r.get(k) is not None]
@@ -103,6 +108,7 @@ print(json.dumps({
     "activation_ms_p50": med("activation_ms"),
     "first_answer_after_activate_ms_p50": med("first_answer_after_activate_ms"),
     "switch_reprotect_ms_p50": med("reprotect_ms"),
+    "ctl_call_ms_p50": med("ctl_call_ms"),
     "method": "handover + activate + protect --peer (checkpointd commands, no havmsd)",
     "rounds": rounds,
 }))

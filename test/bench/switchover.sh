@@ -24,6 +24,13 @@ hv_need
 ROUNDS=${1:-6}
 HV_DISK_MIB=64
 ms() { date +%s%3N; }
+# client_retrans: retransmissions so far on the client's connection to the
+# counter (ss's "retrans:CUR/TOTAL"): a request lost with the old copy
+# costs the client one retransmission timeout (>= 200 ms on Linux)
+client_retrans() {
+        tb_client ss -tin dst "$HV_GUEST_IP" dport = :7000 2>/dev/null |
+                sed -n 's/.*retrans:[0-9]*\/\([0-9]*\).*/\1/p' | head -n1 | grep . || echo 0
+}
 
 hv_pair_create "havms.dirty_mib_s=4" || { echo "FAIL: test bed"; exit 1; }
 hv_fo_protected_with_client
@@ -37,6 +44,7 @@ for round in $(seq 1 "$ROUNDS"); do
         # round trip): the two commands of the switch each pay it, a
         # switchover inside havmsd would not
         t_ctl=$(ms); hvctl "$to" status web01 >/dev/null; ctl_ms=$(($(ms) - t_ctl))
+        rt0=$(client_retrans)
         t_start=$(ms)
         out=$(hvctl "$from" handover web01 2>&1)
         hv_check "round $round: handover on $from ($out)" test $? = 0
@@ -51,7 +59,8 @@ for round in $(seq 1 "$ROUNDS"); do
         sent=$(hv_sync_field "$to" web01 pages_sent)
         hv_check "round $round: the old primary $from was re-seeded by hashes ($sent pages sent)" \
                 test "$mem" = re-seed
-        echo "$round $from $to $t_start $t_handed $t_active $t_prot ${act_ms:-0} ${sent:-0} $ctl_ms" >>"$marks"
+        rt=$(( $(client_retrans) - rt0 ))
+        echo "$round $from $to $t_start $t_handed $t_active $t_prot ${act_ms:-0} ${sent:-0} $ctl_ms $rt" >>"$marks"
         hv_check "round $round: the client got answers after the switch" \
                 tb_wait_for 20 hv_client_more_than $((n0 + 20))
         sleep 2
@@ -65,7 +74,7 @@ vals = [int(f[0]) / 1e6 for f in (l.split() for l in open(sys.argv[1])) if f and
 rounds = []
 for f in (l.split() for l in open(sys.argv[2]) if l.strip()):
     n, frm, to = int(f[0]), f[1], f[2]
-    t_start, t_handed, t_active, t_prot, act_ms, sent, ctl = map(float, f[3:10])
+    t_start, t_handed, t_active, t_prot, act_ms, sent, ctl, rt = map(float, f[3:11])
     # the longest silence between two consecutive answers x, y with y
     # after a and x before b (an answer on its way at a does not hide it)
     def longest(a, b):
@@ -90,6 +99,7 @@ for f in (l.split() for l in open(sys.argv[2]) if l.strip()):
         "reprotect_ms": int(t_prot - t_active),
         "reseed_pages_sent": int(sent),
         "ctl_call_ms": int(ctl),
+        "client_tcp_retransmits": int(rt),
     })
 def med(k):
     xs = [r[k] for r in rounds if r.get(k) is not None]
@@ -109,6 +119,7 @@ print(json.dumps({
     "first_answer_after_activate_ms_p50": med("first_answer_after_activate_ms"),
     "switch_reprotect_ms_p50": med("reprotect_ms"),
     "ctl_call_ms_p50": med("ctl_call_ms"),
+    "rounds_with_client_retransmit": sum(1 for r in rounds if r["client_tcp_retransmits"] > 0),
     "method": "handover + activate + protect --peer (checkpointd commands, no havmsd)",
     "rounds": rounds,
 }))

@@ -17,7 +17,11 @@
 # Per round it also splits the time: the handover command, the activate
 # command (and checkpointd's own activation_ms), the first answer after
 # the activation, and the longest silence while the reversed protection
-# syncs (its first epoch stops the VM). The last line is one JSON object.
+# syncs (its first epoch stops the VM), and the client's TCP
+# retransmissions: a round with one is a request lost with the old copy
+# (it reached it after its final stop), which costs the client its
+# retransmission timeout (>= 200 ms) — see docs/testing.md. The last line
+# is one JSON object.
 set -u
 . "$(dirname "$0")/../lib/failover.sh"
 hv_need

@@ -66,7 +66,40 @@ struct backup_replica {
         size_t st_dev_len, st_dev_cap;
         uint8_t *seen;           /* bitmap: pfn staged in this epoch */
         struct disk_replica disks; /* images + staged writes, opened per HELLO */
+        bool seeded;             /* the RAM file held content when opened (or a replica was
+                                    kept from an earlier session): worth hashing */
+        /* switchover: the primary's committed, unsent output of the last
+         * epoch (NET_FRAMES), per NIC; sent by activate before the VM runs */
+        uint8_t *out_frames[WIRE_MAX_NICS];
+        size_t out_len[WIRE_MAX_NICS];
 };
+
+static void drop_out_frames(struct backup_replica *b)
+{
+        for (unsigned i = 0; i < WIRE_MAX_NICS; i++) {
+                free(b->out_frames[i]);
+                b->out_frames[i] = NULL;
+                b->out_len[i] = 0;
+        }
+}
+
+/* NET_FRAMES, between epochs only (a handover follows): kept, bounded by
+ * the NIC's output buffer size. */
+static int take_out_frames(struct backup_replica *b, const struct wire_msg *m, uint64_t limit)
+{
+        struct wire_net_frames f;
+        if (wire_get_net_frames(m, &f) < 0)
+                return -EBADMSG;
+        if (b->out_len[f.nic] + f.len > limit)
+                return -EPROTO;
+        uint8_t *n = realloc(b->out_frames[f.nic], b->out_len[f.nic] + f.len);
+        if (!n)
+                return -ENOMEM;
+        memcpy(n + b->out_len[f.nic], f.frames, f.len);
+        b->out_frames[f.nic] = n;
+        b->out_len[f.nic] += f.len;
+        return 0;
+}
 
 static void replica_free(struct backup_replica *b)
 {
@@ -76,6 +109,7 @@ static void replica_free(struct backup_replica *b)
                 munmap(b->ram, b->npages * HAVMS_PAGE_SIZE);
         if (b->ram_fd >= 0)
                 close(b->ram_fd);
+        drop_out_frames(b);
         free(b->devstate);
         free(b->st_pfn);
         free(b->st_pages);
@@ -106,6 +140,12 @@ static int replica_open(const struct host_config *h, const struct vm_config *c,
                 r = -errno;
                 goto fail;
         }
+        /* A RAM file of the right size left by an earlier replica or by
+         * this host's own run of the VM (a switchover) seeds the re-sync:
+         * its page hashes go to the primary, which sends only what differs.
+         * Its content does not matter for correctness, only for speed. */
+        struct stat st;
+        b->seeded = fstat(b->ram_fd, &st) == 0 && (uint64_t)st.st_size == bytes;
         /* Reserve every page now: a tmpfs that fills up later would kill
          * us with SIGBUS in the middle of applying an epoch. */
         if (ftruncate(b->ram_fd, (off_t)bytes) < 0 || fallocate(b->ram_fd, 0, 0, (off_t)bytes) < 0) {
@@ -251,6 +291,7 @@ struct session {
         pthread_t launcher;
         bool launching;
         bool guest_off;          /* the goodbye said the guest powered itself off */
+        bool handover;           /* the goodbye was a switchover: keep the replica */
 };
 
 static void refuse(int fd, uint32_t code, const char *text)
@@ -366,9 +407,19 @@ static int receive_loop(struct session *s)
                         if (r < 0 && r != -EBADMSG)
                                 return disk_failed(s, r, "writing the initial disk copy", true);
                         break;
+                case WIRE_NET_FRAMES:
+                        /* committed output of the last epoch, just before a
+                         * HANDOVER; nothing of an epoch may come after it */
+                        if (!b->valid || b->st_epoch || h->epoch != v->committed_epoch)
+                                return -EPROTO;
+                        r = take_out_frames(b, &s->in, (uint64_t)v->cfg.netbuf_max_mib << 20);
+                        break;
                 case WIRE_EPOCH_PAGES:
                 case WIRE_EPOCH_DEVSTATE:
                 case WIRE_EPOCH_DISK:
+                        for (unsigned i = 0; i < WIRE_MAX_NICS; i++)
+                                if (b->out_len[i])
+                                        return -EPROTO;
                         if (b->st_epoch == 0) {
                                 if (h->epoch == 0 || (b->valid && h->epoch != v->committed_epoch + 1))
                                         return -EPROTO;
@@ -432,6 +483,11 @@ static int receive_loop(struct session *s)
                                 r = write_full(s->fd, s->out.data, s->out.len, now_ns() + timeout_ns);
                         if (r < 0)
                                 return r;
+                        int rd = first ? disk_replica_sync_done(&b->disks) : 0;
+                        if (rd < 0)
+                                log_msg(LOG_LVL_WARN, MSG_BK_RESYNC, v->name, (int64_t)h->epoch,
+                                        "cannot record the disks' new history (%s): the next "
+                                        "resync copies them whole", strerror(-rd));
                         if (first) {
                                 log_msg(LOG_LVL_NOTICE, MSG_BK_READY, v->name, (int64_t)h->epoch,
                                         "replica committed; starting the hot-standby QEMU");
@@ -448,6 +504,13 @@ static int receive_loop(struct session *s)
                 case WIRE_ERROR: {
                         struct wire_error e;
                         r = wire_get_error(&s->in, &e);
+                        if (r == 0 && e.code == WIRE_ERR_HANDOVER) {
+                                /* between epochs only, with a committed replica */
+                                if (!b->valid || b->st_epoch)
+                                        return -EPROTO;
+                                s->handover = true;
+                                return -ECONNABORTED;
+                        }
                         if (r == 0 && e.code == WIRE_ERR_SHUTDOWN) {
                                 s->guest_off = !strncmp(e.text, WIRE_SHUTDOWN_GUEST_OFF,
                                                         strlen(WIRE_SHUTDOWN_GUEST_OFF));
@@ -471,6 +534,8 @@ static void end_session(struct session *s, int r)
         struct vm *v = s->v;
         struct backup_replica *b = v->replica;
         staging_reset(b);
+        if (!s->handover) /* output for a handover that did not come */
+                drop_out_frames(b);
         bool discard = r == 0 || !b->valid;
         if (discard) /* before anyone can see the state: no restart adopts it */
                 persist_devstate_drop(&s->d->host, v->name);
@@ -487,7 +552,11 @@ static void end_session(struct session *s, int r)
                         "discarded, replica %s",
                         r == -EBADMSG ? "corrupt" : "unexpected", s->primary,
                         b->valid ? "at its last committed epoch, untouched" : "incomplete (no commit yet)");
-        if (r != 0 && b->valid)
+        if (s->handover)
+                log_msg(LOG_LVL_NOTICE, MSG_BK_HANDOVER, v->name, (int64_t)v->committed_epoch,
+                        "primary %s handed the VM over (switchover): replica at epoch %llu kept "
+                        "for activation", s->primary, (unsigned long long)v->committed_epoch);
+        else if (r != 0 && b->valid)
                 log_msg(LOG_LVL_WARN, MSG_BK_PRIMARY_LOST, v->name, (int64_t)v->committed_epoch,
                         "primary %s lost (%s): replica at epoch %llu can be activated",
                         s->primary, strerror(-r), (unsigned long long)v->committed_epoch);
@@ -496,10 +565,10 @@ static void end_session(struct session *s, int r)
         v->conn_fd = -1;
         v->link_up = false;
         vm_set_state(v, discard ? VM_DEFINED : VM_BK_ORPHANED);
-        if (r < 0)
+        if (r < 0 && !s->handover)
                 vm_set_error(v, "primary %s lost: %s", s->primary, strerror(-r));
         vm_set_exit(v, r == 0 ? (s->guest_off ? "peer-guest-shutdown" : "peer-ended")
-                              : "peer-lost");
+                              : s->handover ? "peer-handover" : "peer-lost");
         pthread_mutex_unlock(&v->lock);
         /* The session has ended for everyone who looks (state, link); the
          * hot standby may still be starting: wait for it before it is kept
@@ -625,6 +694,81 @@ static void release_reservation(struct vm *v)
         pthread_mutex_unlock(&v->lock);
 }
 
+#define HASHES_PER_RECORD 65536u /* 1 MiB of page hashes per record */
+
+struct hash_emit {
+        struct session *s;
+        uint32_t disk;
+        uint64_t deadline;
+};
+
+static int emit_disk_hashes(void *ctx, const uint8_t *entries, uint32_t n)
+{
+        struct hash_emit *e = ctx;
+        struct wire_disk_hashes dh = { .disk = e->disk, .count = n, .entries = entries };
+        wire_buf_reset(&e->s->out);
+        int r = wire_put_disk_hashes(&e->s->out, &dh);
+        return r < 0 ? r : write_full(e->s->fd, e->s->out.data, e->s->out.len, e->deadline);
+}
+
+/* After the WELCOME: what this host already holds, as hashes, so the
+ * primary sends only what differs (docs/failback.md). For an incremental
+ * disk, the primary's bitmap comes first: the union of it and ours is
+ * marked here before we say which blocks we hold. */
+static int send_hashes(struct session *s, uint32_t flags)
+{
+        struct backup_replica *b = s->v->replica;
+        struct wire_hashes_end end = { 0 };
+        uint64_t deadline = now_ns() + 30000000000ull;
+        uint8_t *hashes = NULL;
+        int r = 0;
+        if (flags >> 8) {
+                bool done = false;
+                while (r == 0 && !done) {
+                        r = wire_recv(s->fd, deadline, &s->in);
+                        if (r == 0)
+                                r = s->in.hdr.type == WIRE_DISK_BITMAP
+                                            ? disk_replica_bitmap(&b->disks, &s->in, &done) : -EPROTO;
+                }
+                for (unsigned i = 0; i < b->disks.n && r == 0; i++) {
+                        if (!b->disks.incremental[i])
+                                continue;
+                        struct hash_emit e = { .s = s, .disk = i, .deadline = deadline };
+                        r = disk_replica_hashes(&b->disks, i, 16384, emit_disk_hashes, &e,
+                                                &end.blocks[i]);
+                        log_msg(LOG_LVL_INFO, MSG_BK_RESYNC, s->v->name, -1,
+                                "disk %u: %llu blocks may differ (the primary's bitmap and ours)",
+                                i, (unsigned long long)end.blocks[i]);
+                }
+        }
+        if (flags & WIRE_WELCOME_PAGE_HASHES) {
+                hashes = malloc((size_t)HASHES_PER_RECORD * WIRE_HASH_LEN);
+                if (!hashes)
+                        return -ENOMEM;
+                for (uint64_t pfn = 0; pfn < b->npages && r == 0; pfn += HASHES_PER_RECORD) {
+                        uint32_t n = b->npages - pfn < HASHES_PER_RECORD ? (uint32_t)(b->npages - pfn)
+                                                                          : HASHES_PER_RECORD;
+                        for (uint32_t i = 0; i < n; i++)
+                                wire_hash(b->ram + (pfn + i) * HAVMS_PAGE_SIZE, HAVMS_PAGE_SIZE,
+                                          hashes + (size_t)i * WIRE_HASH_LEN);
+                        struct wire_page_hashes ph = { .first_pfn = pfn, .count = n, .hashes = hashes };
+                        wire_buf_reset(&s->out);
+                        r = wire_put_page_hashes(&s->out, &ph);
+                        if (r == 0)
+                                r = write_full(s->fd, s->out.data, s->out.len, deadline);
+                }
+                end.pages = b->npages;
+        }
+        free(hashes);
+        if (r == 0) {
+                wire_buf_reset(&s->out);
+                r = wire_put_hashes_end(&s->out, &end);
+        }
+        if (r == 0)
+                r = write_full(s->fd, s->out.data, s->out.len, deadline);
+        return r;
+}
+
 static void *hello_thread(void *arg)
 {
         struct session *s = arg;
@@ -698,8 +842,10 @@ static void *hello_thread(void *arg)
         v->committed_epoch = 0;
         struct qemu_vm *old_q = v->qemu;
         v->qemu = NULL;
-        if (v->replica)
-                v->replica->valid = false; /* a re-sync rewrites it */
+        if (v->replica) {
+                v->replica->valid = false; /* a re-sync rewrites it... */
+                v->replica->seeded = true; /* ...sending only what differs */
+        }
         v->generation = h.generation;
         pthread_mutex_unlock(&v->lock);
         snprintf(s->primary, sizeof(s->primary), "%s", h.host);
@@ -744,16 +890,24 @@ static void *hello_thread(void *arg)
                 goto refused;
         }
         struct wire_welcome w = { .last_committed = 0, .generation = h.generation };
+        if (v->replica->seeded)
+                w.flags |= WIRE_WELCOME_PAGE_HASHES;
+        for (unsigned i = 0; i < v->replica->disks.n; i++)
+                if (v->replica->disks.incremental[i])
+                        w.flags |= WIRE_WELCOME_DISK_INCR(i);
         wire_buf_reset(&s->out);
         r = wire_put_welcome(&s->out, &w);
         if (r == 0)
                 r = write_full(s->fd, s->out.data, s->out.len, now_ns() + 2000000000ull);
+        if (r == 0 && w.flags)
+                r = send_hashes(s, w.flags);
         if (r < 0) {
                 end_session(s, r);
                 goto closed;
         }
         log_msg(LOG_LVL_INFO, MSG_BK_CONNECTED, v->name, -1,
-                "primary %s connected: receiving the initial sync", h.host);
+                "primary %s connected: receiving the %s", h.host,
+                w.flags ? "re-sync of what differs" : "initial sync");
         return session_thread(s);
 refused:
         if (r != -ESTALE) /* logged above, with its own ID */
@@ -895,6 +1049,16 @@ int backup_activate(struct daemon *d, struct vm *v, bool force, uint64_t generat
                 v->generation = new_gen;
                 pthread_mutex_unlock(&v->lock);
         }
+        /* A switchover's last committed output leaves from here, before
+         * the guest runs: the world learns the guest's new place from it. */
+        for (unsigned i = 0; r == 0 && i < WIRE_MAX_NICS; i++)
+                if (b->out_len[i] && i < q->n_net &&
+                    netbuf_emit(q->net[i], b->out_frames[i], b->out_len[i]) < 0)
+                        log_msg(LOG_LVL_WARN, MSG_ACTIVATE_START, v->name, (int64_t)epoch,
+                                "NIC %u: the handed-over output could not be sent (malformed or "
+                                "no user-space relay); TCP will retransmit it", i);
+        if (r == 0)
+                drop_out_frames(b);
         bool cont_sent = false;
         if (r == 0) {
                 cont_sent = true;

@@ -463,6 +463,50 @@ static int cmd_pause(struct daemon *d, struct vm *v, json_object *args, json_obj
         return r;
 }
 
+/* handover: a planned switchover, the first half (docs/failback.md). One
+ * more checkpoint with the VM stopped, then the standby is told to keep
+ * that replica, then the VM is powered off here (its RAM file kept). The
+ * caller (havmsd) then lets the cluster activate the standby. Returns
+ * once our copy is dead; on failure the VM runs on here. */
+static int cmd_handover(struct daemon *d, struct vm *v, json_object *args, json_object *resp, char *err)
+{
+        uint64_t t0 = now_ms();
+        pthread_mutex_lock(&v->lock);
+        int r = 0;
+        if (v->state != VM_PROTECTED && v->state != VM_HELD) {
+                snprintf(err, ERRLEN, "%s is %s on %s: a switchover needs it protected", v->name,
+                         vm_state_name(v->state), d->host.name);
+                pthread_mutex_unlock(&v->lock);
+                return -EINVAL;
+        }
+        char peer[CFG_NAME_MAX];
+        snprintf(peer, sizeof(peer), "%s", v->peer);
+        v->handover_requested = true;
+        v->handover_result = 1;
+        if ((r = primary_hold(v, true)) == 0) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                ts.tv_sec += 15; /* a checkpoint and a goodbye: ack_timeout_ms each at most */
+                while (v->handover_result == 1 &&
+                       pthread_cond_timedwait(&v->changed, &v->lock, &ts) == 0)
+                        ;
+                r = v->handover_result == 1 ? -ETIMEDOUT : v->handover_result;
+        }
+        if (r < 0) {
+                v->handover_requested = false;
+                v->hold_requested = false;
+                snprintf(err, ERRLEN, "handover of %s to %s failed: %s; it runs on here (%s)",
+                         v->name, peer, strerror(-r), vm_state_name(v->state));
+        } else {
+                add_int(resp, "generation", (int64_t)v->generation);
+                add_int(resp, "epoch", (int64_t)v->committed_epoch);
+                add_str(resp, "standby", peer);
+                add_int(resp, "handover_ms", (int64_t)(now_ms() - t0));
+        }
+        pthread_mutex_unlock(&v->lock);
+        return r;
+}
+
 static int cmd_resume(struct daemon *d, struct vm *v, json_object *args, json_object *resp, char *err)
 {
         pthread_mutex_lock(&v->lock);
@@ -617,13 +661,31 @@ static json_object *vm_json(struct daemon *d, struct vm *v)
                 double pc = v->sync.total_bytes ? 100.0 * (double)v->sync.sent_bytes /
                                                           (double)v->sync.total_bytes : 0;
                 double rate = el > 0 ? (double)v->sync.sent_bytes / 1048576.0 / el : 0;
+                add_str(s, "phase", v->sync.phase ? v->sync.phase : "");
                 add_dbl(s, "percent", pc);
                 add_dbl(s, "mib_s", rate);
                 add_dbl(s, "eta_s", rate > 0 ? (double)(v->sync.total_bytes - v->sync.sent_bytes) /
                                                        1048576.0 / rate : -1);
                 add_int(s, "round", v->sync.round);
                 add_int(s, "round_pages", (int64_t)v->sync.last_round_pages);
+                add_str(s, "memory", v->sync.mem_reseed ? "re-seed" : "full");
+                add_int(s, "wire_bytes", (int64_t)v->sync.wire_bytes);
                 json_object_object_add(o, "sync", s);
+        } else if (v->sync.ended_ms && vm_state_is_primary(v->state)) {
+                /* what the last (re-)sync moved: failback's figures */
+                json_object *s = json_object_new_object();
+                add_int(s, "ms", (int64_t)(v->sync.ended_ms - v->sync.started_ms));
+                add_str(s, "memory", v->sync.mem_reseed ? "re-seed" : "full");
+                add_int(s, "pages_same", (int64_t)v->sync.pages_same);
+                add_int(s, "pages_sent", (int64_t)v->sync.pages_sent);
+                add_int(s, "precopy_pages", (int64_t)v->sync.precopy_pages);
+                add_int(s, "disks_incremental", v->sync.disks_incremental);
+                add_int(s, "disks_full", v->sync.disks_full);
+                add_int(s, "disk_blocks", (int64_t)v->sync.disk_blocks);
+                add_int(s, "disk_sent_bytes", (int64_t)v->sync.disk_sent_bytes);
+                add_int(s, "hash_bytes", (int64_t)v->sync.hash_bytes);
+                add_int(s, "wire_bytes", (int64_t)v->sync.wire_bytes);
+                json_object_object_add(o, "last_sync", s);
         }
         if (v->qemu) {
                 add_int(o, "qemu_pid", v->qemu->pid);
@@ -701,6 +763,7 @@ static const struct command {
         { "release", VM_REQUIRED, cmd_release },
         { "discard", VM_REQUIRED, cmd_discard },
         { "pause", VM_REQUIRED, cmd_pause },
+        { "handover", VM_REQUIRED, cmd_handover },
         { "resume", VM_REQUIRED, cmd_resume },
         { "status", VM_OPTIONAL, cmd_status },
         { "stats", VM_REQUIRED, cmd_stats },

@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include "codec.h"
+#include "log.h"
+#include "msgid.h"
 #include "util.h"
 
 #define SEND_BATCH (1u << 20) /* flush a record at ~1 MiB */
@@ -55,32 +57,103 @@ static int sync_block(struct blockrepl *b, uint32_t disk, uint64_t block,
                         return r;
         }
         *raw += len;
+        if (s->done_bytes)
+                __atomic_add_fetch(s->done_bytes, len, __ATOMIC_RELAXED);
         return s->wb->len >= SEND_BATCH ? flush_record(s) : 0;
 }
 
-int disks_sync_pass(struct blockrepl *const *disks, unsigned n, struct disk_sender *s,
-                    bool dirty_only, uint64_t *raw)
+int disks_copy_disk(struct blockrepl *b, uint32_t disk, struct disk_sender *s, uint64_t *raw)
 {
         uint8_t *buf = malloc(BR_BLOCK_SIZE);
         if (!buf)
                 return -ENOMEM;
         int r = 0;
         wire_buf_reset(s->wb);
+        uint64_t blocks = (blockrepl_size(b) + BR_BLOCK_SIZE - 1) / BR_BLOCK_SIZE;
+        for (uint64_t blk = 0; blk < blocks && r == 0; blk++)
+                r = sync_block(b, disk, blk, s, buf, raw);
+        if (r == 0) /* a record names one disk */
+                r = flush_record(s);
+        free(buf);
+        return r;
+}
+
+int disks_sync_pass(struct blockrepl *const *disks, unsigned n, struct disk_sender *s,
+                    bool dirty_only, uint64_t *raw)
+{
+        if (!dirty_only) {
+                int r = 0;
+                for (unsigned d = 0; d < n && r == 0; d++)
+                        r = disks_copy_disk(disks[d], d, s, raw);
+                return r;
+        }
+        uint8_t *buf = malloc(BR_BLOCK_SIZE);
+        if (!buf)
+                return -ENOMEM;
+        int r = 0;
+        wire_buf_reset(s->wb);
         for (unsigned d = 0; d < n && r == 0; d++) {
-                uint64_t blocks = (blockrepl_size(disks[d]) + BR_BLOCK_SIZE - 1) / BR_BLOCK_SIZE;
-                if (!dirty_only) {
-                        for (uint64_t blk = 0; blk < blocks && r == 0; blk++)
-                                r = sync_block(disks[d], d, blk, s, buf, raw);
-                } else {
-                        int64_t blk = 0;
-                        while (r == 0 && (blk = blockrepl_sync_next_dirty(disks[d], (uint64_t)blk)) >= 0)
-                                r = sync_block(disks[d], d, (uint64_t)blk, s, buf, raw);
-                }
+                int64_t blk = 0;
+                while (r == 0 && (blk = blockrepl_sync_next_dirty(disks[d], (uint64_t)blk)) >= 0)
+                        r = sync_block(disks[d], d, (uint64_t)blk, s, buf, raw);
                 /* a record names one disk */
                 if (r == 0)
                         r = flush_record(s);
         }
         free(buf);
+        return r;
+}
+
+int disks_resync_pass(struct blockrepl *b, uint32_t disk, const uint8_t *entries, uint64_t n,
+                      struct disk_sender *s, uint64_t *raw, uint64_t *ret_same)
+{
+        uint64_t size = blockrepl_size(b), nblocks = (size + BR_BLOCK_SIZE - 1) / BR_BLOCK_SIZE;
+        uint64_t same = 0, prev = 0;
+        uint8_t *buf = malloc(BR_BLOCK_SIZE);
+        if (!buf)
+                return -ENOMEM;
+        uint8_t enc_buf[CODEC_PAGE_MAX], scratch[CODEC_PAGE_MAX], h[WIRE_HASH_LEN];
+        int r = 0;
+        wire_buf_reset(s->wb);
+        for (uint64_t e = 0; e < n && r == 0; e++) {
+                const uint8_t *ent = entries + e * WIRE_DISK_HASH_ENTRY;
+                uint64_t block = wire_hash_entry_block(ent);
+                /* checked again here: the entries came off the wire */
+                if (block >= nblocks || (e && block <= prev)) {
+                        r = -EPROTO;
+                        break;
+                }
+                prev = block;
+                uint64_t off = block * BR_BLOCK_SIZE;
+                size_t len = size - off < BR_BLOCK_SIZE ? (size_t)(size - off) : BR_BLOCK_SIZE;
+                /* clear first, read second, as the full pass does */
+                blockrepl_sync_clear(b, block);
+                if ((r = pread_full(blockrepl_image_fd(b), buf, len, off)) < 0)
+                        break;
+                for (size_t pc = 0; pc < len && r == 0; pc += HAVMS_PAGE_SIZE) {
+                        wire_hash(buf + pc, HAVMS_PAGE_SIZE, h);
+                        if (!memcmp(h, ent + 8 + (pc / HAVMS_PAGE_SIZE) * WIRE_HASH_LEN, WIRE_HASH_LEN)) {
+                                same++;
+                                continue;
+                        }
+                        uint8_t enc;
+                        uint32_t elen;
+                        r = codec_page_encode(buf + pc, NULL, enc_buf, scratch, &enc, &elen);
+                        if (r == 0 && !s->wb->len)
+                                r = wire_disk_pages_begin(s->wb, disk);
+                        if (r == 0)
+                                r = wire_pages_add(s->wb, (off + pc) / HAVMS_PAGE_SIZE, enc, enc_buf, elen);
+                        *raw += HAVMS_PAGE_SIZE;
+                }
+                if (s->done_bytes)
+                        __atomic_add_fetch(s->done_bytes, len, __ATOMIC_RELAXED);
+                if (r == 0 && s->wb->len >= SEND_BATCH)
+                        r = flush_record(s);
+        }
+        if (r == 0)
+                r = flush_record(s);
+        free(buf);
+        *ret_same = same;
         return r;
 }
 
@@ -187,6 +260,133 @@ int disk_replica_check(const struct vm_config *c, const struct wire_hello *hello
         return 0;
 }
 
+/* This host's bitmap of disk i, and whether its history is the
+ * primary's (same lineage: incremental). A history that is not the
+ * primary's is forgotten now (lineage 0, durably), before a block of the
+ * full copy lands: a crash in the middle must not leave an image that
+ * claims a lineage it no longer has. A damaged bitmap is replaced: the
+ * full copy that follows makes it right. */
+static int open_bitmap(struct disk_replica *r, const struct host_config *h,
+                       const struct vm_config *c, const struct wire_hello *hello, unsigned i,
+                       uint64_t size, char *why, size_t whylen)
+{
+        char path[CFG_PATH_MAX + 64], err[256];
+        snprintf(path, sizeof(path), "%s/%s.disk%u.bitmap", h->state_dir, c->name, i);
+        int rc = mkdir_p(h->state_dir, 0700);
+        if (rc == 0 && (rc = br_bitmap_open(path, size, &r->bm[i], err, sizeof(err))) == -EINVAL) {
+                log_msg(LOG_LVL_WARN, MSG_BK_RESYNC, c->name, -1,
+                        "disk %u: %s; replaced, the disk is copied whole", i, err);
+                unlink(path);
+                rc = br_bitmap_open(path, size, &r->bm[i], err, sizeof(err));
+        }
+        if (rc < 0) {
+                snprintf(why, whylen, "cannot open the disk bitmap %s: %s", path,
+                         rc == -EINVAL || rc == -EBUSY ? err : strerror(-rc));
+                return rc;
+        }
+        uint64_t mine = br_bitmap_lineage(r->bm[i]);
+        r->incremental[i] = (hello->flags & WIRE_HELLO_BITMAP(i)) && hello->disk_lineage[i] &&
+                            mine == hello->disk_lineage[i];
+        if (!r->incremental[i] && mine && (rc = br_bitmap_set_lineage(r->bm[i], 0)) < 0) {
+                snprintf(why, whylen, "cannot write the disk bitmap %s: %s", path, strerror(-rc));
+                return rc;
+        }
+        if (r->incremental[i]) {
+                br_bitmap_bits(r->bm[i], &r->set_len[i]);
+                r->set_got[i] = 0;
+                if (!(r->set[i] = calloc(1, r->set_len[i] ? r->set_len[i] : 1))) {
+                        snprintf(why, whylen, "out of memory");
+                        return -ENOMEM;
+                }
+        }
+        log_msg(LOG_LVL_INFO, MSG_BK_RESYNC, c->name, -1, "disk %u: %s", i,
+                r->incremental[i] ? "same history as the primary: incremental resync"
+                : !mine ? "history unknown here: copied whole"
+                : !hello->disk_lineage[i] ? "history unknown on the primary: copied whole"
+                : "another history than the primary's: copied whole");
+        return 0;
+}
+
+int disk_replica_bitmap(struct disk_replica *r, const struct wire_msg *m, bool *ret_done)
+{
+        struct wire_bitmap_chunk c;
+        if (wire_get_disk_bitmap(m, &c) < 0 || c.disk >= r->n || !r->incremental[c.disk] ||
+            c.offset != r->set_got[c.disk] || c.len > r->set_len[c.disk] - r->set_got[c.disk])
+                return -EBADMSG;
+        memcpy(r->set[c.disk] + c.offset, c.bits, c.len);
+        r->set_got[c.disk] += c.len;
+        if (r->set_got[c.disk] == r->set_len[c.disk]) {
+                /* the union, marked here durably before any block lands */
+                size_t len;
+                const uint8_t *mine = br_bitmap_bits(r->bm[c.disk], &len);
+                uint64_t lineage = br_bitmap_lineage(r->bm[c.disk]), blocks;
+                int rc = br_resync_set(lineage, r->set[c.disk], lineage, mine, len, r->set[c.disk],
+                                       &blocks);
+                if (rc == 0)
+                        rc = br_bitmap_merge(r->bm[c.disk], r->set[c.disk], len);
+                if (rc < 0)
+                        return rc;
+        }
+        bool done = true;
+        for (unsigned i = 0; i < r->n; i++)
+                if (r->incremental[i] && r->set_got[i] < r->set_len[i])
+                        done = false;
+        *ret_done = done;
+        return 0;
+}
+
+int disk_replica_hashes(struct disk_replica *r, unsigned i, uint32_t max,
+                        int (*emit)(void *ctx, const uint8_t *entries, uint32_t n), void *ctx,
+                        uint64_t *ret_blocks)
+{
+        uint64_t size = r->bytes[i], nblocks = (size + BR_BLOCK_SIZE - 1) / BR_BLOCK_SIZE, total = 0;
+        uint8_t *ents = malloc((size_t)max * WIRE_DISK_HASH_ENTRY), *buf = malloc(BR_BLOCK_SIZE);
+        int rc = ents && buf ? 0 : -ENOMEM;
+        uint32_t n = 0;
+        for (uint64_t blk = 0; blk < nblocks && rc == 0; blk++) {
+                if (!(r->set[i][blk / 8] & (1u << (blk % 8))))
+                        continue;
+                uint64_t off = blk * BR_BLOCK_SIZE;
+                size_t len = size - off < BR_BLOCK_SIZE ? (size_t)(size - off) : BR_BLOCK_SIZE;
+                if ((rc = pread_full(r->fd[i], buf, len, off)) < 0)
+                        break;
+                uint8_t *e = ents + (size_t)n * WIRE_DISK_HASH_ENTRY;
+                memset(e, 0, WIRE_DISK_HASH_ENTRY);
+                wire_hash_entry_set_block(e, blk);
+                for (size_t pc = 0; pc < len; pc += HAVMS_PAGE_SIZE)
+                        wire_hash(buf + pc, HAVMS_PAGE_SIZE, e + 8 + (pc / HAVMS_PAGE_SIZE) * WIRE_HASH_LEN);
+                total++;
+                if (++n == max) {
+                        rc = emit(ctx, ents, n);
+                        n = 0;
+                }
+        }
+        if (rc == 0 && n)
+                rc = emit(ctx, ents, n);
+        free(ents);
+        free(buf);
+        *ret_blocks = total;
+        return rc;
+}
+
+int disk_replica_sync_done(struct disk_replica *r)
+{
+        int rc = 0;
+        for (unsigned i = 0; i < r->n; i++) {
+                if (!r->bm[i])
+                        continue;
+                if (rc == 0)
+                        rc = br_bitmap_set_lineage(r->bm[i], r->new_lineage);
+                if (rc == 0)
+                        rc = br_bitmap_clear_all(r->bm[i]);
+                br_bitmap_close(r->bm[i]);
+                r->bm[i] = NULL;
+                free(r->set[i]);
+                r->set[i] = NULL;
+        }
+        return rc;
+}
+
 int disk_replica_open(struct disk_replica *r, const struct host_config *h,
                       const struct vm_config *c, const struct wire_hello *hello,
                       char *why, size_t whylen)
@@ -197,6 +397,7 @@ int disk_replica_open(struct disk_replica *r, const struct host_config *h,
         int rc = disk_replica_check(c, hello, why, whylen);
         if (rc < 0)
                 return rc;
+        r->new_lineage = hello->new_lineage;
         for (unsigned i = 0; i < c->n_disks; i++) {
                 const char *path = c->disks[i];
                 r->fd[i] = open(path, O_RDWR | O_CLOEXEC);
@@ -231,6 +432,8 @@ int disk_replica_open(struct disk_replica *r, const struct host_config *h,
                         goto fail;
                 }
                 r->bytes[i] = size;
+                if ((rc = open_bitmap(r, h, c, hello, i, size, why, whylen)) < 0)
+                        goto fail;
                 char journal[CFG_PATH_MAX + 64];
                 snprintf(journal, sizeof(journal), "%s/%s.disk%u.journal", h->state_dir, c->name, i);
                 if ((rc = mkdir_p(h->state_dir, 0700)) < 0 ||
@@ -259,6 +462,10 @@ void disk_replica_close(struct disk_replica *r)
                 br_stage_free(r->stage[i]);
                 r->fd[i] = -1;
                 r->stage[i] = NULL;
+                br_bitmap_close(r->bm[i]);
+                r->bm[i] = NULL;
+                free(r->set[i]);
+                r->set[i] = NULL;
         }
         free(r->scratch);
         r->scratch = NULL;

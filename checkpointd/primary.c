@@ -43,6 +43,8 @@
 #include "util.h"
 #include "wire.h"
 
+#include <sys/random.h>
+
 #define QMP_TIMEOUT_MS 2000
 #define DEVSTATE_TIMEOUT_MS 5000
 #define SEND_BATCH (1u << 20)      /* flush a PAGES record at ~1 MiB */
@@ -77,6 +79,18 @@ struct primary {
         bool early;               /* the epoch about to run starts early (adaptive) */
         bool resumed;             /* started by a restarted checkpointd (adopt.c) */
         bool resume_held;         /* ... with output held from the adoption on */
+        /* re-seed (docs/failback.md): what the standby said it holds */
+        uint32_t welcome_flags;   /* WIRE_WELCOME_*: hashes that follow the WELCOME */
+        uint64_t new_lineage;     /* offered in HELLO, recorded when the sync commits */
+        uint8_t *peer_hash;       /* npages * WIRE_HASH_LEN: the standby's page hashes */
+        uint8_t *disk_hash[CFG_MAX_DISKS]; /* incremental disks: the standby's DISK_HASHES */
+        uint64_t disk_hash_n[CFG_MAX_DISKS], disk_hash_cap[CFG_MAX_DISKS];
+        bool peer_hash_ok;        /* ... all of them arrived for this connection */
+        bool handed_over;         /* switchover: the standby keeps the replica, our copy ends */
+        /* switchover: the final epoch's committed output, taken from the
+         * NICs unsent (netbuf_take): the new primary sends it */
+        uint8_t *out_frames[CFG_MAX_NICS];
+        size_t out_len[CFG_MAX_NICS];
         uint8_t enc[CODEC_PAGE_MAX] __attribute__((aligned(64)));
         uint8_t scratch[CODEC_PAGE_MAX] __attribute__((aligned(64)));
         uint8_t snap[CODEC_PAGE_MAX] __attribute__((aligned(64))); /* stable copy of a live page */
@@ -165,10 +179,21 @@ static int connect_peer(struct primary *p)
         };
         snprintf(h.vm, sizeof(h.vm), "%s", p->cfg.name);
         snprintf(h.host, sizeof(h.host), "%s", p->d->host.name);
+        /* the name both hosts give the common state once this sync commits */
+        do {
+                if (getrandom(&p->new_lineage, sizeof(p->new_lineage), 0) != sizeof(p->new_lineage))
+                        p->new_lineage = now_ns() ^ ((uint64_t)getpid() << 32);
+        } while (p->new_lineage == 0);
+        h.new_lineage = p->new_lineage;
         struct qemu_vm *q = p->v->qemu;
         h.n_disks = q->n_disk;
-        for (unsigned i = 0; i < q->n_disk; i++)
+        for (unsigned i = 0; i < q->n_disk; i++) {
                 h.disk_bytes[i] = blockrepl_size(q->disk[i]);
+                /* a known history: the standby may resync incrementally */
+                h.disk_lineage[i] = blockrepl_lineage(q->disk[i]);
+                if (h.disk_lineage[i] && blockrepl_bitmap_bytes(q->disk[i]))
+                        h.flags |= WIRE_HELLO_BITMAP(i);
+        }
         wire_buf_reset(&p->wb);
         if ((r = wire_put_hello(&p->wb, &h)) < 0 || (r = send_buf(p)) < 0)
                 goto fail;
@@ -192,8 +217,13 @@ static int connect_peer(struct primary *p)
         r = wire_get_welcome(&p->in, &w);
         if (r == 0 && w.generation != gen)
                 r = -EPROTO; /* a standby adopts our generation or refuses us */
+        for (unsigned i = 0; i < WIRE_MAX_DISKS && r == 0; i++)
+                if ((w.flags & WIRE_WELCOME_DISK_INCR(i)) && !(h.flags & WIRE_HELLO_BITMAP(i)))
+                        r = -EPROTO; /* incremental where we offered no history */
         if (r < 0)
                 goto fail;
+        p->welcome_flags = w.flags;
+        p->peer_hash_ok = false;
         p->last_failure[0] = 0;
         pthread_mutex_lock(&p->v->lock);
         p->v->conn_fd = p->fd;
@@ -306,6 +336,137 @@ static int scan_more(struct primary *p, size_t n_pre, size_t *ret_n)
         return 0;
 }
 
+/* ---- re-seed: hashes of what the standby holds ---- */
+
+/* Incremental disks (the standby has our lineage): our bitmap, taken
+ * now that the disks are in SYNC mode (every later write marks the sync
+ * map, so nothing falls between this copy and the copy pass). */
+static int send_bitmaps(struct primary *p)
+{
+        struct qemu_vm *q = p->v->qemu;
+        for (unsigned i = 0; i < q->n_disk; i++) {
+                if (!(p->welcome_flags & WIRE_WELCOME_DISK_INCR(i)))
+                        continue;
+                size_t len = blockrepl_bitmap_bytes(q->disk[i]);
+                uint8_t *bits = malloc(len ? len : 1);
+                int r = bits ? blockrepl_bitmap_copy(q->disk[i], bits, len) : -ENOMEM;
+                for (size_t off = 0; off < len && r == 0; off += 8u << 20) {
+                        struct wire_bitmap_chunk c = { .disk = i, .offset = off, .bits = bits + off,
+                                                       .len = (uint32_t)(len - off < (8u << 20)
+                                                                         ? len - off : 8u << 20) };
+                        wire_buf_reset(&p->wb);
+                        if ((r = wire_put_disk_bitmap(&p->wb, &c)) == 0)
+                                r = send_buf(p);
+                }
+                free(bits);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+/* DISK_HASHES of an incremental disk: kept for the copy pass, which
+ * checks the block numbers again as it goes. */
+static int take_disk_hashes(struct primary *p)
+{
+        struct wire_disk_hashes dh;
+        if (wire_get_disk_hashes(&p->in, &dh) < 0 ||
+            !(p->welcome_flags & WIRE_WELCOME_DISK_INCR(dh.disk)))
+                return -EPROTO;
+        uint64_t need = p->disk_hash_n[dh.disk] + dh.count;
+        if (need > p->disk_hash_cap[dh.disk]) {
+                uint64_t cap = need * 2;
+                uint8_t *n = realloc(p->disk_hash[dh.disk], cap * WIRE_DISK_HASH_ENTRY);
+                if (!n)
+                        return -ENOMEM;
+                p->disk_hash[dh.disk] = n;
+                p->disk_hash_cap[dh.disk] = cap;
+        }
+        memcpy(p->disk_hash[dh.disk] + p->disk_hash_n[dh.disk] * WIRE_DISK_HASH_ENTRY, dh.entries,
+               (size_t)dh.count * WIRE_DISK_HASH_ENTRY);
+        p->disk_hash_n[dh.disk] = need;
+        return 0;
+}
+
+/* After the WELCOME, a standby that still holds a RAM file of the VM (a
+ * link flap, a restart of its daemons, the old primary after a
+ * switchover) sends the XXH3-128 of each of its pages; the first pass
+ * then skips every page whose hash matches ours (docs/failback.md). Any
+ * record out of order, a page out of range or counts that do not add up
+ * end the connection: the next one starts over. */
+static int receive_hashes(struct primary *p)
+{
+        if (!p->welcome_flags)
+                return 0;
+        bool want_pages = p->welcome_flags & WIRE_WELCOME_PAGE_HASHES;
+        if (want_pages && !p->peer_hash) {
+                p->peer_hash = malloc(p->npages * WIRE_HASH_LEN);
+                if (!p->peer_hash)
+                        return -ENOMEM;
+        }
+        uint64_t next_pfn = 0, t0 = now_ms();
+        /* the standby reads and hashes its whole RAM file first */
+        uint64_t deadline = now_ns() + 30000000000ull + (uint64_t)p->cfg.ack_timeout_ms * 1000000u;
+        int r = send_bitmaps(p);
+        if (r < 0)
+                return r;
+        for (unsigned i = 0; i < CFG_MAX_DISKS; i++)
+                p->disk_hash_n[i] = 0;
+        for (;;) {
+                r = wire_recv(p->fd, deadline, &p->in);
+                if (r < 0)
+                        return r;
+                pthread_mutex_lock(&p->v->lock);
+                p->v->sync.hash_bytes += WIRE_HDR_SIZE + p->in.hdr.length;
+                pthread_mutex_unlock(&p->v->lock);
+                switch (p->in.hdr.type) {
+                case WIRE_PAGE_HASHES: {
+                        struct wire_page_hashes h;
+                        if (!want_pages || wire_get_page_hashes(&p->in, &h) < 0 ||
+                            h.first_pfn != next_pfn || h.count > p->npages - next_pfn)
+                                return -EPROTO;
+                        memcpy(p->peer_hash + next_pfn * WIRE_HASH_LEN, h.hashes,
+                               (size_t)h.count * WIRE_HASH_LEN);
+                        next_pfn += h.count;
+                        break;
+                }
+                case WIRE_DISK_HASHES:
+                        if ((r = take_disk_hashes(p)) < 0)
+                                return r;
+                        break;
+                case WIRE_HASHES_END: {
+                        struct wire_hashes_end e;
+                        if (wire_get_hashes_end(&p->in, &e) < 0 || e.pages != next_pfn ||
+                            (want_pages && next_pfn != p->npages))
+                                return -EPROTO;
+                        for (unsigned i = 0; i < WIRE_MAX_DISKS; i++)
+                                if (e.blocks[i] != p->disk_hash_n[i])
+                                        return -EPROTO;
+                        p->peer_hash_ok = want_pages;
+                        log_msg(LOG_LVL_INFO, MSG_SYNC_PROGRESS, p->cfg.name, -1,
+                                "standby %s holds a RAM file of the VM: %llu page hashes in "
+                                "%llu ms, only pages that differ are sent", p->peer,
+                                (unsigned long long)next_pfn, (unsigned long long)(now_ms() - t0));
+                        return 0;
+                }
+                case WIRE_ERROR:
+                        return -EREMOTEIO;
+                default:
+                        return -EPROTO;
+                }
+        }
+}
+
+/* First pass of a re-seed: does the standby's page equal this one? */
+static bool peer_has_page(struct primary *p, uint32_t pfn, const uint8_t *data)
+{
+        if (!p->peer_hash_ok)
+                return false;
+        uint8_t h[WIRE_HASH_LEN];
+        wire_hash(data, HAVMS_PAGE_SIZE, h);
+        return !memcmp(h, p->peer_hash + (uint64_t)pfn * WIRE_HASH_LEN, WIRE_HASH_LEN);
+}
+
 static void progress(struct primary *p, uint64_t sent, uint32_t round, uint64_t round_pages)
 {
         pthread_mutex_lock(&p->v->lock);
@@ -315,74 +476,141 @@ static void progress(struct primary *p, uint64_t sent, uint32_t round, uint64_t 
         pthread_mutex_unlock(&p->v->lock);
 }
 
-/* Full copy of guest RAM while the VM runs, then pre-copy rounds of what
- * it dirtied meanwhile, until a round is small enough for one epoch. */
+static void sync_note(struct primary *p, const char *phase, uint64_t sent)
+{
+        pthread_mutex_lock(&p->v->lock);
+        p->v->sync.phase = phase;
+        p->v->sync.sent_bytes = sent;
+        p->v->sync.wire_bytes = p->wire_bytes;
+        pthread_mutex_unlock(&p->v->lock);
+}
+
+/* The first pass over guest RAM: every page, snapshotted once (the bytes
+ * encoded or skipped are the bytes kept as the next delta's base); on a
+ * re-seed, a page the standby already holds is not sent. */
+static int first_pass(struct primary *p, uint64_t disk_bytes, uint64_t *raw)
+{
+        struct vm *v = p->v;
+        uint64_t same = 0, sent = 0, t0 = now_ms(), last_log = t0;
+        for (uint64_t pfn = 0; pfn < p->npages; pfn++) {
+                memcpy(p->snap, p->ram + pfn * HAVMS_PAGE_SIZE, HAVMS_PAGE_SIZE);
+                if (peer_has_page(p, (uint32_t)pfn, p->snap)) {
+                        if (p->shadow)
+                                memcpy(p->shadow + pfn * HAVMS_PAGE_SIZE, p->snap, HAVMS_PAGE_SIZE);
+                        same++;
+                } else {
+                        int r = add_page(p, WIRE_SYNC_PAGES, 0, (uint32_t)pfn, p->snap, raw);
+                        if (r < 0)
+                                return r;
+                        sent++;
+                }
+                if ((pfn & 1023) != 1023)
+                        continue;
+                sync_note(p, "memory", disk_bytes + (pfn + 1) * HAVMS_PAGE_SIZE);
+                if (stop_requested(p))
+                        return -ECANCELED;
+                if (now_ms() - last_log >= 2000) {
+                        last_log = now_ms();
+                        double el = (double)(now_ms() - t0) / 1000.0;
+                        double done = (double)(pfn + 1) / (double)p->npages;
+                        log_msg(LOG_LVL_INFO, MSG_SYNC_PROGRESS, v->name, -1,
+                                "%s %.0f%%, %.1f MiB/s, ETA %.0f s (%llu pages the standby "
+                                "already had)", p->peer_hash_ok ? "memory re-seed" : "initial sync",
+                                100.0 * done, (double)(pfn + 1) * HAVMS_PAGE_SIZE / 1048576.0 / el,
+                                el / done - el, (unsigned long long)same);
+                }
+        }
+        pthread_mutex_lock(&v->lock);
+        v->sync.pages_same = same;
+        v->sync.pages_sent = sent;
+        pthread_mutex_unlock(&v->lock);
+        return flush_pages(p);
+}
+
+/* Copy guest RAM (and the disks) while the VM runs, then pre-copy rounds
+ * of what it dirtied meanwhile, until a round is small enough for one
+ * epoch. What the standby already holds (its hashes) is not sent. */
 static int initial_sync(struct primary *p)
 {
         struct vm *v = p->v;
-        uint64_t raw = 0, t0 = now_ms();
+        struct qemu_vm *q = v->qemu;
+        uint64_t raw = 0, t0 = now_ms(), disk_bytes = 0;
         size_t n;
+        for (unsigned i = 0; i < q->n_disk; i++)
+                disk_bytes += blockrepl_size(q->disk[i]);
         pthread_mutex_lock(&v->lock);
         vm_set_state(v, VM_SYNCING);
         v->sync = (struct sync_progress){
-                .total_bytes = p->npages * HAVMS_PAGE_SIZE,
+                .total_bytes = p->npages * HAVMS_PAGE_SIZE + disk_bytes,
                 .started_ms = wall_ms(),
+                .phase = "hashes",
+                .mem_reseed = p->welcome_flags & WIRE_WELCOME_PAGE_HASHES,
         };
         pthread_mutex_unlock(&v->lock);
 
-        /* Disks first: blockrepl's sync map catches what the guest writes
+        /* From here blockrepl's sync map catches what the guest writes
          * behind the copy; those blocks go again at the end. */
-        struct qemu_vm *q = v->qemu;
+        if (q->n_disk)
+                qemu_disk_mode(q, BR_MODE_SYNC);
+        int r = receive_hashes(p);
+        if (r < 0)
+                return r;
         struct disk_sender ds = { .fd = p->fd, .wb = &p->wb, .wire_bytes = &p->wire_bytes,
                                   .timeout_ns = (uint64_t)p->cfg.ack_timeout_ms * 1000000u };
-        int r = 0;
-        if (q->n_disk) {
-                qemu_disk_mode(q, BR_MODE_SYNC);
-                uint64_t draw = 0;
-                if ((r = disks_sync_pass(q->disk, q->n_disk, &ds, false, &draw)) < 0)
+        uint64_t done = 0;
+        /* status reads the bytes looked at as the copy goes: for an
+         * incremental disk the whole disk counts once its set is done */
+        ds.done_bytes = &v->sync.sent_bytes;
+        for (unsigned i = 0; i < q->n_disk; i++) {
+                sync_note(p, "disks", done);
+                uint64_t draw = 0, same = 0, blocks, size = blockrepl_size(q->disk[i]);
+                bool incr = p->welcome_flags & WIRE_WELCOME_DISK_INCR(i);
+                if (incr) {
+                        blocks = p->disk_hash_n[i];
+                        r = disks_resync_pass(q->disk[i], i, p->disk_hash[i], blocks, &ds, &draw, &same);
+                } else {
+                        blocks = (size + BR_BLOCK_SIZE - 1) / BR_BLOCK_SIZE;
+                        r = disks_copy_disk(q->disk[i], i, &ds, &draw);
+                }
+                if (r < 0)
                         return r;
+                done += size;
+                pthread_mutex_lock(&v->lock);
+                if (incr)
+                        v->sync.disks_incremental++;
+                else
+                        v->sync.disks_full++;
+                v->sync.disk_blocks += blocks;
+                v->sync.disk_sent_bytes += draw;
+                pthread_mutex_unlock(&v->lock);
                 log_msg(LOG_LVL_INFO, MSG_SYNC_PROGRESS, v->name, -1,
-                        "disks copied: %.1f MiB in %llu ms, %.1f MiB on the wire",
-                        (double)draw / 1048576.0, (unsigned long long)(now_ms() - t0),
-                        (double)p->wire_bytes / 1048576.0);
+                        "disk %u %s: %llu blocks of 64 KiB looked at, %.1f MiB sent (%llu pieces "
+                        "of 4 KiB the standby had) in %llu ms", i,
+                        incr ? "resynced incrementally" : "copied whole (history unknown or different)",
+                        (unsigned long long)blocks, (double)draw / 1048576.0,
+                        (unsigned long long)same, (unsigned long long)(now_ms() - t0));
         }
+        ds.done_bytes = NULL; /* the pass after the switch to LOG is not counted */
 
         /* Re-arm everything: from here on, every write is caught. */
         r = scan_all(p, &n);
         if (r < 0)
                 return r;
-        uint64_t last_log = now_ms();
-        for (uint64_t pfn = 0; pfn < p->npages; pfn++) {
-                r = sync_page(p, (uint32_t)pfn, &raw);
-                if (r < 0)
-                        return r;
-                if ((pfn & 1023) == 1023) {
-                        progress(p, (pfn + 1) * HAVMS_PAGE_SIZE, 0, 0);
-                        if (stop_requested(p))
-                                return -ECANCELED;
-                        if (now_ms() - last_log >= 2000) {
-                                last_log = now_ms();
-                                uint64_t el = now_ms() - t0;
-                                log_msg(LOG_LVL_INFO, MSG_SYNC_PROGRESS, v->name, -1,
-                                        "initial sync %.0f%%, %.1f MiB/s",
-                                        100.0 * (double)(pfn + 1) / (double)p->npages,
-                                        el ? (double)raw / 1048576.0 / ((double)el / 1000.0) : 0.0);
-                        }
-                }
-        }
-        if ((r = flush_pages(p)) < 0)
+        if ((r = first_pass(p, disk_bytes, &raw)) < 0)
                 return r;
-        progress(p, p->npages * HAVMS_PAGE_SIZE, 0, p->npages);
+        progress(p, p->npages * HAVMS_PAGE_SIZE + disk_bytes, 0, p->npages);
 
+        uint64_t again = 0;
         for (uint32_t round = 1; round <= p->cfg.precopy_max_rounds; round++) {
                 if ((r = scan_running(p, &n)) < 0)
                         return r;
-                progress(p, p->npages * HAVMS_PAGE_SIZE, round, n);
+                progress(p, p->npages * HAVMS_PAGE_SIZE + disk_bytes, round, n);
                 for (size_t i = 0; i < n; i++) {
                         r = sync_page(p, p->dirty[i], &raw);
                         if (r < 0)
                                 return r;
                 }
+                again += n;
                 if ((r = flush_pages(p)) < 0)
                         return r;
                 if (n < p->cfg.precopy_done_pages)
@@ -399,11 +627,19 @@ static int initial_sync(struct primary *p)
                 if ((r = disks_sync_pass(q->disk, q->n_disk, &ds, true, &draw)) < 0)
                         return r;
                 raw += draw;
+                pthread_mutex_lock(&v->lock);
+                v->sync.disk_sent_bytes += draw;
+                pthread_mutex_unlock(&v->lock);
         }
+        pthread_mutex_lock(&v->lock);
+        v->sync.precopy_pages = again;
+        v->sync.wire_bytes = p->wire_bytes;
+        pthread_mutex_unlock(&v->lock);
         log_msg(LOG_LVL_INFO, MSG_SYNC_PROGRESS, v->name, -1,
-                "pre-copy done in %llu ms: %.1f MiB of pages, %.1f MiB on the wire",
+                "pre-copy done in %llu ms: %.1f MiB of pages and blocks, %.1f MiB on the wire%s",
                 (unsigned long long)(now_ms() - t0), (double)raw / 1048576.0,
-                (double)p->wire_bytes / 1048576.0);
+                (double)p->wire_bytes / 1048576.0,
+                p->peer_hash_ok ? " (memory re-seeded by hashes)" : "");
         return 0;
 }
 
@@ -527,6 +763,66 @@ kill:
         return -ECHILD;
 }
 
+/* The final epoch of a switchover is committed: its output is taken
+ * out of the NICs unsent, to leave from the new primary. The first frame
+ * the world then sees from the guest comes from its new place, so the
+ * client's next request goes there, not to the copy about to be powered
+ * off (where it would be lost and cost a TCP retransmission timeout). */
+static void take_output(struct primary *p, uint64_t epoch)
+{
+        struct qemu_vm *q = p->v->qemu;
+        for (unsigned i = 0; i < q->n_net; i++)
+                if (netbuf_take(q->net[i], epoch, &p->out_frames[i], &p->out_len[i]) < 0)
+                        netbuf_release(q->net[i], epoch); /* plug: its frames are in the kernel */
+}
+
+/* The switchover did not happen: the taken output is committed, it
+ * leaves from here after all. */
+static void emit_taken_output(struct primary *p)
+{
+        struct qemu_vm *q = p->v->qemu;
+        for (unsigned i = 0; i < CFG_MAX_NICS; i++) {
+                if (p->out_frames[i] && q && i < q->n_net)
+                        netbuf_emit(q->net[i], p->out_frames[i], p->out_len[i]);
+                free(p->out_frames[i]);
+                p->out_frames[i] = NULL;
+                p->out_len[i] = 0;
+        }
+}
+
+/* NET_FRAMES records of at most ~8 MiB, whole frames each. */
+static int send_taken_output(struct primary *p)
+{
+        for (unsigned i = 0; i < CFG_MAX_NICS; i++) {
+                const uint8_t *b = p->out_frames[i];
+                size_t len = p->out_len[i], start = 0, off = 0;
+                uint32_t count = 0;
+                while (off <= len) {
+                        uint32_t fl = 0;
+                        if (off < len)
+                                memcpy(&fl, b + off, 4); /* little-endian host (x86-64, arm64) */
+                        bool flush = off == len || (off > start && off + 4 + fl - start > (8u << 20));
+                        if (flush && count) {
+                                struct wire_net_frames f = { .nic = i, .count = count,
+                                                             .frames = b + start, .len = off - start };
+                                wire_buf_reset(&p->wb);
+                                int r = wire_put_net_frames(&p->wb, p->v->committed_epoch, &f);
+                                if (r == 0)
+                                        r = send_buf(p);
+                                if (r < 0)
+                                        return r;
+                                start = off;
+                                count = 0;
+                        }
+                        if (off == len)
+                                break;
+                        off += 4 + fl;
+                        count++;
+                }
+        }
+        return 0;
+}
+
 /* Returns 0 when committed; -ECHILD when the VM is gone; another negative
  * errno when the standby is lost (the VM is running either way). With
  * hold, a committed epoch leaves the VM paused (replica == guest RAM). */
@@ -644,7 +940,10 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
                 goto out;
         /* Committed on the standby: what the guest said in this epoch may
          * now reach the world, and its disk writes are no longer ours. */
-        qemu_net_release(q, epoch);
+        if (hold && p->v->handover_requested)
+                take_output(p, epoch);
+        else
+                qemu_net_release(q, epoch);
         for (unsigned i = 0; i < q->n_disk; i++) {
                 blockrepl_committed(q->disk[i], p->logs[i].seq);
                 br_log_free(&p->logs[i]); /* keeps seq, for the resync commit */
@@ -752,6 +1051,39 @@ static bool wait_next_epoch(struct primary *p, uint64_t due, bool *disk_soft)
         }
 }
 
+/* A planned switchover (`handover`), with the VM held after a committed
+ * checkpoint: its replica equals guest RAM, disks and device state, and
+ * every frame of that epoch is out. Tell the standby to KEEP the replica
+ * (ERROR HANDOVER) and wait for it to confirm by closing the connection.
+ * Only then may the caller power our copy off; the cluster activates the
+ * standby after that (docs/failback.md). */
+static int hand_over(struct primary *p)
+{
+        char why[128];
+        snprintf(why, sizeof(why), "planned switchover: keep the replica of epoch %llu",
+                 (unsigned long long)p->v->committed_epoch);
+        int r = send_taken_output(p);
+        wire_buf_reset(&p->wb);
+        if (r == 0)
+                r = wire_put_error(&p->wb, WIRE_ERR_HANDOVER, why);
+        if (r == 0)
+                r = send_buf(p);
+        if (r == 0)
+                r = drain_until_closed(p->fd, now_ns() + (uint64_t)p->cfg.ack_timeout_ms * 1000000u);
+        if (r < 0) {
+                log_msg(LOG_LVL_ERR, MSG_HANDOVER, p->cfg.name, (int64_t)p->v->committed_epoch,
+                        "handover to %s failed (%s): the VM runs on here", p->peer, strerror(-r));
+                emit_taken_output(p);
+                return r;
+        }
+        for (unsigned i = 0; i < CFG_MAX_NICS; i++) { /* the standby's to send now */
+                free(p->out_frames[i]);
+                p->out_frames[i] = NULL;
+                p->out_len[i] = 0;
+        }
+        return 0;
+}
+
 static int protected_loop(struct primary *p)
 {
         uint64_t interval = (uint64_t)p->cfg.epoch_ms * 1000000u;
@@ -759,6 +1091,19 @@ static int protected_loop(struct primary *p)
         bool held = false, disk_soft = false;
         int r = 0;
         while (!stop_requested(p)) {
+                if (held && p->v->handover_requested) {
+                        r = hand_over(p);
+                        if (r == 0) {
+                                p->handed_over = true;
+                                return 0; /* the VM stays paused: it is powered off next */
+                        }
+                        pthread_mutex_lock(&p->v->lock);
+                        p->v->handover_requested = false;
+                        p->v->handover_result = r;
+                        pthread_cond_broadcast(&p->v->changed);
+                        pthread_mutex_unlock(&p->v->lock);
+                        break;
+                }
                 if (held) {
                         /* the VM is paused after a committed epoch: ping
                          * the standby every interval until resume */
@@ -805,6 +1150,8 @@ static int protected_loop(struct primary *p)
                         set_state(p, VM_HELD);
                 }
         }
+        if (!p->handed_over)
+                emit_taken_output(p); /* committed output of a switchover that did not happen */
         /* Leaving protection (standby lost, unprotect) never leaves the
          * guest paused. */
         if (held && qemu_cont(p->v->qemu, QMP_TIMEOUT_MS) < 0 && qemu_exited(p->v->qemu))
@@ -877,6 +1224,9 @@ static void teardown(struct primary *p)
         free(p->staging);
         free(p->devstate);
         free(p->chunk);
+        free(p->peer_hash);
+        for (unsigned i = 0; i < CFG_MAX_DISKS; i++)
+                free(p->disk_hash[i]);
         wire_buf_free(&p->wb);
         wire_msg_free(&p->in);
 }
@@ -1047,7 +1397,7 @@ static void *primary_thread(void *arg)
                 goto out;
         if (p->resumed)
                 log_msg(LOG_LVL_NOTICE, MSG_PROTECT_RESUMED, v->name, -1,
-                        "protection to standby %s resumes after a restart of checkpointd: full "
+                        "protection to standby %s resumes after a restart of checkpointd: "
                         "re-sync%s", p->peer, p->resume_held ? "; output held until the standby "
                         "accepts us (dropping its old replica) or `release`" : "");
         log_msg(LOG_LVL_INFO, MSG_PROTECT_START, v->name, -1,
@@ -1114,10 +1464,10 @@ static void *primary_thread(void *arg)
                         pthread_mutex_unlock(&v->lock);
                         log_msg(LOG_LVL_NOTICE, MSG_RELEASED, v->name, (int64_t)v->committed_epoch,
                                 "standby %s accepted a new connection (its old replica is gone): "
-                                "held output released, full re-sync", p->peer);
+                                "held output released, re-sync of what differs", p->peer);
                 } else if (was_protected) {
                         log_msg(LOG_LVL_NOTICE, MSG_STANDBY_BACK, v->name, -1,
-                                "standby %s is back: full re-sync", p->peer);
+                                "standby %s is back: re-sync of what differs", p->peer);
                 }
                 uint64_t t0 = now_ms();
                 p->wire_bytes = 0;
@@ -1136,16 +1486,23 @@ static void *primary_thread(void *arg)
                 if (r == 0) {
                         /* the standby holds every block up to the first
                          * epoch's barrier: only later writes stay marked.
-                         * Lineage 0 (unknown: the next resync is full) until
-                         * failback agrees one with the standby. */
+                         * The lineage offered in HELLO names the state both
+                         * hosts now share (the standby records it at its
+                         * first commit). */
                         for (unsigned i = 0; i < v->qemu->n_disk; i++)
-                                blockrepl_resync_committed(v->qemu->disk[i], p->logs[i].seq, 0);
-                        set_state(p, VM_PROTECTED);
+                                blockrepl_resync_committed(v->qemu->disk[i], p->logs[i].seq,
+                                                           p->new_lineage);
+                        pthread_mutex_lock(&v->lock);
+                        v->sync.ended_ms = wall_ms();
+                        vm_set_state(v, VM_PROTECTED);
+                        pthread_mutex_unlock(&v->lock);
                         was_protected = true;
                         log_msg(LOG_LVL_NOTICE, MSG_PROTECTED, v->name, (int64_t)v->epoch,
                                 "protected: standby %s holds a committed replica (sync took %llu ms)",
                                 p->peer, (unsigned long long)(now_ms() - t0));
                         r = protected_loop(p);
+                        if (p->handed_over)
+                                break;
                 }
                 /* An epoch that failed because QEMU is dying (its pagemap or
                  * socket gone before the exit is visible) is the VM's end,
@@ -1192,6 +1549,14 @@ out:;
         bool confirmed = false, guest_off = false;
         if (killed)
                 vm_gone = true;
+        if (p->handed_over) {
+                /* our copy ends here, paused at the committed epoch; its
+                 * RAM file stays as the seed of the re-sync that makes this
+                 * host the standby (only hashes go then) */
+                kill(v->qemu->pid, SIGKILL);
+                struct pollfd pf = { .fd = v->qemu->pidfd, .events = POLLIN };
+                poll(&pf, 1, 2000);
+        }
         if (!stale && !vm_gone && p->fd >= 0 && v->stop_requested)
                 confirmed = say_goodbye(p, "primary ended protection");
         /* `unprotect` in managed mode, unconfirmed, output held: the VM
@@ -1217,7 +1582,7 @@ out:;
          * not confirm in time), the standby may still take over from its
          * last committed epoch: output held past it is DROPPED, never sent
          * (released, it could contradict the resumed replica). */
-        if (stale || killed || (buffering && !confirmed)) {
+        if (!p->handed_over && (stale || killed || (buffering && !confirmed))) {
                 drop_held_io(p);
                 /* without managed mode an unconfirmed unprotect ends like a
                  * lost standby: the VM runs on, its output flows from here */
@@ -1234,11 +1599,24 @@ out:;
         v->release_requested = false;
         v->unprotecting = false;
         v->kill_requested = false;
-        if (stale || vm_gone)
+        if (!p->handed_over && v->handover_result == 1) /* ended before the handover */
+                v->handover_result = r < 0 ? r : -ECONNABORTED;
+        if (stale || vm_gone || p->handed_over)
                 adopt_forget(p->d, v);
         else
                 adopt_record(p->d, v, "", false); /* after the output flowed */
-        if (stale) {
+        if (p->handed_over) {
+                dead = v->qemu;
+                v->qemu = NULL;
+                vm_set_state(v, VM_DEFINED);
+                vm_set_exit(v, "handed-over");
+                v->handover_requested = false;
+                v->handover_result = 0;
+                log_msg(LOG_LVL_NOTICE, MSG_HANDOVER, v->name, (int64_t)v->committed_epoch,
+                        "handed over to %s at epoch %llu: the copy here is powered off, the "
+                        "standby keeps the replica for activation", p->peer,
+                        (unsigned long long)v->committed_epoch);
+        } else if (stale) {
                 dead = v->qemu;
                 v->qemu = NULL;
                 vm_set_state(v, VM_DEFINED);

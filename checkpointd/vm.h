@@ -83,12 +83,25 @@ struct epoch_stat {
         uint32_t early;      /* 1: started before epoch_ms by adaptive epochs */
 };
 
+/* A (re-)sync to the standby: progress while it runs, its figures after
+ * (status shows them as "sync" while syncing, "last_sync" after). */
 struct sync_progress {
-        uint64_t total_bytes;
-        uint64_t sent_bytes;  /* of the first full pass */
+        uint64_t total_bytes; /* disk bytes to look at + guest RAM */
+        uint64_t sent_bytes;  /* of those, looked at so far (first pass) */
         uint32_t round;       /* 0 = full pass, then pre-copy rounds */
         uint64_t last_round_pages;
         uint64_t started_ms;
+        uint64_t ended_ms;    /* 0 while running */
+        const char *phase;    /* "hashes", "disks", "memory", "pre-copy" */
+        bool mem_reseed;      /* the standby's RAM file was compared by hashes */
+        uint64_t pages_same;  /* first pass: pages the standby already had */
+        uint64_t pages_sent;  /* first pass: pages sent */
+        uint64_t precopy_pages; /* pages sent again in pre-copy rounds */
+        unsigned disks_incremental, disks_full;
+        uint64_t disk_blocks; /* 64 KiB blocks looked at in the first pass */
+        uint64_t disk_sent_bytes; /* disk bytes sent, all passes */
+        uint64_t hash_bytes;  /* hashes received from the standby */
+        uint64_t wire_bytes;  /* bytes sent during the sync */
 };
 
 struct vm {
@@ -113,8 +126,9 @@ struct vm {
         uint64_t generation;           /* fencing token as persisted here (persist.h) */
         bool generation_bad;           /* the generation file is corrupt: refuse to act */
         char last_exit[32];            /* why the VM last stopped here: guest-shutdown,
-                                          crash, stopped, stale, peer-guest-shutdown,
-                                          peer-ended, peer-lost; "" = never */
+                                          crash, stopped, stale, handed-over,
+                                          peer-guest-shutdown, peer-ended, peer-lost,
+                                          peer-handover; "" = never */
         float persist_ms_last, persist_ms_max; /* backup: devstate write per commit */
 
         /* Owned by whoever holds `busy`: the replication thread while it
@@ -127,6 +141,9 @@ struct vm {
                                           thread_running drops */
         volatile bool stop_requested;  /* control -> thread: end protection */
         volatile bool hold_requested;  /* control -> thread: pause after a checkpoint */
+        volatile bool handover_requested; /* control -> thread: after that checkpoint, hand
+                                             the VM to the standby (switchover) */
+        int handover_result;           /* thread -> control: 1 pending, 0 done, -errno */
         volatile bool release_requested; /* control -> thread: leave ISOLATED, release */
         volatile bool unprotecting;    /* control -> thread: this stop_requested is an
                                           `unprotect` (the VM runs on), not a `stop` */

@@ -23,6 +23,7 @@
 
 #include "clmsg.h"
 #include "config.h"
+#include "controller.h"
 #include "ctl.h"
 #include "fence.h"
 #include "hooks.h"
@@ -32,6 +33,7 @@
 #include "policy.h"
 #include "runner.h"
 #include "util.h"
+#include "wol.h"
 
 #define TICK_MS 100            /* checkpointd status poll and link check */
 #define CTL_TIMEOUT_MS 1000    /* one status call */
@@ -46,6 +48,9 @@
 #define PATROL_MAX 16
 #define PATROL_LAG_MS 2000     /* a connected replica older than this is reported */
 #define PATROL_MIN_FREE (64ull << 20)
+#define SW_REPLY_MS 150000     /* havmsctl switchover waits this long for the outcome */
+#define SPARE_OFF_AGAIN_MS 60000 /* a spare powered off is not powered off again before this */
+#define OFF_COMMAND_MS 60000   /* off_command's deadline */
 
 /* epoll tags: small integers; membership fds are tagged TAG_MEM + index. */
 enum { TAG_SIGNAL = 1, TAG_TICK, TAG_DECIDE, TAG_CTL, TAG_CKPT, TAG_JOB, TAG_MEM = 16 };
@@ -65,6 +70,7 @@ struct ahost {
         char fence_last[200];     /* last fence outcome, for status */
         char monitor[200];        /* last monitor outcome: "ok", "failed: ...", "unchecked" */
         bool have_state;
+        bool announced;           /* a STATE arrived since it last joined: its havmsd is up */
         struct clmsg state;       /* its last STATE announcement */
         struct links_seen {
                 size_t n;
@@ -85,9 +91,18 @@ struct avm {
         bool stopping;            /* a self-fence kill was sent */
         bool hook_aborted;        /* pre-activate said abort: no automatic takeover until
                                      the VM's state here changes */
+        /* failback (failback/) */
+        char raw_state[24];       /* checkpointd's own state word */
+        bool has_sync;            /* syncing: checkpointd's progress below */
+        double sync_pct, sync_mib_s, sync_eta_s;
+        bool fb_busy;             /* a failback job for it runs */
+        uint64_t fb_retry_ms;     /* a failback job failed: none for it before this */
+        char fb_note[FB_NOTE_MAX];
+        bool fb_pending;          /* failback = manual: a switchover is pending */
+        struct fb_vm fbcfg;       /* its [failback] settings (name, config fields only) */
 };
 
-enum job_kind { JOB_CTL, JOB_FENCE, JOB_MONITOR, JOB_HOOK };
+enum job_kind { JOB_CTL, JOB_FENCE, JOB_MONITOR, JOB_HOOK, JOB_WAKE, JOB_SPARE_OFF };
 
 struct job {
         struct agent *a;
@@ -109,8 +124,22 @@ struct job {
         char hpeer[CFG_NAME_MAX], hrole[16], hvm[CFG_NAME_MAX], hhost[CFG_NAME_MAX];
         struct hook_result hres;
         uint64_t started_ms;
+        bool fb;                  /* a failback job: fbact says which */
+        enum fb_act fbact;
+        const struct cfg_spare *spare;
+        char way[64];             /* JOB_WAKE: how it went out */
         struct runner_job *rj;
         struct job *next;
+};
+
+/* A `havmsctl switchover` waiting for its outcome (its socket stays open). */
+struct pending {
+        int fd;
+        char vm[CFG_NAME_MAX];
+        char owner[CFG_NAME_MAX];
+        uint32_t reqid;
+        uint64_t deadline_ms;
+        struct pending *next;
 };
 
 struct agent {
@@ -148,6 +177,9 @@ struct agent {
         size_t n_patrol;
         uint64_t next_monitor_ms;
         struct job *jobs;
+        struct fb_controller fb;  /* failback's memory (failback/controller.h) */
+        struct pending *pending;
+        uint32_t next_reqid;
         pthread_mutex_t ev_lock;
         struct event events[EVENTS_MAX];
         uint64_t n_events;
@@ -206,6 +238,16 @@ static void vm_reload_config(struct agent *a, struct avm *v)
         if (vm_config_find(&a->host, v->po.name, &cfg, err, sizeof(err)) == 0) {
                 v->po.failover_auto = strcmp(cfg.failover, "manual") != 0;
                 v->po.local_restarts = cfg.local_restarts;
+                struct fb_vm *f = &v->fbcfg;
+                f->reprotect_auto = strcmp(cfg.reprotect, "manual") != 0;
+                f->failback = !strcmp(cfg.failback, "auto")  ? FB_FAILBACK_AUTO
+                              : !strcmp(cfg.failback, "off") ? FB_FAILBACK_OFF
+                                                             : FB_FAILBACK_MANUAL;
+                f->failback_delay_s = cfg.failback_delay_s;
+                snprintf(f->preferred, sizeof(f->preferred), "%s", cfg.preferred_host);
+                f->n_hosts = vm_config_hosts(&cfg, a->host.name, f->hosts, CFG_MAX_HOSTS);
+                f->fewest_vms = !strcmp(cfg.standby_policy, "fewest-vms");
+                f->spare_wait_s = cfg.spare_wait_s;
         }
 }
 
@@ -220,6 +262,11 @@ static struct avm *vm_by_name(struct agent *a, const char *name, bool create)
         memset(v, 0, sizeof(*v));
         snprintf(v->po.name, sizeof(v->po.name), "%s", name);
         v->po.failover_auto = true;
+        v->fbcfg.reprotect_auto = true;
+        v->fbcfg.spare_wait_s = 30;
+        v->fbcfg.failback_delay_s = 60;
+        memcpy(v->fbcfg.hosts[0], a->host.name, CFG_NAME_MAX);
+        v->fbcfg.n_hosts = 1; /* until its definition is read */
         vm_reload_config(a, v);
         return v;
 }
@@ -231,6 +278,89 @@ static bool runs_here(enum po_vm_state s)
 }
 
 /* -------------------------------------------------------------- jobs -- */
+
+/* Wake a spare (worker thread): wake = auto or ipmi with a [fence NAME]:
+ * its level 1 with action=on; auto falls back to wake-on-LAN, wol uses only
+ * that. 0 with how it went out in way, or -errno with why in err. */
+static int spare_wake(const struct cfg_spare *sp, const struct cfg_fence *f,
+                      struct fence_result *fr, char *way, size_t waylen, char *err, size_t errlen)
+{
+        char ipmi_err[200] = "";
+        if (f && strcmp(sp->wake, "wol")) {
+                int r = fence_run(f, FENCE_ON, 1, fr);
+                if (r == 0 && fr->ok) {
+                        snprintf(way, waylen, "ipmi (%.40s action=on)", f->levels[0].agent);
+                        return 0;
+                }
+                snprintf(ipmi_err, sizeof(ipmi_err), "%.60s on failed: %.120s", f->levels[0].agent,
+                         r < 0 ? strerror(-r) : fr->n_attempts ? fr->attempts[0].reason : "?");
+        }
+        if (!strcmp(sp->wake, "ipmi")) {
+                snprintf(err, errlen, "%s", ipmi_err[0] ? ipmi_err : "no [fence] section for it");
+                return -EIO;
+        }
+        struct wol_target t;
+        memset(&t, 0, sizeof(t));
+        snprintf(t.ifname, sizeof(t.ifname), "%s", sp->interface);
+        snprintf(t.broadcast, sizeof(t.broadcast), "%s", sp->broadcast);
+        t.port = (uint16_t)sp->port;
+        if (wol_parse_mac(sp->mac, t.mac) < 0 ||
+            (sp->password[0] && wol_parse_password(sp->password, t.pw, &t.pwlen) < 0)) {
+                snprintf(err, errlen, "bad mac or password in [spare %s]", sp->name);
+                return -EINVAL;
+        }
+        unsigned sent = 0;
+        char werr[256] = "";
+        int r = wol_send(&t, &sent, werr, sizeof(werr));
+        if (r < 0) {
+                snprintf(err, errlen, "%.200s%swake-on-LAN on %s: %.200s", ipmi_err, ipmi_err[0] ? "; " : "",
+                         sp->interface, werr[0] ? werr : strerror(-r));
+                return r;
+        }
+        snprintf(way, waylen, "wol %s%s%s on %s%s%s", sent & WOL_SENT_UDP ? "udp" : "",
+                 (sent & WOL_SENT_UDP) && (sent & WOL_SENT_RAW) ? "+" : "",
+                 sent & WOL_SENT_RAW ? "raw" : "", sp->interface, ipmi_err[0] ? " after " : "",
+                 ipmi_err[0] ? "ipmi failed" : "");
+        return 0;
+}
+
+/* Power a spare off after a hand-back (worker thread): its fence levels
+ * (off, verified), else off_command (argv split on blanks). */
+static int spare_off(const struct cfg_spare *sp, const struct cfg_fence *f, struct fence_result *fr,
+                     char *err, size_t errlen)
+{
+        if (f) {
+                int r = fence_run(f, FENCE_OFF, 0, fr);
+                if (r == 0 && fr->ok)
+                        return 0;
+                snprintf(err, errlen, "fence off failed%s%s", r < 0 ? ": " : "",
+                         r < 0 ? strerror(-r) : "");
+                return r < 0 ? r : -EIO;
+        }
+        char buf[CFG_PATH_MAX];
+        char *argv[16];
+        size_t n = 0;
+        snprintf(buf, sizeof(buf), "%s", sp->off_command);
+        for (char *save = NULL, *t = strtok_r(buf, " \t", &save); t && n < 15;
+             t = strtok_r(NULL, " \t", &save))
+                argv[n++] = t;
+        argv[n] = NULL;
+        if (!n) {
+                snprintf(err, errlen, "no [fence %s] and no off_command", sp->name);
+                return -EINVAL;
+        }
+        struct runner_cmd cmd = { .path = argv[0], .argv = argv, .timeout_ms = OFF_COMMAND_MS };
+        struct runner_result rr;
+        int r = runner_run(&cmd, &rr);
+        if (r < 0 || rr.end != RUNNER_EXITED || rr.exit_code) {
+                char d[64];
+                snprintf(err, errlen, "%.100s: %.60s %.200s", argv[0],
+                         r < 0 ? strerror(-r) : runner_describe(&rr, d, sizeof(d)),
+                         r < 0 ? "" : rr.stderr_tail);
+                return r < 0 ? r : -EIO;
+        }
+        return 0;
+}
 
 static void job_body(void *arg, const volatile int *cancel)
 {
@@ -266,6 +396,13 @@ static void job_body(void *arg, const volatile int *cancel)
         case JOB_HOOK:
                 j->r = hooks_run(a->host.cluster.hooks_dir, a->host.cluster.hook_timeout_ms,
                                  j->hook, &j->henv, &j->hres);
+                break;
+        case JOB_WAKE:
+                j->r = spare_wake(j->spare, j->fence_cfg, &j->fence, j->way, sizeof(j->way),
+                                  j->err, sizeof(j->err));
+                break;
+        case JOB_SPARE_OFF:
+                j->r = spare_off(j->spare, j->fence_cfg, &j->fence, j->err, sizeof(j->err));
                 break;
         }
 }
@@ -430,6 +567,7 @@ static void arm_decide_timer(struct agent *a, uint64_t wake_ms)
 
 static void do_action(struct agent *a, const struct po_action *x);
 static void poll_checkpointd(struct agent *a);
+static uint64_t failback_decide(struct agent *a, const struct po_output *pout);
 
 /* What host h last announced about VM vm; NULL if nothing. */
 static const struct clmsg_vm *host_vm(const struct ahost *h, const char *vm)
@@ -511,8 +649,8 @@ static void decide(struct agent *a)
                 if (pv->discard_asked || pv->relinquished)
                         if (!retry || av->asked_ms + RESEND_MS < retry)
                                 retry = av->asked_ms + RESEND_MS;
-                if (a->vms[i].hook_aborted)
-                        pv->busy = true;
+                if (a->vms[i].hook_aborted || a->vms[i].fb_busy)
+                        pv->busy = true; /* (a failback job: handover, protect) */
                 if (a->vms[i].retry_ms > in.now_ms) {
                         pv->busy = true;
                         if (!retry || a->vms[i].retry_ms < retry)
@@ -533,6 +671,10 @@ static void decide(struct agent *a)
         }
         for (size_t k = 0; k < out.n_actions; k++)
                 do_action(a, &out.actions[k]);
+        /* failback decides after the failover policy, from the same view */
+        uint64_t fw = failback_decide(a, &out);
+        if (fw && (!out.wake_ms || fw < out.wake_ms))
+                out.wake_ms = fw;
         arm_decide_timer(a, out.wake_ms);
 }
 
@@ -619,9 +761,14 @@ static void do_action(struct agent *a, const struct po_action *x)
                         v->po.relinquished = true;
                         v->asked_ms = now_ms();
                 }
-                ev(a, LOG_LVL_WARN, MSG_FO_RELINQUISH, x->vm, x->host,
-                   "QEMU crashed here: handing generation %" PRIu64 " to standby %s",
-                   x->generation, x->host);
+                if (v && v->po.last_exit == PO_EXIT_HANDED_OVER)
+                        ev(a, LOG_LVL_NOTICE, MSG_FO_RELINQUISH, x->vm, x->host,
+                           "switchover: QEMU here is off after the final checkpoint; handing "
+                           "generation %" PRIu64 " to standby %s", x->generation, x->host);
+                else
+                        ev(a, LOG_LVL_WARN, MSG_FO_RELINQUISH, x->vm, x->host,
+                           "QEMU crashed here: handing generation %" PRIu64 " to standby %s",
+                           x->generation, x->host);
                 send_ref(a, CLMSG_RELINQUISH, x->vm, x->generation, x->host);
                 break;
         case PO_ACT_RESTART:
@@ -646,6 +793,479 @@ static void do_action(struct agent *a, const struct po_action *x)
                         ev(a, LOG_LVL_ERR, MSG_FO_SELF_FENCE, x->vm, NULL,
                            "cannot kill QEMU pid %d: %s", v->qemu_pid, strerror(errno));
                 break;
+        }
+}
+
+/* ---------------------------------------------------------- failback -- */
+
+/* Fenced after it last left (as policy.c judges it). */
+static bool fenced_since_left(const struct ahost *h)
+{
+        return h->po.fence == PO_FENCE_DONE && h->po.fence_ms >= h->po.left_ms;
+}
+
+/* F2 (failback/plan.h): what the failover policy handles now, in words;
+ * NULL when nothing. */
+static const char *failover_busy(struct agent *a, const struct po_output *pout, char *buf,
+                                 size_t len)
+{
+        if (pout && pout->n_actions) {
+                const struct po_action *x = &pout->actions[0];
+                snprintf(buf, len, "failover action %s for %s under way", po_act_name(x->type),
+                         x->vm[0] ? x->vm : x->host);
+                return buf;
+        }
+        for (size_t k = 0; k < a->n_hosts; k++) {
+                const struct ahost *h = &a->hosts[k];
+                if (h->po.fence == PO_FENCE_RUNNING) {
+                        snprintf(buf, len, "host %s is being fenced", h->po.name);
+                        return buf;
+                }
+                for (size_t e = 0; h->po.member && h->have_state && e < h->state.n_vms; e++) {
+                        const struct clmsg_vm *x = &h->state.vms[e];
+                        if (x->state == PO_VM_ISOLATED || x->state == PO_VM_ACTIVATING) {
+                                snprintf(buf, len, "%s is %s on %s", x->name,
+                                         po_vm_state_name(x->state), h->po.name);
+                                return buf;
+                        }
+                }
+        }
+        for (size_t i = 0; i < a->n_vms; i++) {
+                const struct avm *v = &a->vms[i];
+                const struct ahost *h = host_by_name(a, v->po.peer);
+                if (v->po.busy) {
+                        snprintf(buf, len, "a failover action for %s is in flight", v->po.name);
+                        return buf;
+                }
+                if (v->po.state == PO_VM_ISOLATED || v->po.state == PO_VM_ACTIVATING) {
+                        snprintf(buf, len, "%s is %s here", v->po.name,
+                                 po_vm_state_name(v->po.state));
+                        return buf;
+                }
+                if ((v->po.state == PO_VM_BK_READY || v->po.state == PO_VM_BK_SYNCING) && h &&
+                    !h->po.member && !fenced_since_left(h)) {
+                        snprintf(buf, len, "%s's primary %s left and is not fenced", v->po.name,
+                                 h->po.name);
+                        return buf;
+                }
+        }
+        return NULL;
+}
+
+/* The plan's input, from the same view the failover policy had. */
+static void fb_build(struct agent *a, struct fb_input *in, const struct po_output *pout)
+{
+        static char why[200];
+        memset(in, 0, sizeof(*in));
+        in->now_ms = now_ms();
+        snprintf(in->self, sizeof(in->self), "%s", a->host.name);
+        in->quorate = a->quorum_known && a->nodes_known && a->quorate && a->corosync_up;
+        in->failover_why = failover_busy(a, pout, why, sizeof(why));
+        in->failover_busy = in->failover_why != NULL;
+        struct fb_host *self = &in->hosts[in->n_hosts++];
+        snprintf(self->name, sizeof(self->name), "%s", a->host.name);
+        self->member = self->agent_up = true;
+        for (size_t i = 0; i < a->n_vms; i++)
+                self->n_vms += a->vms[i].seen && a->vms[i].po.state != PO_VM_DEFINED &&
+                               a->vms[i].po.state != PO_VM_UNKNOWN;
+        for (size_t k = 0; k < a->n_hosts && in->n_hosts < FB_MAX_HOSTS; k++) {
+                const struct ahost *h = &a->hosts[k];
+                struct fb_host *f = &in->hosts[in->n_hosts++];
+                snprintf(f->name, sizeof(f->name), "%s", h->po.name);
+                f->member = h->po.member;
+                f->agent_up = h->po.member && h->announced;
+                for (size_t e = 0; h->have_state && e < h->state.n_vms; e++)
+                        f->n_vms += h->state.vms[e].state != PO_VM_DEFINED;
+        }
+        for (size_t i = 0; i < a->n_vms && in->n_vms < FB_MAX_VMS; i++) {
+                const struct avm *v = &a->vms[i];
+                struct fb_vm *f = &in->vms[in->n_vms++];
+                *f = v->fbcfg;
+                snprintf(f->name, sizeof(f->name), "%s", v->po.name);
+                f->state = v->seen && runs_here(v->po.state) ? fb_vm_state_parse(v->raw_state)
+                                                             : FB_VM_OTHER;
+                f->generation = v->po.generation;
+                snprintf(f->peer, sizeof(f->peer), "%s", v->po.peer);
+                f->newer_generation = v->po.newer_generation;
+                const struct ahost *h = host_by_name(a, v->po.peer);
+                const struct clmsg_vm *x = peer_view(a, v);
+                f->standby_committed = h && h->po.member && x && x->state == PO_VM_BK_READY &&
+                                       x->generation == v->po.generation;
+                f->busy = v->fb_busy || v->po.busy || v->fb_retry_ms > in->now_ms;
+        }
+        fbc_observe(&a->fb, in);
+}
+
+static void reply_pending(struct agent *a, uint32_t reqid, int status, const char *text,
+                          uint32_t ms, const char *to)
+{
+        for (struct pending **p = &a->pending; *p; p = &(*p)->next) {
+                struct pending *q = *p;
+                if (q->reqid != reqid)
+                        continue;
+                json_object *r = json_object_new_object();
+                json_object_object_add(r, "ok", json_object_new_boolean(status == 0));
+                json_object_object_add(r, status ? "error" : "text", json_object_new_string(text));
+                json_object_object_add(r, "vm", json_object_new_string(q->vm));
+                json_object_object_add(r, "to", json_object_new_string(to ? to : ""));
+                if (!status)
+                        json_object_object_add(r, "downtime_ms", json_object_new_int64(ms));
+                ctl_write(q->fd, r, 1000);
+                json_object_put(r);
+                close(q->fd);
+                *p = q->next;
+                free(q);
+                return;
+        }
+}
+
+static void send_sw_status(struct agent *a, const char *vm, uint64_t gen, const char *target,
+                           const char *to, uint32_t reqid, enum clmsg_phase phase, int status,
+                           uint32_t ms, const char *text)
+{
+        static struct clmsg m;
+        memset(&m, 0, sizeof(m));
+        m.type = CLMSG_SWITCHOVER_STATUS;
+        snprintf(m.sender, sizeof(m.sender), "%s", a->host.name);
+        snprintf(m.vm, sizeof(m.vm), "%s", vm);
+        snprintf(m.target, sizeof(m.target), "%s", target ? target : "");
+        snprintf(m.to, sizeof(m.to), "%s", to ? to : "");
+        m.generation = gen;
+        m.reqid = reqid;
+        m.phase = phase;
+        m.status = status;
+        m.ms = ms;
+        size_t n = 0;
+        for (const char *c = text; c && *c && n < CLMSG_TEXT - 1; c++)
+                m.text[n++] = *c >= 0x20 && *c <= 0x7e ? *c : ' ';
+        send_msg(a, &m);
+}
+
+/* The end of this host's switchover of vm: event, everyone told, the
+ * requester answered. */
+static void finish_switch(struct agent *a, struct fbc_vm *r, int status, uint32_t ms,
+                          const char *text)
+{
+        if (!r)
+                return;
+        ev(a, status ? LOG_LVL_ERR : LOG_LVL_NOTICE, status ? MSG_FB_SW_FAILED : MSG_FB_SW_DONE,
+           r->name, r->sw_to, "switchover to %s %s: %s", r->sw_to, status ? "FAILED" : "done",
+           text);
+        bool mine = !r->sw_requester[0] || !strcmp(r->sw_requester, a->host.name);
+        send_sw_status(a, r->name, r->sw_generation, mine ? "" : r->sw_requester, r->sw_to,
+                       r->sw_reqid, status ? CLMSG_SW_FAILED : CLMSG_SW_DONE, status, ms, text);
+        if (mine && r->sw_reqid)
+                reply_pending(a, r->sw_reqid, status, text, ms, r->sw_to);
+        fbc_switch_end(&a->fb, r->name);
+}
+
+static int fb_ctl(struct agent *a, const char *vm, const char *host, const char *cmd,
+                  json_object *args, enum fb_act fbact)
+{
+        struct avm *v = vm_by_name(a, vm, false);
+        struct job *j = v ? job_new(a, JOB_CTL, vm, host) : NULL;
+        if (!j) {
+                json_object_put(args);
+                return -ENOMEM;
+        }
+        j->fb = true;
+        j->fbact = fbact;
+        snprintf(j->cmd, sizeof(j->cmd), "%s", cmd);
+        j->args = args;
+        int r = job_start(a, j);
+        if (r == 0)
+                v->fb_busy = true;
+        return r;
+}
+
+static void start_switchover(struct agent *a, const char *vm, const char *to,
+                             const char *requester, uint32_t reqid)
+{
+        struct avm *v = vm_by_name(a, vm, false);
+        if (!v)
+                return;
+        fbc_switch_begin(&a->fb, vm, to, requester, reqid, v->po.generation, now_ms());
+        ev(a, LOG_LVL_NOTICE, MSG_FB_SW_STARTED, vm, to,
+           "switchover to %s started (%s%s): final checkpoint with the VM stopped, then %s "
+           "activates", to, requester && requester[0] ? "asked on " : "failback = auto",
+           requester && requester[0] ? requester : "", to);
+        send_sw_status(a, vm, v->po.generation, "", to, reqid, CLMSG_SW_STARTED, 0, 0, "");
+        if (fb_ctl(a, vm, to, "handover", NULL, FB_SWITCHOVER) < 0)
+                finish_switch(a, fbc_vm(&a->fb, vm, false), -EAGAIN, 0,
+                              "cannot start checkpointd's handover");
+}
+
+/* Re-protections that ended, switchovers whose new owner runs the VM (or
+ * that timed out). Returns when to look again (0 = no need). */
+static uint64_t failback_progress(struct agent *a, const struct fb_input *in)
+{
+        uint64_t wake = 0;
+        for (size_t i = 0; i < in->n_vms; i++) {
+                const struct fb_vm *f = &in->vms[i];
+                struct fbc_vm *r = fbc_vm(&a->fb, f->name, false);
+                if (!r)
+                        continue;
+                if (r->reprotect_ms && f->state == FB_VM_PROTECTED && f->standby_committed) {
+                        ev(a, LOG_LVL_NOTICE, MSG_FB_REPROTECTED, f->name, f->peer,
+                           "protected again: standby %s holds a committed replica, %" PRIu64
+                           " ms after re-protection started", f->peer, in->now_ms - r->reprotect_ms);
+                        r->reprotect_ms = 0;
+                }
+                if (r->sw != FBC_SW_RELINQUISHED)
+                        continue;
+                for (size_t k = 0; k < a->n_hosts; k++) {
+                        const struct ahost *h = &a->hosts[k];
+                        const struct clmsg_vm *x = h->po.member ? host_vm(h, f->name) : NULL;
+                        if (x && runs_here(x->state) && x->generation > r->sw_generation) {
+                                char t[160];
+                                uint64_t total = in->now_ms - r->sw_started_ms;
+                                snprintf(t, sizeof(t), "runs on %s as generation %" PRIu64
+                                         "; final-checkpoint pause %u ms, %" PRIu64
+                                         " ms from request to running there", h->po.name,
+                                         x->generation, r->sw_pause_ms, total);
+                                finish_switch(a, r, 0, (uint32_t)total, t);
+                                break;
+                        }
+                }
+                if (r->sw != FBC_SW_RELINQUISHED)
+                        continue;
+                uint64_t end = r->sw_stopped_ms + FBC_SWITCH_TIMEOUT_MS;
+                if (in->now_ms >= end)
+                        finish_switch(a, r, -ETIMEDOUT, 0, "the standby did not run the VM within "
+                                      "120 s after the handover: see `havmsctl status`");
+                else if (!wake || end < wake)
+                        wake = end;
+        }
+        return wake;
+}
+
+static void fb_do(struct agent *a, const struct fb_action *x)
+{
+        uint64_t now = now_ms();
+        struct fbc_spare *s = x->host[0] ? fbc_spare(&a->fb, x->host) : NULL;
+        switch (x->type) {
+        case FB_PROTECT: {
+                ev(a, LOG_LVL_NOTICE, MSG_FB_REPROTECT, x->vm, x->host,
+                   "re-protecting towards %s: %s", x->host, x->why);
+                json_object *args = json_object_new_object();
+                json_object_object_add(args, "peer", json_object_new_string(x->host));
+                if (fb_ctl(a, x->vm, x->host, "protect", args, FB_PROTECT) == 0)
+                        fbc_action_started(&a->fb, x, now);
+                break;
+        }
+        case FB_UNPROTECT:
+                ev(a, LOG_LVL_NOTICE, s ? MSG_FB_HANDED_BACK : MSG_FB_UNPROTECT, x->vm, x->host,
+                   "ending protection towards %s: %s", x->host, x->why);
+                if (fb_ctl(a, x->vm, x->host, "unprotect", NULL, FB_UNPROTECT) == 0)
+                        fbc_action_started(&a->fb, x, now);
+                break;
+        case FB_SWITCHOVER:
+                ev(a, LOG_LVL_NOTICE, MSG_FB_FAILBACK, x->vm, x->host,
+                   "failing back to preferred host %s: %s", x->host, x->why);
+                start_switchover(a, x->vm, x->host, "", 0);
+                break;
+        case FB_WAKE: {
+                if (!s || s->job)
+                        break; /* never woken twice at once */
+                struct job *j = job_new(a, JOB_WAKE, NULL, x->host);
+                if (!j)
+                        break;
+                j->spare = s->cfg;
+                j->fence_cfg = host_config_fence(&a->host, x->host);
+                fbc_action_started(&a->fb, x, now);
+                if (job_start(a, j) == 0)
+                        s->job = true;
+                break;
+        }
+        case FB_WAKE_FAILED:
+                fbc_action_started(&a->fb, x, now);
+                ev(a, LOG_LVL_ERR, MSG_FB_WAKE_FAILED, NULL, x->host,
+                   "spare %s did not join within %u s after %u wake(s): FAILED; tried again in "
+                   "%llu s, another spare may be woken meanwhile", x->host,
+                   s ? s->cfg->boot_timeout_s : 0, x->attempt, FB_SPARE_RETRY_MS / 1000);
+                break;
+        case FB_SPARE_OFF: {
+                if (!s || s->job || (s->off_ms && now < s->off_ms + SPARE_OFF_AGAIN_MS))
+                        break;
+                struct job *j = job_new(a, JOB_SPARE_OFF, NULL, x->host);
+                if (!j)
+                        break;
+                j->spare = s->cfg;
+                j->fence_cfg = host_config_fence(&a->host, x->host);
+                s->off_ms = now;
+                fbc_action_started(&a->fb, x, now);
+                ev(a, LOG_LVL_NOTICE, MSG_FB_SPARE_OFF, NULL, x->host,
+                   "powering spare %s off (%s): %s", x->host,
+                   j->fence_cfg ? "fence agent off" : "off_command", x->why);
+                if (job_start(a, j) < 0)
+                        s->job = false;
+                break;
+        }
+        }
+}
+
+static uint64_t failback_decide(struct agent *a, const struct po_output *pout)
+{
+        static struct fb_input in;
+        static struct fb_output out;
+        enum fb_spare_state before[CFG_MAX_SPARES];
+        for (size_t k = 0; k < a->fb.n_spares; k++)
+                before[k] = a->fb.spares[k].state;
+        fb_build(a, &in, pout);
+        for (size_t k = 0; k < a->fb.n_spares; k++) {
+                const struct fbc_spare *s = &a->fb.spares[k];
+                if (before[k] != FB_SPARE_UP && s->state == FB_SPARE_UP)
+                        ev(a, LOG_LVL_NOTICE, MSG_FB_SPARE_JOINED, NULL, s->cfg->name,
+                           "spare %s joined the membership%s (%u wake(s), %" PRIu64
+                           " ms after the first)", s->cfg->name,
+                           s->attempts ? "" : " by itself", s->attempts,
+                           s->attempts ? in.now_ms - s->first_ms : 0);
+        }
+        uint64_t wake = failback_progress(a, &in);
+        fb_plan(&in, &out);
+        for (size_t i = 0; i < in.n_vms && i < a->n_vms; i++) {
+                struct avm *v = &a->vms[i];
+                if (strcmp(v->fb_note, out.note[i])) {
+                        snprintf(v->fb_note, sizeof(v->fb_note), "%s", out.note[i]);
+                        if (v->fb_note[0])
+                                ev(a, LOG_LVL_NOTICE,
+                                   out.failback_pending[i] ? MSG_FB_PENDING : MSG_FB_NOTE,
+                                   v->po.name, NULL, "%s", v->fb_note);
+                }
+                v->fb_pending = out.failback_pending[i];
+        }
+        for (size_t k = 0; k < out.n_actions; k++)
+                fb_do(a, &out.actions[k]);
+        if (out.wake_ms && (!wake || out.wake_ms < wake))
+                wake = out.wake_ms;
+        return wake;
+}
+
+/* A failback job ended (JOB_CTL with fb, JOB_WAKE, JOB_SPARE_OFF). */
+static void fb_job_finished(struct agent *a, struct job *j, struct avm *v, uint64_t took)
+{
+        struct fbc_spare *s = j->host[0] ? fbc_spare(&a->fb, j->host) : NULL;
+        if (j->kind == JOB_WAKE) {
+                fbc_wake_done(&a->fb, j->host, j->r == 0 ? j->way : "");
+                unsigned n = s ? s->attempts : 0;
+                if (j->r == 0)
+                        ev(a, n > 1 ? LOG_LVL_WARN : LOG_LVL_NOTICE,
+                           n > 1 ? MSG_FB_WAKE_RETRY : MSG_FB_WAKE_SENT, NULL, j->host,
+                           "spare %s woken (attempt %u): %s", j->host, n, j->way);
+                else
+                        ev(a, LOG_LVL_ERR, MSG_FB_WAKE_FAILED, NULL, j->host,
+                           "waking spare %s failed (attempt %u): %s; tried again with back-off",
+                           j->host, n, j->err);
+                return;
+        }
+        if (j->kind == JOB_SPARE_OFF) {
+                if (s)
+                        s->job = false;
+                if (j->r == 0)
+                        ev(a, LOG_LVL_NOTICE, MSG_FB_SPARE_OFF, NULL, j->host,
+                           "spare %s powered off after the hand-back (%" PRIu64 " ms)", j->host, took);
+                else
+                        ev(a, LOG_LVL_ERR, MSG_FB_SPARE_OFF, NULL, j->host,
+                           "powering spare %s off FAILED: %s", j->host, j->err);
+                return;
+        }
+        if (!v)
+                return;
+        v->fb_busy = false;
+        struct fbc_vm *r = fbc_vm(&a->fb, j->vm, false);
+        if (j->fbact == FB_SWITCHOVER) {
+                if (!r || r->sw != FBC_SW_HANDOVER)
+                        return;
+                if (j->r < 0) {
+                        char t[CLMSG_TEXT];
+                        snprintf(t, sizeof(t), "handover failed after %" PRIu64 " ms, the VM "
+                                 "keeps running here: %.40s", took, j->err);
+                        finish_switch(a, r, j->r, 0, t);
+                        return;
+                }
+                json_object *o;
+                /* pause_ms (the spec) or handover_ms (checkpointd's answer: the
+                 * VM is held from the final checkpoint's start to its end) */
+                int64_t pause = j->resp && (json_object_object_get_ex(j->resp, "pause_ms", &o) ||
+                                            json_object_object_get_ex(j->resp, "handover_ms", &o))
+                                        ? json_object_get_int64(o) : -1;
+                int64_t ep = j->resp && json_object_object_get_ex(j->resp, "epoch", &o)
+                                     ? json_object_get_int64(o) : -1;
+                fbc_switch_stopped(&a->fb, j->vm, pause > 0 ? (uint32_t)pause : 0, now_ms());
+                ev(a, LOG_LVL_NOTICE, MSG_FB_SW_STARTED, j->vm, j->host,
+                   "handover done in %" PRIu64 " ms: final checkpoint epoch %" PRId64
+                   ", pause %" PRId64 " ms; QEMU here is off, %s activates", took, ep, pause,
+                   j->host);
+                return;
+        }
+        if (j->r < 0) {
+                v->fb_retry_ms = now_ms() + 5 * ACTION_RETRY_MS;
+                if (r && j->fbact == FB_PROTECT)
+                        r->reprotect_ms = 0;
+                ev(a, LOG_LVL_WARN, j->fbact == FB_PROTECT ? MSG_FB_REPROTECT : MSG_FB_UNPROTECT,
+                   j->vm, j->host, "%s towards %s failed after %" PRIu64 " ms (retried in %d ms): %s",
+                   j->cmd, j->host, took, 5 * ACTION_RETRY_MS, j->err);
+        } else if (j->fbact == FB_PROTECT) {
+                ev(a, LOG_LVL_NOTICE, MSG_FB_REPROTECT, j->vm, j->host,
+                   "re-protection towards %s under way: resyncing (only what differs when %s "
+                   "still holds a replica or a disk with known history)", j->host, j->host);
+        }
+}
+
+/* F4 for `havmsctl switchover` and a forwarded request. */
+static int switchover_check(struct agent *a, const char *vm, const char *to, char *why,
+                            size_t len)
+{
+        static struct fb_input in;
+        fb_build(a, &in, NULL);
+        for (size_t i = 0; i < in.n_vms; i++)
+                if (!strcmp(in.vms[i].name, vm))
+                        return fb_switchover_check(&in, i, to, why, len);
+        snprintf(why, len, "%s is unknown on %s", vm, a->host.name);
+        return -ENOENT;
+}
+
+/* SWITCHOVER from another host: we are (we think) the owner. */
+static void switchover_request(struct agent *a, const struct clmsg *m)
+{
+        char why[256];
+        struct avm *v = vm_by_name(a, m->vm, false);
+        int r = switchover_check(a, m->vm, m->to, why, sizeof(why));
+        if (r < 0) {
+                ev(a, LOG_LVL_WARN, MSG_FB_SW_FAILED, m->vm, m->sender,
+                   "switchover asked on %s refused: %s", m->sender, why);
+                send_sw_status(a, m->vm, v ? v->po.generation : 0, m->sender, m->to, m->reqid,
+                               CLMSG_SW_FAILED, r, 0, why);
+                return;
+        }
+        ev(a, LOG_LVL_NOTICE, MSG_FB_SW_REQUESTED, m->vm, m->sender,
+           "switchover to %s requested on %s", v->po.peer, m->sender);
+        start_switchover(a, m->vm, v->po.peer, m->sender, m->reqid);
+}
+
+static void switchover_status(struct agent *a, const struct clmsg *m)
+{
+        if (m->phase == CLMSG_SW_STARTED)
+                fbc_remote_begin(&a->fb, m->sender, m->vm, now_ms());
+        else
+                fbc_remote_end(&a->fb, m->sender, m->vm);
+        if (m->phase != CLMSG_SW_STARTED && !strcmp(m->target, a->host.name))
+                reply_pending(a, m->reqid, m->status, m->text, m->ms, m->to);
+}
+
+/* Requests whose answer did not come, or whose owner left. */
+static void pending_tick(struct agent *a)
+{
+        uint64_t now = now_ms();
+        for (struct pending *p = a->pending, *next; p; p = next) {
+                next = p->next;
+                const struct ahost *h = host_by_name(a, p->owner);
+                if (now >= p->deadline_ms)
+                        reply_pending(a, p->reqid, -ETIMEDOUT, "no outcome within 150 s: see "
+                                      "`havmsctl events`", 0, "");
+                else if (h && !h->po.member)
+                        reply_pending(a, p->reqid, -EHOSTDOWN, "the owner left the membership "
+                                      "during the switchover: see `havmsctl status`", 0, "");
         }
 }
 
@@ -745,6 +1365,8 @@ static void job_finished(struct agent *a, struct job *j)
                 }
         } else if (j->kind == JOB_HOOK) {
                 report_hook(a, j);
+        } else if (j->fb || j->kind == JOB_WAKE || j->kind == JOB_SPARE_OFF) {
+                fb_job_finished(a, j, v, took);
         } else if (j->kind == JOB_CTL && v) {
                 v->po.busy = false;
                 if (j->r == -ECANCELED) { /* pre-activate hook: abort */
@@ -880,6 +1502,12 @@ static int64_t jint(json_object *o, const char *k)
         return json_object_object_get_ex(o, k, &x) ? json_object_get_int64(x) : 0;
 }
 
+static double jdbl(json_object *o, const char *k)
+{
+        json_object *x;
+        return json_object_object_get_ex(o, k, &x) ? json_object_get_double(x) : 0;
+}
+
 /* Notice protection lost / restored on a VM that runs here. */
 static void local_transition(struct agent *a, struct avm *v, enum po_vm_state from)
 {
@@ -967,6 +1595,17 @@ static void poll_checkpointd(struct agent *a)
                 enum po_exit ex = po_exit_parse(jstr(o, "last_exit"));
                 const char *peer = jstr(o, "peer");
                 uint64_t ep = (uint64_t)jint(o, "committed_epoch");
+                const char *raw = jstr(o, "state");
+                bool raw_changed = strcmp(raw, v->raw_state) != 0;
+                snprintf(v->raw_state, sizeof(v->raw_state), "%s", raw);
+                json_object *sy;
+                v->has_sync = json_object_object_get_ex(o, "sync", &sy);
+                if (v->has_sync) {
+                        v->sync_pct = jdbl(sy, "percent");
+                        v->sync_mib_s = jdbl(sy, "mib_s");
+                        v->sync_eta_s = jdbl(sy, "eta_s");
+                }
+                changed |= raw_changed; /* running <-> degraded: failback's business */
                 if (st != v->po.state || gen != v->po.generation || ex != v->po.last_exit ||
                     strcmp(peer, v->po.peer)) {
                         enum po_vm_state from = v->po.state;
@@ -1035,6 +1674,9 @@ static void on_nodes(void *opaque, const uint32_t *ids, size_t n)
                 if (member == h->po.member)
                         continue;
                 h->po.member = member;
+                h->announced = false; /* its havmsd is up once it says so */
+                if (!member)
+                        fbc_remote_end(&a->fb, h->po.name, NULL);
                 if (member) {
                         if (h->po.fence != PO_FENCE_RUNNING)
                                 h->po.fence = PO_FENCE_NONE;
@@ -1108,6 +1750,7 @@ static void on_message(void *opaque, uint32_t from, uint32_t pid, const void *bu
                 if (h) {
                         h->state = m;
                         h->have_state = true;
+                        h->announced = true;
                 }
                 update_newer_generations(a);
                 break;
@@ -1140,6 +1783,13 @@ static void on_message(void *opaque, uint32_t from, uint32_t pid, const void *bu
                 }
                 break;
         }
+        case CLMSG_SWITCHOVER:
+                if (for_me)
+                        switchover_request(a, &m);
+                break;
+        case CLMSG_SWITCHOVER_STATUS:
+                switchover_status(a, &m);
+                break;
         }
         decide(a);
 }
@@ -1298,15 +1948,55 @@ static const char *protection_of(const struct agent *a, const char *vm, const ch
 static json_object *vm_host_json(const char *host, enum po_vm_state st, uint64_t gen,
                                  uint64_t epoch, const char *peer, enum po_exit ex)
 {
-        static const char *const exits[] = { "", "guest-shutdown", "crash", "stopped", "stale" };
         json_object *o = json_object_new_object();
         json_object_object_add(o, "host", json_object_new_string(host));
         json_object_object_add(o, "state", json_object_new_string(po_vm_state_name(st)));
         json_object_object_add(o, "generation", json_object_new_int64((int64_t)gen));
         json_object_object_add(o, "epoch", json_object_new_int64((int64_t)epoch));
         json_object_object_add(o, "peer", json_object_new_string(peer));
-        json_object_object_add(o, "last_exit", json_object_new_string(exits[ex]));
+        json_object_object_add(o, "last_exit", json_object_new_string(po_exit_name(ex)));
         return o;
+}
+
+/* A member's spare fields: "spare": asleep|waking|up|failed, wake history. */
+static void spare_json(struct agent *a, json_object *o, const char *name)
+{
+        const struct fbc_spare *s = fbc_spare(&a->fb, name);
+        if (!s)
+                return;
+        json_object_object_add(o, "spare", json_object_new_string(fb_spare_state_name(s->state)));
+        json_object_object_add(o, "wake_attempts", json_object_new_int((int)s->attempts));
+        json_object_object_add(o, "wake_way", json_object_new_string(s->last_way));
+        json_object_object_add(o, "on_return", json_object_new_string(s->cfg->on_return));
+}
+
+/* Per VM: "status" protected | degraded | resyncing | switching | stopped,
+ * checkpointd's sync progress when the owner is here, the failback note. */
+static void failback_json(struct agent *a, json_object *o, const struct avm *v,
+                          const char *owner, const char *prot)
+{
+        const struct fbc_vm *r = fbc_vm(&a->fb, v->po.name, false);
+        bool switching = r && r->sw != FBC_SW_NONE;
+        for (size_t i = 0; i < a->fb.n_remote; i++)
+                switching |= !strcmp(a->fb.remote[i].vm, v->po.name) &&
+                             now_ms() < a->fb.remote[i].since_ms + FBC_SWITCH_TIMEOUT_MS;
+        const char *st = switching                      ? "switching"
+                         : !strcmp(prot, "protected")   ? "protected"
+                         : !strcmp(prot, "syncing")     ? "resyncing"
+                         : !strcmp(prot, "stopped")     ? "stopped"
+                                                        : "degraded";
+        json_object_object_add(o, "status", json_object_new_string(st));
+        if (!strcmp(owner, a->host.name) && v->has_sync) {
+                json_object *s = json_object_new_object();
+                json_object_object_add(s, "percent", json_object_new_double(v->sync_pct));
+                json_object_object_add(s, "mib_s", json_object_new_double(v->sync_mib_s));
+                json_object_object_add(s, "eta_s", json_object_new_double(v->sync_eta_s));
+                json_object_object_add(o, "sync", s);
+        }
+        json_object_object_add(o, "failback", json_object_new_string(v->fb_note));
+        json_object_object_add(o, "failback_pending", json_object_new_boolean(v->fb_pending));
+        if (switching && r && r->sw != FBC_SW_NONE)
+                json_object_object_add(o, "switching_to", json_object_new_string(r->sw_to));
 }
 
 static json_object *cluster_status(struct agent *a)
@@ -1347,6 +2037,20 @@ static json_object *cluster_status(struct agent *a)
                 json_object_object_add(f, "last", json_object_new_string(h->fence_last));
                 json_object_object_add(f, "monitor", json_object_new_string(h->monitor));
                 json_object_object_add(o, "fence", f);
+                spare_json(a, o, h->po.name);
+                json_object_array_add(members, o);
+        }
+        /* spares that are no corosync node: never members, still wakeable */
+        for (size_t k = 0; k < a->fb.n_spares; k++) {
+                const char *sn = a->fb.spares[k].cfg->name;
+                if (host_by_name(a, sn))
+                        continue;
+                json_object *o = json_object_new_object();
+                json_object_object_add(o, "name", json_object_new_string(sn));
+                json_object_object_add(o, "nodeid", json_object_new_int64(0));
+                json_object_object_add(o, "member", json_object_new_boolean(0));
+                json_object_object_add(o, "self", json_object_new_boolean(0));
+                spare_json(a, o, sn);
                 json_object_array_add(members, o);
         }
         json_object_object_add(r, "members", members);
@@ -1362,6 +2066,7 @@ static json_object *cluster_status(struct agent *a)
                 json_object_object_add(o, "generation", json_object_new_int64((int64_t)gen));
                 json_object_object_add(o, "protection", json_object_new_string(prot));
                 json_object_object_add(o, "note", json_object_new_string(v->note));
+                failback_json(a, o, v, owner, prot);
                 json_object_array_add(hosts, vm_host_json(a->host.name, v->po.state, v->po.generation,
                                                           v->epoch, v->po.peer, v->po.last_exit));
                 for (size_t k = 0; k < a->n_hosts; k++) {
@@ -1426,6 +2131,89 @@ static json_object *events_json(struct agent *a, json_object *req)
         return r;
 }
 
+static json_object *ctl_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static json_object *ctl_error(const char *fmt, ...)
+{
+        char buf[512];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(buf, sizeof(buf), fmt, ap);
+        va_end(ap);
+        json_object *r = json_object_new_object();
+        json_object_object_add(r, "ok", json_object_new_boolean(0));
+        json_object_object_add(r, "error", json_object_new_string(buf));
+        return r;
+}
+
+static void pending_add(struct agent *a, int fd, const char *vm, const char *owner, uint32_t reqid)
+{
+        struct pending *p = calloc(1, sizeof(*p));
+        if (!p) {
+                close(fd);
+                return;
+        }
+        p->fd = fd;
+        snprintf(p->vm, sizeof(p->vm), "%s", vm);
+        snprintf(p->owner, sizeof(p->owner), "%s", owner);
+        p->reqid = reqid;
+        p->deadline_ms = now_ms() + SW_REPLY_MS;
+        p->next = a->pending;
+        a->pending = p;
+}
+
+/* `havmsctl switchover VM [--to HOST]`, typed on any host: the owner runs
+ * it, another host forwards it over CPG. NULL: the answer comes later on
+ * fd (kept open), with the outcome. */
+static json_object *ctl_switchover(struct agent *a, int fd, json_object *req)
+{
+        json_object *args = NULL;
+        json_object_object_get_ex(req, "args", &args);
+        const char *vm = args ? jstr(args, "vm") : "", *to = args ? jstr(args, "to") : "";
+        if (!vm[0])
+                vm = jstr(req, "vm");
+        if (!cfg_name_valid(vm))
+                return ctl_error("switchover needs a VM name");
+        if (to[0] && !cfg_name_valid(to))
+                return ctl_error("'%s' is not a host name", to);
+        char why[256];
+        struct avm *v = vm_by_name(a, vm, false);
+        uint32_t reqid = ++a->next_reqid;
+        if (v && v->seen && runs_here(v->po.state)) {
+                if (switchover_check(a, vm, to, why, sizeof(why)) < 0) {
+                        ev(a, LOG_LVL_WARN, MSG_FB_SW_FAILED, vm, NULL,
+                           "switchover refused: %s", why);
+                        return ctl_error("%s", why);
+                }
+                ev(a, LOG_LVL_NOTICE, MSG_FB_SW_REQUESTED, vm, v->po.peer,
+                   "switchover to %s requested here", v->po.peer);
+                pending_add(a, fd, vm, a->host.name, reqid);
+                start_switchover(a, vm, v->po.peer, a->host.name, reqid);
+                return NULL;
+        }
+        const char *owner;
+        uint64_t gen;
+        protection_of(a, vm, &owner, &gen);
+        const struct ahost *h = owner[0] ? host_by_name(a, owner) : NULL;
+        if (!h)
+                return ctl_error("%s runs on no member host: nothing to switch over", vm);
+        if (!h->announced)
+                return ctl_error("the owner of %s, %s, has no havmsd up", vm, owner);
+        static struct clmsg m;
+        memset(&m, 0, sizeof(m));
+        m.type = CLMSG_SWITCHOVER;
+        snprintf(m.sender, sizeof(m.sender), "%s", a->host.name);
+        snprintf(m.vm, sizeof(m.vm), "%s", vm);
+        snprintf(m.target, sizeof(m.target), "%s", owner);
+        snprintf(m.to, sizeof(m.to), "%s", to);
+        m.generation = gen;
+        m.reqid = reqid;
+        ev(a, LOG_LVL_NOTICE, MSG_FB_SW_REQUESTED, vm, owner,
+           "switchover requested here, forwarded to its owner %s", owner);
+        pending_add(a, fd, vm, owner, reqid);
+        send_msg(a, &m);
+        return NULL;
+}
+
 static void serve_ctl(struct agent *a)
 {
         int fd = accept4(a->ctlfd, NULL, NULL, SOCK_CLOEXEC);
@@ -1441,12 +2229,18 @@ static void serve_ctl(struct agent *a)
                 resp = cluster_status(a);
         } else if (!strcmp(cmd, "events")) {
                 resp = events_json(a, req);
+        } else if (!strcmp(cmd, "switchover")) {
+                resp = ctl_switchover(a, fd, req);
+                if (!resp) { /* answered when the outcome is known */
+                        json_object_put(req);
+                        return;
+                }
         } else {
                 resp = json_object_new_object();
                 json_object_object_add(resp, "ok", json_object_new_boolean(0));
                 json_object_object_add(resp, "error",
                                        json_object_new_string("unknown command (havmsd knows "
-                                                              "cluster-status, events)"));
+                                                              "cluster-status, events, switchover)"));
         }
         ctl_write(fd, resp, 1000);
         json_object_put(resp);
@@ -1558,6 +2352,7 @@ static void tick(struct agent *a)
         poll_checkpointd(a);
         refresh_links(a);
         monitor_fences(a);
+        pending_tick(a);
         if (++a->patrol_tick >= PATROL_TICKS) {
                 a->patrol_tick = 0;
                 patrol(a);
@@ -1576,6 +2371,7 @@ int agent_init(struct agent **ret, const char *config_path, char *err, size_t er
         int r = host_config_load(config_path, &a->host, err, errlen);
         if (r < 0)
                 goto fail;
+        fbc_init(&a->fb, &a->host);
         sigset_t set;
         sigemptyset(&set);
         sigaddset(&set, SIGTERM);
@@ -1694,6 +2490,12 @@ void agent_free(struct agent *a)
                 json_object_put(j->args);
                 json_object_put(j->resp);
                 free(j);
+        }
+        while (a->pending) {
+                struct pending *p = a->pending;
+                a->pending = p->next;
+                close(p->fd);
+                free(p);
         }
         if (a->mem)
                 membership_close(a->mem);

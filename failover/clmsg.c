@@ -77,6 +77,69 @@ static bool has_payload_ref(enum clmsg_type t)
         return t >= CLMSG_RELINQUISH && t <= CLMSG_FENCED;
 }
 
+#define SW_LEN (CLMSG_NAME + 8 + CLMSG_NAME + CLMSG_NAME + 8)
+#define SWS_LEN (CLMSG_NAME + 8 + CLMSG_NAME + CLMSG_NAME + 16 + CLMSG_TEXT)
+
+static bool is_switchover(enum clmsg_type t)
+{
+        return t == CLMSG_SWITCHOVER || t == CLMSG_SWITCHOVER_STATUS;
+}
+
+/* SWITCHOVER and SWITCHOVER_STATUS after the common vm/generation/target */
+static int put_switchover(const struct clmsg *m, uint8_t *pl)
+{
+        int r;
+        bool st = m->type == CLMSG_SWITCHOVER_STATUS;
+        if ((r = put_name(pl, m->vm, false)) < 0 ||
+            (r = put_name(pl + 40, m->target, st)) < 0 ||
+            (r = put_name(pl + 72, m->to, true)) < 0)
+                return r;
+        put64(pl + 32, m->generation);
+        put32(pl + 104, m->reqid);
+        if (!st)
+                return 0;
+        size_t tl = strnlen(m->text, sizeof(m->text));
+        if ((unsigned)m->phase < CLMSG_SW_STARTED || (unsigned)m->phase > CLMSG_SW_FAILED ||
+            tl >= CLMSG_TEXT)
+                return -EINVAL;
+        pl[108] = (uint8_t)m->phase;
+        put32(pl + 112, (uint32_t)m->status);
+        put32(pl + 116, m->ms);
+        memcpy(pl + 120, m->text, tl);
+        return 0;
+}
+
+static int get_switchover(const uint8_t *pl, size_t plen, struct clmsg *m)
+{
+        bool st = m->type == CLMSG_SWITCHOVER_STATUS;
+        if (plen != (st ? SWS_LEN : SW_LEN))
+                return -EBADMSG;
+        if (get_name(pl, m->vm, false) < 0 || get_name(pl + 40, m->target, st) < 0 ||
+            get_name(pl + 72, m->to, true) < 0)
+                return -EBADMSG;
+        m->generation = get64(pl + 32);
+        m->reqid = get32(pl + 104);
+        if (!st)
+                return get32(pl + 108) ? -EBADMSG : 0;
+        if (pl[108] < CLMSG_SW_STARTED || pl[108] > CLMSG_SW_FAILED || pl[109] || get16(pl + 110))
+                return -EBADMSG;
+        m->phase = pl[108];
+        m->status = (int32_t)get32(pl + 112);
+        m->ms = get32(pl + 116);
+        const uint8_t *t = pl + 120;
+        size_t tl = strnlen((const char *)t, CLMSG_TEXT);
+        if (tl == CLMSG_TEXT)
+                return -EBADMSG; /* no NUL */
+        for (size_t i = 0; i < tl; i++)
+                if (t[i] < 0x20 || t[i] > 0x7e)
+                        return -EBADMSG;
+        for (size_t i = tl; i < CLMSG_TEXT; i++)
+                if (t[i])
+                        return -EBADMSG;
+        memcpy(m->text, t, tl + 1);
+        return 0;
+}
+
 int clmsg_encode(const struct clmsg *m, uint8_t *buf, size_t size, size_t *ret_len)
 {
         size_t len;
@@ -86,6 +149,8 @@ int clmsg_encode(const struct clmsg *m, uint8_t *buf, size_t size, size_t *ret_l
                 len = 4 + m->n_vms * CLMSG_VM_ENTRY;
         } else if (has_payload_ref(m->type)) {
                 len = CLMSG_NAME + 8 + CLMSG_NAME;
+        } else if (is_switchover(m->type)) {
+                len = m->type == CLMSG_SWITCHOVER ? SW_LEN : SWS_LEN;
         } else {
                 return -EINVAL;
         }
@@ -104,13 +169,16 @@ int clmsg_encode(const struct clmsg *m, uint8_t *buf, size_t size, size_t *ret_l
                         if ((r = put_name(e, v->name, false)) < 0 ||
                             (r = put_name(e + 56, v->peer, true)) < 0)
                                 return r;
-                        if ((unsigned)v->state > PO_VM_ACTIVATING || (unsigned)v->last_exit > PO_EXIT_STALE)
+                        if ((unsigned)v->state > PO_VM_ACTIVATING || (unsigned)v->last_exit > PO_EXIT_LAST)
                                 return -EINVAL;
                         e[32] = (uint8_t)v->state;
                         e[33] = (uint8_t)v->last_exit;
                         put64(e + 40, v->generation);
                         put64(e + 48, v->committed_epoch);
                 }
+        } else if (is_switchover(m->type)) {
+                if ((r = put_switchover(m, pl)) < 0)
+                        return r;
         } else {
                 if ((r = put_name(pl, m->vm, m->type == CLMSG_FENCED)) < 0 ||
                     (r = put_name(pl + 40, m->target, false)) < 0)
@@ -153,7 +221,7 @@ int clmsg_decode(const uint8_t *buf, size_t len, struct clmsg *ret)
                         struct clmsg_vm *v = &m.vms[i];
                         if (get_name(e, v->name, false) < 0 || get_name(e + 56, v->peer, true) < 0)
                                 return -EBADMSG;
-                        if (e[32] > PO_VM_ACTIVATING || e[33] > PO_EXIT_STALE || e[34] || e[35] ||
+                        if (e[32] > PO_VM_ACTIVATING || e[33] > PO_EXIT_LAST || e[34] || e[35] ||
                             get32(e + 36))
                                 return -EBADMSG;
                         v->state = e[32];
@@ -169,6 +237,9 @@ int clmsg_decode(const uint8_t *buf, size_t len, struct clmsg *ret)
                     get_name(pl + 40, m.target, false) < 0)
                         return -EBADMSG;
                 m.generation = get64(pl + 32);
+        } else if (is_switchover(type)) {
+                if (get_switchover(pl, plen, &m) < 0)
+                        return -EBADMSG;
         } else {
                 return -EBADMSG;
         }
@@ -184,6 +255,8 @@ const char *clmsg_type_name(enum clmsg_type t)
         case CLMSG_ASK_DISCARD: return "ask-discard";
         case CLMSG_DISCARDED: return "discarded";
         case CLMSG_FENCED: return "fenced";
+        case CLMSG_SWITCHOVER: return "switchover";
+        case CLMSG_SWITCHOVER_STATUS: return "switchover-status";
         }
         return "?";
 }

@@ -23,6 +23,18 @@
  *   ASK_DISCARD   this generation is given up" / "drop your replica" /
  *   DISCARDED     "I dropped mine" (target = the host addressed)
  *   FENCED      vm[32] = "", u64 0, target[32] = the host fenced off
+ *   SWITCHOVER  vm[32], u64 generation (the owner's copy as the sender saw it;
+ *               0 = any), target[32] = the owner, to[32] ("" = its standby),
+ *               u32 request id, u32 0                      (112 bytes)
+ *               "switch this VM over", from `havmsctl switchover` typed on
+ *               another host than the owner
+ *   SWITCHOVER_STATUS  vm[32], u64 generation, target[32] (the requester, or
+ *               "" = everyone), to[32] (the standby taking over), u32 request
+ *               id (0 = none), u8 phase (1 started, 2 done, 3 failed), u8 0,
+ *               u16 0, i32 status (0 or -errno), u32 ms (done: downtime),
+ *               text[96] (NUL-terminated, zero-padded)    (216 bytes)
+ *               sent to everyone at each phase: one switchover at a time in
+ *               the cluster, and the requester reports the outcome
  * Anything else — wrong magic, version, length or checksum, a count that
  * does not fit — is refused with -EBADMSG before a field is used.
  */
@@ -47,7 +59,12 @@ enum clmsg_type {
         CLMSG_ASK_DISCARD = 3,
         CLMSG_DISCARDED = 4,
         CLMSG_FENCED = 5,
+        CLMSG_SWITCHOVER = 6,
+        CLMSG_SWITCHOVER_STATUS = 7,
 };
+
+enum clmsg_phase { CLMSG_SW_STARTED = 1, CLMSG_SW_DONE = 2, CLMSG_SW_FAILED = 3 };
+#define CLMSG_TEXT 96
 
 struct clmsg_vm {
         char name[CFG_NAME_MAX];
@@ -68,6 +85,13 @@ struct clmsg {
         char vm[CFG_NAME_MAX];
         uint64_t generation;
         char target[CFG_NAME_MAX];
+        /* SWITCHOVER, SWITCHOVER_STATUS */
+        char to[CFG_NAME_MAX];
+        uint32_t reqid;
+        enum clmsg_phase phase;  /* STATUS */
+        int32_t status;          /* STATUS: 0 or -errno */
+        uint32_t ms;             /* STATUS done: downtime */
+        char text[CLMSG_TEXT];   /* STATUS: the reason, for the requester */
 };
 
 /* Encode into buf (at least CLMSG_MAX_SIZE); *ret_len = bytes used.

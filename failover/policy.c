@@ -98,7 +98,10 @@ static void decide_backup(const struct po_input *in, size_t i, struct fence_need
         size_t hi = 0;
         const struct po_host *h = host_of(in, v->peer, &hi);
         if (v->peer_relinquished) {
-                if (v->failover_auto)
+                if (v->last_exit == PO_EXIT_PEER_HANDOVER)
+                        act(out, PO_ACT_ACTIVATE, v->name, v->peer, v->generation + 1,
+                            "the primary handed the VM over (switchover)");
+                else if (v->failover_auto)
                         act(out, PO_ACT_ACTIVATE, v->name, v->peer, v->generation + 1,
                             "the primary gave its crashed copy up");
                 else
@@ -212,6 +215,13 @@ static void decide_isolated(const struct po_input *in, size_t i, struct fence_ne
 static void decide_stopped(const struct po_input *in, size_t i, struct po_output *out)
 {
         const struct po_vm *v = &in->vms[i];
+        if (v->last_exit == PO_EXIT_HANDED_OVER && !v->relinquished && v->peer[0]) {
+                /* a switchover: QEMU here is off after the final checkpoint,
+                 * never restarted here; the standby activates on this */
+                act(out, PO_ACT_RELINQUISH, v->name, v->peer, v->generation,
+                    "handed over: the standby activates");
+                return;
+        }
         if (v->last_exit != PO_EXIT_CRASH || v->relinquished)
                 return;
         if (v->restarts_done < v->local_restarts) {
@@ -337,6 +347,17 @@ const char *po_act_name(enum po_act a)
         return (unsigned)a < sizeof(names) / sizeof(names[0]) && names[a] ? names[a] : "?";
 }
 
+const char *po_exit_name(enum po_exit e)
+{
+        static const char *const names[] = {
+                [PO_EXIT_NONE] = "",                [PO_EXIT_GUEST_SHUTDOWN] = "guest-shutdown",
+                [PO_EXIT_CRASH] = "crash",          [PO_EXIT_STOPPED] = "stopped",
+                [PO_EXIT_STALE] = "stale",          [PO_EXIT_HANDED_OVER] = "handed-over",
+                [PO_EXIT_PEER_HANDOVER] = "peer-handover",
+        };
+        return (unsigned)e < sizeof(names) / sizeof(names[0]) ? names[e] : "?";
+}
+
 const char *po_vm_state_name(enum po_vm_state s)
 {
         static const char *const names[] = {
@@ -383,5 +404,9 @@ enum po_exit po_exit_parse(const char *s)
                 return PO_EXIT_STOPPED;
         if (!strcmp(s, "stale"))
                 return PO_EXIT_STALE;
+        if (!strcmp(s, "handed-over"))
+                return PO_EXIT_HANDED_OVER;
+        if (!strcmp(s, "peer-handover"))
+                return PO_EXIT_PEER_HANDOVER;
         return PO_EXIT_NONE;
 }

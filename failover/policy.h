@@ -14,7 +14,12 @@
  *      AND was fenced after it left (fence mode), or left at least
  *      witness_wait_ms ago while this host stayed quorate (witness mode),
  *      or when the primary, still a member, announced over CPG that it
- *      gave its crashed copy of that generation up (RELINQUISH).
+ *      gave its crashed copy of that generation up (RELINQUISH) — or its
+ *      copy that a planned switchover stopped (last_exit handed-over: the
+ *      old primary's QEMU is already off when it sends RELINQUISH; the
+ *      standby, told by the goodbye, shows last_exit peer-handover and
+ *      activates even with failover = manual, since an operator or
+ *      failback = auto asked for it).
  *   S2 A primary whose standby stopped ACKing holds its output (ISOLATED,
  *      in checkpointd) until the standby is fenced, has confirmed over CPG
  *      that it dropped its replica, or (witness) cannot be quorate any
@@ -64,7 +69,11 @@ enum po_exit {
         PO_EXIT_CRASH,          /* QEMU died without a shutdown */
         PO_EXIT_STOPPED,        /* the operator stopped it */
         PO_EXIT_STALE,          /* stopped for a newer generation elsewhere */
+        PO_EXIT_HANDED_OVER,    /* primary: a planned switchover ended it here after a final
+                                   checkpoint; the standby activates (never restarted here) */
+        PO_EXIT_PEER_HANDOVER,  /* backup: our primary handed the VM over to this replica */
 };
+#define PO_EXIT_LAST PO_EXIT_PEER_HANDOVER
 
 enum po_fence {
         PO_FENCE_NONE,    /* not fenced since it was last a member */
@@ -155,6 +164,7 @@ void po_decide(const struct po_input *in, struct po_output *out);
 
 const char *po_act_name(enum po_act a);
 const char *po_vm_state_name(enum po_vm_state s);
+const char *po_exit_name(enum po_exit e); /* checkpointd's text; "" for NONE */
 /* Map checkpointd's state and last_exit strings; unknown text -> UNKNOWN / NONE. */
 enum po_vm_state po_vm_state_parse(const char *checkpointd_state);
 enum po_exit po_exit_parse(const char *last_exit);

@@ -74,6 +74,20 @@ static void print_fence(FILE *f, json_object *m)
 
 static void print_member(FILE *f, json_object *m)
 {
+        const char *spare = js(m, "spare");
+        if (spare[0]) { /* asleep is a spare's normal state: no capitals */
+                fprintf(f, "  spare %s (node %lld): %s%s", js_or(m, "name", "?"), ji(m, "nodeid", 0),
+                        !strcmp(spare, "failed") ? "FAILED to wake" : spare,
+                        jb(m, "member", false) ? ", member" : "");
+                if (ji(m, "wake_attempts", 0))
+                        fprintf(f, ", %lld wake(s), last %s", ji(m, "wake_attempts", 0),
+                                js_or(m, "wake_way", "not sent"));
+                fprintf(f, ", on return: %s", js_or(m, "on_return", "keep"));
+                print_links(f, m);
+                print_fence(f, m);
+                fprintf(f, "\n");
+                return;
+        }
         fprintf(f, "  member %s (node %lld): %s", js_or(m, "name", "?"), ji(m, "nodeid", 0),
                 jb(m, "member", false) ? "online" : "OFFLINE");
         if (jb(m, "self", false))
@@ -96,6 +110,21 @@ static void print_vm(FILE *f, json_object *v)
         if (js(v, "note")[0])
                 fprintf(f, "  -- %s", js(v, "note"));
         fprintf(f, "\n");
+        json_object *s;
+        const char *st = js(v, "status");
+        if (st[0] && (strcmp(st, "stopped") || js(v, "failback")[0])) {
+                fprintf(f, "  %-12s status: %s", "", st);
+                if (!strcmp(st, "switching") && js(v, "switching_to")[0])
+                        fprintf(f, " to %s", js(v, "switching_to"));
+                if (json_object_object_get_ex(v, "sync", &s))
+                        fprintf(f, ", %.1f%% at %.1f MiB/s, eta %.0f s",
+                                json_object_get_double(json_object_object_get(s, "percent")),
+                                json_object_get_double(json_object_object_get(s, "mib_s")),
+                                json_object_get_double(json_object_object_get(s, "eta_s")));
+                if (js(v, "failback")[0])
+                        fprintf(f, "; failback: %s", js(v, "failback"));
+                fprintf(f, "\n");
+        }
 }
 
 /* Without quorum the word "quorate" does not appear at all, so a script's

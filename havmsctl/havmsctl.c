@@ -13,6 +13,7 @@
 #include "cluster.h"
 #include "ctl.h"
 #include "havms-config.h"
+#include "wake.h"
 
 #define DEFAULT_SOCKET "/run/havms/checkpointd.sock"
 
@@ -25,6 +26,7 @@ struct ctx {
         const char *peer;
         bool reset;
         const char *generation;
+        const char *to;         /* switchover --to HOST */
 };
 
 /* One request to the daemon at sock: 0 with *ret the ok response; 3 if it
@@ -186,6 +188,25 @@ static int do_status_all(struct ctx *c)
         return rc;
 }
 
+/* `switchover VM [--to HOST]`: havmsd (here, or the owner it forwards to)
+ * answers with the outcome, so this waits up to the switchover's bound. */
+static int do_switchover(struct ctx *c, const char *vm)
+{
+        json_object *args = json_object_new_object(), *resp;
+        json_object_object_add(args, "vm", json_object_new_string(vm));
+        if (c->to)
+                json_object_object_add(args, "to", json_object_new_string(c->to));
+        int r = call_at(c, c->havmsd_socket, "havmsd", "switchover", vm, args, 160000, &resp);
+        if (r)
+                return r;
+        if (c->json)
+                printf("%s\n", json_object_to_json_string_ext(resp, JSON_C_TO_STRING_PLAIN));
+        else
+                printf("%s: switched over to %s: %s\n", vm, get_s(resp, "to"), get_s(resp, "text"));
+        json_object_put(resp);
+        return 0;
+}
+
 /* `events [-n N]`: havmsd's recent failover steps, oldest first. */
 static int do_events(struct ctx *c)
 {
@@ -283,7 +304,17 @@ static void usage(FILE *f)
                 "                           gone): release held output, run unprotected\n"
                 "  pause VM                 checkpoint, then hold VM paused (replica == RAM)\n"
                 "  resume VM                continue a paused VM\n"
+                "  handover VM              switchover, first half: final checkpoint, the\n"
+                "                           standby keeps it, VM powered off here (havmsd's\n"
+                "                           `switchover` does this and the activation)\n"
                 "  stats VM [--reset]       epoch statistics (pause, bytes, compression)\n"
+                "  switchover VM [--to HOST]  move protected VM to its standby (HOST must be\n"
+                "                           it): final checkpoint with the VM stopped, the\n"
+                "                           standby activates, the old primary becomes the\n"
+                "                           standby; typed on any host, waits for the outcome\n"
+                "  wake --mac MAC --interface IF [--password PW] [--broadcast ADDR] [--port N]\n"
+                "                           send one wake-on-LAN magic packet (UDP broadcast\n"
+                "                           and EtherType 0x0842 frame) out of IF\n"
                 "  check-config FILE...     validate havms.conf or VM definitions\n"
                 "  config-reference         list every configuration option\n"
                 "options:\n"
@@ -330,6 +361,8 @@ int main(int argc, char **argv)
                 return 2;
         }
         const char *cmd = argv[optind++];
+        if (!strcmp(cmd, "wake")) /* its own options (wake.c) */
+                return wake_main(argc - optind + 1, argv + optind - 1, c.json);
         char *pos[8];
         int npos = 0;
         for (int i = optind; i < argc; i++) {
@@ -343,6 +376,8 @@ int main(int argc, char **argv)
                         c.peer = argv[++i];
                 else if (!strcmp(argv[i], "--generation") && i + 1 < argc)
                         c.generation = argv[++i];
+                else if (!strcmp(argv[i], "--to") && i + 1 < argc)
+                        c.to = argv[++i];
                 else if ((!strcmp(argv[i], "-S") || !strcmp(argv[i], "--havmsd-socket")) && i + 1 < argc)
                         c.havmsd_socket = argv[++i];
                 else if (!strcmp(argv[i], "-n") && i + 1 < argc)
@@ -364,6 +399,13 @@ int main(int argc, char **argv)
                 return vm ? do_status(&c, vm) : do_status_all(&c);
         if (!strcmp(cmd, "events"))
                 return do_events(&c);
+        if (!strcmp(cmd, "switchover")) {
+                if (!vm) {
+                        fprintf(stderr, "havmsctl switchover: needs a VM name\n");
+                        return 2;
+                }
+                return do_switchover(&c, vm);
+        }
         static const struct { const char *cmd, *done; int timeout_ms; } simple[] = {
                 { "start", "started (unprotected)", 30000 },
                 { "stop", "stopped", 30000 },
@@ -374,6 +416,8 @@ int main(int argc, char **argv)
                 { "release", "released: held output flows, unprotected (degraded)", 15000 },
                 { "pause", "paused after a committed checkpoint: the replica equals guest RAM", 15000 },
                 { "resume", "resumed, protected", 15000 },
+                { "handover", "handed over: powered off here, the standby keeps the replica "
+                              "(activate it there)", 20000 },
                 { "stats", "", 5000 },
         };
         for (size_t i = 0; i < sizeof(simple) / sizeof(simple[0]); i++) {

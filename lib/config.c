@@ -11,6 +11,7 @@
 
 #include "havms-config.h"
 #include "util.h"
+#include "wol.h"
 
 enum opt_type {
         OPT_STR,   /* char[size] */
@@ -95,7 +96,50 @@ static const struct opt vm_opts[] = {
         { "failover", "local_restarts", OPT_U32, VO(local_restarts), 0, 10, "0", NULL,
           "after QEMU crashes on its host, restart it there this many times before the "
           "standby takes over (0 = take over at once)" },
+        { "failback", "reprotect", OPT_ENUM, VO(reprotect), 0, 0, "auto", "auto|manual",
+          "auto: when a host that may back the VM up is a member and the VM runs here "
+          "unprotected, protect it towards that host by itself; manual: 'havmsctl protect'" },
+        { "failback", "failback", OPT_ENUM, VO(failback), 0, 0, "manual", "auto|manual|off",
+          "auto: once protected with preferred_host as standby for failback_delay_s, switch "
+          "over there; manual: status says a switchover is pending; off: never mention it" },
+        { "failback", "failback_delay_s", OPT_U32, VO(failback_delay_s), 0, 86400, "60", NULL,
+          "failback = auto: how long the preferred host must be the protected standby first" },
+        { "failback", "standby_policy", OPT_ENUM, VO(standby_policy), 0, 0, "ordered",
+          "ordered|fewest-vms",
+          "which member becomes the standby: the first of 'hosts' that is not the owner, or "
+          "the member with the fewest VMs running or backed up" },
+        { "failback", "spare_wait_s", OPT_U32, VO(spare_wait_s), 0, 86400, "30", NULL,
+          "without a standby this long, and no member can take the role: the owner wakes a "
+          "spare (0 = never wake one)" },
 };
+
+#define SO(f) offsetof(struct cfg_spare, f), sizeof(((struct cfg_spare *)0)->f)
+
+/* [spare NAME]: options of one spare; the target is the struct cfg_spare. */
+static const struct opt spare_opts[] = {
+        { "spare", "mac", OPT_STR, SO(mac), 0, 0, NULL, NULL,
+          "MAC address of the spare's NIC that wakes (xx:xx:xx:xx:xx:xx, unicast)" },
+        { "spare", "interface", OPT_STR, SO(interface), 0, 0, NULL, NULL,
+          "this host's interface the magic packet leaves through" },
+        { "spare", "password", OPT_STR, SO(password), 0, 0, "", NULL,
+          "SecureOn password: a.b.c.d or 4 hex bytes, or 6 hex bytes (xx:xx:xx:xx:xx:xx); empty = none" },
+        { "spare", "broadcast", OPT_STR, SO(broadcast), 0, 0, "255.255.255.255", NULL,
+          "UDP destination address of the magic packet" },
+        { "spare", "port", OPT_U32, SO(port), 1, 65535, "9", NULL, "UDP port of the magic packet" },
+        { "spare", "wake", OPT_ENUM, SO(wake), 0, 0, "auto", "auto|wol|ipmi",
+          "auto: if [fence NAME] exists, its level1 agent with action=on first, then WOL; "
+          "wol: magic packets only; ipmi: the fence agent only (needs [fence NAME])" },
+        { "spare", "on_return", OPT_ENUM, SO(on_return), 0, 0, "keep", "keep|hand-back",
+          "when the original host returns: the spare keeps the standby role, or hands it back "
+          "and is powered off ([fence NAME] action=off, else off_command)" },
+        { "spare", "off_command", OPT_STR, SO(off_command), 0, 0, "", NULL,
+          "hand-back without [fence NAME]: this command (absolute path, arguments split on "
+          "blanks) powers the spare off" },
+        { "spare", "boot_timeout_s", OPT_U32, SO(boot_timeout_s), 10, 3600, "300", NULL,
+          "a spare that is not a member this long after its first wake counts as failed "
+          "(reported, woken again later)" },
+};
+#define N_SPARE_OPTS (sizeof(spare_opts) / sizeof(spare_opts[0]))
 
 static const struct opt host_opts[] = {
         { "host", "name", OPT_NAME, HO(name), 0, 0, NULL, NULL, "this host's name" },
@@ -152,6 +196,8 @@ struct load_ctx {
         char reason[256];
         struct vm_config *vm;     /* for [vm] nic lines */
         struct host_config *host; /* for [peer NAME] sections */
+        bool spare_seen[CFG_MAX_SPARES][16];
+        bool hosts_seen;          /* [failback] hosts */
 };
 
 bool cfg_name_valid(const char *s)
@@ -470,11 +516,151 @@ static int parse_fence(struct load_ctx *x, const char *section, const char *name
         return parse_fence_level(x, section, f, n, v);
 }
 
+/* [failback] hosts = a b c: names, blank separated, each once. */
+static int parse_hosts(struct load_ctx *x, const char *v)
+{
+        struct vm_config *c = x->vm;
+        char buf[CFG_TEXT_MAX];
+        if (x->hosts_seen) {
+                snprintf(x->reason, sizeof(x->reason), "hosts: set twice in [failback]");
+                return -EINVAL;
+        }
+        x->hosts_seen = true;
+        if (strlen(v) >= sizeof(buf)) {
+                snprintf(x->reason, sizeof(x->reason), "hosts: too long");
+                return -EINVAL;
+        }
+        strcpy(buf, v);
+        c->n_hosts = 0;
+        for (char *save = NULL, *tok = strtok_r(buf, " \t,", &save); tok;
+             tok = strtok_r(NULL, " \t,", &save)) {
+                if (!cfg_name_valid(tok)) {
+                        snprintf(x->reason, sizeof(x->reason),
+                                 "hosts: '%s' is not a valid host name", tok);
+                        return -EINVAL;
+                }
+                for (unsigned i = 0; i < c->n_hosts; i++)
+                        if (!strcmp(c->hosts[i], tok)) {
+                                snprintf(x->reason, sizeof(x->reason), "hosts: '%s' listed twice", tok);
+                                return -EINVAL;
+                        }
+                if (c->n_hosts >= CFG_MAX_HOSTS) {
+                        snprintf(x->reason, sizeof(x->reason), "hosts: at most %d hosts",
+                                 CFG_MAX_HOSTS);
+                        return -EINVAL;
+                }
+                strcpy(c->hosts[c->n_hosts++], tok);
+        }
+        if (!c->n_hosts) {
+                snprintf(x->reason, sizeof(x->reason), "hosts: empty (leave it out for the default)");
+                return -EINVAL;
+        }
+        return 0;
+}
+
+static bool ifname_valid(const char *s)
+{
+        size_t n = strlen(s);
+        if (n == 0 || n > 15 || !strcmp(s, ".") || !strcmp(s, ".."))
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (s[i] == '/' || s[i] == ':' || isspace((unsigned char)s[i]))
+                        return false;
+        return true;
+}
+
+/* SecureOn: what lib/wol parses (a.b.c.d, or 4 or 6 hex bytes). */
+static bool password_valid(const char *s)
+{
+        uint8_t pw[6];
+        size_t len;
+        return wol_parse_password(s, pw, &len) == 0;
+}
+
+static struct cfg_spare *spare_entry(struct load_ctx *x, const char *section, unsigned *ret_i)
+{
+        struct host_config *h = x->host;
+        const char *name = section + 6;
+        if (!cfg_name_valid(name)) {
+                snprintf(x->reason, sizeof(x->reason), "[%s]: '%s' is not a valid host name",
+                         section, name);
+                return NULL;
+        }
+        for (unsigned i = 0; i < h->n_spares; i++)
+                if (!strcmp(h->spares[i].name, name)) {
+                        *ret_i = i;
+                        return &h->spares[i];
+                }
+        if (h->n_spares >= CFG_MAX_SPARES) {
+                snprintf(x->reason, sizeof(x->reason), "at most %d [spare] sections", CFG_MAX_SPARES);
+                return NULL;
+        }
+        struct cfg_spare *sp = &h->spares[h->n_spares];
+        memset(sp, 0, sizeof(*sp));
+        strcpy(sp->name, name);
+        void *saved = x->target;
+        x->target = sp;
+        for (size_t i = 0; i < N_SPARE_OPTS; i++)
+                if (spare_opts[i].def)
+                        set_value(x, &spare_opts[i], spare_opts[i].def);
+        x->target = saved;
+        *ret_i = h->n_spares++;
+        return sp;
+}
+
+static int parse_spare(struct load_ctx *x, const char *section, const char *name, const char *v)
+{
+        unsigned idx;
+        struct cfg_spare *sp = spare_entry(x, section, &idx);
+        if (!sp)
+                return -EINVAL;
+        if (!name)
+                return 0;
+        const struct opt *o = NULL;
+        size_t oi = 0;
+        for (; oi < N_SPARE_OPTS && !o; oi++)
+                if (!strcmp(spare_opts[oi].name, name))
+                        o = &spare_opts[oi];
+        if (!o) {
+                snprintf(x->reason, sizeof(x->reason), "[%s]: unknown option '%s'", section, name);
+                return -EINVAL;
+        }
+        if (x->spare_seen[idx][oi - 1]) {
+                snprintf(x->reason, sizeof(x->reason), "[%s]: %s set twice", section, name);
+                return -EINVAL;
+        }
+        x->spare_seen[idx][oi - 1] = true;
+        void *saved = x->target;
+        x->target = sp;
+        int r = set_value(x, o, v);
+        x->target = saved;
+        if (r < 0)
+                return r;
+        const char *bad = NULL;
+        if (!strcmp(name, "mac") && !mac_valid(v))
+                bad = "is not a unicast MAC address xx:xx:xx:xx:xx:xx";
+        else if (!strcmp(name, "interface") && !ifname_valid(v))
+                bad = "is not an interface name (1-15 characters, no '/', ':' or blanks)";
+        else if (!strcmp(name, "password") && *v && !password_valid(v))
+                bad = "is not a SecureOn password (a.b.c.d or xx:xx:xx:xx:xx:xx)";
+        else if (!strcmp(name, "broadcast") && (!*v || strchr(v, ' ')))
+                bad = "is not an address";
+        else if (!strcmp(name, "off_command") && *v && v[0] != '/')
+                bad = "must start with an absolute path";
+        if (bad) {
+                snprintf(x->reason, sizeof(x->reason), "[%s] %s: '%s' %s", section, name, v, bad);
+                return -EINVAL;
+        }
+        return 0;
+}
+
 static int handler(void *user, const char *section, const char *name, const char *value)
 {
         struct load_ctx *x = user;
         if (x->host && !strncmp(section, "fence ", 6))
                 return parse_fence(x, section, name, value) == 0;
+        if (x->host && !strncmp(section, "spare ", 6))
+                return parse_spare(x, section, name, value) == 0;
         if (!name) /* a section header alone */
                 return 1;
         if (x->host && !strncmp(section, "peer ", 5))
@@ -483,6 +669,8 @@ static int handler(void *user, const char *section, const char *name, const char
                 return parse_nic(x, value) == 0;
         if (x->vm && !strcmp(section, "vm") && !strcmp(name, "disk"))
                 return parse_disk(x, value) == 0;
+        if (x->vm && !strcmp(section, "failback") && !strcmp(name, "hosts"))
+                return parse_hosts(x, value) == 0;
         for (size_t i = 0; i < x->n_opts; i++) {
                 const struct opt *o = &x->opts[i];
                 if (strcmp(o->section, section) || strcmp(o->name, name))
@@ -558,6 +746,20 @@ int vm_config_load(const char *path, struct vm_config *ret, char *err, size_t er
                 snprintf(err, errlen, "%s: 'initrd' and 'cmdline' need 'kernel'", path);
                 goto out;
         }
+        if (!strcmp(c->failback, "auto") && !c->preferred_host[0]) {
+                snprintf(err, errlen, "%s: failback = auto needs preferred_host in [vm]", path);
+                goto out;
+        }
+        if (c->n_hosts && c->preferred_host[0]) {
+                bool found = false;
+                for (unsigned i = 0; i < c->n_hosts; i++)
+                        found |= !strcmp(c->hosts[i], c->preferred_host);
+                if (!found) {
+                        snprintf(err, errlen, "%s: preferred_host '%s' is not in [failback] hosts",
+                                 path, c->preferred_host);
+                        goto out;
+                }
+        }
         if (strlen(path) >= sizeof(c->source)) {
                 snprintf(err, errlen, "%s: path too long", path);
                 goto out;
@@ -588,6 +790,30 @@ int host_config_load(const char *path, struct host_config *ret, char *err, size_
                                  path, h->fences[i].host);
                         r = -EINVAL;
                 }
+        for (unsigned i = 0; r == 0 && i < h->n_spares; i++) {
+                const struct cfg_spare *sp = &h->spares[i];
+                const char *why = NULL;
+                for (size_t o = 0; o < N_SPARE_OPTS && !why; o++)
+                        if (!spare_opts[o].def && !x.spare_seen[i][o])
+                                why = spare_opts[o].name;
+                if (why)
+                        snprintf(err, errlen, "%s: [spare %s] needs '%s'", path, sp->name, why);
+                else if (!strcmp(sp->name, h->name))
+                        snprintf(err, errlen, "%s: [spare %s] names this host itself", path, sp->name);
+                else if (!host_config_peer(h, sp->name))
+                        snprintf(err, errlen, "%s: [spare %s] has no [peer %s] (a spare backs VMs "
+                                 "up, so it needs a replication address)", path, sp->name, sp->name);
+                else if (!strcmp(sp->wake, "ipmi") && !host_config_fence(h, sp->name))
+                        snprintf(err, errlen, "%s: [spare %s] wake = ipmi needs a [fence %s]",
+                                 path, sp->name, sp->name);
+                else if (!strcmp(sp->on_return, "hand-back") && !host_config_fence(h, sp->name) &&
+                         !sp->off_command[0])
+                        snprintf(err, errlen, "%s: [spare %s] on_return = hand-back needs a "
+                                 "[fence %s] or off_command to power it off", path, sp->name, sp->name);
+                else
+                        continue;
+                r = -EINVAL;
+        }
         if (r == 0 && host_config_peer(h, h->name)) {
                 snprintf(err, errlen, "%s: [peer %s] names this host itself", path, h->name);
                 r = -EINVAL;
@@ -639,6 +865,39 @@ const struct cfg_fence *host_config_fence(const struct host_config *h, const cha
         return NULL;
 }
 
+const struct cfg_spare *host_config_spare(const struct host_config *h, const char *name)
+{
+        for (unsigned i = 0; i < h->n_spares; i++)
+                if (!strcmp(h->spares[i].name, name))
+                        return &h->spares[i];
+        return NULL;
+}
+
+static unsigned add_host(char (*ret)[CFG_NAME_MAX], unsigned n, unsigned max, const char *name)
+{
+        if (!name || !name[0] || n >= max)
+                return n;
+        for (unsigned i = 0; i < n; i++)
+                if (!strcmp(ret[i], name))
+                        return n;
+        snprintf(ret[n], CFG_NAME_MAX, "%s", name);
+        return n + 1;
+}
+
+unsigned vm_config_hosts(const struct vm_config *c, const char *self,
+                         char (*ret)[CFG_NAME_MAX], unsigned max)
+{
+        unsigned n = 0;
+        if (c->n_hosts) {
+                for (unsigned i = 0; i < c->n_hosts; i++)
+                        n = add_host(ret, n, max, c->hosts[i]);
+                return n;
+        }
+        n = add_host(ret, n, max, c->preferred_host);
+        n = add_host(ret, n, max, c->peer);
+        return add_host(ret, n, max, self);
+}
+
 uint64_t vm_config_digest(const struct vm_config *c)
 {
         char buf[4096];
@@ -684,6 +943,19 @@ void config_print_reference(FILE *f)
                    "[fence HOST] timeout_ms (integer 100..600000, default '20000')\n"
                    "    one agent call; a timeout is a failure and the agent is killed\n\n",
                 CFG_MAX_FENCE_LEVELS);
+        for (size_t i = 0; i < N_SPARE_OPTS; i++) {
+                const struct opt *o = &spare_opts[i];
+                fprintf(f, "[spare NAME] %s (%s", o->name,
+                        o->type == OPT_U32 ? "integer" : o->type == OPT_ENUM ? "choice" : "string");
+                if (o->type == OPT_U32)
+                        fprintf(f, " %lld..%lld", o->min, o->max);
+                if (o->type == OPT_ENUM)
+                        fprintf(f, " %s", o->choices);
+                fprintf(f, ", %s%s%s)\n    %s\n", o->def ? "default '" : "required",
+                        o->def ? o->def : "", o->def ? "'" : "", o->help);
+        }
+        fprintf(f, "    (at most %d [spare] sections; NAME must also be a [peer NAME])\n\n",
+                CFG_MAX_SPARES);
         fprintf(f, "VM definition (<vm_dir>/<name>.conf):\n");
         print_table(f, vm_opts, ARRAY_SIZE(vm_opts));
         fprintf(f, "[vm] nic (mac=52:54:00:xx:xx:xx[,bridge=NAME][,model=MODEL], repeatable, at most %d)\n"
@@ -692,4 +964,8 @@ void config_print_reference(FILE *f)
                    "    a raw image file or block device, served to QEMU by blockrepl and\n"
                    "    replicated in epochs; the path may differ on the peer, the size may not\n",
                 CFG_MAX_DISKS);
+        fprintf(f, "[failback] hosts (names, blank separated, at most %d, default: preferred_host,\n"
+                   "    then [protection] peer, then this host)\n"
+                   "    ordered hosts that may run or back up the VM; spares come after them\n",
+                CFG_MAX_HOSTS);
 }

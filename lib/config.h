@@ -16,6 +16,8 @@
 #define CFG_MAX_DISKS 4
 #define CFG_MAX_PEERS 8
 #define CFG_MAX_FENCE_LEVELS 4
+#define CFG_MAX_HOSTS 8   /* [failback] hosts: the VM's candidate hosts */
+#define CFG_MAX_SPARES 4
 
 struct cfg_nic {
         char mac[18];           /* "52:54:00:xx:xx:xx" */
@@ -65,6 +67,15 @@ struct vm_config {
         char failover[8];       /* "auto": havmsd takes over by itself; "manual": it only reports */
         uint32_t local_restarts;/* restarts on the same host after a QEMU crash before the
                                    standby takes over (0 = take over at once) */
+        /* [failback] (havmsd's failback controller, docs/failback.md) */
+        char reprotect[8];      /* "auto": protect towards a returning host by itself; "manual" */
+        char failback[8];       /* "auto", "manual" (status says it is pending) or "off" */
+        uint32_t failback_delay_s; /* preferred host protected this long -> switch back */
+        char hosts[CFG_MAX_HOSTS][CFG_NAME_MAX]; /* ordered candidates; n_hosts == 0: the
+                                   default list (vm_config_hosts) */
+        unsigned n_hosts;
+        char standby_policy[12];/* "ordered" or "fewest-vms" */
+        uint32_t spare_wait_s;  /* without a standby this long -> wake a spare; 0 = never */
         char source[CFG_PATH_MAX]; /* file it came from */
 };
 
@@ -103,6 +114,21 @@ struct cfg_cluster {
         uint32_t hook_timeout_ms;
 };
 
+/* [spare NAME]: a powered-off host woken on demand (docs/failback.md). NAME
+ * is also a [peer NAME]. */
+struct cfg_spare {
+        char name[CFG_NAME_MAX];
+        char mac[18];           /* "xx:xx:xx:xx:xx:xx": the NIC the magic packet wakes */
+        char interface[16];     /* where the magic packet leaves this host */
+        char password[18];      /* SecureOn as wol_parse_password() reads it; "" = none */
+        char broadcast[64];     /* UDP destination of the magic packet */
+        uint32_t port;          /* UDP port (9 = discard) */
+        char wake[8];           /* "auto" (IPMI on through [fence NAME] first, then WOL), "wol", "ipmi" */
+        char on_return[12];     /* "keep" or "hand-back" when the original host returns */
+        char off_command[CFG_PATH_MAX]; /* hand-back without a [fence NAME]: powers the spare off */
+        uint32_t boot_timeout_s;/* a wake not followed by membership within this has failed */
+};
+
 struct host_config {
         char name[CFG_NAME_MAX];
         char listen[128];
@@ -119,6 +145,8 @@ struct host_config {
         struct cfg_cluster cluster;
         struct cfg_fence fences[CFG_MAX_PEERS];
         unsigned n_fences;
+        struct cfg_spare spares[CFG_MAX_SPARES];
+        unsigned n_spares;
         char source[CFG_PATH_MAX];
 };
 
@@ -138,6 +166,15 @@ const struct cfg_fence *host_config_fence(const struct host_config *h, const cha
  * CPUs, machine, device model), so a backup refuses a replica it could not
  * run. */
 uint64_t vm_config_digest(const struct vm_config *c);
+
+/* [spare NAME] of host NAME, or NULL when NAME is no spare. */
+const struct cfg_spare *host_config_spare(const struct host_config *h, const char *name);
+
+/* The VM's candidate hosts in order: [failback] hosts when set, else
+ * preferred_host, then [protection] peer, then self (each once, empty ones
+ * skipped). Returns how many were written (at most max). */
+unsigned vm_config_hosts(const struct vm_config *c, const char *self,
+                         char (*ret)[CFG_NAME_MAX], unsigned max);
 
 bool cfg_name_valid(const char *s);
 

@@ -25,6 +25,7 @@
 #define MSG_GUEST_OFF_TOLD   "HAVMS-CK-1017"
 #define MSG_PROTECT_RESUMED  "HAVMS-CK-1018"
 #define MSG_UNPROTECT_ISOLATED "HAVMS-CK-1019"
+#define MSG_HANDOVER         "HAVMS-CK-1020"
 
 #define MSG_BK_CONNECTED     "HAVMS-BK-2001"
 #define MSG_BK_READY         "HAVMS-BK-2002"
@@ -38,6 +39,8 @@
 #define MSG_BK_PEER_OFF      "HAVMS-BK-2010"
 #define MSG_BK_ADOPTED       "HAVMS-BK-2011"
 #define MSG_BK_ADOPT_FAILED  "HAVMS-BK-2012"
+#define MSG_BK_HANDOVER      "HAVMS-BK-2013"
+#define MSG_BK_RESYNC        "HAVMS-BK-2014"
 
 #define MSG_ACTIVATE_START   "HAVMS-AC-3001"
 #define MSG_ACTIVATED        "HAVMS-AC-3002"
@@ -95,5 +98,22 @@
 #define MSG_FO_PATROL         "HAVMS-FO-5028"
 #define MSG_FO_PATROL_OK      "HAVMS-FO-5029"
 
+/* havmsd: the failback controller (docs/failback.md). */
+#define MSG_FB_REPROTECT      "HAVMS-FB-8001"
+#define MSG_FB_REPROTECTED    "HAVMS-FB-8002"
+#define MSG_FB_UNPROTECT      "HAVMS-FB-8003"
+#define MSG_FB_SW_REQUESTED   "HAVMS-FB-8004"
+#define MSG_FB_SW_STARTED     "HAVMS-FB-8005"
+#define MSG_FB_SW_DONE        "HAVMS-FB-8006"
+#define MSG_FB_SW_FAILED      "HAVMS-FB-8007"
+#define MSG_FB_PENDING        "HAVMS-FB-8008"
+#define MSG_FB_FAILBACK       "HAVMS-FB-8009"
+#define MSG_FB_WAKE_SENT      "HAVMS-FB-8010"
+#define MSG_FB_WAKE_RETRY     "HAVMS-FB-8011"
+#define MSG_FB_SPARE_JOINED   "HAVMS-FB-8012"
+#define MSG_FB_WAKE_FAILED    "HAVMS-FB-8013"
+#define MSG_FB_HANDED_BACK    "HAVMS-FB-8014"
+#define MSG_FB_SPARE_OFF      "HAVMS-FB-8015"
+#define MSG_FB_NOTE           "HAVMS-FB-8016"
 /* blockrepl (docs/blockrepl.md) */
 #define MSG_BR_BITMAP_UPGRADED "HAVMS-BR-9001"

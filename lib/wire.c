@@ -10,7 +10,7 @@
 
 #define PAGE_ENTRY_HDR 16 /* pfn u64, enc u8, pad[3], len u32 */
 #define DISK_ENTRY_HDR 24 /* op u8, enc u8, pad[2], raw_len u32, offset u64, len u32, pad u32 */
-#define HELLO_LEN (24 + 2 * WIRE_NAME_LEN + 8 + 8 * WIRE_MAX_DISKS + 8)
+#define HELLO_LEN (24 + 2 * WIRE_NAME_LEN + 8 + 8 * WIRE_MAX_DISKS + 8 + 8 * WIRE_MAX_DISKS + 8)
 #define WELCOME_LEN 24 /* last_committed u64, flags u32, 0 u32, generation u64 */
 
 /* Where the entry counts of a PAGES-like record start: SYNC_DISK has a
@@ -184,6 +184,10 @@ int wire_put_hello(struct wire_buf *b, const struct wire_hello *h)
         for (unsigned i = 0; i < WIRE_MAX_DISKS; i++)
                 put_le64(p + 8 + 8 * i, i < h->n_disks ? h->disk_bytes[i] : 0);
         put_le64(p + 8 + 8 * WIRE_MAX_DISKS, h->generation);
+        p += 16 + 8 * WIRE_MAX_DISKS;
+        for (unsigned i = 0; i < WIRE_MAX_DISKS; i++)
+                put_le64(p + 8 * i, i < h->n_disks ? h->disk_lineage[i] : 0);
+        put_le64(p + 8 * WIRE_MAX_DISKS, h->new_lineage);
         return wire_finish(b);
 }
 
@@ -472,6 +476,17 @@ int wire_get_hello(const struct wire_msg *m, struct wire_hello *ret)
                         return -EBADMSG; /* a listed disk has a size, others none */
         }
         ret->generation = get_le64(p + 8 + 8 * WIRE_MAX_DISKS);
+        p += 16 + 8 * WIRE_MAX_DISKS;
+        for (unsigned i = 0; i < WIRE_MAX_DISKS; i++) {
+                ret->disk_lineage[i] = get_le64(p + 8 * i);
+                if (i >= ret->n_disks && ret->disk_lineage[i])
+                        return -EBADMSG;
+        }
+        ret->new_lineage = get_le64(p + 8 * WIRE_MAX_DISKS);
+        /* a bitmap only for a listed disk, and the lineage to adopt is set */
+        if ((ret->flags & ~WIRE_HELLO_FLAGS_ALL) || (ret->flags >> ret->n_disks) ||
+            ret->new_lineage == 0)
+                return -EBADMSG;
         return 0;
 }
 
@@ -483,6 +498,8 @@ int wire_get_welcome(const struct wire_msg *m, struct wire_welcome *ret)
         ret->last_committed = get_le64(m->payload);
         ret->flags = get_le32(m->payload + 8);
         ret->generation = get_le64(m->payload + 16);
+        if (ret->flags & ~WIRE_WELCOME_FLAGS_ALL)
+                return -EBADMSG;
         return 0;
 }
 
@@ -636,6 +653,167 @@ int wire_disk_next(struct wire_disk_iter *it, struct wire_disk_rec *ret)
         return 1;
 }
 
+/* ---- re-seed and resync ---- */
+
+int wire_put_disk_bitmap(struct wire_buf *b, const struct wire_bitmap_chunk *c)
+{
+        if (c->disk >= WIRE_MAX_DISKS || c->len == 0 || c->len > WIRE_MAX_PAYLOAD - 16)
+                return -EINVAL;
+        int r = wire_begin(b, WIRE_DISK_BITMAP, 0);
+        if (r == 0)
+                r = wire_put_u32(b, c->disk);
+        if (r == 0)
+                r = wire_put_u32(b, 0);
+        if (r == 0)
+                r = wire_put_u64(b, c->offset);
+        if (r == 0)
+                r = wire_put_bytes(b, c->bits, c->len);
+        return r < 0 ? r : wire_finish(b);
+}
+
+int wire_get_disk_bitmap(const struct wire_msg *m, struct wire_bitmap_chunk *ret)
+{
+        if (expect(m, WIRE_DISK_BITMAP, 17) < 0)
+                return -EBADMSG;
+        const uint8_t *p = m->payload;
+        ret->disk = get_le32(p);
+        ret->offset = get_le64(p + 8);
+        ret->len = m->hdr.length - 16;
+        ret->bits = p + 16;
+        if (ret->disk >= WIRE_MAX_DISKS || get_le32(p + 4) || ret->offset > (1ull << 40))
+                return -EBADMSG;
+        return 0;
+}
+
+int wire_put_page_hashes(struct wire_buf *b, const struct wire_page_hashes *h)
+{
+        if (h->count == 0 || (uint64_t)h->count * WIRE_HASH_LEN > WIRE_MAX_PAYLOAD - 16)
+                return -EINVAL;
+        int r = wire_begin(b, WIRE_PAGE_HASHES, 0);
+        if (r == 0)
+                r = wire_put_u64(b, h->first_pfn);
+        if (r == 0)
+                r = wire_put_u32(b, h->count);
+        if (r == 0)
+                r = wire_put_u32(b, 0);
+        if (r == 0)
+                r = wire_put_bytes(b, h->hashes, (size_t)h->count * WIRE_HASH_LEN);
+        return r < 0 ? r : wire_finish(b);
+}
+
+int wire_get_page_hashes(const struct wire_msg *m, struct wire_page_hashes *ret)
+{
+        if (expect(m, WIRE_PAGE_HASHES, 16) < 0)
+                return -EBADMSG;
+        const uint8_t *p = m->payload;
+        ret->first_pfn = get_le64(p);
+        ret->count = get_le32(p + 8);
+        ret->hashes = p + 16;
+        if (get_le32(p + 12) || ret->count == 0 ||
+            m->hdr.length - 16 != (uint64_t)ret->count * WIRE_HASH_LEN ||
+            ret->first_pfn > (1ull << 40))
+                return -EBADMSG;
+        return 0;
+}
+
+int wire_put_disk_hashes(struct wire_buf *b, const struct wire_disk_hashes *h)
+{
+        if (h->disk >= WIRE_MAX_DISKS || h->count == 0 ||
+            (uint64_t)h->count * WIRE_DISK_HASH_ENTRY > WIRE_MAX_PAYLOAD - 8)
+                return -EINVAL;
+        int r = wire_begin(b, WIRE_DISK_HASHES, 0);
+        if (r == 0)
+                r = wire_put_u32(b, h->disk);
+        if (r == 0)
+                r = wire_put_u32(b, h->count);
+        if (r == 0)
+                r = wire_put_bytes(b, h->entries, (size_t)h->count * WIRE_DISK_HASH_ENTRY);
+        return r < 0 ? r : wire_finish(b);
+}
+
+int wire_get_disk_hashes(const struct wire_msg *m, struct wire_disk_hashes *ret)
+{
+        if (expect(m, WIRE_DISK_HASHES, 8) < 0)
+                return -EBADMSG;
+        ret->disk = get_le32(m->payload);
+        ret->count = get_le32(m->payload + 4);
+        ret->entries = m->payload + 8;
+        if (ret->disk >= WIRE_MAX_DISKS || ret->count == 0 ||
+            m->hdr.length - 8 != (uint64_t)ret->count * WIRE_DISK_HASH_ENTRY)
+                return -EBADMSG;
+        return 0;
+}
+
+int wire_put_hashes_end(struct wire_buf *b, const struct wire_hashes_end *e)
+{
+        int r = wire_begin(b, WIRE_HASHES_END, 0);
+        if (r == 0)
+                r = wire_put_u64(b, e->pages);
+        for (unsigned i = 0; i < WIRE_MAX_DISKS && r == 0; i++)
+                r = wire_put_u64(b, e->blocks[i]);
+        return r < 0 ? r : wire_finish(b);
+}
+
+int wire_get_hashes_end(const struct wire_msg *m, struct wire_hashes_end *ret)
+{
+        if (expect(m, WIRE_HASHES_END, 8 + 8 * WIRE_MAX_DISKS) < 0 ||
+            m->hdr.length != 8 + 8 * WIRE_MAX_DISKS)
+                return -EBADMSG;
+        ret->pages = get_le64(m->payload);
+        for (unsigned i = 0; i < WIRE_MAX_DISKS; i++)
+                ret->blocks[i] = get_le64(m->payload + 8 + 8 * i);
+        return 0;
+}
+
+int wire_put_net_frames(struct wire_buf *b, uint64_t epoch, const struct wire_net_frames *f)
+{
+        if (f->nic >= WIRE_MAX_NICS || f->count == 0 || f->len > WIRE_MAX_PAYLOAD - 8)
+                return -EINVAL;
+        int r = wire_begin(b, WIRE_NET_FRAMES, epoch);
+        if (r == 0)
+                r = wire_put_u32(b, f->nic);
+        if (r == 0)
+                r = wire_put_u32(b, f->count);
+        if (r == 0)
+                r = wire_put_bytes(b, f->frames, f->len);
+        return r < 0 ? r : wire_finish(b);
+}
+
+int wire_get_net_frames(const struct wire_msg *m, struct wire_net_frames *ret)
+{
+        if (expect(m, WIRE_NET_FRAMES, 8) < 0)
+                return -EBADMSG;
+        const uint8_t *p = m->payload + 8;
+        size_t len = m->hdr.length - 8, off = 0;
+        uint32_t count = get_le32(m->payload + 4), n = 0;
+        while (off < len) {
+                if (len - off < 4)
+                        return -EBADMSG;
+                uint32_t fl = get_le32(p + off);
+                if (fl < WIRE_FRAME_MIN || fl > WIRE_FRAME_MAX || fl > len - off - 4)
+                        return -EBADMSG;
+                off += 4 + fl;
+                n++;
+        }
+        ret->nic = get_le32(m->payload);
+        if (ret->nic >= WIRE_MAX_NICS || count == 0 || n != count)
+                return -EBADMSG;
+        ret->count = count;
+        ret->frames = p;
+        ret->len = len;
+        return 0;
+}
+
+uint64_t wire_hash_entry_block(const uint8_t *entry) { return get_le64(entry); }
+void wire_hash_entry_set_block(uint8_t *entry, uint64_t block) { put_le64(entry, block); }
+
+void wire_hash(const void *data, size_t len, uint8_t out[WIRE_HASH_LEN])
+{
+        XXH128_hash_t h = XXH3_128bits(data, len);
+        put_le64(out, h.low64);
+        put_le64(out + 8, h.high64);
+}
+
 const char *wire_type_name(uint16_t type)
 {
         static const char *const names[] = {
@@ -650,6 +828,11 @@ const char *wire_type_name(uint16_t type)
                 [WIRE_PING] = "PING",
                 [WIRE_SYNC_DISK] = "SYNC_DISK",
                 [WIRE_EPOCH_DISK] = "EPOCH_DISK",
+                [WIRE_DISK_BITMAP] = "DISK_BITMAP",
+                [WIRE_PAGE_HASHES] = "PAGE_HASHES",
+                [WIRE_DISK_HASHES] = "DISK_HASHES",
+                [WIRE_HASHES_END] = "HASHES_END",
+                [WIRE_NET_FRAMES] = "NET_FRAMES",
         };
         if (type < ARRAY_SIZE(names) && names[type])
                 return names[type];

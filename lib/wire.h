@@ -24,13 +24,16 @@
 #include <stdint.h>
 
 #define WIRE_MAGIC 0x534d5648u
-#define WIRE_VERSION 3 /* 2: disks in HELLO and EPOCH_END, SYNC_DISK, EPOCH_DISK;
-                           3: generations in HELLO and WELCOME, ERROR STALE */
+#define WIRE_VERSION 4 /* 2: disks in HELLO and EPOCH_END, SYNC_DISK, EPOCH_DISK;
+                           3: generations in HELLO and WELCOME, ERROR STALE;
+                           4: re-seed and incremental resync (lineages, bitmaps,
+                              hashes), ERROR HANDOVER */
 #define WIRE_HDR_SIZE 32
 #define WIRE_MAX_PAYLOAD (16u << 20)
 #define WIRE_NAME_LEN 64
 #define WIRE_ERROR_TEXT_MAX 512
 #define WIRE_MAX_DISKS 4
+#define WIRE_MAX_NICS 4
 #define WIRE_DISK_REC_MAX (1u << 20) /* raw bytes of one EPOCH_DISK entry */
 
 enum wire_type {
@@ -45,7 +48,12 @@ enum wire_type {
         WIRE_PING = 9,           /* P->B: alive, no epoch coming (VM held) */
         WIRE_SYNC_DISK = 10,     /* P->B: initial copy of disk blocks, applied at once */
         WIRE_EPOCH_DISK = 11,    /* P->B: disk writes of epoch N, staged */
-        WIRE_TYPE_MAX = 11,
+        WIRE_DISK_BITMAP = 12,   /* P->B after HELLO: the primary's bitmap of a disk */
+        WIRE_PAGE_HASHES = 13,   /* B->P after WELCOME: hashes of the replica's pages */
+        WIRE_DISK_HASHES = 14,   /* B->P after WELCOME: hashes of the resync set's blocks */
+        WIRE_HASHES_END = 15,    /* B->P: no more hashes; counts */
+        WIRE_NET_FRAMES = 16,    /* P->B before ERROR(HANDOVER): the last epoch's output */
+        WIRE_TYPE_MAX = 16,
 };
 
 /* Page encodings inside SYNC_PAGES / EPOCH_PAGES. */
@@ -67,7 +75,21 @@ enum wire_err {
         WIRE_ERR_INTERNAL = 6,
         WIRE_ERR_SHUTDOWN = 7, /* primary ended protection: discard the replica */
         WIRE_ERR_STALE = 8,    /* HELLO's generation is older than the backup's */
+        WIRE_ERR_HANDOVER = 9, /* planned switchover: KEEP the committed replica, the
+                                  primary's copy is powered off; the cluster activates */
 };
+
+/* Re-seed and incremental resync (docs/failback.md). A hash is XXH3-128
+ * of one 4 KiB page or disk block: low 64 bits then high, little-endian. */
+#define WIRE_HASH_LEN 16
+#define WIRE_BLOCK_PAGES 16  /* 4 KiB pieces of one 64 KiB bitmap block */
+#define WIRE_BLOCK_SIZE (WIRE_BLOCK_PAGES * 4096u)
+#define WIRE_DISK_HASH_ENTRY (8 + WIRE_BLOCK_PAGES * WIRE_HASH_LEN) /* block u64, hashes */
+#define WIRE_HELLO_BITMAP(i) (1u << (i))          /* DISK_BITMAP records of disk i follow */
+#define WIRE_HELLO_FLAGS_ALL 0xfu
+#define WIRE_WELCOME_PAGE_HASHES 1u               /* PAGE_HASHES follow: the replica file has content */
+#define WIRE_WELCOME_DISK_INCR(i) (1u << (8 + (i))) /* disk i: incremental, DISK_HASHES follow */
+#define WIRE_WELCOME_FLAGS_ALL (1u | (0xfu << 8))
 
 /* A SHUTDOWN whose text starts with this: the guest powered itself off
  * (not a crash, not the operator). The standby discards its replica and
@@ -93,6 +115,10 @@ struct wire_hello {
         uint32_t n_disks;         /* <= WIRE_MAX_DISKS */
         uint64_t disk_bytes[WIRE_MAX_DISKS]; /* size of each disk, 0 past n_disks */
         uint64_t generation;      /* the primary's generation of the VM (fencing token) */
+        /* v4: per disk, the lineage of the primary's bitmap (0 = history
+         * unknown); the lineage both sides record when this sync commits */
+        uint64_t disk_lineage[WIRE_MAX_DISKS];
+        uint64_t new_lineage;
 };
 
 struct wire_welcome {
@@ -149,6 +175,46 @@ struct wire_disk_rec {
         const uint8_t *data;
 };
 
+/* A piece of a disk's bitmap: bytes [offset, offset+len) of it. */
+struct wire_bitmap_chunk {
+        uint32_t disk;
+        uint64_t offset;
+        uint32_t len;
+        const uint8_t *bits;
+};
+
+/* Hashes of count consecutive pages from first_pfn. */
+struct wire_page_hashes {
+        uint64_t first_pfn;
+        uint32_t count;
+        const uint8_t *hashes; /* count * WIRE_HASH_LEN */
+};
+
+/* Hashes of count blocks of one disk: entry i at entries + i *
+ * WIRE_DISK_HASH_ENTRY: block u64 (64 KiB index), 16 hashes of its 4 KiB
+ * pieces (pieces past the end of the disk hash as zero-length: ignored). */
+struct wire_disk_hashes {
+        uint32_t disk;
+        uint32_t count;
+        const uint8_t *entries;
+};
+
+/* NET_FRAMES: the committed, unsent output of one NIC at a handover, as
+ * (len u32, frame) records; the new primary sends it before it runs. */
+#define WIRE_FRAME_MIN 14u
+#define WIRE_FRAME_MAX (4096u + 65536u)
+struct wire_net_frames {
+        uint32_t nic;
+        uint32_t count;
+        const uint8_t *frames; /* count records */
+        size_t len;            /* their bytes */
+};
+
+struct wire_hashes_end {
+        uint64_t pages;                  /* page hashes sent */
+        uint64_t blocks[WIRE_MAX_DISKS]; /* disk hash entries sent, per disk */
+};
+
 /* ---- building records ---- */
 
 /* A growable buffer holding one or more complete records. */
@@ -180,6 +246,11 @@ int wire_put_epoch_end(struct wire_buf *b, uint64_t epoch, const struct wire_epo
 int wire_put_ack(struct wire_buf *b, uint64_t epoch, const struct wire_ack *a);
 int wire_put_error(struct wire_buf *b, uint32_t code, const char *text);
 int wire_put_ping(struct wire_buf *b, uint64_t committed_epoch);
+int wire_put_disk_bitmap(struct wire_buf *b, const struct wire_bitmap_chunk *c);
+int wire_put_page_hashes(struct wire_buf *b, const struct wire_page_hashes *h);
+int wire_put_disk_hashes(struct wire_buf *b, const struct wire_disk_hashes *h);
+int wire_put_hashes_end(struct wire_buf *b, const struct wire_hashes_end *e);
+int wire_put_net_frames(struct wire_buf *b, uint64_t epoch, const struct wire_net_frames *f);
 /* PAGES record: begin with wire_pages_begin, add entries, wire_finish.
  * The entry count is patched in by wire_finish. */
 int wire_pages_begin(struct wire_buf *b, enum wire_type type, uint64_t epoch);
@@ -223,6 +294,18 @@ int wire_get_epoch_end(const struct wire_msg *m, struct wire_epoch_end *ret);
 int wire_get_ack(const struct wire_msg *m, struct wire_ack *ret);
 int wire_get_error(const struct wire_msg *m, struct wire_error *ret);
 int wire_get_devstate(const struct wire_msg *m, struct wire_devstate *ret);
+int wire_get_disk_bitmap(const struct wire_msg *m, struct wire_bitmap_chunk *ret);
+int wire_get_page_hashes(const struct wire_msg *m, struct wire_page_hashes *ret);
+int wire_get_disk_hashes(const struct wire_msg *m, struct wire_disk_hashes *ret);
+int wire_get_hashes_end(const struct wire_msg *m, struct wire_hashes_end *ret);
+/* Checks every record: count, each length within WIRE_FRAME_MIN..MAX,
+ * nothing trailing. */
+int wire_get_net_frames(const struct wire_msg *m, struct wire_net_frames *ret);
+/* The block number of a DISK_HASHES entry (its first 8 bytes, LE). */
+uint64_t wire_hash_entry_block(const uint8_t *entry);
+void wire_hash_entry_set_block(uint8_t *entry, uint64_t block);
+/* XXH3-128 of len bytes into out[WIRE_HASH_LEN] (the wire's byte order). */
+void wire_hash(const void *data, size_t len, uint8_t out[WIRE_HASH_LEN]);
 
 /* Iterate page entries of a PAGES payload. The count is checked against
  * the entries present: a mismatch or an entry running past the end is

@@ -27,6 +27,16 @@ static void parse_payload(const struct wire_hdr *h, const uint8_t *payload)
         struct wire_ack ack;
         struct wire_error err;
         struct wire_devstate ds;
+        struct wire_bitmap_chunk bc;
+        struct wire_page_hashes ph;
+        struct wire_disk_hashes dh;
+        struct wire_hashes_end he;
+        struct wire_net_frames nf;
+        (void)wire_get_net_frames(&m, &nf);
+        (void)wire_get_disk_bitmap(&m, &bc);
+        (void)wire_get_page_hashes(&m, &ph);
+        (void)wire_get_disk_hashes(&m, &dh);
+        (void)wire_get_hashes_end(&m, &he);
         (void)wire_get_hello(&m, &hello);
         (void)wire_get_welcome(&m, &welcome);
         (void)wire_get_epoch_end(&m, &end);

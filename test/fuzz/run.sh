@@ -4,6 +4,7 @@
 #   fuzz_wire  the replication parser and page decoder (lib/wire.c, codec.c)
 #   fuzz_nbd   blockrepl's NBD server, handshake and requests (blockrepl/nbd.c)
 #   fuzz_clmsg havmsd's CPG messages (failover/clmsg.c)
+#   fuzz_wol   the wake-on-LAN payload scan and MAC/password strings (lib/wol.c)
 # Exit 0 if no crash was found, 77 (skip) without clang's fuzzer runtime.
 # Crashes are kept in $FUZZ_OUT.
 set -u
@@ -14,13 +15,14 @@ command -v clang >/dev/null || { echo "SKIP: no clang"; exit 77; }
 flags=(-std=gnu11 -g -O1 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined
        -fno-sanitize-recover=undefined -I"$top/lib" -I"$top/blockrepl" -I"$top/failover"
        -I"$out")
-targets=(wire nbd clmsg)
+targets=(wire nbd clmsg wol)
 declare -A srcs=(
         [wire]="lib/wire.c lib/codec.c lib/util.c"
         [nbd]="blockrepl/nbd.c lib/util.c"
         [clmsg]="failover/clmsg.c lib/config.c lib/util.c"
+        [wol]="lib/wol.c"
 )
-declare -A libs=([wire]="-llz4 -lxxhash" [nbd]="" [clmsg]="-lxxhash -linih")
+declare -A libs=([wire]="-llz4 -lxxhash" [nbd]="" [clmsg]="-lxxhash -linih" [wol]="")
 # lib/config.c (cfg_name_valid) includes meson's generated header; the
 # fuzz build has no build directory, so it gets a stand-in.
 printf '#pragma once\n#define HAVMS_CHECKPOINTD_DEFAULT "checkpointd"\n#define HAVMS_PRELOAD_DEFAULT ""\n#define HAVMS_SYSCONFDIR "/etc/havms"\n#define HAVMS_VERSION "fuzz"\n' \
@@ -65,6 +67,18 @@ clmsg_seeds() {
         } >"$d/relinquish"
 }
 
+# Seeds for fuzz_wol: a listener (4-byte password) and a valid packet for
+# it after two bytes; a MAC and a password string.
+wol_seeds() {
+        local d=$1 mac='\x52\x54\x00\x12\x34\x56' i
+        mkdir -p "$d"
+        { printf "\x01$mac\x01\x02\x03\x04xx\xff\xff\xff\xff\xff\xff"
+          for i in $(seq 16); do printf "$mac"; done; printf '\x01\x02\x03\x04'
+        } >"$d/valid"
+        printf '52:54:00:12:34:56' >"$d/mac"
+        printf '192.168.1.1' >"$d/password"
+}
+
 n=${#targets[@]}
 each=$(( secs / n > 0 ? secs / n : 1 ))
 failed=0
@@ -80,6 +94,7 @@ for t in "${targets[@]}"; do
         mkdir -p "$out/corpus-$t"
         [ "$t" = nbd ] && nbd_seeds "$out/corpus-$t"
         [ "$t" = clmsg ] && clmsg_seeds "$out/corpus-$t"
+        [ "$t" = wol ] && wol_seeds "$out/corpus-$t"
         if "$out/fuzz_$t" -max_total_time="$each" -max_len=70000 -artifact_prefix="$out/$t-" \
                 "$out/corpus-$t" >"$out/fuzz-$t.log" 2>&1; then
                 tail -n 2 "$out/fuzz-$t.log"

@@ -33,6 +33,13 @@ hv_check "b keeps its replica, orphaned" hv_wait_state b web01 backup-orphaned 1
 tb_link_up a b 1
 hv_check "a is protected again after the link returns" hv_wait_state a web01 protected 120
 hv_check "b is standby again" hv_wait_state b web01 backup-standby 10
+# b kept its replica's RAM file: only pages that differ went again (the
+# guest dirties 4 MiB/s; 256 MiB of RAM is 65536 pages)
+same=$(hv_sync_field a web01 pages_same); sent=$(hv_sync_field a web01 pages_sent)
+echo "re-seed after the link cut: $sent pages sent, $same pages the standby had"
+hv_check "the re-sync was a memory re-seed" test "$(hv_sync_field a web01 memory)" = re-seed
+hv_check "it sent under a quarter of RAM ($sent pages)" test "${sent:-65536}" -lt 16384
+hv_check "most pages were already there ($same)" test "${same:-0}" -gt 49152
 
 # 2. the standby host dies and reboots (its RAM, replica and config gone)
 tb_poweroff b
@@ -43,6 +50,8 @@ hv_host_config b a 1 "havms.dirty_mib_s=4"
 hv_must "checkpointd back on b" hv_start_daemon b
 hv_check "a is protected again after b's reboot" hv_wait_state a web01 protected 120
 hv_check "b is standby again" hv_wait_state b web01 backup-standby 10
+hv_check "after a reboot (RAM gone) the memory sync is full" \
+        test "$(hv_sync_field a web01 memory)" = full
 grep -c "HAVMS-CK-1004" "$TB_RUN/a-checkpointd.log" | { read -r n; echo "re-syncs logged: $n"; }
 hv_check "the guest answered throughout" counting_for 2
 last=$(hv_guest next)

@@ -23,6 +23,9 @@ HV_DISK_MIB=${HV_DISK_MIB:-0} # >0: web01 gets an ext4 data disk of this size
 HV_DISK=/var/lib/havms/images/$HV_VM.raw
 HV_HOST_EXTRA=${HV_HOST_EXTRA:-} # extra lines for [host] of havms.conf (e.g. "managed = yes")
 HV_VM_EXTRA=${HV_VM_EXTRA:-}     # extra lines for [vm] of web01.conf (e.g. "accel = tcg")
+HV_FAILBACK=${HV_FAILBACK-reprotect = manual} # lines for [failback] of web01.conf: the
+                                 # existing tests protect by hand; failback tests set
+                                 # e.g. HV_FAILBACK="reprotect = auto" (docs/failback.md)
 HV_PASS=0
 HV_FAIL=0
 
@@ -84,6 +87,9 @@ $HV_VM_EXTRA
 [protection]
 peer = $other
 $prot
+
+[failback]
+$HV_FAILBACK
 EOC
 }
 
@@ -120,6 +126,12 @@ hvctl() { local h=$1; shift; tb_exec "$h" "$HV_BUILD/havmsctl/havmsctl" "$@"; }
 hv_field() {
         hvctl "$1" status "$2" --json 2>/dev/null |
                 python3 -c 'import sys,json; v=json.load(sys.stdin)["vms"][0]; print(v.get(sys.argv[1], ""))' "$3"
+}
+
+# hv_sync_field HOST VM KEY: a figure of the last (re-)sync (status "last_sync")
+hv_sync_field() {
+        hvctl "$1" status "$2" --json 2>/dev/null |
+                python3 -c 'import sys,json; v=json.load(sys.stdin)["vms"][0]; print(v.get("last_sync", {}).get(sys.argv[1], ""))' "$3"
 }
 
 # hv_field_has HOST VM KEY REGEX: the field matches (grep -E)

@@ -23,8 +23,11 @@
 #     namespace (the switch), and one veth "rl<n>" per replication link
 #     (its cable runs through the lan namespace, see tb_link_create);
 #   - a holder process (sleep infinity) that owns a private mount namespace
-#     (fresh tmpfs on /run, /dev/shm, /var/lib/havms, /etc/havms,
-#     /var/log/havms) and a UTS namespace (hostname = host name);
+#     (fresh tmpfs on /run, /dev/shm, /etc/havms, /var/log/havms: lost at
+#     every power-off, like RAM; /var/lib/havms is the host's "disk",
+#     $TB_RUN/hosts/<name>/disk bind-mounted, kept across tb_host_restart
+#     as a real disk survives a reboot) and a UTS namespace (hostname =
+#     host name);
 #   - a cgroup v2 leaf  <cgroup2 mount>/havms-tb-<id>/<name>  holding the
 #     holder and every process started with tb_exec/tb_spawn.
 #
@@ -443,6 +446,7 @@ tb__start_holder() {
 	ns=$(tb__get "$d/ns") || return 1
 	cg=$TB_CG_ROOT/$name
 	rm -f "$d/ready" "$d/holder"
+	mkdir -p "$d/disk" && chmod 0755 "$d/disk"
 	# shellcheck disable=SC2016
 	local script='set -e
 for m in /run /dev/shm /var/lib/havms /etc/havms /var/log/havms; do
@@ -451,7 +455,7 @@ done
 mount -t tmpfs -o mode=0755,nosuid,nodev tb-run /run
 mkdir -p /run/lock && chmod 1777 /run/lock
 mount -t tmpfs -o mode=1777,nosuid,nodev tb-shm /dev/shm
-mount -t tmpfs -o mode=0755 tb-state /var/lib/havms
+mount --bind "$3" /var/lib/havms
 mount -t tmpfs -o mode=0755 tb-etc /etc/havms
 mount -t tmpfs -o mode=0755 tb-log /var/log/havms
 echo "$1" >/proc/sys/kernel/hostname
@@ -460,7 +464,7 @@ exec sleep infinity'
 	(
 		echo "$BASHPID" >"$cg/cgroup.procs" || exit 125
 		exec ip netns exec "$ns" unshare -m -u --propagation private \
-			sh -c "$script" holder "$name" "$d/ready"
+			sh -c "$script" holder "$name" "$d/ready" "$d/disk"
 	) </dev/null >>"$d/holder.log" 2>&1 &
 	pid=$!
 	disown "$pid"

@@ -57,7 +57,7 @@ static struct clmsg *state_msg(size_t n, const char *sender)
                 else
                         snprintf(v->name, sizeof(v->name), "vm-%zu", i);
                 v->state = (enum po_vm_state)(i % (PO_VM_ACTIVATING + 1));
-                v->last_exit = (enum po_exit)(i % (PO_EXIT_STALE + 1));
+                v->last_exit = (enum po_exit)(i % (PO_EXIT_LAST + 1));
                 v->generation = 0x0102030405060708ull + i;
                 v->committed_epoch = i == 3 ? UINT64_MAX : 1000 * i;
                 if (i % 3) /* a peer, or none */
@@ -97,6 +97,33 @@ static void assert_same(const struct clmsg *a, const struct clmsg *b)
                 assert_true(a->generation == b->generation);
                 assert_string_equal(a->target, b->target);
         }
+        if (a->type == CLMSG_SWITCHOVER || a->type == CLMSG_SWITCHOVER_STATUS) {
+                assert_string_equal(a->to, b->to);
+                assert_int_equal(a->reqid, b->reqid);
+        }
+        if (a->type == CLMSG_SWITCHOVER_STATUS) {
+                assert_int_equal(a->phase, b->phase);
+                assert_int_equal(a->status, b->status);
+                assert_int_equal(a->ms, b->ms);
+                assert_string_equal(a->text, b->text);
+        }
+}
+
+static struct clmsg *sw_msg(enum clmsg_type t, const char *target, const char *to,
+                            const char *text)
+{
+        struct clmsg *m = ref_msg(t, "web01", "b");
+        strcpy(m->target, target);
+        strcpy(m->to, to);
+        m->generation = 7;
+        m->reqid = 0xdeadbeef;
+        if (t == CLMSG_SWITCHOVER_STATUS) {
+                m->phase = CLMSG_SW_FAILED;
+                m->status = -16;
+                m->ms = 123;
+                strcpy(m->text, text);
+        }
+        return m;
 }
 
 /* Encode, decode, compare; the re-encoding is byte for byte the same. */
@@ -173,6 +200,8 @@ static size_t sample(int i, uint8_t *out)
         case 5: m = ref_msg(CLMSG_DISCARDED, "w", "a"); break;
         case 6: m = ref_msg(CLMSG_FENCED, "", "b"); break;
         case 7: m = state_msg(CLMSG_MAX_VMS, "a"); break;
+        case 8: m = sw_msg(CLMSG_SWITCHOVER, "a", "", ""); break;
+        case 9: m = sw_msg(CLMSG_SWITCHOVER_STATUS, "", "b", "another switchover is running"); break;
         default: return 0;
         }
         size_t len;
@@ -181,7 +210,7 @@ static size_t sample(int i, uint8_t *out)
         return len;
 }
 
-#define N_SAMPLES 8
+#define N_SAMPLES 10
 
 /* decode must refuse and leave *ret untouched (set only on success) */
 static void assert_refused(const uint8_t *rec, size_t len)
@@ -332,7 +361,7 @@ static void test_state_lies_refused(void **state)
                 { 31, 0x7f },                  /* DEL */
                 { 32, PO_VM_ACTIVATING + 1 },  /* state out of range */
                 { 32, 0xff },
-                { 33, PO_EXIT_STALE + 1 },     /* exit out of range */
+                { 33, PO_EXIT_LAST + 1 },     /* exit out of range */
                 { 34, 1 },                     /* reserved u16 */
                 { 35, 0x80 },
                 { 36, 1 },                     /* reserved u32 */
@@ -401,6 +430,72 @@ static void test_ref_lies_refused(void **state)
         assert_refused(rec, len - 1);
 }
 
+static void test_switchover_roundtrip_and_lies(void **state)
+{
+        (void)state;
+        struct clmsg *m = sw_msg(CLMSG_SWITCHOVER, "a", "c", "");
+        assert_int_equal(roundtrip(m), CLMSG_HDR_SIZE + 112);
+        strcpy(m->to, NAME32);
+        roundtrip(m);
+        free(m);
+        m = sw_msg(CLMSG_SWITCHOVER_STATUS, "", "b", "");
+        assert_int_equal(roundtrip(m), CLMSG_HDR_SIZE + 216);
+        m->phase = CLMSG_SW_DONE;
+        m->status = 0;
+        memset(m->text, 'x', CLMSG_TEXT - 1);
+        m->text[CLMSG_TEXT - 1] = 0;
+        roundtrip(m);
+        /* encode refuses what decode would */
+        size_t len;
+        m->phase = (enum clmsg_phase)4;
+        assert_int_equal(clmsg_encode(m, buf, sizeof(buf), &len), -EINVAL);
+        m->phase = CLMSG_SW_STARTED;
+        strcpy(m->vm, "");
+        assert_int_equal(clmsg_encode(m, buf, sizeof(buf), &len), -EINVAL);
+        free(m);
+        m = sw_msg(CLMSG_SWITCHOVER, "", "", ""); /* a request names its owner */
+        assert_int_equal(clmsg_encode(m, buf, sizeof(buf), &len), -EINVAL);
+        free(m);
+        assert_string_equal(clmsg_type_name(CLMSG_SWITCHOVER_STATUS), "switchover-status");
+
+        /* sealed lies */
+        static uint8_t rec[CLMSG_MAX_SIZE];
+        uint8_t *pl = rec + CLMSG_HDR_SIZE;
+        len = sample(9, rec);
+        pl[108] = 0; /* phase */
+        reseal(rec, len);
+        assert_refused(rec, len);
+        len = sample(9, rec);
+        pl[109] = 1; /* reserved */
+        reseal(rec, len);
+        assert_refused(rec, len);
+        len = sample(9, rec);
+        memset(pl + 120, 'y', CLMSG_TEXT); /* no NUL */
+        reseal(rec, len);
+        assert_refused(rec, len);
+        len = sample(9, rec);
+        pl[120 + CLMSG_TEXT - 1] = 'z'; /* after the NUL */
+        reseal(rec, len);
+        assert_refused(rec, len);
+        len = sample(9, rec);
+        pl[120] = '\n'; /* not printable */
+        reseal(rec, len);
+        assert_refused(rec, len);
+        len = sample(8, rec);
+        pl[108] = 1; /* the request's reserved u32 */
+        reseal(rec, len);
+        assert_refused(rec, len);
+        len = sample(8, rec);
+        memset(pl + 72, 0, CLMSG_NAME);
+        pl[72] = '/'; /* a bad "to" name */
+        reseal(rec, len);
+        assert_refused(rec, len);
+        len = sample(8, rec);
+        rec[len] = 0;
+        seal_len(rec, len + 1);
+        assert_refused(rec, len + 1);
+}
+
 static void test_encode_refuses(void **state)
 {
         (void)state;
@@ -440,7 +535,7 @@ static void test_encode_refuses(void **state)
         m->vms[0].state = (enum po_vm_state)(PO_VM_ACTIVATING + 1);
         assert_int_equal(clmsg_encode(m, buf, sizeof(buf), &len), -EINVAL);
         m->vms[0].state = PO_VM_DEFINED;
-        m->vms[0].last_exit = (enum po_exit)(PO_EXIT_STALE + 1);
+        m->vms[0].last_exit = (enum po_exit)(PO_EXIT_LAST + 1);
         assert_int_equal(clmsg_encode(m, buf, sizeof(buf), &len), -EINVAL);
         m->vms[0].last_exit = PO_EXIT_NONE;
         m->type = (enum clmsg_type)0;
@@ -474,6 +569,7 @@ int main(void)
                 cmocka_unit_test(test_state_lies_refused),
                 cmocka_unit_test(test_ref_lies_refused),
                 cmocka_unit_test(test_encode_refuses),
+                cmocka_unit_test(test_switchover_roundtrip_and_lies),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -294,6 +294,162 @@ static void test_fence_errors(void **state)
                           "havms.conf:4: [fence bad name]: 'bad name' is not a valid host name");
 }
 
+static void test_vm_failback_section(void **state)
+{
+        struct vm_config c;
+        char err[256] = "";
+        char list[CFG_MAX_HOSTS][CFG_NAME_MAX];
+        const char *head = "[vm]\nname = web01\nmemory_mib = 64\nkernel=/k\n";
+        char text[512];
+
+        /* defaults, and the default host list: preferred, peer, self */
+        snprintf(text, sizeof(text), "%spreferred_host = hostA\n[protection]\npeer = hostB\n", head);
+        assert_int_equal(vm_config_load(write_file("web01.conf", text), &c, err, sizeof(err)), 0);
+        assert_string_equal(c.reprotect, "auto");
+        assert_string_equal(c.failback, "manual");
+        assert_int_equal(c.failback_delay_s, 60);
+        assert_string_equal(c.standby_policy, "ordered");
+        assert_int_equal(c.spare_wait_s, 30);
+        assert_int_equal(c.n_hosts, 0);
+        assert_int_equal(vm_config_hosts(&c, "hostC", list, CFG_MAX_HOSTS), 3);
+        assert_string_equal(list[0], "hostA");
+        assert_string_equal(list[1], "hostB");
+        assert_string_equal(list[2], "hostC");
+        /* self already listed: once only; max respected */
+        assert_int_equal(vm_config_hosts(&c, "hostB", list, CFG_MAX_HOSTS), 2);
+        assert_int_equal(vm_config_hosts(&c, "hostC", list, 1), 1);
+
+        snprintf(text, sizeof(text), "%spreferred_host = hostB\n[failback]\nreprotect = manual\n"
+                 "failback = auto\nfailback_delay_s = 0\nhosts = hostB hostA,hostC\n"
+                 "standby_policy = fewest-vms\nspare_wait_s = 0\n", head);
+        assert_int_equal(vm_config_load(write_file("web01.conf", text), &c, err, sizeof(err)), 0);
+        assert_string_equal(c.reprotect, "manual");
+        assert_string_equal(c.failback, "auto");
+        assert_int_equal(c.failback_delay_s, 0);
+        assert_string_equal(c.standby_policy, "fewest-vms");
+        assert_int_equal(c.spare_wait_s, 0);
+        assert_int_equal(c.n_hosts, 3);
+        assert_int_equal(vm_config_hosts(&c, "hostZ", list, CFG_MAX_HOSTS), 3);
+        assert_string_equal(list[0], "hostB");
+        assert_string_equal(list[2], "hostC");
+
+#define FB_ERR(body, want) \
+        (snprintf(text, sizeof(text), "%s[failback]\n%s", head, body), \
+         expect_vm_error("web01.conf", text, want))
+        FB_ERR("reprotect = yes\n", ":6: reprotect: 'yes' is not one of auto|manual");
+        FB_ERR("failback = always\n", ":6: failback: 'always' is not one of auto|manual|off");
+        FB_ERR("failback_delay_s = 86401\n", ":6: failback_delay_s: 86401 is out of range [0, 86400]");
+        FB_ERR("standby_policy = random\n", ":6: standby_policy: 'random' is not one of");
+        FB_ERR("spare_wait_s = -1\n", ":6: spare_wait_s: -1 is out of range");
+        FB_ERR("hosts = a b a\n", ":6: hosts: 'a' listed twice");
+        FB_ERR("hosts = a b/c\n", ":6: hosts: 'b/c' is not a valid host name");
+        FB_ERR("hosts = h1 h2 h3 h4 h5 h6 h7 h8 h9\n", ":6: hosts: at most 8 hosts");
+        FB_ERR("hosts = a\nhosts = b\n", ":7: hosts: set twice");
+        FB_ERR("failback = auto\n", "failback = auto needs preferred_host");
+        FB_ERR("fallback = auto\n", ":6: unknown option 'fallback' in [failback]");
+#undef FB_ERR
+        snprintf(text, sizeof(text), "%spreferred_host = hostA\n[failback]\nhosts = hostB hostC\n", head);
+        expect_vm_error("web01.conf", text, "preferred_host 'hostA' is not in [failback] hosts");
+}
+
+static void test_spare_sections(void **state)
+{
+        struct host_config h;
+        char err[512] = "";
+        const char *p = write_file("havms.conf",
+                "[host]\nname = hostA\n"
+                "[peer spare1]\naddress = 10.99.0.3:7780\n"
+                "[peer spare2]\naddress = 10.99.0.4:7780\n"
+                "[spare spare1]\nmac = 52:54:00:aa:bb:01\ninterface = eth1\n"
+                "[spare spare2]\nmac = 52:54:00:aa:bb:02\ninterface = br-lan\n"
+                "password = 192.168.1.7\nbroadcast = 10.99.0.255\nport = 7\nwake = ipmi\n"
+                "on_return = hand-back\nboot_timeout_s = 120\n"
+                "[fence spare2]\nlevel1 = fence_ipmilan ip=10.88.0.4\n");
+        assert_int_equal(host_config_load(p, &h, err, sizeof(err)), 0);
+        assert_int_equal(h.n_spares, 2);
+        const struct cfg_spare *s = host_config_spare(&h, "spare1");
+        assert_non_null(s);
+        assert_string_equal(s->mac, "52:54:00:aa:bb:01");
+        assert_string_equal(s->interface, "eth1");
+        assert_string_equal(s->password, "");
+        assert_string_equal(s->broadcast, "255.255.255.255");
+        assert_int_equal(s->port, 9);
+        assert_string_equal(s->wake, "auto");
+        assert_string_equal(s->on_return, "keep");
+        assert_string_equal(s->off_command, "");
+        assert_int_equal(s->boot_timeout_s, 300);
+        s = host_config_spare(&h, "spare2");
+        assert_non_null(s);
+        assert_string_equal(s->password, "192.168.1.7");
+        assert_string_equal(s->broadcast, "10.99.0.255");
+        assert_int_equal(s->port, 7);
+        assert_string_equal(s->wake, "ipmi");
+        assert_string_equal(s->on_return, "hand-back");
+        assert_int_equal(s->boot_timeout_s, 120);
+        assert_null(host_config_spare(&h, "hostB"));
+}
+
+static void test_spare_errors(void **state)
+{
+        const char *head = "[host]\nname = hostA\n[peer sp]\naddress = 10.0.0.9:7780\n[spare sp]\n";
+        const char *ok = "mac = 52:54:00:aa:bb:01\ninterface = eth1\n";
+        char text[1024];
+#define SP_ERR(body, want) \
+        (snprintf(text, sizeof(text), "%s%s", head, body), expect_host_error(text, want))
+        /* line 6 is the first option line */
+        SP_ERR("mac = 01:00:5e:00:00:01\ninterface = eth1\n",
+               "havms.conf:6: [spare sp] mac: '01:00:5e:00:00:01' is not a unicast MAC");
+        SP_ERR("mac = 52:54:00:aa:bb\ninterface = eth1\n", "havms.conf:6: [spare sp] mac:");
+        SP_ERR("interface = eth1\n", "havms.conf: [spare sp] needs 'mac'");
+        SP_ERR("mac = 52:54:00:aa:bb:01\n", "havms.conf: [spare sp] needs 'interface'");
+        SP_ERR("mac = 52:54:00:aa:bb:01\ninterface = a-very-long-interface\n",
+               "havms.conf:7: interface: value longer than 15");
+        SP_ERR("mac = 52:54:00:aa:bb:01\ninterface = eth/1\n",
+               "havms.conf:7: [spare sp] interface: 'eth/1' is not an interface name");
+        snprintf(text, sizeof(text), "%s%spassword = 1.2.3\n", head, ok);
+        expect_host_error(text, "havms.conf:8: [spare sp] password: '1.2.3' is not a SecureOn");
+        snprintf(text, sizeof(text), "%s%spassword = 1.2.3.256\n", head, ok);
+        expect_host_error(text, "havms.conf:8: [spare sp] password:");
+        snprintf(text, sizeof(text), "%s%spassword = 00:11:22:33:44:zz\n", head, ok);
+        expect_host_error(text, "havms.conf:8: [spare sp] password:");
+        snprintf(text, sizeof(text), "%s%sport = 0\n", head, ok);
+        expect_host_error(text, "havms.conf:8: port: 0 is out of range [1, 65535]");
+        snprintf(text, sizeof(text), "%s%swake = magic\n", head, ok);
+        expect_host_error(text, "havms.conf:8: wake: 'magic' is not one of auto|wol|ipmi");
+        snprintf(text, sizeof(text), "%s%son_return = give-back\n", head, ok);
+        expect_host_error(text, "havms.conf:8: on_return: 'give-back' is not one of keep|hand-back");
+        snprintf(text, sizeof(text), "%s%sboot_timeout_s = 5\n", head, ok);
+        expect_host_error(text, "havms.conf:8: boot_timeout_s: 5 is out of range [10, 3600]");
+        snprintf(text, sizeof(text), "%s%soff_command = poweroff\n", head, ok);
+        expect_host_error(text, "havms.conf:8: [spare sp] off_command: 'poweroff' must start");
+        snprintf(text, sizeof(text), "%s%scolour = red\n", head, ok);
+        expect_host_error(text, "havms.conf:8: [spare sp]: unknown option 'colour'");
+        snprintf(text, sizeof(text), "%s%smac = 52:54:00:aa:bb:02\n", head, ok);
+        expect_host_error(text, "havms.conf:8: [spare sp]: mac set twice");
+        /* cross-section checks */
+        snprintf(text, sizeof(text), "%s%swake = ipmi\n", head, ok);
+        expect_host_error(text, "havms.conf: [spare sp] wake = ipmi needs a [fence sp]");
+        snprintf(text, sizeof(text), "%s%son_return = hand-back\n", head, ok);
+        expect_host_error(text, "havms.conf: [spare sp] on_return = hand-back needs a [fence sp] or "
+                                "off_command");
+        snprintf(text, sizeof(text), "%s%son_return = hand-back\noff_command = /sbin/spare-off sp\n",
+                 head, ok);
+        struct host_config h;
+        char err[512] = "";
+        assert_int_equal(host_config_load(write_file("havms.conf", text), &h, err, sizeof(err)), 0);
+        assert_string_equal(h.spares[0].off_command, "/sbin/spare-off sp");
+        snprintf(text, sizeof(text), "[host]\nname = hostA\n[spare sp]\n%s", ok);
+        expect_host_error(text, "havms.conf: [spare sp] has no [peer sp]");
+        snprintf(text, sizeof(text), "[host]\nname = hostA\n[spare hostA]\n%s", ok);
+        expect_host_error(text, "havms.conf: [spare hostA] names this host itself");
+        expect_host_error("[host]\nname = hostA\n[spare bad name]\nmac = 52:54:00:aa:bb:01\n",
+                          "havms.conf:4: [spare bad name]: 'bad name' is not a valid host name");
+        snprintf(text, sizeof(text), "[host]\nname = hostA\n[spare s1]\n%s[spare s2]\n%s"
+                 "[spare s3]\n%s[spare s4]\n%s[spare s5]\n%s", ok, ok, ok, ok, ok);
+        expect_host_error(text, "at most 4 [spare] sections");
+#undef SP_ERR
+}
+
 static void test_digest_tracks_device_model(void **state)
 {
         struct vm_config a, b;
@@ -323,6 +479,9 @@ int main(void)
                 cmocka_unit_test(test_cluster_defaults),
                 cmocka_unit_test(test_fence_sections),
                 cmocka_unit_test(test_fence_errors),
+                cmocka_unit_test(test_vm_failback_section),
+                cmocka_unit_test(test_spare_sections),
+                cmocka_unit_test(test_spare_errors),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }

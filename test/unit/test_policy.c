@@ -252,6 +252,40 @@ static void test_relinquished_by_live_primary_activates(void **s)
         assert_string_equal(decide(&in, &out), "activate:web01:5");
 }
 
+/* A planned switchover: the old primary (handed-over) relinquishes, never
+ * restarts; the standby (peer-handover) activates on it even with
+ * failover = manual, and not before the RELINQUISH. */
+static void test_switchover_handover(void **s)
+{
+        (void)s;
+        struct po_input in;
+        struct po_output out;
+        base(&in, "a", 1);
+        add_host(&in, "b", 2);
+        struct po_vm *v = add_vm(&in, "web01", PO_VM_DEFINED, "b", 4);
+        v->last_exit = PO_EXIT_HANDED_OVER;
+        v->local_restarts = 3; /* would restart after a crash: never after a handover */
+        assert_string_equal(decide(&in, &out), "relinquish:web01");
+        v->relinquished = true;
+        assert_string_equal(decide(&in, &out), "");
+        v->last_exit = PO_EXIT_CRASH; /* the same with a crash restarts here */
+        v->relinquished = false;
+        assert_string_equal(decide(&in, &out), "ask-discard:web01");
+
+        struct po_host *a;
+        standby_of_a(&in, &a, &v);
+        v->last_exit = PO_EXIT_PEER_HANDOVER;
+        v->failover_auto = false;
+        assert_string_equal(decide(&in, &out), "");      /* goodbye alone: wait */
+        v->peer_relinquished = true;
+        assert_string_equal(decide(&in, &out), "activate:web01:5");
+        v->last_exit = PO_EXIT_NONE;                      /* a crash with manual: no */
+        assert_string_equal(decide(&in, &out), "");
+        assert_int_equal(po_exit_parse("handed-over"), PO_EXIT_HANDED_OVER);
+        assert_int_equal(po_exit_parse("peer-handover"), PO_EXIT_PEER_HANDOVER);
+        assert_string_equal(po_exit_name(PO_EXIT_HANDED_OVER), "handed-over");
+}
+
 static void test_discard_asked_by_member_primary(void **s)
 {
         (void)s;
@@ -783,6 +817,7 @@ int main(void)
                 cmocka_unit_test(test_witness_waits_then_activates_without_fencing),
                 cmocka_unit_test(test_manual_failover_only_reports),
                 cmocka_unit_test(test_relinquished_by_live_primary_activates),
+                cmocka_unit_test(test_switchover_handover),
                 cmocka_unit_test(test_discard_asked_by_member_primary),
                 cmocka_unit_test(test_isolated_with_member_standby_asks_then_releases),
                 cmocka_unit_test(test_isolated_standby_left_waits_head_start_then_fences),

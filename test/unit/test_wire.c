@@ -34,7 +34,7 @@ static void test_hello_roundtrip(void **state)
 {
         struct wire_buf b = { 0 };
         struct wire_hello h = { .page_size = 4096, .ram_bytes = 256u << 20, .config_digest = 0x1234,
-                                .generation = 0x0102030405060708ull };
+                                .generation = 0x0102030405060708ull, .new_lineage = 77 };
         strcpy(h.vm, "web01");
         strcpy(h.host, "hostA");
         assert_int_equal(wire_put_hello(&b, &h), 0);
@@ -50,10 +50,11 @@ static void test_hello_roundtrip(void **state)
         assert_string_equal(g.host, "hostA");
         assert_int_equal(g.n_disks, 0);
         assert_int_equal(g.generation, 0x0102030405060708ull);
-        /* the generation is the last field: a HELLO of version 2's length is refused */
-        m.hdr.length -= 8;
+        assert_int_equal(g.new_lineage, 77);
+        /* a HELLO of version 3's length (no lineages) is refused */
+        m.hdr.length -= 8 + 8 * WIRE_MAX_DISKS;
         assert_int_equal(wire_get_hello(&m, &g), -EBADMSG);
-        m.hdr.length += 8;
+        m.hdr.length += 8 + 8 * WIRE_MAX_DISKS;
         /* a HELLO is not a WELCOME */
         struct wire_welcome w;
         assert_int_equal(wire_get_welcome(&m, &w), -EBADMSG);
@@ -65,7 +66,8 @@ static void test_hello_disks(void **state)
 {
         struct wire_buf b = { 0 };
         struct wire_hello h = { .page_size = 4096, .ram_bytes = 1 << 20, .n_disks = 2,
-                                .disk_bytes = { 64u << 20, 1u << 30 } };
+                                .disk_bytes = { 64u << 20, 1u << 30 }, .disk_lineage = { 5, 0 },
+                                .new_lineage = 9, .flags = WIRE_HELLO_BITMAP(0) };
         assert_int_equal(wire_put_hello(&b, &h), 0);
         struct wire_msg m = { 0 };
         size_t used;
@@ -75,6 +77,30 @@ static void test_hello_disks(void **state)
         assert_int_equal(g.n_disks, 2);
         assert_int_equal(g.disk_bytes[0], 64u << 20);
         assert_int_equal(g.disk_bytes[1], 1u << 30);
+        assert_int_equal(g.disk_lineage[0], 5);
+        assert_int_equal(g.flags, WIRE_HELLO_BITMAP(0));
+        /* a bitmap announced for a disk it does not list, a lineage past
+         * n_disks, no lineage to adopt: refused (re-sealed, so only the
+         * parser's checks can catch it) */
+        struct wire_hello bad = h;
+        bad.flags = WIRE_HELLO_BITMAP(2);
+        struct wire_buf b2 = { 0 };
+        struct wire_msg m2 = { 0 };
+        assert_int_equal(wire_put_hello(&b2, &bad), 0);
+        assert_int_equal(parse_msg(&b2, 0, &m2, &used), 0);
+        assert_int_equal(wire_get_hello(&m2, &g), -EBADMSG);
+        bad = h;
+        bad.new_lineage = 0;
+        wire_buf_reset(&b2);
+        assert_int_equal(wire_put_hello(&b2, &bad), 0);
+        assert_int_equal(parse_msg(&b2, 0, &m2, &used), 0);
+        assert_int_equal(wire_get_hello(&m2, &g), -EBADMSG);
+        uint8_t *lin = m.payload + 24 + 2 * WIRE_NAME_LEN + 16 + 8 * WIRE_MAX_DISKS;
+        lin[8 * 3] = 1; /* disk 3 is not listed */
+        assert_int_equal(wire_get_hello(&m, &g), -EBADMSG);
+        lin[8 * 3] = 0;
+        wire_msg_free(&m2);
+        wire_buf_free(&b2);
         /* a listed disk without a size, a size past n_disks, too many disks */
         uint8_t *d = m.payload + 24 + 2 * WIRE_NAME_LEN;
         d[0] = 3;
@@ -85,6 +111,103 @@ static void test_hello_disks(void **state)
         assert_int_equal(wire_get_hello(&m, &g), -EBADMSG);
         h.n_disks = WIRE_MAX_DISKS + 1;
         assert_int_equal(wire_put_hello(&b, &h), -EINVAL);
+        wire_msg_free(&m);
+        wire_buf_free(&b);
+}
+
+/* The re-seed records: round trips and the parser's refusals. */
+static void test_reseed_records(void **state)
+{
+        struct wire_buf b = { 0 };
+        struct wire_msg m = { 0 };
+        size_t used;
+        uint8_t bits[40], hashes[3 * WIRE_HASH_LEN], entries[2 * WIRE_DISK_HASH_ENTRY];
+        for (size_t i = 0; i < sizeof(bits); i++)
+                bits[i] = (uint8_t)i;
+        struct wire_bitmap_chunk c = { .disk = 1, .offset = 4096, .len = sizeof(bits), .bits = bits }, gc;
+        assert_int_equal(wire_put_disk_bitmap(&b, &c), 0);
+        assert_int_equal(parse_msg(&b, 0, &m, &used), 0);
+        assert_int_equal(wire_get_disk_bitmap(&m, &gc), 0);
+        assert_int_equal(gc.disk, 1);
+        assert_int_equal(gc.offset, 4096);
+        assert_int_equal(gc.len, sizeof(bits));
+        assert_memory_equal(gc.bits, bits, sizeof(bits));
+        m.payload[0] = WIRE_MAX_DISKS; /* disk out of range */
+        assert_int_equal(wire_get_disk_bitmap(&m, &gc), -EBADMSG);
+        c.len = 0;
+        assert_int_equal(wire_put_disk_bitmap(&b, &c), -EINVAL);
+
+        wire_hash("abc", 3, hashes);
+        wire_hash("abd", 3, hashes + WIRE_HASH_LEN);
+        assert_memory_not_equal(hashes, hashes + WIRE_HASH_LEN, WIRE_HASH_LEN);
+        wire_hash("abc", 3, hashes + 2 * WIRE_HASH_LEN);
+        assert_memory_equal(hashes, hashes + 2 * WIRE_HASH_LEN, WIRE_HASH_LEN);
+        struct wire_page_hashes ph = { .first_pfn = 10, .count = 3, .hashes = hashes }, gp;
+        wire_buf_reset(&b);
+        assert_int_equal(wire_put_page_hashes(&b, &ph), 0);
+        assert_int_equal(parse_msg(&b, 0, &m, &used), 0);
+        assert_int_equal(wire_get_page_hashes(&m, &gp), 0);
+        assert_int_equal(gp.first_pfn, 10);
+        assert_int_equal(gp.count, 3);
+        assert_memory_equal(gp.hashes, hashes, sizeof(hashes));
+        m.payload[8] = 4; /* count says 4, 3 present */
+        assert_int_equal(wire_get_page_hashes(&m, &gp), -EBADMSG);
+
+        memset(entries, 0xab, sizeof(entries));
+        struct wire_disk_hashes dh = { .disk = 2, .count = 2, .entries = entries }, gd;
+        wire_buf_reset(&b);
+        assert_int_equal(wire_put_disk_hashes(&b, &dh), 0);
+        assert_int_equal(parse_msg(&b, 0, &m, &used), 0);
+        assert_int_equal(wire_get_disk_hashes(&m, &gd), 0);
+        assert_int_equal(gd.disk, 2);
+        assert_int_equal(gd.count, 2);
+        assert_memory_equal(gd.entries, entries, sizeof(entries));
+        m.payload[4] = 3;
+        assert_int_equal(wire_get_disk_hashes(&m, &gd), -EBADMSG);
+
+        struct wire_hashes_end e = { .pages = 65536, .blocks = { 1, 2, 3, 4 } }, ge;
+        wire_buf_reset(&b);
+        assert_int_equal(wire_put_hashes_end(&b, &e), 0);
+        assert_int_equal(parse_msg(&b, 0, &m, &used), 0);
+        assert_int_equal(wire_get_hashes_end(&m, &ge), 0);
+        assert_int_equal(ge.pages, 65536);
+        assert_int_equal(ge.blocks[3], 4);
+        m.hdr.length -= 8;
+        assert_int_equal(wire_get_hashes_end(&m, &ge), -EBADMSG);
+
+        /* NET_FRAMES: every frame's length is checked */
+        uint8_t frames[2 * 4 + 20 + 30] = { 0 };
+        frames[0] = 20;
+        frames[4 + 20] = 30;
+        struct wire_net_frames nf = { .nic = 1, .count = 2, .frames = frames, .len = sizeof(frames) }, gn;
+        wire_buf_reset(&b);
+        assert_int_equal(wire_put_net_frames(&b, 7, &nf), 0);
+        assert_int_equal(parse_msg(&b, 0, &m, &used), 0);
+        assert_int_equal(wire_get_net_frames(&m, &gn), 0);
+        assert_int_equal(gn.nic, 1);
+        assert_int_equal(gn.count, 2);
+        assert_int_equal(gn.len, sizeof(frames));
+        m.payload[8 + 4 + 20] = 31; /* the second frame runs past the end */
+        assert_int_equal(wire_get_net_frames(&m, &gn), -EBADMSG);
+        m.payload[8 + 4 + 20] = 5;  /* shorter than an Ethernet header */
+        assert_int_equal(wire_get_net_frames(&m, &gn), -EBADMSG);
+        m.payload[8 + 4 + 20] = 30;
+        m.payload[4] = 3;           /* count says 3 */
+        assert_int_equal(wire_get_net_frames(&m, &gn), -EBADMSG);
+
+        /* WELCOME: unknown flags are refused */
+        struct wire_welcome w = { .flags = WIRE_WELCOME_PAGE_HASHES | WIRE_WELCOME_DISK_INCR(3),
+                                  .generation = 1 }, gw;
+        wire_buf_reset(&b);
+        assert_int_equal(wire_put_welcome(&b, &w), 0);
+        assert_int_equal(parse_msg(&b, 0, &m, &used), 0);
+        assert_int_equal(wire_get_welcome(&m, &gw), 0);
+        assert_int_equal(gw.flags, w.flags);
+        w.flags = 2;
+        wire_buf_reset(&b);
+        assert_int_equal(wire_put_welcome(&b, &w), 0);
+        assert_int_equal(parse_msg(&b, 0, &m, &used), 0);
+        assert_int_equal(wire_get_welcome(&m, &gw), -EBADMSG);
         wire_msg_free(&m);
         wire_buf_free(&b);
 }
@@ -447,6 +570,7 @@ int main(void)
                 cmocka_unit_test(test_small_records_roundtrip),
                 cmocka_unit_test(test_pages_roundtrip),
                 cmocka_unit_test(test_devstate_roundtrip),
+                cmocka_unit_test(test_reseed_records),
                 cmocka_unit_test(test_every_byte_flip_rejected),
                 cmocka_unit_test(test_truncated_rejected),
                 cmocka_unit_test(test_recv_corrupt_and_truncated),

@@ -1489,9 +1489,15 @@ static void *primary_thread(void *arg)
                          * The lineage offered in HELLO names the state both
                          * hosts now share (the standby records it at its
                          * first commit). */
-                        for (unsigned i = 0; i < v->qemu->n_disk; i++)
-                                blockrepl_resync_committed(v->qemu->disk[i], p->logs[i].seq,
-                                                           p->new_lineage);
+                        for (unsigned i = 0; i < v->qemu->n_disk; i++) {
+                                int rl = blockrepl_resync_committed(v->qemu->disk[i],
+                                                                    p->logs[i].seq, p->new_lineage);
+                                if (rl < 0) /* bits stay set, the old lineage stays: safe */
+                                        log_msg(LOG_LVL_WARN, MSG_SYNC_PROGRESS, v->name,
+                                                (int64_t)v->epoch, "disk %u: cannot record the "
+                                                "new history (%s): the next resync copies it "
+                                                "whole", i, strerror(-rl));
+                        }
                         pthread_mutex_lock(&v->lock);
                         v->sync.ended_ms = wall_ms();
                         vm_set_state(v, VM_PROTECTED);

@@ -227,9 +227,9 @@ auto)
         t_end=$(now_ms)
         hv_must "b is a's standby" hv_wait_state b web01 backup-standby 30
         hv_check "switchover done (FB-8006)" eval 'hv_event_seen a HAVMS-FB-8006 || hv_event_seen b HAVMS-FB-8006'
-        t_done=$(hv_event_ms a HAVMS-FB-8006)
-        [ -n "$t_done" ] || t_done=$(hv_event_ms b HAVMS-FB-8006)
-        echo "  $(event_text a HAVMS-FB-8006)"
+        t_done=$(hv_event_ms b HAVMS-FB-8006) dh=b
+        [ -n "$t_done" ] || { t_done=$(hv_event_ms a HAVMS-FB-8006); dh=a; }
+        echo "  $dh: $(event_text $dh HAVMS-FB-8006)"
         gap=$(gap_ms "$((t_start - 500))" "$((${t_done:-$t_end} + 3000))")
         echo "failback to a: client-visible gap $gap ms; a protected again $((t_end - t_start)) ms after the start (status polled)"
         echo "  a's re-seed of b: $(sync_line a)"

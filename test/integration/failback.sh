@@ -1,4 +1,5 @@
 #!/bin/bash
+# shellcheck disable=SC2034 # HV_* are read by the library, n0 inside an eval
 # failback MODE: protection restores itself (issue 8, "How it is shown"
 # 1-3). havmsd with its failback controller, corosync and a simulated BMC
 # on hosts a and b; web01 with an ext4 data disk, the memory dirtier, and

@@ -1657,13 +1657,19 @@ out:;
         }
         pthread_mutex_unlock(&v->lock);
         teardown(p);
+        /* A dead copy's disks go before the VM is free again: closing
+         * them releases their bitmaps' locks, and the next user waits only
+         * for thread_running. After a handover that is the new primary's
+         * HELLO, ~100 ms later, which needs this host's bitmaps (refused
+         * with "in use by another process" it retried a second later,
+         * while the guest dirtied what the re-seed then had to send). */
+        if (dead)
+                qemu_destroy(dead);
         pthread_mutex_lock(&v->lock);
         v->thread_running = false;
         pthread_cond_broadcast(&v->changed);
         pthread_mutex_unlock(&v->lock);
-        if (dead)
-                qemu_destroy(dead);
-        else
+        if (!dead)
                 daemon_watch_qemu(p->d, v->qemu); /* no thread watches it now */
         close(p->wake_fd);
         free(p);

@@ -27,6 +27,8 @@
 #      client judged over the whole run: one connection,
 #      no gap or rollback; s's image clean under e2fsck, the counter on
 #      disk not behind what the client saw
+# Mode novote (failback-spare-novote), instead of 5: a dies while s has
+# no vote yet: s loses quorum, fences nobody, takes nothing over.
 # Prints spare_wake_to_protected_ms=N (first wake event -> protected
 # again, both on a's clock) and wake_to_join_ms=N.
 # Exit 0 = pass, 1 = fail, 77 = skip. TB_KEEP=1 keeps the logs.
@@ -38,6 +40,8 @@ command -v e2fsck >/dev/null && command -v debugfs >/dev/null ||
         { echo "FAIL: needs e2fsck and debugfs (e2fsprogs)"; exit 1; }
 command -v jq >/dev/null || { echo "SKIP: needs jq"; exit 77; }
 
+MODE=${1:-takeover}
+case $MODE in takeover|novote) ;; *) echo "FAIL: unknown mode $MODE"; exit 2 ;; esac
 SPARE_WAIT_S=${HV_SPARE_WAIT_S:-5}
 HV_DISK_MIB=64
 HV_FAILBACK="reprotect = auto
@@ -173,6 +177,22 @@ if [ -n "$t_wake" ] && [ "$t_wake" != null ] && [ -n "$t_prot" ]; then
 fi
 echo "wake_to_join_ms=$join_ms"
 echo "spare_wake_to_protected_ms=$spare_ms"
+
+# ---- 5 (novote). a dies while s still has no vote: s alone is not
+# quorate, so it must fence nobody and take nothing over (S3) - not even
+# in the moment between the membership change and the quorum report.
+if [ "$MODE" = novote ]; then
+        echo "--- a loses power while $S has no vote: $S takes nothing over, fences nobody"
+        tb_poweroff a
+        hv_check "$S loses quorum (HAVMS-FO-5004 QUORUM LOST)" \
+                tb_wait_for 15 eval 'hv_events "$S" | grep HAVMS-FO-5004 | grep -q "QUORUM LOST"'
+        sleep 5
+        hv_events "$S" | grep -E 'HAVMS-F(O-500[45]|N-600)' | sed 's/^/  /'
+        hv_check "$S started no fence (no HAVMS-FN-6001)" tb__not hv_event_seen "$S" HAVMS-FN-6001
+        hv_check "$S did not take web01 over" tb__not hv__state_is "$S" web01 running
+        hv_summary failback-spare-novote
+        exit
+fi
 
 # ---- 5. s holds a usable replica: a dies, s takes over.
 # s has no vote: alone it is never quorate, so a's death would leave it

@@ -68,7 +68,38 @@ struct backup_replica {
         struct disk_replica disks; /* images + staged writes, opened per HELLO */
         bool seeded;             /* the RAM file held content when opened (or a replica was
                                     kept from an earlier session): worth hashing */
+        /* switchover: the primary's committed, unsent output of the last
+         * epoch (NET_FRAMES), per NIC; sent by activate before the VM runs */
+        uint8_t *out_frames[WIRE_MAX_NICS];
+        size_t out_len[WIRE_MAX_NICS];
 };
+
+static void drop_out_frames(struct backup_replica *b)
+{
+        for (unsigned i = 0; i < WIRE_MAX_NICS; i++) {
+                free(b->out_frames[i]);
+                b->out_frames[i] = NULL;
+                b->out_len[i] = 0;
+        }
+}
+
+/* NET_FRAMES, between epochs only (a handover follows): kept, bounded by
+ * the NIC's output buffer size. */
+static int take_out_frames(struct backup_replica *b, const struct wire_msg *m, uint64_t limit)
+{
+        struct wire_net_frames f;
+        if (wire_get_net_frames(m, &f) < 0)
+                return -EBADMSG;
+        if (b->out_len[f.nic] + f.len > limit)
+                return -EPROTO;
+        uint8_t *n = realloc(b->out_frames[f.nic], b->out_len[f.nic] + f.len);
+        if (!n)
+                return -ENOMEM;
+        memcpy(n + b->out_len[f.nic], f.frames, f.len);
+        b->out_frames[f.nic] = n;
+        b->out_len[f.nic] += f.len;
+        return 0;
+}
 
 static void replica_free(struct backup_replica *b)
 {
@@ -78,6 +109,7 @@ static void replica_free(struct backup_replica *b)
                 munmap(b->ram, b->npages * HAVMS_PAGE_SIZE);
         if (b->ram_fd >= 0)
                 close(b->ram_fd);
+        drop_out_frames(b);
         free(b->devstate);
         free(b->st_pfn);
         free(b->st_pages);
@@ -375,9 +407,19 @@ static int receive_loop(struct session *s)
                         if (r < 0 && r != -EBADMSG)
                                 return disk_failed(s, r, "writing the initial disk copy", true);
                         break;
+                case WIRE_NET_FRAMES:
+                        /* committed output of the last epoch, just before a
+                         * HANDOVER; nothing of an epoch may come after it */
+                        if (!b->valid || b->st_epoch || h->epoch != v->committed_epoch)
+                                return -EPROTO;
+                        r = take_out_frames(b, &s->in, (uint64_t)v->cfg.netbuf_max_mib << 20);
+                        break;
                 case WIRE_EPOCH_PAGES:
                 case WIRE_EPOCH_DEVSTATE:
                 case WIRE_EPOCH_DISK:
+                        for (unsigned i = 0; i < WIRE_MAX_NICS; i++)
+                                if (b->out_len[i])
+                                        return -EPROTO;
                         if (b->st_epoch == 0) {
                                 if (h->epoch == 0 || (b->valid && h->epoch != v->committed_epoch + 1))
                                         return -EPROTO;
@@ -492,6 +534,8 @@ static void end_session(struct session *s, int r)
         struct vm *v = s->v;
         struct backup_replica *b = v->replica;
         staging_reset(b);
+        if (!s->handover) /* output for a handover that did not come */
+                drop_out_frames(b);
         bool discard = r == 0 || !b->valid;
         if (discard) /* before anyone can see the state: no restart adopts it */
                 persist_devstate_drop(&s->d->host, v->name);
@@ -1005,6 +1049,16 @@ int backup_activate(struct daemon *d, struct vm *v, bool force, uint64_t generat
                 v->generation = new_gen;
                 pthread_mutex_unlock(&v->lock);
         }
+        /* A switchover's last committed output leaves from here, before
+         * the guest runs: the world learns the guest's new place from it. */
+        for (unsigned i = 0; r == 0 && i < WIRE_MAX_NICS; i++)
+                if (b->out_len[i] && i < q->n_net &&
+                    netbuf_emit(q->net[i], b->out_frames[i], b->out_len[i]) < 0)
+                        log_msg(LOG_LVL_WARN, MSG_ACTIVATE_START, v->name, (int64_t)epoch,
+                                "NIC %u: the handed-over output could not be sent (malformed or "
+                                "no user-space relay); TCP will retransmit it", i);
+        if (r == 0)
+                drop_out_frames(b);
         bool cont_sent = false;
         if (r == 0) {
                 cont_sent = true;

@@ -395,6 +395,76 @@ int netbuf_release(struct netbuf *nb, uint64_t epoch)
         return nb->ops->release(nb, epoch);
 }
 
+int netbuf_take(struct netbuf *nb, uint64_t epoch, uint8_t **ret_buf, size_t *ret_len)
+{
+        *ret_buf = NULL;
+        *ret_len = 0;
+        pthread_mutex_lock(&nb->lock);
+        if (!nb->emit) {
+                pthread_mutex_unlock(&nb->lock);
+                return -EOPNOTSUPP;
+        }
+        size_t need = 0;
+        for (struct nb_queue *q = nb->closed; q && q->epoch <= epoch; q = q->next)
+                need += q->bytes + 4 * q->frames;
+        uint8_t *buf = need ? malloc(need) : NULL;
+        if (need && !buf) {
+                pthread_mutex_unlock(&nb->lock);
+                return -ENOMEM;
+        }
+        size_t off = 0;
+        uint64_t before = nb->st.held_bytes;
+        struct nb_queue *q;
+        while ((q = nb->closed) && q->epoch <= epoch) {
+                for (struct nb_frame *f = q->head; f; f = f->next) {
+                        buf[off] = (uint8_t)f->len;
+                        buf[off + 1] = (uint8_t)(f->len >> 8);
+                        buf[off + 2] = (uint8_t)(f->len >> 16);
+                        buf[off + 3] = (uint8_t)(f->len >> 24);
+                        memcpy(buf + off + 4, f->data, f->len);
+                        off += 4 + f->len;
+                }
+                nb->closed = q->next;
+                if (!nb->closed)
+                        nb->closed_tail = &nb->closed;
+                queue_flush(nb, q, NULL); /* frees and uncounts: they leave elsewhere */
+                free(q);
+        }
+        if (nb->blocked && nb->st.held_bytes < before && nb->resume)
+                nb->resume(nb);
+        pthread_mutex_unlock(&nb->lock);
+        *ret_buf = buf;
+        *ret_len = off;
+        return 0;
+}
+
+int netbuf_emit(struct netbuf *nb, const uint8_t *buf, size_t len)
+{
+        /* check the whole buffer first: all or nothing */
+        for (size_t off = 0; off < len;) {
+                if (len - off < 4)
+                        return -EBADMSG;
+                uint32_t fl = (uint32_t)buf[off] | (uint32_t)buf[off + 1] << 8 |
+                              (uint32_t)buf[off + 2] << 16 | (uint32_t)buf[off + 3] << 24;
+                if (fl < NB_FRAME_MIN || fl > NB_FRAME_MAX || fl > len - off - 4)
+                        return -EBADMSG;
+                off += 4 + fl;
+        }
+        pthread_mutex_lock(&nb->lock);
+        if (!nb->emit) {
+                pthread_mutex_unlock(&nb->lock);
+                return -EOPNOTSUPP;
+        }
+        for (size_t off = 0; off < len;) {
+                uint32_t fl = (uint32_t)buf[off] | (uint32_t)buf[off + 1] << 8 |
+                              (uint32_t)buf[off + 2] << 16 | (uint32_t)buf[off + 3] << 24;
+                nb->emit(nb, buf + off + 4, fl);
+                off += 4 + fl;
+        }
+        pthread_mutex_unlock(&nb->lock);
+        return 0;
+}
+
 void netbuf_discard(struct netbuf *nb)
 {
         if (nb->discard) {

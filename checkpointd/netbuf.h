@@ -78,6 +78,18 @@ int netbuf_barrier(struct netbuf *nb, uint64_t epoch);
 /* The standby committed `epoch`: send the queues of every epoch <= epoch. */
 int netbuf_release(struct netbuf *nb, uint64_t epoch);
 
+/* Switchover (docs/failback.md): the frames of every closed epoch <=
+ * epoch, taken out unsent, as (u32 little-endian length, frame) records in
+ * a malloc'd buffer (*ret_buf NULL and *ret_len 0 when there are none).
+ * The new primary sends them with netbuf_emit, so the world learns the
+ * guest's new place from its own output. -EOPNOTSUPP where the frames
+ * are held in the kernel (plug): release them here instead. */
+int netbuf_take(struct netbuf *nb, uint64_t epoch, uint8_t **ret_buf, size_t *ret_len);
+/* Send such records toward the LAN now, in order (also while buffering:
+ * they belong to a committed epoch). -EBADMSG for a malformed buffer
+ * (nothing sent), -EOPNOTSUPP without a user-space sink. */
+int netbuf_emit(struct netbuf *nb, const uint8_t *buf, size_t len);
+
 /* Drop every held frame without sending it (never needed for safety; used
  * when protection is dropped with on_buffer_full=release? no: release
  * sends. Used when the VM is destroyed). */

@@ -85,6 +85,9 @@ struct netbuf {
         /* fills the counters that live in the kernel (plug). Without the
          * lock; *st holds the common counters on entry. */
         void (*stats)(const struct netbuf *nb, struct netbuf_stats *st);
+        /* lock held: sends one frame toward the LAN now (the backend's
+         * sink), for netbuf_emit; NULL where frames live in the kernel. */
+        nb_sink_fn *emit;
 };
 
 extern const struct netbuf_ops netbuf_relay_ops;

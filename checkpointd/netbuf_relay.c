@@ -519,6 +519,7 @@ static int relay_open(struct netbuf *nb, char *err, size_t errlen)
                 goto fail;
         }
         nb->resume = relay_resume;
+        nb->emit = tap_send;
         if (nb->qemu_listens)
                 nb->attach = relay_attach;
         ret = relay_setup(nb, err, errlen);

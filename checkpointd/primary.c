@@ -87,6 +87,10 @@ struct primary {
         uint64_t disk_hash_n[CFG_MAX_DISKS], disk_hash_cap[CFG_MAX_DISKS];
         bool peer_hash_ok;        /* ... all of them arrived for this connection */
         bool handed_over;         /* switchover: the standby keeps the replica, our copy ends */
+        /* switchover: the final epoch's committed output, taken from the
+         * NICs unsent (netbuf_take): the new primary sends it */
+        uint8_t *out_frames[CFG_MAX_NICS];
+        size_t out_len[CFG_MAX_NICS];
         uint8_t enc[CODEC_PAGE_MAX] __attribute__((aligned(64)));
         uint8_t scratch[CODEC_PAGE_MAX] __attribute__((aligned(64)));
         uint8_t snap[CODEC_PAGE_MAX] __attribute__((aligned(64))); /* stable copy of a live page */
@@ -759,6 +763,66 @@ kill:
         return -ECHILD;
 }
 
+/* The final epoch of a switchover is committed: its output is taken
+ * out of the NICs unsent, to leave from the new primary. The first frame
+ * the world then sees from the guest comes from its new place, so the
+ * client's next request goes there, not to the copy about to be powered
+ * off (where it would be lost and cost a TCP retransmission timeout). */
+static void take_output(struct primary *p, uint64_t epoch)
+{
+        struct qemu_vm *q = p->v->qemu;
+        for (unsigned i = 0; i < q->n_net; i++)
+                if (netbuf_take(q->net[i], epoch, &p->out_frames[i], &p->out_len[i]) < 0)
+                        netbuf_release(q->net[i], epoch); /* plug: its frames are in the kernel */
+}
+
+/* The switchover did not happen: the taken output is committed, it
+ * leaves from here after all. */
+static void emit_taken_output(struct primary *p)
+{
+        struct qemu_vm *q = p->v->qemu;
+        for (unsigned i = 0; i < CFG_MAX_NICS; i++) {
+                if (p->out_frames[i] && q && i < q->n_net)
+                        netbuf_emit(q->net[i], p->out_frames[i], p->out_len[i]);
+                free(p->out_frames[i]);
+                p->out_frames[i] = NULL;
+                p->out_len[i] = 0;
+        }
+}
+
+/* NET_FRAMES records of at most ~8 MiB, whole frames each. */
+static int send_taken_output(struct primary *p)
+{
+        for (unsigned i = 0; i < CFG_MAX_NICS; i++) {
+                const uint8_t *b = p->out_frames[i];
+                size_t len = p->out_len[i], start = 0, off = 0;
+                uint32_t count = 0;
+                while (off <= len) {
+                        uint32_t fl = 0;
+                        if (off < len)
+                                memcpy(&fl, b + off, 4); /* little-endian host (x86-64, arm64) */
+                        bool flush = off == len || (off > start && off + 4 + fl - start > (8u << 20));
+                        if (flush && count) {
+                                struct wire_net_frames f = { .nic = i, .count = count,
+                                                             .frames = b + start, .len = off - start };
+                                wire_buf_reset(&p->wb);
+                                int r = wire_put_net_frames(&p->wb, p->v->committed_epoch, &f);
+                                if (r == 0)
+                                        r = send_buf(p);
+                                if (r < 0)
+                                        return r;
+                                start = off;
+                                count = 0;
+                        }
+                        if (off == len)
+                                break;
+                        off += 4 + fl;
+                        count++;
+                }
+        }
+        return 0;
+}
+
 /* Returns 0 when committed; -ECHILD when the VM is gone; another negative
  * errno when the standby is lost (the VM is running either way). With
  * hold, a committed epoch leaves the VM paused (replica == guest RAM). */
@@ -876,7 +940,10 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
                 goto out;
         /* Committed on the standby: what the guest said in this epoch may
          * now reach the world, and its disk writes are no longer ours. */
-        qemu_net_release(q, epoch);
+        if (hold && p->v->handover_requested)
+                take_output(p, epoch);
+        else
+                qemu_net_release(q, epoch);
         for (unsigned i = 0; i < q->n_disk; i++) {
                 blockrepl_committed(q->disk[i], p->logs[i].seq);
                 br_log_free(&p->logs[i]); /* keeps seq, for the resync commit */
@@ -995,16 +1062,26 @@ static int hand_over(struct primary *p)
         char why[128];
         snprintf(why, sizeof(why), "planned switchover: keep the replica of epoch %llu",
                  (unsigned long long)p->v->committed_epoch);
+        int r = send_taken_output(p);
         wire_buf_reset(&p->wb);
-        int r = wire_put_error(&p->wb, WIRE_ERR_HANDOVER, why);
+        if (r == 0)
+                r = wire_put_error(&p->wb, WIRE_ERR_HANDOVER, why);
         if (r == 0)
                 r = send_buf(p);
         if (r == 0)
                 r = drain_until_closed(p->fd, now_ns() + (uint64_t)p->cfg.ack_timeout_ms * 1000000u);
-        if (r < 0)
+        if (r < 0) {
                 log_msg(LOG_LVL_ERR, MSG_HANDOVER, p->cfg.name, (int64_t)p->v->committed_epoch,
                         "handover to %s failed (%s): the VM runs on here", p->peer, strerror(-r));
-        return r;
+                emit_taken_output(p);
+                return r;
+        }
+        for (unsigned i = 0; i < CFG_MAX_NICS; i++) { /* the standby's to send now */
+                free(p->out_frames[i]);
+                p->out_frames[i] = NULL;
+                p->out_len[i] = 0;
+        }
+        return 0;
 }
 
 static int protected_loop(struct primary *p)
@@ -1073,6 +1150,8 @@ static int protected_loop(struct primary *p)
                         set_state(p, VM_HELD);
                 }
         }
+        if (!p->handed_over)
+                emit_taken_output(p); /* committed output of a switchover that did not happen */
         /* Leaving protection (standby lost, unprotect) never leaves the
          * guest paused. */
         if (held && qemu_cont(p->v->qemu, QMP_TIMEOUT_MS) < 0 && qemu_exited(p->v->qemu))
@@ -1318,7 +1397,7 @@ static void *primary_thread(void *arg)
                 goto out;
         if (p->resumed)
                 log_msg(LOG_LVL_NOTICE, MSG_PROTECT_RESUMED, v->name, -1,
-                        "protection to standby %s resumes after a restart of checkpointd: full "
+                        "protection to standby %s resumes after a restart of checkpointd: "
                         "re-sync%s", p->peer, p->resume_held ? "; output held until the standby "
                         "accepts us (dropping its old replica) or `release`" : "");
         log_msg(LOG_LVL_INFO, MSG_PROTECT_START, v->name, -1,
@@ -1385,10 +1464,10 @@ static void *primary_thread(void *arg)
                         pthread_mutex_unlock(&v->lock);
                         log_msg(LOG_LVL_NOTICE, MSG_RELEASED, v->name, (int64_t)v->committed_epoch,
                                 "standby %s accepted a new connection (its old replica is gone): "
-                                "held output released, full re-sync", p->peer);
+                                "held output released, re-sync of what differs", p->peer);
                 } else if (was_protected) {
                         log_msg(LOG_LVL_NOTICE, MSG_STANDBY_BACK, v->name, -1,
-                                "standby %s is back: full re-sync", p->peer);
+                                "standby %s is back: re-sync of what differs", p->peer);
                 }
                 uint64_t t0 = now_ms();
                 p->wire_bytes = 0;
@@ -1410,9 +1489,15 @@ static void *primary_thread(void *arg)
                          * The lineage offered in HELLO names the state both
                          * hosts now share (the standby records it at its
                          * first commit). */
-                        for (unsigned i = 0; i < v->qemu->n_disk; i++)
-                                blockrepl_resync_committed(v->qemu->disk[i], p->logs[i].seq,
-                                                           p->new_lineage);
+                        for (unsigned i = 0; i < v->qemu->n_disk; i++) {
+                                int rl = blockrepl_resync_committed(v->qemu->disk[i],
+                                                                    p->logs[i].seq, p->new_lineage);
+                                if (rl < 0) /* bits stay set, the old lineage stays: safe */
+                                        log_msg(LOG_LVL_WARN, MSG_SYNC_PROGRESS, v->name,
+                                                (int64_t)v->epoch, "disk %u: cannot record the "
+                                                "new history (%s): the next resync copies it "
+                                                "whole", i, strerror(-rl));
+                        }
                         pthread_mutex_lock(&v->lock);
                         v->sync.ended_ms = wall_ms();
                         vm_set_state(v, VM_PROTECTED);
@@ -1572,13 +1657,19 @@ out:;
         }
         pthread_mutex_unlock(&v->lock);
         teardown(p);
+        /* A dead copy's disks go before the VM is free again: closing
+         * them releases their bitmaps' locks, and the next user waits only
+         * for thread_running. After a handover that is the new primary's
+         * HELLO, ~100 ms later, which needs this host's bitmaps (refused
+         * with "in use by another process" it retried a second later,
+         * while the guest dirtied what the re-seed then had to send). */
+        if (dead)
+                qemu_destroy(dead);
         pthread_mutex_lock(&v->lock);
         v->thread_running = false;
         pthread_cond_broadcast(&v->changed);
         pthread_mutex_unlock(&v->lock);
-        if (dead)
-                qemu_destroy(dead);
-        else
+        if (!dead)
                 daemon_watch_qemu(p->d, v->qemu); /* no thread watches it now */
         close(p->wake_fd);
         free(p);

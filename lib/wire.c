@@ -765,6 +765,45 @@ int wire_get_hashes_end(const struct wire_msg *m, struct wire_hashes_end *ret)
         return 0;
 }
 
+int wire_put_net_frames(struct wire_buf *b, uint64_t epoch, const struct wire_net_frames *f)
+{
+        if (f->nic >= WIRE_MAX_NICS || f->count == 0 || f->len > WIRE_MAX_PAYLOAD - 8)
+                return -EINVAL;
+        int r = wire_begin(b, WIRE_NET_FRAMES, epoch);
+        if (r == 0)
+                r = wire_put_u32(b, f->nic);
+        if (r == 0)
+                r = wire_put_u32(b, f->count);
+        if (r == 0)
+                r = wire_put_bytes(b, f->frames, f->len);
+        return r < 0 ? r : wire_finish(b);
+}
+
+int wire_get_net_frames(const struct wire_msg *m, struct wire_net_frames *ret)
+{
+        if (expect(m, WIRE_NET_FRAMES, 8) < 0)
+                return -EBADMSG;
+        const uint8_t *p = m->payload + 8;
+        size_t len = m->hdr.length - 8, off = 0;
+        uint32_t count = get_le32(m->payload + 4), n = 0;
+        while (off < len) {
+                if (len - off < 4)
+                        return -EBADMSG;
+                uint32_t fl = get_le32(p + off);
+                if (fl < WIRE_FRAME_MIN || fl > WIRE_FRAME_MAX || fl > len - off - 4)
+                        return -EBADMSG;
+                off += 4 + fl;
+                n++;
+        }
+        ret->nic = get_le32(m->payload);
+        if (ret->nic >= WIRE_MAX_NICS || count == 0 || n != count)
+                return -EBADMSG;
+        ret->count = count;
+        ret->frames = p;
+        ret->len = len;
+        return 0;
+}
+
 uint64_t wire_hash_entry_block(const uint8_t *entry) { return get_le64(entry); }
 void wire_hash_entry_set_block(uint8_t *entry, uint64_t block) { put_le64(entry, block); }
 
@@ -793,6 +832,7 @@ const char *wire_type_name(uint16_t type)
                 [WIRE_PAGE_HASHES] = "PAGE_HASHES",
                 [WIRE_DISK_HASHES] = "DISK_HASHES",
                 [WIRE_HASHES_END] = "HASHES_END",
+                [WIRE_NET_FRAMES] = "NET_FRAMES",
         };
         if (type < ARRAY_SIZE(names) && names[type])
                 return names[type];

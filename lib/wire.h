@@ -33,6 +33,7 @@
 #define WIRE_NAME_LEN 64
 #define WIRE_ERROR_TEXT_MAX 512
 #define WIRE_MAX_DISKS 4
+#define WIRE_MAX_NICS 4
 #define WIRE_DISK_REC_MAX (1u << 20) /* raw bytes of one EPOCH_DISK entry */
 
 enum wire_type {
@@ -51,7 +52,8 @@ enum wire_type {
         WIRE_PAGE_HASHES = 13,   /* B->P after WELCOME: hashes of the replica's pages */
         WIRE_DISK_HASHES = 14,   /* B->P after WELCOME: hashes of the resync set's blocks */
         WIRE_HASHES_END = 15,    /* B->P: no more hashes; counts */
-        WIRE_TYPE_MAX = 15,
+        WIRE_NET_FRAMES = 16,    /* P->B before ERROR(HANDOVER): the last epoch's output */
+        WIRE_TYPE_MAX = 16,
 };
 
 /* Page encodings inside SYNC_PAGES / EPOCH_PAGES. */
@@ -197,6 +199,17 @@ struct wire_disk_hashes {
         const uint8_t *entries;
 };
 
+/* NET_FRAMES: the committed, unsent output of one NIC at a handover, as
+ * (len u32, frame) records; the new primary sends it before it runs. */
+#define WIRE_FRAME_MIN 14u
+#define WIRE_FRAME_MAX (4096u + 65536u)
+struct wire_net_frames {
+        uint32_t nic;
+        uint32_t count;
+        const uint8_t *frames; /* count records */
+        size_t len;            /* their bytes */
+};
+
 struct wire_hashes_end {
         uint64_t pages;                  /* page hashes sent */
         uint64_t blocks[WIRE_MAX_DISKS]; /* disk hash entries sent, per disk */
@@ -237,6 +250,7 @@ int wire_put_disk_bitmap(struct wire_buf *b, const struct wire_bitmap_chunk *c);
 int wire_put_page_hashes(struct wire_buf *b, const struct wire_page_hashes *h);
 int wire_put_disk_hashes(struct wire_buf *b, const struct wire_disk_hashes *h);
 int wire_put_hashes_end(struct wire_buf *b, const struct wire_hashes_end *e);
+int wire_put_net_frames(struct wire_buf *b, uint64_t epoch, const struct wire_net_frames *f);
 /* PAGES record: begin with wire_pages_begin, add entries, wire_finish.
  * The entry count is patched in by wire_finish. */
 int wire_pages_begin(struct wire_buf *b, enum wire_type type, uint64_t epoch);
@@ -284,6 +298,9 @@ int wire_get_disk_bitmap(const struct wire_msg *m, struct wire_bitmap_chunk *ret
 int wire_get_page_hashes(const struct wire_msg *m, struct wire_page_hashes *ret);
 int wire_get_disk_hashes(const struct wire_msg *m, struct wire_disk_hashes *ret);
 int wire_get_hashes_end(const struct wire_msg *m, struct wire_hashes_end *ret);
+/* Checks every record: count, each length within WIRE_FRAME_MIN..MAX,
+ * nothing trailing. */
+int wire_get_net_frames(const struct wire_msg *m, struct wire_net_frames *ret);
 /* The block number of a DISK_HASHES entry (its first 8 bytes, LE). */
 uint64_t wire_hash_entry_block(const uint8_t *entry);
 void wire_hash_entry_set_block(uint8_t *entry, uint64_t block);

@@ -31,6 +31,8 @@ static void parse_payload(const struct wire_hdr *h, const uint8_t *payload)
         struct wire_page_hashes ph;
         struct wire_disk_hashes dh;
         struct wire_hashes_end he;
+        struct wire_net_frames nf;
+        (void)wire_get_net_frames(&m, &nf);
         (void)wire_get_disk_bitmap(&m, &bc);
         (void)wire_get_page_hashes(&m, &ph);
         (void)wire_get_disk_hashes(&m, &dh);

@@ -37,7 +37,7 @@ for round in $(seq 1 "$rounds"); do
         echo "round $round: re-seed of $from: $sent pages sent, $same the standby had"
         hv_check "round $round: memory re-seeded by hashes" \
                 test "$(hv_sync_field "$to" web01 memory)" = re-seed
-        hv_check "round $round: under 4096 of 65536 pages went again ($sent)" test "${sent:-65536}" -lt 4096
+        hv_check "round $round: under a quarter of RAM (16384 of 65536 pages) went again ($sent)" test "${sent:-65536}" -lt 16384
         dsent=$(hv_sync_field "$to" web01 disk_sent_bytes)
         echo "round $round: disk resync: $(hv_sync_field "$to" web01 disk_blocks) blocks looked at, $dsent bytes sent"
         hv_check "round $round: the disk resync was incremental" \

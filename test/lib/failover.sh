@@ -97,14 +97,28 @@ hv_cluster_create() {
         hv_start_havmsd a && hv_start_havmsd b
 }
 
-# hv_boot_script HOST: what a power-on of HOST runs (bmc.sh's boot hook):
-# the same configuration, corosync and havmsd, as a host's init would.
+# hv_boot_script HOST OTHER [EXTRA_VM_CMDLINE]: what a power-on of HOST
+# runs (bmc.sh's boot hook): the same configuration, corosync and havmsd,
+# as a host's init would. bmc.sh runs the hook inside HOST's namespaces,
+# a fresh bash without this library, whose /sys hides the cgroup tree the
+# test-bed helpers need: so it steps back into the test's mount namespace
+# (the helpers enter HOST's namespaces by its holder), attaches to the run
+# and calls them with this test's settings.
 hv_boot_script() {
-        local h=$1 o=$2
-        cat >"$TB_RUN/hosts/$h/boot" <<EOB
-hv_host_config $h $o 1 && hv_cluster_config $h $o && hv_corosync_config a b &&
-        hv_corosync_start $h && hv_start_havmsd $h
-EOB
+        local h=$1 o=$2 extra=${3:-} d=$TB_RUN/hosts/$1 v
+        {
+                printf 'HAVMS_BUILD=%q HAVMS_GUEST=%q\n' "$HV_BUILD" "$HV_GUEST"
+                for v in HV_DISK_MIB HV_FAILBACK HV_HOST_EXTRA HV_VM_EXTRA HV_FENCE_LEVELS \
+                        HV_FENCE_DELAY_MS HV_FENCE_RETRY_MS HV_FENCE_MONITOR_S HV_FENCE_TIMEOUT_MS; do
+                        [ -n "${!v+x}" ] && printf '%s=%q\n' "$v" "${!v}"
+                done
+                printf '. %q\n' "$hv_fo_top/test/lib/failover.sh"
+                printf 'tb_attach %q || exit 1\n' "$TB_RUN"
+                printf 'hv_host_config %s %s 1 %q && hv_cluster_config %s %s && hv_corosync_config a b &&\n' \
+                        "$h" "$o" "$extra" "$h" "$o"
+                printf '        hv_corosync_start %s && hv_start_havmsd %s && echo booted\n' "$h" "$h"
+        } >"$d/boot.sh"
+        printf 'exec nsenter -t %s -m -- bash %q\n' "$TB_OWNER_PID" "$d/boot.sh" >"$d/boot"
 }
 
 # hv_cluster_field HOST VM KEY: one field of VM in havmsd's cluster-status.

@@ -1,7 +1,9 @@
 /* blockrepl: the standby's stage (memory and journal, order, refusals,
- * errors), the persistent bitmap (persistence, refusals), and the server
- * driven through its NBD socket by a small client here: epoch barrier and
- * log order, the hard limit, the sync map, modes and protocol errors. */
+ * errors), the persistent bitmap (persistence, refusals, lineage, merge, the
+ * v1 upgrade, the resync set), and the server driven through its NBD socket
+ * by a small client here: epoch barrier and log order, the hard limit, the
+ * sync map, modes, protocol errors, and the activity log (LOG-mode marks,
+ * lazy clearing, its cancel, resync_committed) with fdatasync wrapped. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -13,14 +15,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <xxhash.h>
 
+#include "bitmap.h"
 #include "blockrepl.h"
+#include "format.h"
 #include "nbd.h"
 #include "stage.h"
 #include "util.h"
@@ -338,6 +344,123 @@ static void test_bitmap_refused(void **state)
         assert_int_equal(ftruncate(fd, 0), 0);
         assert_int_equal(br_bitmap_open(f->bm, IMG_SIZE, &bm, err, sizeof(err)), -EINVAL);
         close(fd);
+}
+
+static void test_bitmap_lineage_merge(void **state)
+{
+        struct fx *f = *state;
+        struct br_bitmap *bm;
+        char err[512];
+        uint64_t size = 10 * BS + 512; /* 11 blocks: 2 bytes of bits, padded to 8 */
+        assert_int_equal(br_bitmap_open(f->bm, size, &bm, err, sizeof(err)), 0);
+        assert_int_equal(br_bitmap_lineage(bm), 0); /* new: history unknown */
+        assert_int_equal(br_bitmap_set_lineage(bm, 0x1122334455667788ull), 0);
+        size_t len;
+        const uint8_t *bits = br_bitmap_bits(bm, &len);
+        assert_int_equal(len, 8);
+        /* merge: ORed in, padding bits past block 10 ignored */
+        uint8_t other[8] = { 0x05, 0xff, 0xff };
+        assert_int_equal(br_bitmap_merge(bm, other, 7), -EINVAL);
+        br_bitmap_set_range(bm, BS, 1);
+        assert_int_equal(br_bitmap_merge(bm, other, 8), 0);
+        assert_int_equal(bits[0], 0x07);
+        assert_int_equal(bits[1], 0x07);
+        assert_int_equal(bits[2], 0);
+        assert_int_equal(br_bitmap_count(bm), 3 + 3);
+        br_bitmap_close(bm);
+        /* both durable: another open sees them, and the file says so */
+        int fd = open(f->bm, O_RDONLY | O_CLOEXEC);
+        uint8_t h[56];
+        assert_int_equal(pread(fd, h, sizeof(h), 0), (ssize_t)sizeof(h));
+        assert_int_equal(br_get_le32(h + 8), 2);
+        assert_true(br_get_le64(h + 40) == 0x1122334455667788ull);
+        close(fd);
+        assert_int_equal(br_bitmap_open(f->bm, size, &bm, err, sizeof(err)), 0);
+        assert_true(br_bitmap_lineage(bm) == 0x1122334455667788ull);
+        assert_int_equal(br_bitmap_count(bm), 6);
+        assert_int_equal(br_bitmap_clear_all(bm), 0);
+        assert_true(br_bitmap_lineage(bm) == 0x1122334455667788ull); /* bits only */
+        br_bitmap_close(bm);
+}
+
+/* A version-1 file (no lineage, checksum at 40) made by hand. */
+static void write_v1(const char *path, uint64_t image_size, const uint8_t *bits, size_t n)
+{
+        uint8_t h[BR_BM_HDR_SIZE] = { 0 };
+        uint64_t nbits = (image_size + BS - 1) / BS;
+        memcpy(h, BR_BM_MAGIC, 8);
+        br_put_le32(h + 8, 1);
+        br_put_le32(h + 12, BR_BM_HDR_SIZE);
+        br_put_le64(h + 16, image_size);
+        br_put_le32(h + 24, BS);
+        br_put_le64(h + 32, nbits);
+        br_put_le64(h + 40, XXH64(h, 40, 0));
+        int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        assert_true(fd >= 0);
+        assert_int_equal(pwrite(fd, h, sizeof(h), 0), (ssize_t)sizeof(h));
+        assert_int_equal(ftruncate(fd, BR_BM_HDR_SIZE + ((nbits + 7) / 8 + 7) / 8 * 8), 0);
+        assert_int_equal(pwrite(fd, bits, n, BR_BM_HDR_SIZE), (ssize_t)n);
+        close(fd);
+}
+
+static void test_bitmap_v1_upgrade(void **state)
+{
+        struct fx *f = *state;
+        struct br_bitmap *bm;
+        char err[512];
+        uint8_t bits[2] = { 0x81, 0x02 }; /* blocks 0, 7, 9 */
+        write_v1(f->bm, IMG_SIZE, bits, sizeof(bits));
+        off_t len = file_size(f->bm);
+        assert_int_equal(br_bitmap_open(f->bm, IMG_SIZE, &bm, err, sizeof(err)), 0);
+        assert_int_equal(br_bitmap_lineage(bm), 0);
+        assert_int_equal(br_bitmap_count(bm), 3);
+        assert_true(br_bitmap_test(bm, 9));
+        br_bitmap_close(bm);
+        /* upgraded in place: version 2, same length, bits kept, opens again */
+        assert_int_equal(file_size(f->bm), len);
+        int fd = open(f->bm, O_RDWR | O_CLOEXEC);
+        uint8_t h[56];
+        assert_int_equal(pread(fd, h, sizeof(h), 0), (ssize_t)sizeof(h));
+        assert_int_equal(br_get_le32(h + 8), 2);
+        assert_true(br_get_le64(h + 48) == XXH64(h, 48, 0));
+        close(fd);
+        assert_int_equal(br_bitmap_open(f->bm, IMG_SIZE, &bm, err, sizeof(err)), 0);
+        assert_int_equal(br_bitmap_count(bm), 3);
+        br_bitmap_close(bm);
+        /* a v1 file for another image size is refused like any other */
+        write_v1(f->bm, IMG_SIZE, bits, sizeof(bits));
+        assert_int_equal(br_bitmap_open(f->bm, IMG_SIZE * 2, &bm, err, sizeof(err)), -EINVAL);
+        /* a damaged v1 header too (its checksum) */
+        fd = open(f->bm, O_RDWR | O_CLOEXEC);
+        assert_int_equal(pwrite(fd, "\x09", 1, 32), 1);
+        close(fd);
+        assert_int_equal(br_bitmap_open(f->bm, IMG_SIZE, &bm, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "checksum"));
+}
+
+static void test_resync_set(void **state)
+{
+        (void)state;
+        uint8_t owner[8] = { 0x01, 0x00, 0x80 }, rejoiner[8] = { 0x03, 0x10 }, set[8];
+        uint64_t n = 99;
+        memset(set, 0xee, sizeof(set));
+        /* one history: the union */
+        assert_int_equal(br_resync_set(7, owner, 7, rejoiner, 8, set, &n), 0);
+        assert_int_equal(set[0], 0x03);
+        assert_int_equal(set[1], 0x10);
+        assert_int_equal(set[2], 0x80);
+        assert_int_equal(set[3], 0);
+        assert_int_equal(n, 4);
+        /* unknown or different histories: full resync, outputs untouched */
+        memset(set, 0xee, sizeof(set));
+        n = 99;
+        assert_int_equal(br_resync_set(0, owner, 0, rejoiner, 8, set, &n), -ESTALE);
+        assert_int_equal(br_resync_set(7, owner, 0, rejoiner, 8, set, &n), -ESTALE);
+        assert_int_equal(br_resync_set(0, owner, 7, rejoiner, 8, set, &n), -ESTALE);
+        assert_int_equal(br_resync_set(7, owner, 8, rejoiner, 8, set, &n), -ESTALE);
+        assert_int_equal(set[0], 0xee);
+        assert_int_equal(n, 99);
+        assert_int_equal(br_resync_set(7, NULL, 7, rejoiner, 8, set, &n), -EINVAL);
 }
 
 /* ---- a small NBD client ------------------------------------------------ */
@@ -752,6 +875,500 @@ static void test_br_bitmap_modes(void **state)
         blockrepl_close(NULL);
 }
 
+/* ---- the activity log (LOG-mode marks, lazy clearing, lineage) ---------
+ *
+ * fdatasync is wrapped (test/meson.build): on blockrepl's image fd it first
+ * checks that every block written since the last image fdatasync still has
+ * its bit in the bitmap FILE (a clear ahead of the fdatasync is caught
+ * here), and it can hold the clearing worker, to race a mode change with
+ * it. The tests read the bitmap file through a second mapping of their own,
+ * never through blockrepl: what a power cut would leave. */
+static struct {
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        int fd;                /* blockrepl's image fd; -1: pass through */
+        const uint8_t *fbits;  /* the test's mapping of the bitmap's bits */
+        uint64_t nd;           /* blocks 0..63 written since the last fdatasync began */
+        uint64_t nd_gen[64];   /* writes counted per block: one that lands during an
+                                  fdatasync stays not durable */
+        bool hold, held, release;
+        int violations;
+} hk = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER, .fd = -1 };
+
+int __real_fdatasync(int fd);
+int __wrap_fdatasync(int fd);
+int __wrap_fdatasync(int fd)
+{
+        pthread_mutex_lock(&hk.lock);
+        if (fd != hk.fd) {
+                pthread_mutex_unlock(&hk.lock);
+                return __real_fdatasync(fd);
+        }
+        uint64_t nd = hk.nd, gen[64];
+        memcpy(gen, hk.nd_gen, sizeof(gen));
+        if (hk.fbits && (br_get_le64(hk.fbits) & nd) != nd)
+                hk.violations++;
+        if (hk.hold) {
+                hk.hold = false;
+                hk.held = true;
+                pthread_cond_broadcast(&hk.cond);
+                while (!hk.release)
+                        pthread_cond_wait(&hk.cond, &hk.lock);
+                hk.release = hk.held = false;
+        }
+        pthread_mutex_unlock(&hk.lock);
+        int r = __real_fdatasync(fd);
+        pthread_mutex_lock(&hk.lock);
+        for (int i = 0; i < 64; i++)
+                if ((nd & (1ull << i)) && gen[i] == hk.nd_gen[i])
+                        hk.nd &= ~(1ull << i);
+        pthread_mutex_unlock(&hk.lock);
+        return r;
+}
+
+static const uint8_t *map_bits(struct fx *f, size_t *ret_len)
+{
+        int fd = open(f->bm, O_RDONLY | O_CLOEXEC);
+        assert_true(fd >= 0);
+        *ret_len = (size_t)file_size(f->bm);
+        uint8_t *m = mmap(NULL, *ret_len, PROT_READ, MAP_SHARED, fd, 0);
+        assert_true(m != MAP_FAILED);
+        close(fd);
+        pthread_mutex_lock(&hk.lock);
+        hk.fbits = m + BR_BM_HDR_SIZE;
+        pthread_mutex_unlock(&hk.lock);
+        return m + BR_BM_HDR_SIZE;
+}
+
+static void unmap_bits(const uint8_t *bits, size_t len)
+{
+        pthread_mutex_lock(&hk.lock);
+        hk.fbits = NULL;
+        pthread_mutex_unlock(&hk.lock);
+        munmap((void *)(bits - BR_BM_HDR_SIZE), len);
+}
+
+static bool file_bit(const uint8_t *fbits, uint64_t blk)
+{
+        return __atomic_load_n(&fbits[blk / 8], __ATOMIC_RELAXED) & (1u << (blk % 8));
+}
+
+static struct blockrepl *br_start_al(struct fx *f, uint32_t clear_interval_ms)
+{
+        struct blockrepl_options o = { .name = "test/disk0", .image = f->img,
+                                       .socket_path = f->sock, .bitmap_path = f->bm,
+                                       .clear_interval_ms = clear_interval_ms };
+        struct blockrepl *b;
+        char err[256];
+        if (blockrepl_open(&o, &b, err, sizeof(err)) < 0)
+                fail_msg("blockrepl_open: %s", err);
+        pthread_mutex_lock(&hk.lock);
+        hk.fd = blockrepl_image_fd(b);
+        hk.nd = 0;
+        hk.violations = 0;
+        pthread_mutex_unlock(&hk.lock);
+        return b;
+}
+
+static void br_stop_al(struct blockrepl *b)
+{
+        pthread_mutex_lock(&hk.lock);
+        hk.fd = -1;
+        pthread_mutex_unlock(&hk.lock);
+        blockrepl_close(b);
+}
+
+/* One 4 KiB write at the start of block blk (pattern v), then noted as
+ * not durable yet. */
+static void al_write(int c, uint64_t blk, uint8_t v, bool fua)
+{
+        uint8_t buf[4096];
+        memset(buf, v, sizeof(buf));
+        assert_int_equal(nbd_cmd(c, NBD_CMD_WRITE, fua ? NBD_CMD_FLAG_FUA : 0, blk * BS,
+                                 sizeof(buf), buf, NULL), 0);
+        pthread_mutex_lock(&hk.lock);
+        hk.nd |= 1ull << blk;
+        hk.nd_gen[blk]++;
+        pthread_mutex_unlock(&hk.lock);
+}
+
+/* The standby: applies an epoch to its copy (only writes here). */
+static void peer_apply(uint8_t *peer, const struct br_log *log)
+{
+        for (const struct br_rec *r = log->head; r; r = r->next)
+                if (r->op == BR_OP_WRITE)
+                        memcpy(peer + r->offset, r->data, r->len);
+}
+
+/* The invariant, read as a power cut would leave it: every block that
+ * differs from what the peer committed, or is not durable here yet, has its
+ * bit set in the file. */
+static void check_invariant(struct fx *f, const uint8_t *peer, const uint8_t *fbits)
+{
+        static uint8_t blk[BS];
+        int bad = -1;
+        bool differs = false;
+        /* hk.lock held throughout: the worker cannot get out of its
+         * fdatasync (and clear) while the snapshot of nd is being compared */
+        pthread_mutex_lock(&hk.lock);
+        uint64_t nd = hk.nd;
+        for (uint64_t i = 0; i < IMG_SIZE / BS && bad < 0; i++) {
+                if (pread(f->img_fd, blk, BS, (off_t)(i * BS)) != BS)
+                        break;
+                differs = memcmp(blk, peer + i * BS, BS) != 0;
+                if ((differs || (nd & (1ull << i))) && !file_bit(fbits, i))
+                        bad = (int)i;
+        }
+        pthread_mutex_unlock(&hk.lock);
+        if (bad >= 0)
+                fail_msg("block %d %s but its bit is clear on disk", bad,
+                         differs ? "differs from the peer" : "is not durable");
+}
+
+static void wait_clears(struct blockrepl *b, uint64_t n)
+{
+        struct blockrepl_stats st;
+        for (int i = 0; i < 2000; i++) {
+                blockrepl_get_stats(b, &st);
+                if (st.bitmap_clears >= n)
+                        return;
+                usleep(1000);
+        }
+        fail_msg("lazy clear %llu did not happen", (unsigned long long)n);
+}
+
+struct mark_writer_arg {
+        int c;
+        int n;
+};
+
+static void *mark_writer_main(void *arg)
+{
+        struct mark_writer_arg *w = arg;
+        for (int i = 0; i < w->n; i++)
+                if (nbd_write_pattern(w->c, (uint8_t)(1 + i % 250), (uint64_t)(rand() % 64) * BS,
+                                      4096) != 0)
+                        return (void *)1;
+        return NULL;
+}
+
+/* LOG mode: each block's bit is in the file before its data is in the
+ * image, seen from outside while a client writes. */
+static void test_br_log_marking(void **state)
+{
+        struct fx *f = *state;
+        struct blockrepl *b = br_start_al(f, 0);
+        size_t mlen;
+        const uint8_t *fbits = map_bits(f, &mlen);
+        blockrepl_set_mode(b, BR_MODE_LOG);
+        int c = nbd_connect(f->sock);
+        struct mark_writer_arg wa = { .c = c, .n = 400 };
+        pthread_t t;
+        srand(1);
+        assert_int_equal(pthread_create(&t, NULL, mark_writer_main, &wa), 0);
+        uint64_t seen = 0;
+        for (int round = 0; round < 2000 && __builtin_popcountll(seen) < 64; round++) {
+                for (uint64_t i = 0; i < 64; i++) {
+                        uint8_t v;
+                        assert_int_equal(pread(f->img_fd, &v, 1, (off_t)(i * BS)), 1);
+                        /* the image first, then the file: the bit was set before */
+                        if (v) {
+                                seen |= 1ull << i;
+                                if (!file_bit(fbits, i))
+                                        fail_msg("block %llu written, bit clear on disk",
+                                                 (unsigned long long)i);
+                        }
+                }
+        }
+        void *ret;
+        pthread_join(t, &ret);
+        assert_null(ret);
+        /* one msync per block that was clean, none for the rest */
+        struct blockrepl_stats st;
+        blockrepl_get_stats(b, &st);
+        assert_int_equal(st.bitmap_syncs, blockrepl_bitmap_count(b));
+        assert_true(st.writes == 400 && st.bitmap_syncs <= 64);
+        struct br_log log;
+        assert_int_equal(blockrepl_barrier(b, &log), 0);
+        assert_int_equal(log.n_recs, 400); /* and logged as before */
+        br_log_free(&log);
+        close(c);
+        unmap_bits(fbits, mlen);
+        br_stop_al(b);
+}
+
+/* Lazy clearing: only after a resync committed, a boundary and its commit;
+ * never the blocks written after the boundary; and the invariant at every
+ * step of a random run of epochs, some of them un-ACKed. */
+static void test_br_lazy_clear(void **state)
+{
+        struct fx *f = *state;
+        struct blockrepl *b = br_start_al(f, 1);
+        size_t mlen;
+        const uint8_t *fbits = map_bits(f, &mlen);
+        uint8_t *peer = calloc(1, IMG_SIZE);
+        struct br_log log[4];
+        int c = nbd_connect(f->sock);
+
+        /* alone: marked */
+        for (uint64_t i = 0; i < 4; i++)
+                al_write(c, i, 0xa0, false);
+        blockrepl_set_mode(b, BR_MODE_LOG);
+        assert_int_equal(blockrepl_resync_committed(b, 0, 9), 0); /* not a real one */
+        blockrepl_set_mode(b, BR_MODE_ALONE); /* ...and lazy clearing off again */
+        assert_int_equal(blockrepl_resync_committed(b, 0, 9), -EINVAL); /* not in LOG */
+        assert_int_equal(blockrepl_bitmap_count(b), 0);
+        for (uint64_t i = 0; i < 4; i++)
+                al_write(c, i, 0xa1, false);
+        /* a full resync: the copy reads the image (peer := image), epoch 1 */
+        blockrepl_set_mode(b, BR_MODE_LOG);
+        assert_int_equal(pread(f->img_fd, peer, IMG_SIZE, 0), IMG_SIZE);
+        al_write(c, 5, 0xa5, false);
+        uint64_t seq0;
+        assert_int_equal(blockrepl_barrier(b, &log[0]), 0);
+        seq0 = log[0].seq;
+        al_write(c, 6, 0xa6, false); /* after the first epoch's barrier */
+        check_invariant(f, peer, fbits);
+        peer_apply(peer, &log[0]);
+        assert_int_equal(blockrepl_committed(b, seq0 + 1), -EINVAL); /* not cut */
+        assert_int_equal(blockrepl_committed(b, seq0), 0);
+        usleep(20000);
+        struct blockrepl_stats st;
+        blockrepl_get_stats(b, &st);
+        assert_int_equal(st.bitmap_clears, 0); /* no resync committed yet: no clearing */
+        assert_int_equal(blockrepl_bitmap_count(b), 6);
+        assert_int_equal(blockrepl_resync_committed(b, seq0 + 1, 42), -EINVAL);
+        assert_int_equal(blockrepl_resync_committed(b, seq0, 42), 0);
+        /* only the write after the barrier stays */
+        assert_int_equal(blockrepl_bitmap_count(b), 1);
+        assert_true(file_bit(fbits, 6));
+        assert_int_equal(blockrepl_lineage(b), 42);
+        check_invariant(f, peer, fbits);
+        br_log_free(&log[0]);
+
+        /* a boundary at the next barrier (1 ms passed), and its commit */
+        usleep(2000);
+        al_write(c, 7, 0xb7, false);
+        assert_int_equal(blockrepl_barrier(b, &log[0]), 0); /* boundary B */
+        al_write(c, 9, 0xb9, false);                         /* after B */
+        assert_int_equal(blockrepl_barrier(b, &log[1]), 0); /* un-ACKed */
+        al_write(c, 10, 0xba, false);                        /* open epoch */
+        peer_apply(peer, &log[0]);
+        assert_int_equal(blockrepl_committed(b, log[0].seq - 1), 0); /* before B: nothing */
+        usleep(20000);
+        blockrepl_get_stats(b, &st);
+        assert_int_equal(st.bitmap_clears, 0);
+        assert_int_equal(blockrepl_committed(b, log[0].seq), 0);
+        wait_clears(b, 1);
+        /* 6 and 7 committed and cleared; 9 (un-ACKed) and 10 (open) kept */
+        assert_false(file_bit(fbits, 6));
+        assert_false(file_bit(fbits, 7));
+        assert_true(file_bit(fbits, 9));
+        assert_true(file_bit(fbits, 10));
+        assert_int_equal(blockrepl_bitmap_count(b), 2);
+        check_invariant(f, peer, fbits);
+        br_log_free(&log[0]);
+        peer_apply(peer, &log[1]);
+        assert_int_equal(blockrepl_committed(b, log[1].seq), 0);
+        br_log_free(&log[1]);
+
+        /* random epochs, up to 3 in flight, FUA and FLUSH now and then */
+        srand(7);
+        int inflight = 0;
+        for (int round = 0; round < 300; round++) {
+                int k = rand() % 4;
+                for (int i = 0; i < k; i++)
+                        al_write(c, (uint64_t)(rand() % 16), (uint8_t)(1 + rand() % 255),
+                                 rand() % 8 == 0);
+                if (rand() % 16 == 0)
+                        assert_int_equal(nbd_cmd(c, NBD_CMD_FLUSH, 0, 0, 0, NULL, NULL), 0);
+                check_invariant(f, peer, fbits);
+                assert_int_equal(blockrepl_barrier(b, &log[inflight++]), 0);
+                if (inflight == 3 || (inflight && rand() % 2)) {
+                        peer_apply(peer, &log[0]);
+                        assert_int_equal(blockrepl_committed(b, log[0].seq), 0);
+                        br_log_free(&log[0]);
+                        memmove(&log[0], &log[1], sizeof(log[0]) * (size_t)(--inflight));
+                }
+                check_invariant(f, peer, fbits);
+                if (rand() % 4 == 0)
+                        usleep(1500);
+        }
+        blockrepl_get_stats(b, &st);
+        assert_true(st.bitmap_clears >= 3);
+        pthread_mutex_lock(&hk.lock);
+        int violations = hk.violations;
+        pthread_mutex_unlock(&hk.lock);
+        assert_int_equal(violations, 0);
+        for (int i = 0; i < inflight; i++)
+                br_log_free(&log[i]);
+        close(c);
+        unmap_bits(fbits, mlen);
+        br_stop_al(b);
+        free(peer);
+        printf("lazy clear: %llu clears, %llu blocks cleared, %llu marks (msyncs)\n",
+               (unsigned long long)st.bitmap_clears, (unsigned long long)st.bitmap_cleared,
+               (unsigned long long)st.bitmap_syncs);
+}
+
+/* Leaving LOG cancels a pending clear, also one whose fdatasync runs. */
+static void test_br_clear_cancel(void **state)
+{
+        struct fx *f = *state;
+        struct blockrepl *b = br_start_al(f, 1);
+        size_t mlen;
+        const uint8_t *fbits = map_bits(f, &mlen);
+        struct br_log log;
+        int c = nbd_connect(f->sock);
+        blockrepl_set_mode(b, BR_MODE_LOG);
+        assert_int_equal(blockrepl_barrier(b, &log), 0);
+        assert_int_equal(blockrepl_resync_committed(b, log.seq, 5), 0);
+        usleep(2000);
+        al_write(c, 1, 0xc1, false);
+        assert_int_equal(blockrepl_barrier(b, &log), 0); /* boundary */
+        br_log_free(&log);
+        /* the peer is lost before the commit arrives */
+        blockrepl_set_mode(b, BR_MODE_ALONE);
+        assert_int_equal(blockrepl_committed(b, log.seq), 0);
+        blockrepl_set_mode(b, BR_MODE_LOG);
+        assert_int_equal(blockrepl_committed(b, log.seq), 0); /* not armed again */
+        usleep(20000);
+        struct blockrepl_stats st;
+        blockrepl_get_stats(b, &st);
+        assert_int_equal(st.bitmap_clears, 0);
+        assert_true(file_bit(fbits, 1));
+
+        /* armed again; the mode changes while the worker is in fdatasync */
+        assert_int_equal(blockrepl_barrier(b, &log), 0);
+        assert_int_equal(blockrepl_resync_committed(b, log.seq, 5), 0);
+        assert_false(file_bit(fbits, 1));
+        usleep(2000);
+        al_write(c, 1, 0xc2, false);
+        assert_int_equal(blockrepl_barrier(b, &log), 0); /* boundary */
+        br_log_free(&log);
+        pthread_mutex_lock(&hk.lock);
+        hk.hold = true;
+        pthread_mutex_unlock(&hk.lock);
+        assert_int_equal(blockrepl_committed(b, log.seq), 0);
+        pthread_mutex_lock(&hk.lock);
+        while (!hk.held)
+                pthread_cond_wait(&hk.cond, &hk.lock);
+        pthread_mutex_unlock(&hk.lock);
+        blockrepl_set_mode(b, BR_MODE_ALONE); /* e.g. the standby's ACK timed out */
+        pthread_mutex_lock(&hk.lock);
+        hk.release = true;
+        pthread_cond_broadcast(&hk.cond);
+        pthread_mutex_unlock(&hk.lock);
+        close(c);
+        br_stop_al(b); /* joins the worker: whatever it was to do is done */
+        assert_true(file_bit(fbits, 1));
+        unmap_bits(fbits, mlen);
+}
+
+/* Copy and merge through blockrepl (the resync exchange). */
+static void test_br_copy_merge(void **state)
+{
+        struct fx *f = *state;
+        struct blockrepl *b = br_start_al(f, 0);
+        int c = nbd_connect(f->sock);
+        size_t n = blockrepl_bitmap_bytes(b);
+        assert_int_equal(n, IMG_SIZE / BS / 8);
+        uint8_t mine[8], theirs[8] = { 0 };
+        al_write(c, 3, 1, false);
+        assert_int_equal(blockrepl_bitmap_copy(b, mine, n - 1), -EINVAL);
+        assert_int_equal(blockrepl_bitmap_copy(b, mine, n), 0);
+        assert_int_equal(mine[0], 0x08);
+        theirs[0] = 0x01;
+        theirs[7] = 0x80;
+        assert_int_equal(blockrepl_bitmap_merge(b, theirs, n + 1), -EINVAL);
+        assert_int_equal(blockrepl_bitmap_merge(b, theirs, n), 0);
+        assert_int_equal(blockrepl_bitmap_count(b), 3);
+        assert_int_equal(blockrepl_set_lineage(b, 77), 0);
+        close(c);
+        br_stop_al(b);
+        struct br_bitmap *bm;
+        char err[256];
+        assert_int_equal(br_bitmap_open(f->bm, IMG_SIZE, &bm, err, sizeof(err)), 0);
+        assert_int_equal(br_bitmap_count(bm), 3);
+        assert_true(br_bitmap_test(bm, 63));
+        assert_int_equal(br_bitmap_lineage(bm), 77);
+        br_bitmap_close(bm);
+        /* without a bitmap: nothing to copy or merge */
+        b = br_start(f, 0, 0, false, NULL);
+        assert_int_equal(blockrepl_bitmap_bytes(b), 0);
+        assert_int_equal(blockrepl_bitmap_copy(b, mine, 0), 0);
+        assert_int_equal(blockrepl_lineage(b), 0);
+        blockrepl_close(b);
+}
+
+/* Not a test of speed (nothing asserted): what the marks cost, printed.
+ * N random 4 KiB writes through the socket in LOG mode, on this file
+ * system, HAVMS_BR_MEASURE_N of them (default 300). */
+static double measure(struct fx *f, const char *img, const char *bm, uint64_t blocks, int n,
+                      bool epochs, uint64_t *ret_syncs, uint64_t *ret_clears)
+{
+        struct blockrepl_options o = { .name = "measure", .image = img, .socket_path = f->sock,
+                                       .bitmap_path = bm, .clear_interval_ms = 1 };
+        struct blockrepl *b;
+        char err[256];
+        assert_int_equal(blockrepl_open(&o, &b, err, sizeof(err)), 0);
+        blockrepl_set_mode(b, BR_MODE_LOG);
+        struct br_log log;
+        if (bm) {
+                assert_int_equal(blockrepl_barrier(b, &log), 0);
+                assert_int_equal(blockrepl_resync_committed(b, log.seq, 1), 0);
+        }
+        int c = nbd_connect(f->sock);
+        uint8_t buf[4096];
+        memset(buf, 0x5a, sizeof(buf));
+        uint64_t t0 = now_ns();
+        for (int i = 0; i < n; i++) {
+                uint64_t off = (uint64_t)rand() % (blocks * BS / 4096) * 4096;
+                assert_int_equal(nbd_cmd(c, NBD_CMD_WRITE, 0, off, 4096, buf, NULL), 0);
+                if (epochs && i % 10 == 9) { /* an epoch per 10 writes, ACKed at once */
+                        assert_int_equal(blockrepl_barrier(b, &log), 0);
+                        assert_int_equal(blockrepl_committed(b, log.seq), 0);
+                        br_log_free(&log);
+                }
+        }
+        double us = (double)(now_ns() - t0) / 1e3 / n;
+        struct blockrepl_stats st;
+        blockrepl_get_stats(b, &st);
+        *ret_syncs = st.bitmap_syncs;
+        *ret_clears = st.bitmap_clears;
+        close(c);
+        blockrepl_close(b);
+        return us;
+}
+
+static void test_br_measure_marks(void **state)
+{
+        struct fx *f = *state;
+        const char *e = getenv("HAVMS_BR_MEASURE_N");
+        int n = e ? atoi(e) : 300;
+        char img[160], bm[160];
+        snprintf(img, sizeof(img), "%s/big.img", f->dir);
+        snprintf(bm, sizeof(bm), "%s/big.bitmap", f->dir);
+        int fd = open(img, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        assert_int_equal(ftruncate(fd, 1ll << 30), 0);
+        close(fd);
+        uint64_t s0, s1, s2, s3, c0, c1, c2, c3;
+        srand(3);
+        double none = measure(f, img, NULL, 64, n, true, &s0, &c0);
+        unlink(bm);
+        double fresh = measure(f, img, bm, 16384, n, false, &s1, &c1);
+        unlink(bm);
+        double hot = measure(f, img, bm, 64, n, false, &s2, &c2);
+        unlink(bm);
+        double hot_clear = measure(f, img, bm, 64, n, true, &s3, &c3);
+        printf("LOG-mode marks, %d random 4 KiB writes, us/write: no bitmap (4 MiB, an "
+               "epoch per 10 writes) %.0f; bitmap, 1 GiB spread (%llu marks) %.0f; bitmap, "
+               "4 MiB hot set (%llu marks) %.0f; bitmap, 4 MiB, an epoch per 10 writes, "
+               "ACKed at once, a boundary at each (%llu marks, %llu clears) %.0f\n",
+               n, none, (unsigned long long)s1, fresh, (unsigned long long)s2, hot,
+               (unsigned long long)s3, (unsigned long long)c3, hot_clear);
+}
+
 static void test_br_protocol_errors(void **state)
 {
         struct fx *f = *state;
@@ -820,12 +1437,20 @@ int main(void)
                 cmocka_unit_test_setup_teardown(test_stage_journal_corrupt, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_bitmap_persist, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_bitmap_refused, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_bitmap_lineage_merge, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_bitmap_v1_upgrade, setup, teardown),
+                cmocka_unit_test(test_resync_set),
                 cmocka_unit_test_setup_teardown(test_br_barrier, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_log_order, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_hard_limit, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_sync_map, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_bitmap_modes, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_protocol_errors, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_br_log_marking, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_br_lazy_clear, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_br_clear_cancel, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_br_copy_merge, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_br_measure_marks, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

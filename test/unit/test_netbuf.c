@@ -541,6 +541,46 @@ static void test_discard(void **state)
         lan_none(f);
 }
 
+/* Switchover: the frames of committed epochs are taken out unsent (the
+ * new primary sends them), newer ones stay held; emitting the buffer
+ * (here through the same netbuf, standing for the new primary's) sends
+ * them in order; a malformed buffer sends nothing. */
+static void test_take_and_emit(void **state)
+{
+        struct fx *f = *state;
+
+        netbuf_set_buffering(f->nb, true);
+        qemu_send(f, 1, 100);
+        qemu_send(f, 2, 200);
+        wait_held(f, 2);
+        assert_int_equal(netbuf_barrier(f->nb, 1), 0);
+        qemu_send(f, 3, 150);
+        wait_held(f, 3);
+        assert_int_equal(netbuf_barrier(f->nb, 2), 0);
+        uint8_t *buf;
+        size_t len;
+        assert_int_equal(netbuf_take(f->nb, 1, &buf, &len), 0);
+        assert_non_null(buf);
+        assert_int_equal(len, 4 + 100 + 4 + 200);
+        assert_int_equal(stats(f).held_frames, 1); /* epoch 2 stays */
+        assert_int_equal(stats(f).held_bytes, 150);
+        lan_none(f);
+        /* a length running past the end: refused whole */
+        assert_int_equal(netbuf_emit(f->nb, buf, len - 1), -EBADMSG);
+        lan_none(f);
+        assert_int_equal(netbuf_emit(f->nb, buf, len), 0);
+        lan_expect(f, 1);
+        lan_expect(f, 2);
+        lan_none(f);
+        free(buf);
+        /* nothing committed left to take */
+        assert_int_equal(netbuf_take(f->nb, 1, &buf, &len), 0);
+        assert_null(buf);
+        assert_int_equal(len, 0);
+        assert_int_equal(netbuf_release(f->nb, 2), 0);
+        lan_expect(f, 3);
+}
+
 static void test_reconnect(void **state)
 {
         struct fx *f = *state;
@@ -948,6 +988,7 @@ int main(void)
                 cmocka_unit_test_setup_teardown(test_backpressure, fx_setup_small, fx_teardown),
                 cmocka_unit_test_setup_teardown(test_set_buffering_off_releases_in_order, fx_setup, fx_teardown),
                 cmocka_unit_test_setup_teardown(test_discard, fx_setup, fx_teardown),
+                cmocka_unit_test_setup_teardown(test_take_and_emit, fx_setup, fx_teardown),
                 cmocka_unit_test_setup_teardown(test_reconnect, fx_setup, fx_teardown),
                 cmocka_unit_test_setup_teardown(test_bad_length, fx_setup, fx_teardown),
                 cmocka_unit_test_setup_teardown(test_qemu_netdev, fx_setup, fx_teardown),

@@ -175,6 +175,26 @@ static void test_reseed_records(void **state)
         m.hdr.length -= 8;
         assert_int_equal(wire_get_hashes_end(&m, &ge), -EBADMSG);
 
+        /* NET_FRAMES: every frame's length is checked */
+        uint8_t frames[2 * 4 + 20 + 30] = { 0 };
+        frames[0] = 20;
+        frames[4 + 20] = 30;
+        struct wire_net_frames nf = { .nic = 1, .count = 2, .frames = frames, .len = sizeof(frames) }, gn;
+        wire_buf_reset(&b);
+        assert_int_equal(wire_put_net_frames(&b, 7, &nf), 0);
+        assert_int_equal(parse_msg(&b, 0, &m, &used), 0);
+        assert_int_equal(wire_get_net_frames(&m, &gn), 0);
+        assert_int_equal(gn.nic, 1);
+        assert_int_equal(gn.count, 2);
+        assert_int_equal(gn.len, sizeof(frames));
+        m.payload[8 + 4 + 20] = 31; /* the second frame runs past the end */
+        assert_int_equal(wire_get_net_frames(&m, &gn), -EBADMSG);
+        m.payload[8 + 4 + 20] = 5;  /* shorter than an Ethernet header */
+        assert_int_equal(wire_get_net_frames(&m, &gn), -EBADMSG);
+        m.payload[8 + 4 + 20] = 30;
+        m.payload[4] = 3;           /* count says 3 */
+        assert_int_equal(wire_get_net_frames(&m, &gn), -EBADMSG);
+
         /* WELCOME: unknown flags are refused */
         struct wire_welcome w = { .flags = WIRE_WELCOME_PAGE_HASHES | WIRE_WELCOME_DISK_INCR(3),
                                   .generation = 1 }, gw;

@@ -139,6 +139,8 @@ static struct membership *cpg_self(cpg_handle_t h)
         return cpg_context_get(h, &ctx) == CS_OK ? ctx : NULL;
 }
 
+static void report_quorum_loss_first(struct membership *m);
+
 static void on_deliver(cpg_handle_t h, const struct cpg_name *group, uint32_t nodeid,
                        uint32_t pid, void *msg, size_t len)
 {
@@ -149,6 +151,8 @@ static void on_deliver(cpg_handle_t h, const struct cpg_name *group, uint32_t no
          * a pending change is reported first. */
         if (!m)
                 return;
+        if (m->nodes_changed)
+                report_quorum_loss_first(m);
         if (m->nodes_changed && m->cb.nodes)
                 m->cb.nodes(m->opaque, m->nodes, m->nnodes);
         if (m->group_changed && m->cb.members)
@@ -346,6 +350,27 @@ static void report_quorum(struct membership *m)
                 m->cb.quorum(m->opaque, m->quorate, m->votes_expected, m->votes_total);
 }
 
+/* A node list change and the quorum it brings arrive on two fds, in
+ * either order, but corosync has settled that quorum before CPG reports
+ * the new node list (votequorum synchronises before CPG). So when the node
+ * list changes, a LOSS of quorum is read at once and reported before it:
+ * no decision may see the new node list with the old quorate flag (a
+ * 0-vote spare whose last voting peer left started fencing that peer as if
+ * it were still quorate). A gain is left to its own notification: reported
+ * before the node list, it would be decided on the old one. */
+static void report_quorum_loss_first(struct membership *m)
+{
+        struct votequorum_info info;
+
+        if (!m->have_quorum || !m->quorate)
+                return;
+        if (votequorum_getinfo(m->vq, m->local_nodeid, &info) != CS_OK ||
+            (info.flags & VOTEQUORUM_INFO_QUORATE))
+                return;
+        m->quorate = false;
+        report_quorum(m);
+}
+
 int membership_dispatch(struct membership *m, int fd)
 {
         cs_error_t e;
@@ -364,6 +389,8 @@ int membership_dispatch(struct membership *m, int fd)
                 m->gone = true;
                 return r;
         }
+        if (m->nodes_changed)
+                report_quorum_loss_first(m);
         if (m->nodes_changed && m->cb.nodes)
                 m->cb.nodes(m->opaque, m->nodes, m->nnodes);
         if (m->group_changed && m->cb.members)

@@ -51,20 +51,40 @@ HV_CS_PING_INTERVAL=${HV_CS_PING_INTERVAL:-}
 HV_CS_PING_TIMEOUT=${HV_CS_PING_TIMEOUT:-}
 HV_CS_CLUSTER=${HV_CS_CLUSTER:-havms-tb}
 
+# Link 0 of a bed with more than two hosts (hv_cluster_create_with_spare):
+# HV_CS_RING0_NET set = link 0 is the replication network shared by all
+# hosts, HOST's address $HV_CS_RING0_NET.<idx> (a point-to-point link has
+# only two ends). HV_CS_ZERO_VOTES: hosts with quorum_votes: 0 (a spare).
+HV_CS_RING0_NET=${HV_CS_RING0_NET:-}
+HV_CS_ZERO_VOTES=${HV_CS_ZERO_VOTES:-}
+
+hv__cs_ring0() {
+        if [ -n "$HV_CS_RING0_NET" ]; then
+                local i; i=$(tb_host_idx "$1") || return 1
+                echo "$HV_CS_RING0_NET.$i"
+        else
+                tb_addr "$1" "$HV_CS_RLINK"
+        fi
+}
+hv__cs_zero_vote() { [[ " $HV_CS_ZERO_VOTES " == *" $1 "* ]]; }
+
 # hv__cs_nodelist HOST...: the nodelist section for these hosts.
 hv__cs_nodelist() {
-        local h idx rl
+        local h idx rl votes
         echo "nodelist {"
         for h in "$@"; do
                 idx=$(tb_host_idx "$h") || return 1
-                rl=$(tb_addr "$h" "$HV_CS_RLINK") || return 1
+                rl=$(hv__cs_ring0 "$h") || return 1
+                votes=
+                hv__cs_zero_vote "$h" && votes="quorum_votes: 0"
                 cat <<EOC
         node {
                 name: $h
                 nodeid: $idx
-                # link 0: replication link $HV_CS_RLINK; link 1: the LAN
+                # link 0: the replication link/network; link 1: the LAN
                 ring0_addr: $rl
                 ring1_addr: $(tb_addr "$h" lan)
+                $votes
         }
 EOC
         done
@@ -72,14 +92,16 @@ EOC
 }
 
 # hv_corosync_config HOST...: write $HV_CS_CONF into every HOST, each
-# listing all of them. Two hosts get two_node (which implies wait_for_all:
-# start both); more hosts get plain majority votequorum.
+# listing all of them. Two voting hosts (HV_CS_ZERO_VOTES aside) get
+# two_node (which implies wait_for_all: start both); more get plain
+# majority votequorum.
 hv_corosync_config() {
-        local h conf nodes two=0 consensus= ping=
+        local h conf nodes two=0 consensus= ping= voters=0
         [ "$#" -ge 2 ] || { echo "hv_corosync_config: needs >= 2 hosts" >&2; return 1; }
-        [ "$#" = 2 ] && two=1
+        for h in "$@"; do hv__cs_zero_vote "$h" || voters=$((voters + 1)); done
+        [ "$voters" = 2 ] && two=1
         if [ -n "$HV_CS_CONSENSUS" ]; then consensus="consensus: $HV_CS_CONSENSUS"
-        elif [ "$two" = 1 ]; then consensus="consensus: 200"; fi
+        elif [ "$#" = 2 ]; then consensus="consensus: 200"; fi
         if [ -n "$HV_CS_PING_TIMEOUT" ]; then
                 ping="knet_ping_interval: $HV_CS_PING_INTERVAL
                 knet_ping_timeout: $HV_CS_PING_TIMEOUT"

@@ -195,3 +195,158 @@ hv_fo_protected_with_client() {
         hv_must "b holds a committed replica" hv_wait_state b web01 backup-standby 30
         hv_must "client connected" hv_fo_client_start
 }
+
+# ------------------------------------------- three hosts: a pair + a spare --
+# hv_cluster_create_with_spare: hv_cluster_create's pair a, b plus host s,
+# a powered-off spare (issue 8, docs/failback.md "The spare's life cycle"):
+#
+#   LAN br-lan:          a 10.77.0.11   b 10.77.0.12   s 10.77.0.13
+#   replication network: a 10.99.200.1  b 10.99.200.2  s 10.99.200.3
+#   management:          BMCs of a and b; s has mg0 (it fences a or b once
+#                        it is a standby) but no BMC: it is woken by LAN only
+#
+# Why not tb_link_create's cables: with a third host, link 0 (the
+# replication network, corosync's ring0) must be one segment all three
+# are on - a small switch or a VLAN, as configs/corosync-pair-spare.conf
+# says - and corosync wants ONE address per node per link, so two cables
+# a-s and b-s cannot carry ring0. The simplest such segment here: a second
+# subnet on each host's LAN bridge br0 (this kernel has no 8021q, so no
+# real VLAN). A power-off (up0 down) silences it with the LAN, as the test
+# bed's power-off wants; but the two corosync links share one wire, so
+# this bed does not test link redundancy (the pair bed does).
+#
+# On a and b, havms.conf gains [peer s] and [spare s] (wake = wol, mac =
+# s's br0 MAC, interface = br0, SecureOn HV_SPARE_PW); s's has [peer a],
+# [peer b], [fence a], [fence b]. corosync lists all three with s at
+# quorum_votes: 0 (hv_corosync_config, HV_CS_ZERO_VOTES; the quorum
+# consequences are written at hv_spare_corosync_config).
+#
+# s runs ONLY test/tools/wol-listen (its NIC's firmware): on the first
+# valid magic packet it runs $TB_RUN/hosts/s/wake-boot, which starts s's
+# corosync and havmsd (havmsd starts checkpointd), as the spare's boot
+# would. Its log: $HV_SPARE_WOL_LOG.
+HV_REPL_NET=${HV_REPL_NET:-10.99.200}
+HV_SPARE=s
+HV_SPARE_PW=${HV_SPARE_PW:-5a:5a:01:02:03:04}
+HV_SPARE_EXTRA=${HV_SPARE_EXTRA:-} # extra lines for [spare s] on a and b
+HV_SPARE_WOL_LOG=
+
+hv_repl_addr() { local i; i=$(tb_host_idx "$1") && echo "$HV_REPL_NET.$i"; }
+
+# hv_repl_net_create HOST: HOST's replication address (on br0).
+hv_repl_net_create() {
+        local ns addr
+        ns=$(tb_ns "$1") && addr=$(hv_repl_addr "$1") || return 1
+        ip -n "$ns" addr add "$addr/24" dev br0
+}
+
+# hv_spare_host_config HOST OTHER...: havms.conf and web01.conf of HOST
+# (hv_host_config + hv_cluster_config towards the first OTHER), replication
+# on HV_REPL_NET, a [peer] for every OTHER, a [fence] for every OTHER that has
+# a BMC, and on a and b the [spare s] section.
+hv_spare_host_config() {
+        local h=$1 first=$2 o conf
+        shift
+        HV_PEER_ADDR[$h]=$(hv_repl_addr "$first"):7780
+        hv_host_config "$h" "$first" lan && hv_cluster_config "$h" "$first" || return 1
+        conf=$(tb_path "$h" /etc/havms/havms.conf) || return 1
+        sed -i "s|^listen = .*|listen = $(hv_repl_addr "$h"):7780|" "$conf"
+        for o in "${@:2}"; do
+                printf '\n[peer %s]\naddress = %s:7780\n' "$o" "$(hv_repl_addr "$o")" >>"$conf"
+                [ -e "$TB_RUN/bmc/$o/addr" ] || continue
+                printf '\n[fence %s]\n%s\ntimeout_ms = %s\n' "$o" "$(hv_fence_levels "$o")" \
+                        "${HV_FENCE_TIMEOUT_MS:-20000}" >>"$conf"
+        done
+        [ "$h" = "$HV_SPARE" ] && return 0
+        cat >>"$conf" <<EOC
+
+[spare $HV_SPARE]
+mac = $(tb_mac "$HV_SPARE")
+interface = br0
+password = $HV_SPARE_PW
+wake = wol
+boot_timeout_s = 120
+$HV_SPARE_EXTRA
+EOC
+}
+
+# hv_spare_corosync_config: corosync.conf on a, b and s.
+# Quorum (votequorum(5), and corosync's exec/votequorum.c read for it):
+#  - expected_votes is the sum of the nodelist's quorum_votes: 1 + 1 + 0 =
+#    2 on every node, s included;
+#  - two_node's "quorum is 1" applies while the MEMBERSHIP has at most two
+#    nodes - calculate_quorum() counts members, whatever their votes
+#    (`two_node && total_nodes <= 2`); with three members quorum is the
+#    plain majority of the expected 2 votes, i.e. 2. So:
+#      s asleep, a+b:  2 members, quorum 1, votes 2: quorate
+#      s asleep, a:    1 member,  quorum 1, votes 1: quorate (fence b first)
+#      a + s, b dead:  2 members, quorum 1, votes 1: quorate
+#      a + b + s:      3 members, quorum 2, votes 2: quorate; if a or b then
+#                      dies, 2 members again, quorum 1: the survivor stays
+#                      quorate with s (a partition {a,s} | {b} leaves both
+#                      sides quorate, as in a pair: fencing decides)
+#      s alone:        votes 0 < quorum 1: never quorate by itself;
+#  - s boots with wait_for_all (two_node implies it): not quorate until it
+#    has seen all expected votes at once OR a quorate member past its own
+#    wait sends its node information (docs/failback.md): joining a lone
+#    quorate survivor, it becomes quorate at once.
+# The test checks the first, third and fourth lines on the test bed.
+hv_spare_corosync_config() {
+        HV_CS_RING0_NET=$HV_REPL_NET HV_CS_ZERO_VOTES=$HV_SPARE hv_corosync_config a b "$HV_SPARE"
+}
+
+# hv_spare_wol_start: the spare's NIC: wol-listen on s's br0, for s's MAC
+# and HV_SPARE_PW; the first valid packet runs wake-boot.
+hv_spare_wol_start() {
+        local s=$HV_SPARE boot=$TB_RUN/hosts/$HV_SPARE/wake-boot
+        HV_SPARE_WOL_LOG=$TB_RUN/$s-wol.log
+        cat >"$boot" <<EOB
+# the spare's "boot" (run by wol-listen inside $s): corosync, then havmsd
+echo "wake-boot \$(date +%s%3N)"
+corosync -f -c $HV_CS_CONF >>$TB_RUN/$s-corosync.log 2>&1 &
+for i in \$(seq 100); do
+        corosync-cmapctl -g runtime.votequorum.this_node_id >/dev/null 2>&1 && break
+        sleep 0.1
+done
+$HV_BUILD/failover/havmsd -c /etc/havms/havms.conf >>$TB_RUN/$s-havmsd.log 2>&1 &
+echo "wake-boot done \$(date +%s%3N)"
+EOB
+        : >"$HV_SPARE_WOL_LOG"
+        tb_spawn "$s" "$TB_RUN/$s-wol.out" "$HV_BUILD/test/wol-listen" --interface br0 \
+                --mac "$(tb_mac "$s")" --password "$HV_SPARE_PW" --log "$HV_SPARE_WOL_LOG" \
+                -- /bin/bash "$boot" || return 1
+        tb_wait_for 5 grep -q ' listening ' "$HV_SPARE_WOL_LOG"
+}
+
+# hv_spare_awake: something besides the holder and wol-listen runs in s
+# (corosync, havmsd, the boot script).
+hv_spare_awake() {
+        local p c
+        for p in $(tb_host_pids "$HV_SPARE"); do
+                c=$(cat "/proc/$p/comm" 2>/dev/null) || continue
+                case $c in sleep|wol-listen|nsenter) ;; *) return 0 ;; esac
+        done
+        return 1
+}
+
+hv_cluster_create_with_spare() {
+        tb_init || return 1
+        tb_on_cleanup '[ "$HV_FAIL" = 0 ] || hv_fo_dump_logs'
+        tb_on_cleanup '[ "$HV_FAIL" = 0 ] || hv_spare_dump_logs'
+        tb_lan_create || return 1
+        tb_host_create a 1 && tb_host_create b 2 && tb_host_create "$HV_SPARE" 3 || return 1
+        hv_repl_net_create a && hv_repl_net_create b && hv_repl_net_create "$HV_SPARE" || return 1
+        tb_bmc_create a >/dev/null && tb_bmc_create b >/dev/null && tb_mgmt_attach "$HV_SPARE" || return 1
+        hv_spare_host_config a b "$HV_SPARE" && hv_spare_host_config b a "$HV_SPARE" &&
+                hv_spare_host_config "$HV_SPARE" a b || return 1
+        hv_spare_corosync_config || return 1
+        hv_corosync_start a && hv_corosync_start b || return 1
+        hv_corosync_wait_members a 2 20 && hv_corosync_wait_members b 2 20 || return 1
+        hv_start_havmsd a && hv_start_havmsd b && hv_spare_wol_start
+}
+
+hv_spare_dump_logs() {
+        echo "----- $HV_SPARE wol-listen log"; cat "$HV_SPARE_WOL_LOG" 2>/dev/null
+        echo "----- $HV_SPARE havmsd + checkpointd log"; tail -n 60 "$TB_RUN/$HV_SPARE-havmsd.log" 2>/dev/null
+        echo "----- $HV_SPARE corosync log"; tail -n 15 "$TB_RUN/$HV_SPARE-corosync.log" 2>/dev/null
+}

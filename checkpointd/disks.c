@@ -59,6 +59,8 @@ static int sync_block(struct blockrepl *b, uint32_t disk, uint64_t block,
         *raw += len;
         if (s->done_bytes)
                 __atomic_add_fetch(s->done_bytes, len, __ATOMIC_RELAXED);
+        if (s->tick)
+                s->tick(s->tick_ctx);
         return s->wb->len >= SEND_BATCH ? flush_record(s) : 0;
 }
 
@@ -147,6 +149,8 @@ int disks_resync_pass(struct blockrepl *b, uint32_t disk, const uint8_t *entries
                 }
                 if (s->done_bytes)
                         __atomic_add_fetch(s->done_bytes, len, __ATOMIC_RELAXED);
+                if (s->tick)
+                        s->tick(s->tick_ctx);
                 if (r == 0 && s->wb->len >= SEND_BATCH)
                         r = flush_record(s);
         }

@@ -36,6 +36,8 @@ struct disk_sender {
         uint64_t *wire_bytes;  /* added to as records go out */
         uint64_t *done_bytes;  /* copy passes: bytes looked at, added to (atomically, for
                                   status) as they go; NULL = not counted */
+        void (*tick)(void *ctx); /* copy passes: called after each block (progress log) */
+        void *tick_ctx;
 };
 
 /* Copy every block of every disk (dirty_only: only blocks the sync map

@@ -485,6 +485,28 @@ static void sync_note(struct primary *p, const char *phase, uint64_t sent)
         pthread_mutex_unlock(&p->v->lock);
 }
 
+/* Disk copy passes: the progress line every 2 s, as the memory pass has. */
+struct disk_progress {
+        struct primary *p;
+        uint64_t t0, last_log, total;
+};
+
+static void disk_tick(void *ctx)
+{
+        struct disk_progress *dp = ctx;
+        uint64_t now = now_ms();
+        if (now - dp->last_log < 2000)
+                return;
+        dp->last_log = now;
+        uint64_t done = __atomic_load_n(&dp->p->v->sync.sent_bytes, __ATOMIC_RELAXED);
+        double el = (double)(now - dp->t0) / 1000.0, rate = (double)done / 1048576.0 / el;
+        log_msg(LOG_LVL_INFO, MSG_SYNC_PROGRESS, dp->p->cfg.name, -1,
+                "disks %.0f%% looked at, %.1f MiB/s, ETA %.0f s, %.1f MiB on the wire",
+                dp->total ? 100.0 * (double)done / (double)dp->total : 100.0, rate,
+                rate > 0 ? (double)(dp->total - done) / 1048576.0 / rate : 0.0,
+                (double)dp->p->wire_bytes / 1048576.0);
+}
+
 /* The first pass over guest RAM: every page, snapshotted once (the bytes
  * encoded or skipped are the bytes kept as the next delta's base); on a
  * re-seed, a page the standby already holds is not sent. */
@@ -561,6 +583,9 @@ static int initial_sync(struct primary *p)
         /* status reads the bytes looked at as the copy goes: for an
          * incremental disk the whole disk counts once its set is done */
         ds.done_bytes = &v->sync.sent_bytes;
+        struct disk_progress dp = { .p = p, .t0 = now_ms(), .last_log = now_ms(), .total = disk_bytes };
+        ds.tick = disk_tick;
+        ds.tick_ctx = &dp;
         for (unsigned i = 0; i < q->n_disk; i++) {
                 sync_note(p, "disks", done);
                 uint64_t draw = 0, same = 0, blocks, size = blockrepl_size(q->disk[i]);
@@ -591,6 +616,7 @@ static int initial_sync(struct primary *p)
                         (unsigned long long)same, (unsigned long long)(now_ms() - t0));
         }
         ds.done_bytes = NULL; /* the pass after the switch to LOG is not counted */
+        ds.tick = NULL;
 
         /* Re-arm everything: from here on, every write is caught. */
         r = scan_all(p, &n);

@@ -106,6 +106,18 @@ int disks_sync_pass(struct blockrepl *const *disks, unsigned n, struct disk_send
         return r;
 }
 
+uint32_t disks_piece_diff(const uint8_t *block, size_t len, const uint8_t *entry)
+{
+        uint8_t h[WIRE_HASH_LEN];
+        uint32_t diff = 0;
+        for (size_t pc = 0; pc < len && pc / HAVMS_PAGE_SIZE < WIRE_BLOCK_PAGES; pc += HAVMS_PAGE_SIZE) {
+                wire_hash(block + pc, HAVMS_PAGE_SIZE, h);
+                if (memcmp(h, entry + 8 + (pc / HAVMS_PAGE_SIZE) * WIRE_HASH_LEN, WIRE_HASH_LEN))
+                        diff |= 1u << (pc / HAVMS_PAGE_SIZE);
+        }
+        return diff;
+}
+
 int disks_resync_pass(struct blockrepl *b, uint32_t disk, const uint8_t *entries, uint64_t n,
                       struct disk_sender *s, uint64_t *raw, uint64_t *ret_same)
 {
@@ -114,7 +126,7 @@ int disks_resync_pass(struct blockrepl *b, uint32_t disk, const uint8_t *entries
         uint8_t *buf = malloc(BR_BLOCK_SIZE);
         if (!buf)
                 return -ENOMEM;
-        uint8_t enc_buf[CODEC_PAGE_MAX], scratch[CODEC_PAGE_MAX], h[WIRE_HASH_LEN];
+        uint8_t enc_buf[CODEC_PAGE_MAX], scratch[CODEC_PAGE_MAX];
         int r = 0;
         wire_buf_reset(s->wb);
         for (uint64_t e = 0; e < n && r == 0; e++) {
@@ -132,9 +144,9 @@ int disks_resync_pass(struct blockrepl *b, uint32_t disk, const uint8_t *entries
                 blockrepl_sync_clear(b, block);
                 if ((r = pread_full(blockrepl_image_fd(b), buf, len, off)) < 0)
                         break;
+                uint32_t diff = disks_piece_diff(buf, len, ent);
                 for (size_t pc = 0; pc < len && r == 0; pc += HAVMS_PAGE_SIZE) {
-                        wire_hash(buf + pc, HAVMS_PAGE_SIZE, h);
-                        if (!memcmp(h, ent + 8 + (pc / HAVMS_PAGE_SIZE) * WIRE_HASH_LEN, WIRE_HASH_LEN)) {
+                        if (!(diff & (1u << (pc / HAVMS_PAGE_SIZE)))) {
                                 same++;
                                 continue;
                         }

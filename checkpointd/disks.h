@@ -49,6 +49,11 @@ int disks_sync_pass(struct blockrepl *const *disks, unsigned n, struct disk_send
 /* Copy every block of disk number `disk` (its records name it). */
 int disks_copy_disk(struct blockrepl *b, uint32_t disk, struct disk_sender *s, uint64_t *raw);
 
+/* Which 4 KiB pieces of a block (len bytes, the last block of a disk may
+ * be shorter) differ from a DISK_HASHES entry: bit i set = piece i must be
+ * sent. */
+uint32_t disks_piece_diff(const uint8_t *block, size_t len, const uint8_t *entry);
+
 /* Incremental first pass of one disk: the standby's DISK_HASHES entries
  * (n of them, WIRE_DISK_HASH_ENTRY each, blocks ascending) name the blocks
  * to look at; each block's sync-map mark is cleared before it is read, and

@@ -94,6 +94,7 @@ struct avm {
         /* failback (failback/) */
         char raw_state[24];       /* checkpointd's own state word */
         bool has_sync;            /* syncing: checkpointd's progress below */
+        bool operator_unprotected; /* checkpointd: `unprotect` typed by an operator */
         double sync_pct, sync_mib_s, sync_eta_s;
         bool fb_busy;             /* a failback job for it runs */
         uint64_t fb_retry_ms;     /* a failback job failed: none for it before this */
@@ -804,6 +805,16 @@ static bool fenced_since_left(const struct ahost *h)
         return h->po.fence == PO_FENCE_DONE && h->po.fence_ms >= h->po.left_ms;
 }
 
+/* A departed host whose VMs the failover policy no longer waits for:
+ * fenced since it left, or (witness) gone longer than the witness wait. */
+static bool departure_settled(const struct agent *a, const struct ahost *h)
+{
+        if (fenced_since_left(h))
+                return true;
+        return !strcmp(a->host.cluster.quorum, "witness") &&
+               now_ms() >= h->po.left_ms + a->host.cluster.witness_wait_ms;
+}
+
 /* F2 (failback/plan.h): what the failover policy handles now, in words;
  * NULL when nothing. */
 static const char *failover_busy(struct agent *a, const struct po_output *pout, char *buf,
@@ -826,6 +837,18 @@ static const char *failover_busy(struct agent *a, const struct po_output *pout, 
                         if (x->state == PO_VM_ISOLATED || x->state == PO_VM_ACTIVATING) {
                                 snprintf(buf, len, "%s is %s on %s", x->name,
                                          po_vm_state_name(x->state), h->po.name);
+                                return buf;
+                        }
+                }
+                /* a host that left while it ran a VM and is not fenced yet:
+                 * some member is (or will be) taking that VM over, even if
+                 * this host holds no replica of it */
+                for (size_t e = 0; !h->po.member && h->have_state && !departure_settled(a, h) &&
+                                   e < h->state.n_vms; e++) {
+                        const struct clmsg_vm *x = &h->state.vms[e];
+                        if (runs_here(x->state)) {
+                                snprintf(buf, len, "host %s left running %s and is not fenced",
+                                         h->po.name, x->name);
                                 return buf;
                         }
                 }
@@ -892,6 +915,7 @@ static void fb_build(struct agent *a, struct fb_input *in, const struct po_outpu
                 f->standby_committed = h && h->po.member && x && x->state == PO_VM_BK_READY &&
                                        x->generation == v->po.generation;
                 f->busy = v->fb_busy || v->po.busy || v->fb_retry_ms > in->now_ms;
+                f->operator_unprotected = v->operator_unprotected;
         }
         fbc_observe(&a->fb, in);
 }
@@ -1056,7 +1080,10 @@ static void fb_do(struct agent *a, const struct fb_action *x)
         case FB_UNPROTECT:
                 ev(a, LOG_LVL_NOTICE, s ? MSG_FB_HANDED_BACK : MSG_FB_UNPROTECT, x->vm, x->host,
                    "ending protection towards %s: %s", x->host, x->why);
-                if (fb_ctl(a, x->vm, x->host, "unprotect", NULL, FB_UNPROTECT) == 0)
+                json_object *ua = json_object_new_object();
+                /* the cluster's, not an operator's: reprotect goes on */
+                json_object_object_add(ua, "cluster", json_object_new_boolean(1));
+                if (fb_ctl(a, x->vm, x->host, "unprotect", ua, FB_UNPROTECT) == 0)
                         fbc_action_started(&a->fb, x, now);
                 break;
         case FB_SWITCHOVER:
@@ -1599,6 +1626,9 @@ static void poll_checkpointd(struct agent *a)
                 bool raw_changed = strcmp(raw, v->raw_state) != 0;
                 snprintf(v->raw_state, sizeof(v->raw_state), "%s", raw);
                 json_object *sy;
+                json_object *ou;
+                v->operator_unprotected = json_object_object_get_ex(o, "unprotected_by_operator", &ou) &&
+                                          json_object_get_boolean(ou);
                 v->has_sync = json_object_object_get_ex(o, "sync", &sy);
                 if (v->has_sync) {
                         v->sync_pct = jdbl(sy, "percent");
@@ -1644,12 +1674,18 @@ static void update_newer_generations(struct agent *a)
         for (size_t i = 0; i < a->n_vms; i++) {
                 struct avm *v = &a->vms[i];
                 v->po.newer_generation = 0;
+                v->po.newer_replica_generation = 0;
                 for (size_t k = 0; k < a->n_hosts; k++) {
                         struct ahost *h = &a->hosts[k];
                         const struct clmsg_vm *x = host_vm(h, v->po.name);
-                        if (x && h->po.member && runs_here(x->state) &&
-                            x->generation > v->po.newer_generation)
+                        if (!x || !h->po.member)
+                                continue;
+                        if (runs_here(x->state) && x->generation > v->po.newer_generation)
                                 v->po.newer_generation = x->generation;
+                        bool holds = runs_here(x->state) || x->state == PO_VM_BK_READY ||
+                                     x->state == PO_VM_BK_SYNCING || x->state == PO_VM_ACTIVATING;
+                        if (holds && x->generation > v->po.newer_replica_generation)
+                                v->po.newer_replica_generation = x->generation;
                 }
         }
 }

@@ -270,20 +270,7 @@ static int cmd_protect(struct daemon *d, struct vm *v, json_object *args, json_o
                 snprintf(err, ERRLEN, "%s", v->last_error);
                 r = -EUCLEAN;
         } else {
-                /* Every protection session is a new generation: a replica
-                 * another host kept from an earlier session (a standby that
-                 * was cut off and then replaced, docs/failback.md) is older
-                 * than the one this session makes, and the cluster never
-                 * activates it (S6). Durable before the HELLO carries it. */
-                uint64_t g = v->generation + 1;
-                r = persist_generation_store(&d->host, v->name, g);
-                if (r < 0)
-                        snprintf(err, ERRLEN, "cannot store generation %llu in %s: %s",
-                                 (unsigned long long)g, d->host.state_dir, strerror(-r));
-                else
-                        v->generation = g;
-                if (r == 0)
-                        r = primary_start(d, v, peer, err, ERRLEN);
+                r = primary_start(d, v, peer, err, ERRLEN);
                 if (r == 0)
                         v->unprotected_by_operator = false;
         }

@@ -88,6 +88,7 @@ struct avm {
         uint64_t lost_ms;         /* when the owner's loss was first seen (takeover timing) */
         uint64_t retry_ms;        /* a failed action: decide nothing for the VM before this */
         uint64_t asked_ms;        /* when ASK_DISCARD / RELINQUISH went out (resent each second) */
+        uint64_t stale_asked_ms;  /* S6: when a stale replica's holder was last asked to drop it */
         bool stopping;            /* a self-fence kill was sent */
         bool hook_aborted;        /* pre-activate said abort: no automatic takeover until
                                      the VM's state here changes */
@@ -607,6 +608,45 @@ static bool relinquish_taken(struct agent *a, const struct avm *v)
         return !x || x->state != PO_VM_BK_READY || x->generation != v->po.generation;
 }
 
+/* S6, the owner's side: a member that announces a replica of a VM that
+ * runs here, taken from this host, but is not its current standby (it was
+ * cut off and replaced, or kept one from an earlier protection) is asked
+ * to drop it, once a second while it announces it. Its own policy drops
+ * it anyway when it sees a newer copy; this also frees it when the newer
+ * copy is only ours. Returns when to ask again (0: nobody to ask). */
+static uint64_t ask_stale_replicas(struct agent *a, uint64_t now)
+{
+        uint64_t again = 0;
+        for (size_t i = 0; i < a->n_vms; i++) {
+                struct avm *v = &a->vms[i];
+                if (!v->seen || !runs_here(v->po.state))
+                        continue;
+                for (size_t k = 0; k < a->n_hosts; k++) {
+                        struct ahost *h = &a->hosts[k];
+                        const struct clmsg_vm *x = host_vm(h, v->po.name);
+                        if (!x || !h->po.member || !strcmp(h->po.name, v->po.peer) ||
+                            strcmp(x->peer, a->host.name) ||
+                            (x->state != PO_VM_BK_READY && x->state != PO_VM_BK_SYNCING))
+                                continue;
+                        if (now >= v->stale_asked_ms + 1000) {
+                                bool say = now > v->stale_asked_ms + 5000; /* once, not each second */
+                                v->stale_asked_ms = now;
+                                if (say)
+                                        ev(a, LOG_LVL_NOTICE, MSG_FO_ASK_DISCARD, v->po.name,
+                                           h->po.name, "%s holds an old replica of %s (generation %"
+                                           PRIu64 ", epoch %" PRIu64 ") that is not the standby's: "
+                                           "asking it to drop it", h->po.name, v->po.name,
+                                           x->generation, x->committed_epoch);
+                                send_ref(a, CLMSG_ASK_DISCARD, v->po.name, v->po.generation,
+                                         h->po.name);
+                        }
+                        if (!again || v->stale_asked_ms + 1000 < again)
+                                again = v->stale_asked_ms + 1000;
+                }
+        }
+        return again;
+}
+
 static void decide(struct agent *a)
 {
         static struct po_input in;
@@ -672,6 +712,9 @@ static void decide(struct agent *a)
         }
         for (size_t k = 0; k < out.n_actions; k++)
                 do_action(a, &out.actions[k]);
+        uint64_t sw = ask_stale_replicas(a, in.now_ms);
+        if (sw && (!out.wake_ms || sw < out.wake_ms))
+                out.wake_ms = sw;
         /* failback decides after the failover policy, from the same view */
         uint64_t fw = failback_decide(a, &out);
         if (fw && (!out.wake_ms || fw < out.wake_ms))
@@ -1674,7 +1717,7 @@ static void update_newer_generations(struct agent *a)
         for (size_t i = 0; i < a->n_vms; i++) {
                 struct avm *v = &a->vms[i];
                 v->po.newer_generation = 0;
-                v->po.newer_replica_generation = 0;
+                v->po.newer_copy_elsewhere = false;
                 for (size_t k = 0; k < a->n_hosts; k++) {
                         struct ahost *h = &a->hosts[k];
                         const struct clmsg_vm *x = host_vm(h, v->po.name);
@@ -1682,10 +1725,14 @@ static void update_newer_generations(struct agent *a)
                                 continue;
                         if (runs_here(x->state) && x->generation > v->po.newer_generation)
                                 v->po.newer_generation = x->generation;
-                        bool holds = runs_here(x->state) || x->state == PO_VM_BK_READY ||
-                                     x->state == PO_VM_BK_SYNCING || x->state == PO_VM_ACTIVATING;
-                        if (holds && x->generation > v->po.newer_replica_generation)
-                                v->po.newer_replica_generation = x->generation;
+                        /* S6: is our replica older than a copy elsewhere? */
+                        bool replica = x->state == PO_VM_BK_READY || x->state == PO_VM_BK_SYNCING ||
+                                       x->state == PO_VM_ACTIVATING;
+                        if ((runs_here(x->state) || replica) && x->generation > v->po.generation)
+                                v->po.newer_copy_elsewhere = true;
+                        if (replica && x->generation == v->po.generation &&
+                            !strcmp(x->peer, v->po.peer) && x->committed_epoch > v->epoch)
+                                v->po.newer_copy_elsewhere = true;
                 }
         }
 }

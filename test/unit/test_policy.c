@@ -397,10 +397,11 @@ static void test_newer_generation_elsewhere_stops(void **s)
 }
 
 /* S6 (the reviewer's timeline): b kept a replica of generation 4 from a
- * protection session that ended while it was cut off; a re-protected to
- * c (generation 5). When a dies, b must never activate its stale replica,
- * fenced primary or not, relinquished or not: it drops it. An equal
- * generation elsewhere (the primary itself) is no reason. */
+ * protection that ended while it was cut off; a released its output and
+ * re-protected to c, whose replica is newer (the agent computes
+ * newer_copy_elsewhere from the members' announcements). When a dies, b
+ * must never activate its stale replica, fenced primary or not,
+ * relinquished or not: it drops it. */
 static void test_stale_replica_never_activates(void **s)
 {
         (void)s;
@@ -414,13 +415,13 @@ static void test_stale_replica_never_activates(void **s)
         a->left_ms = in.now_ms - 10;
         a->fence = PO_FENCE_DONE;
         a->fence_ms = in.now_ms;
-        v->newer_replica_generation = 5; /* c's replica */
+        v->newer_copy_elsewhere = true; /* c's replica */
         assert_string_equal(decide(&in, &out), "discard:web01");
         v->peer_relinquished = true;
         assert_string_equal(decide(&in, &out), "discard:web01");
-        /* the same host without the newer replica would take over */
+        /* the same host without a newer copy elsewhere would take over */
         v->peer_relinquished = false;
-        v->newer_replica_generation = 4;
+        v->newer_copy_elsewhere = false;
         assert_string_equal(decide(&in, &out), "activate:web01:5");
 }
 

@@ -619,14 +619,17 @@ static uint64_t ask_stale_replicas(struct agent *a, uint64_t now)
         uint64_t again = 0;
         for (size_t i = 0; i < a->n_vms; i++) {
                 struct avm *v = &a->vms[i];
-                if (!v->seen || !runs_here(v->po.state))
+                /* only while this host positively knows its standby is
+                 * another one (protected, with it): right after an
+                 * activation or a protect, the new standby's announcement
+                 * may come before our own checkpointd's view of it */
+                if (!v->seen || v->po.state != PO_VM_PROTECTED || !v->po.peer[0])
                         continue;
                 for (size_t k = 0; k < a->n_hosts; k++) {
                         struct ahost *h = &a->hosts[k];
                         const struct clmsg_vm *x = host_vm(h, v->po.name);
                         if (!x || !h->po.member || !strcmp(h->po.name, v->po.peer) ||
-                            strcmp(x->peer, a->host.name) ||
-                            (x->state != PO_VM_BK_READY && x->state != PO_VM_BK_SYNCING))
+                            strcmp(x->peer, a->host.name) || x->state != PO_VM_BK_READY)
                                 continue;
                         if (now >= v->stale_asked_ms + 1000) {
                                 bool say = now > v->stale_asked_ms + 5000; /* once, not each second */

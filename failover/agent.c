@@ -650,10 +650,18 @@ static uint64_t ask_stale_replicas(struct agent *a, uint64_t now)
         return again;
 }
 
+static void update_newer_generations(struct agent *a);
+
 static void decide(struct agent *a)
 {
         static struct po_input in;
         static struct po_output out;
+        /* S4/S6 compare the announcements with this host's own state as of
+         * now: our generation and epoch change with every checkpointd poll
+         * (a switchover's old primary becomes a standby of the NEXT
+         * generation: judged against its old one, the new primary's copy
+         * looked newer and its fresh replica was dropped) */
+        update_newer_generations(a);
         memset(&in, 0, sizeof(in));
         in.now_ms = now_ms();
         snprintf(in.self, sizeof(in.self), "%s", a->host.name);
@@ -801,6 +809,8 @@ static void do_action(struct agent *a, const struct po_action *x)
         case PO_ACT_DISCARD:
                 if (v)
                         v->po.discard_requested = false;
+                ev(a, LOG_LVL_NOTICE, MSG_FO_DISCARDED, x->vm, x->host, "dropping the replica: %s",
+                   x->why);
                 ctl_action(a, x, "discard", NULL);
                 break;
         case PO_ACT_RELINQUISH:

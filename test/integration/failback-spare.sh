@@ -134,6 +134,8 @@ handback_part() {
         hv_check "$S was powered off only once web01 was protected to b (FO-5022 before FB-8015)" \
                 test "${t_ck:-9999999999999}" -le "${t_off_start:-0}"
         hv_check "$S's BMC did it (off_done)" eval 'tb_bmc_events "$S" | grep -q "^off_done "'
+        hv_check "only a powered it off: b (just joined, not the first by name) did not (no FB-8015 on b)" \
+                tb__not hv_event_seen b HAVMS-FB-8015
         hv_check "nothing runs in $S any more (its holder is gone too)" \
                 eval '! hv_spare_awake && ! tb_holder "$S" >/dev/null 2>&1'
         hv_check "a's status: $S asleep again, not a member" \

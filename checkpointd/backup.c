@@ -292,6 +292,7 @@ struct session {
         bool launching;
         bool guest_off;          /* the goodbye said the guest powered itself off */
         bool handover;           /* the goodbye was a switchover: keep the replica */
+        uint64_t handover_epoch; /* ... of this committed epoch */
 };
 
 static void refuse(int fd, uint32_t code, const char *text)
@@ -412,7 +413,8 @@ static int receive_loop(struct session *s)
                          * HANDOVER; nothing of an epoch may come after it */
                         if (!b->valid || b->st_epoch || h->epoch != v->committed_epoch)
                                 return -EPROTO;
-                        r = take_out_frames(b, &s->in, (uint64_t)v->cfg.netbuf_max_mib << 20);
+                        /* twice our own output bound: the primary's may differ */
+                        r = take_out_frames(b, &s->in, (uint64_t)v->cfg.netbuf_max_mib << 21);
                         break;
                 case WIRE_EPOCH_PAGES:
                 case WIRE_EPOCH_DEVSTATE:
@@ -509,6 +511,7 @@ static int receive_loop(struct session *s)
                                 if (!b->valid || b->st_epoch)
                                         return -EPROTO;
                                 s->handover = true;
+                                s->handover_epoch = v->committed_epoch;
                                 return -ECONNABORTED;
                         }
                         if (r == 0 && e.code == WIRE_ERR_SHUTDOWN) {
@@ -600,6 +603,14 @@ static void *session_thread(void *arg)
         struct session *s = arg;
         int r = receive_loop(s);
         end_session(s, r);
+        if (s->handover) {
+                /* the explicit answer the primary waits for before it
+                 * powers its copy off: the replica is kept, activatable */
+                struct wire_ack a = { 0 };
+                wire_buf_reset(&s->out);
+                if (wire_put_ack(&s->out, s->handover_epoch, &a) == 0)
+                        write_full(s->fd, s->out.data, s->out.len, now_ns() + 2000000000ull);
+        }
         close(s->fd);
         wire_msg_free(&s->in);
         wire_buf_free(&s->out);
@@ -647,7 +658,8 @@ static int check_hello(struct daemon *d, const struct wire_hello *h, struct vm *
         }
         if (h->config_digest != vm_config_digest(&v->cfg)) {
                 snprintf(why, whylen, "VM definition differs between %s and %s "
-                         "(memory, CPUs, machine, NICs, number of disks or qemu_args)",
+                         "(memory, CPUs, machine, NICs, number of disks, qemu_args, or preferred_host "
+                         "and [failback] failback / failback_delay_s)",
                          h->host, d->host.name);
                 return -EINVAL;
         }
@@ -699,7 +711,6 @@ static void release_reservation(struct vm *v)
 struct hash_emit {
         struct session *s;
         uint32_t disk;
-        uint64_t deadline;
 };
 
 static int emit_disk_hashes(void *ctx, const uint8_t *entries, uint32_t n)
@@ -708,7 +719,8 @@ static int emit_disk_hashes(void *ctx, const uint8_t *entries, uint32_t n)
         struct wire_disk_hashes dh = { .disk = e->disk, .count = n, .entries = entries };
         wire_buf_reset(&e->s->out);
         int r = wire_put_disk_hashes(&e->s->out, &dh);
-        return r < 0 ? r : write_full(e->s->fd, e->s->out.data, e->s->out.len, e->deadline);
+        return r < 0 ? r : write_full(e->s->fd, e->s->out.data, e->s->out.len,
+                                      now_ns() + 30000000000ull);
 }
 
 /* After the WELCOME: what this host already holds, as hashes, so the
@@ -719,6 +731,8 @@ static int send_hashes(struct session *s, uint32_t flags)
 {
         struct backup_replica *b = s->v->replica;
         struct wire_hashes_end end = { 0 };
+        /* a deadline per record, renewed as records flow: a large RAM or
+         * resync set takes as long as our reads, as long as they go on */
         uint64_t deadline = now_ns() + 30000000000ull;
         uint8_t *hashes = NULL;
         int r = 0;
@@ -726,6 +740,7 @@ static int send_hashes(struct session *s, uint32_t flags)
                 bool done = false;
                 while (r == 0 && !done) {
                         r = wire_recv(s->fd, deadline, &s->in);
+                        deadline = now_ns() + 30000000000ull;
                         if (r == 0)
                                 r = s->in.hdr.type == WIRE_DISK_BITMAP
                                             ? disk_replica_bitmap(&b->disks, &s->in, &done) : -EPROTO;
@@ -733,8 +748,9 @@ static int send_hashes(struct session *s, uint32_t flags)
                 for (unsigned i = 0; i < b->disks.n && r == 0; i++) {
                         if (!b->disks.incremental[i])
                                 continue;
-                        struct hash_emit e = { .s = s, .disk = i, .deadline = deadline };
-                        r = disk_replica_hashes(&b->disks, i, 16384, emit_disk_hashes, &e,
+                        struct hash_emit e = { .s = s, .disk = i };
+                        /* 1024 entries: one record per 64 MiB read */
+                        r = disk_replica_hashes(&b->disks, i, 1024, emit_disk_hashes, &e,
                                                 &end.blocks[i]);
                         log_msg(LOG_LVL_INFO, MSG_BK_RESYNC, s->v->name, -1,
                                 "disk %u: %llu blocks may differ (the primary's bitmap and ours)",
@@ -755,7 +771,8 @@ static int send_hashes(struct session *s, uint32_t flags)
                         wire_buf_reset(&s->out);
                         r = wire_put_page_hashes(&s->out, &ph);
                         if (r == 0)
-                                r = write_full(s->fd, s->out.data, s->out.len, deadline);
+                                r = write_full(s->fd, s->out.data, s->out.len,
+                                               now_ns() + 30000000000ull);
                 }
                 end.pages = b->npages;
         }
@@ -765,7 +782,7 @@ static int send_hashes(struct session *s, uint32_t flags)
                 r = wire_put_hashes_end(&s->out, &end);
         }
         if (r == 0)
-                r = write_full(s->fd, s->out.data, s->out.len, deadline);
+                r = write_full(s->fd, s->out.data, s->out.len, now_ns() + 30000000000ull);
         return r;
 }
 
@@ -843,6 +860,7 @@ static void *hello_thread(void *arg)
         struct qemu_vm *old_q = v->qemu;
         v->qemu = NULL;
         if (v->replica) {
+                drop_out_frames(v->replica); /* of a handover that did not happen */
                 v->replica->valid = false; /* a re-sync rewrites it... */
                 v->replica->seeded = true; /* ...sending only what differs */
         }
@@ -1098,6 +1116,7 @@ int backup_activate(struct daemon *d, struct vm *v, bool force, uint64_t generat
         v->activation_ms = ms;
         v->peer[0] = 0;
         v->last_error[0] = 0;
+        v->unprotected_by_operator = false;
         vm_set_state(v, VM_RUNNING);
         adopt_record(d, v, "", false); /* a primary now: a restarted checkpointd adopts it */
         pthread_mutex_unlock(&v->lock);

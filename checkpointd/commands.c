@@ -132,6 +132,7 @@ static int cmd_start(struct daemon *d, struct vm *v, json_object *args, json_obj
         v->qemu = q;
         v->epoch = v->committed_epoch = 0;
         v->last_error[0] = 0;
+        v->unprotected_by_operator = false;
         vm_set_state(v, VM_RUNNING);
         adopt_record(d, v, "", false); /* a restarted checkpointd adopts it */
         uint64_t gen = v->generation;
@@ -265,8 +266,13 @@ static int cmd_protect(struct daemon *d, struct vm *v, json_object *args, json_o
         } else if (v->thread_running) {
                 snprintf(err, ERRLEN, "%s: protection is still shutting down, try again", v->name);
                 r = -EBUSY;
+        } else if (v->generation_bad) {
+                snprintf(err, ERRLEN, "%s", v->last_error);
+                r = -EUCLEAN;
         } else {
                 r = primary_start(d, v, peer, err, ERRLEN);
+                if (r == 0)
+                        v->unprotected_by_operator = false;
         }
         pthread_mutex_unlock(&v->lock);
         if (r == 0)
@@ -309,7 +315,13 @@ static int cmd_unprotect(struct daemon *d, struct vm *v, json_object *args, json
                          "over) or `stop %s`", v->name, v->peer, d->host.name, v->name, v->name);
                 return -EBUSY;
         }
-        log_msg(LOG_LVL_NOTICE, MSG_PROTECT_END, v->name, -1, "protection ended by the operator");
+        bool cluster = arg_bool(args, "cluster");
+        pthread_mutex_lock(&v->lock);
+        v->unprotected_by_operator = !cluster;
+        pthread_mutex_unlock(&v->lock);
+        log_msg(LOG_LVL_NOTICE, MSG_PROTECT_END, v->name, -1, "protection ended by %s",
+                cluster ? "the cluster (havmsd)" : "the operator: havmsd will not protect it "
+                "again by itself until `protect`");
         return 0;
 }
 
@@ -484,15 +496,26 @@ static int cmd_handover(struct daemon *d, struct vm *v, json_object *args, json_
         v->handover_requested = true;
         v->handover_result = 1;
         if ((r = primary_hold(v, true)) == 0) {
+                /* a checkpoint (its ACK: ack_timeout_ms at most) and the
+                 * goodbye's answer (as long again), with room for the
+                 * epoch's cadence */
                 struct timespec ts;
                 clock_gettime(CLOCK_REALTIME, &ts);
-                ts.tv_sec += 15; /* a checkpoint and a goodbye: ack_timeout_ms each at most */
+                uint64_t ms = 2ull * v->cfg.ack_timeout_ms + 5000;
+                ts.tv_sec += (time_t)(ms / 1000);
                 while (v->handover_result == 1 &&
                        pthread_cond_timedwait(&v->changed, &v->lock, &ts) == 0)
                         ;
+                /* Once the thread has started the goodbye (2) it is no
+                 * longer ours to cancel: wait for its outcome, which the
+                 * goodbye's own deadline bounds. */
+                while (v->handover_result == 2)
+                        pthread_cond_wait(&v->changed, &v->lock);
                 r = v->handover_result == 1 ? -ETIMEDOUT : v->handover_result;
         }
         if (r < 0) {
+                /* still 1: the thread never started it, and now never will
+                 * (it checks the flag under this lock) */
                 v->handover_requested = false;
                 v->hold_requested = false;
                 snprintf(err, ERRLEN, "handover of %s to %s failed: %s; it runs on here (%s)",
@@ -645,6 +668,8 @@ static json_object *vm_json(struct daemon *d, struct vm *v)
         add_int(o, "committed_epoch", (int64_t)v->committed_epoch);
         add_int(o, "generation", (int64_t)v->generation);
         add_str(o, "last_exit", v->last_exit);
+        if (v->unprotected_by_operator)
+                json_object_object_add(o, "unprotected_by_operator", json_object_new_boolean(1));
         add_str(o, "mode", d->host.managed ? "managed" : "manual");
         add_int(o, "epoch_ms", v->cfg.epoch_ms);
         /* lag: on the primary, how old the state the replica holds is (the

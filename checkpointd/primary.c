@@ -373,7 +373,22 @@ static int take_disk_hashes(struct primary *p)
         if (wire_get_disk_hashes(&p->in, &dh) < 0 ||
             !(p->welcome_flags & WIRE_WELCOME_DISK_INCR(dh.disk)))
                 return -EPROTO;
+        /* at most one entry per block, ascending: checked here, before
+         * anything grows (and again by the copy pass) */
+        struct qemu_vm *q = p->v->qemu;
+        uint64_t nblocks = (blockrepl_size(q->disk[dh.disk]) + BR_BLOCK_SIZE - 1) / BR_BLOCK_SIZE;
         uint64_t need = p->disk_hash_n[dh.disk] + dh.count;
+        if (need > nblocks)
+                return -EPROTO;
+        uint64_t prev = p->disk_hash_n[dh.disk]
+                ? wire_hash_entry_block(p->disk_hash[dh.disk] +
+                                        (p->disk_hash_n[dh.disk] - 1) * WIRE_DISK_HASH_ENTRY) : 0;
+        for (uint32_t e = 0; e < dh.count; e++) {
+                uint64_t blk = wire_hash_entry_block(dh.entries + (size_t)e * WIRE_DISK_HASH_ENTRY);
+                if (blk >= nblocks || ((p->disk_hash_n[dh.disk] || e) && blk <= prev))
+                        return -EPROTO;
+                prev = blk;
+        }
         if (need > p->disk_hash_cap[dh.disk]) {
                 uint64_t cap = need * 2;
                 uint8_t *n = realloc(p->disk_hash[dh.disk], cap * WIRE_DISK_HASH_ENTRY);
@@ -416,6 +431,9 @@ static int receive_hashes(struct primary *p)
                 r = wire_recv(p->fd, deadline, &p->in);
                 if (r < 0)
                         return r;
+                /* a deadline per record: a large RAM or resync set takes
+                 * as long as the standby's reads, as long as they flow */
+                deadline = now_ns() + 30000000000ull + (uint64_t)p->cfg.ack_timeout_ms * 1000000u;
                 pthread_mutex_lock(&p->v->lock);
                 p->v->sync.hash_bytes += WIRE_HDR_SIZE + p->in.hdr.length;
                 pthread_mutex_unlock(&p->v->lock);
@@ -1094,8 +1112,17 @@ static int hand_over(struct primary *p)
                 r = wire_put_error(&p->wb, WIRE_ERR_HANDOVER, why);
         if (r == 0)
                 r = send_buf(p);
+        /* Only the standby's explicit answer counts — an ACK of the
+         * committed epoch, sent once it has kept the replica for
+         * activation — never a mere close: a standby that refused the
+         * output, was told to discard, or died closes too. */
+        uint64_t deadline = now_ns() + (uint64_t)p->cfg.ack_timeout_ms * 1000000u;
         if (r == 0)
-                r = drain_until_closed(p->fd, now_ns() + (uint64_t)p->cfg.ack_timeout_ms * 1000000u);
+                r = wire_recv(p->fd, deadline, &p->in);
+        if (r == 0 && (p->in.hdr.type != WIRE_ACK || p->in.hdr.epoch != p->v->committed_epoch))
+                r = -EPROTO;
+        if (r == 0)
+                drain_until_closed(p->fd, deadline);
         if (r < 0) {
                 log_msg(LOG_LVL_ERR, MSG_HANDOVER, p->cfg.name, (int64_t)p->v->committed_epoch,
                         "handover to %s failed (%s): the VM runs on here", p->peer, strerror(-r));
@@ -1117,7 +1144,18 @@ static int protected_loop(struct primary *p)
         bool held = false, disk_soft = false;
         int r = 0;
         while (!stop_requested(p)) {
-                if (held && p->v->handover_requested) {
+                /* the handover starts under the lock: from here the
+                 * control side can no longer cancel it (cmd_handover) */
+                bool go = false;
+                if (held) {
+                        pthread_mutex_lock(&p->v->lock);
+                        if ((go = p->v->handover_requested))
+                                p->v->handover_result = 2;
+                        pthread_mutex_unlock(&p->v->lock);
+                }
+                if (held && !go)
+                        emit_taken_output(p); /* a handover cancelled after its checkpoint */
+                if (go) {
                         r = hand_over(p);
                         if (r == 0) {
                                 p->handed_over = true;

@@ -125,6 +125,9 @@ struct vm {
         uint64_t epochs_failed;
         uint64_t generation;           /* fencing token as persisted here (persist.h) */
         bool generation_bad;           /* the generation file is corrupt: refuse to act */
+        bool unprotected_by_operator;  /* `unprotect` typed by an operator (not the cluster's):
+                                          havmsd's reprotect leaves the VM alone until the
+                                          next protect, start or activation */
         char last_exit[32];            /* why the VM last stopped here: guest-shutdown,
                                           crash, stopped, stale, handed-over,
                                           peer-guest-shutdown, peer-ended, peer-lost,

@@ -180,6 +180,11 @@ static bool plan_vm(const struct fb_input *in, size_t i, bool *switch_planned,
         case FB_VM_UNPROTECTED: {
                 *blocks_off = true;
                 const char *c = fb_choose_standby(in, i, true);
+                if (v->operator_unprotected) {
+                        note(out, i, "unprotected by the operator: `havmsctl protect %s` resumes "
+                                     "protection", v->name);
+                        return false;
+                }
                 if (!v->reprotect_auto) {
                         if (c)
                                 note(out, i, "no standby; reprotect = manual: `havmsctl protect "

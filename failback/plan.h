@@ -117,6 +117,8 @@ struct fb_vm {
         uint64_t newer_generation;      /* highest generation a member runs it with; 0 none */
         bool standby_committed;         /* peer announced backup-ready of this generation */
         bool busy;                      /* a failback or failover action for it is in flight */
+        bool operator_unprotected;      /* an operator typed `unprotect`: never re-protected
+                                           by itself until the next protect/start/activation */
         /* [failback] */
         bool reprotect_auto;
         enum fb_failback failback;

@@ -88,12 +88,14 @@ struct avm {
         uint64_t lost_ms;         /* when the owner's loss was first seen (takeover timing) */
         uint64_t retry_ms;        /* a failed action: decide nothing for the VM before this */
         uint64_t asked_ms;        /* when ASK_DISCARD / RELINQUISH went out (resent each second) */
+        uint64_t stale_asked_ms;  /* S6: when a stale replica's holder was last asked to drop it */
         bool stopping;            /* a self-fence kill was sent */
         bool hook_aborted;        /* pre-activate said abort: no automatic takeover until
                                      the VM's state here changes */
         /* failback (failback/) */
         char raw_state[24];       /* checkpointd's own state word */
         bool has_sync;            /* syncing: checkpointd's progress below */
+        bool operator_unprotected; /* checkpointd: `unprotect` typed by an operator */
         double sync_pct, sync_mib_s, sync_eta_s;
         bool fb_busy;             /* a failback job for it runs */
         uint64_t fb_retry_ms;     /* a failback job failed: none for it before this */
@@ -606,6 +608,48 @@ static bool relinquish_taken(struct agent *a, const struct avm *v)
         return !x || x->state != PO_VM_BK_READY || x->generation != v->po.generation;
 }
 
+/* S6, the owner's side: a member that announces a replica of a VM that
+ * runs here, taken from this host, but is not its current standby (it was
+ * cut off and replaced, or kept one from an earlier protection) is asked
+ * to drop it, once a second while it announces it. Its own policy drops
+ * it anyway when it sees a newer copy; this also frees it when the newer
+ * copy is only ours. Returns when to ask again (0: nobody to ask). */
+static uint64_t ask_stale_replicas(struct agent *a, uint64_t now)
+{
+        uint64_t again = 0;
+        for (size_t i = 0; i < a->n_vms; i++) {
+                struct avm *v = &a->vms[i];
+                /* only while this host positively knows its standby is
+                 * another one (protected, with it): right after an
+                 * activation or a protect, the new standby's announcement
+                 * may come before our own checkpointd's view of it */
+                if (!v->seen || v->po.state != PO_VM_PROTECTED || !v->po.peer[0])
+                        continue;
+                for (size_t k = 0; k < a->n_hosts; k++) {
+                        struct ahost *h = &a->hosts[k];
+                        const struct clmsg_vm *x = host_vm(h, v->po.name);
+                        if (!x || !h->po.member || !strcmp(h->po.name, v->po.peer) ||
+                            strcmp(x->peer, a->host.name) || x->state != PO_VM_BK_READY)
+                                continue;
+                        if (now >= v->stale_asked_ms + 1000) {
+                                bool say = now > v->stale_asked_ms + 5000; /* once, not each second */
+                                v->stale_asked_ms = now;
+                                if (say)
+                                        ev(a, LOG_LVL_NOTICE, MSG_FO_ASK_DISCARD, v->po.name,
+                                           h->po.name, "%s holds an old replica of %s (generation %"
+                                           PRIu64 ", epoch %" PRIu64 ") that is not the standby's: "
+                                           "asking it to drop it", h->po.name, v->po.name,
+                                           x->generation, x->committed_epoch);
+                                send_ref(a, CLMSG_ASK_DISCARD, v->po.name, v->po.generation,
+                                         h->po.name);
+                        }
+                        if (!again || v->stale_asked_ms + 1000 < again)
+                                again = v->stale_asked_ms + 1000;
+                }
+        }
+        return again;
+}
+
 static void decide(struct agent *a)
 {
         static struct po_input in;
@@ -671,6 +715,9 @@ static void decide(struct agent *a)
         }
         for (size_t k = 0; k < out.n_actions; k++)
                 do_action(a, &out.actions[k]);
+        uint64_t sw = ask_stale_replicas(a, in.now_ms);
+        if (sw && (!out.wake_ms || sw < out.wake_ms))
+                out.wake_ms = sw;
         /* failback decides after the failover policy, from the same view */
         uint64_t fw = failback_decide(a, &out);
         if (fw && (!out.wake_ms || fw < out.wake_ms))
@@ -804,6 +851,16 @@ static bool fenced_since_left(const struct ahost *h)
         return h->po.fence == PO_FENCE_DONE && h->po.fence_ms >= h->po.left_ms;
 }
 
+/* A departed host whose VMs the failover policy no longer waits for:
+ * fenced since it left, or (witness) gone longer than the witness wait. */
+static bool departure_settled(const struct agent *a, const struct ahost *h)
+{
+        if (fenced_since_left(h))
+                return true;
+        return !strcmp(a->host.cluster.quorum, "witness") &&
+               now_ms() >= h->po.left_ms + a->host.cluster.witness_wait_ms;
+}
+
 /* F2 (failback/plan.h): what the failover policy handles now, in words;
  * NULL when nothing. */
 static const char *failover_busy(struct agent *a, const struct po_output *pout, char *buf,
@@ -826,6 +883,18 @@ static const char *failover_busy(struct agent *a, const struct po_output *pout, 
                         if (x->state == PO_VM_ISOLATED || x->state == PO_VM_ACTIVATING) {
                                 snprintf(buf, len, "%s is %s on %s", x->name,
                                          po_vm_state_name(x->state), h->po.name);
+                                return buf;
+                        }
+                }
+                /* a host that left while it ran a VM and is not fenced yet:
+                 * some member is (or will be) taking that VM over, even if
+                 * this host holds no replica of it */
+                for (size_t e = 0; !h->po.member && h->have_state && !departure_settled(a, h) &&
+                                   e < h->state.n_vms; e++) {
+                        const struct clmsg_vm *x = &h->state.vms[e];
+                        if (runs_here(x->state)) {
+                                snprintf(buf, len, "host %s left running %s and is not fenced",
+                                         h->po.name, x->name);
                                 return buf;
                         }
                 }
@@ -892,6 +961,7 @@ static void fb_build(struct agent *a, struct fb_input *in, const struct po_outpu
                 f->standby_committed = h && h->po.member && x && x->state == PO_VM_BK_READY &&
                                        x->generation == v->po.generation;
                 f->busy = v->fb_busy || v->po.busy || v->fb_retry_ms > in->now_ms;
+                f->operator_unprotected = v->operator_unprotected;
         }
         fbc_observe(&a->fb, in);
 }
@@ -1056,7 +1126,10 @@ static void fb_do(struct agent *a, const struct fb_action *x)
         case FB_UNPROTECT:
                 ev(a, LOG_LVL_NOTICE, s ? MSG_FB_HANDED_BACK : MSG_FB_UNPROTECT, x->vm, x->host,
                    "ending protection towards %s: %s", x->host, x->why);
-                if (fb_ctl(a, x->vm, x->host, "unprotect", NULL, FB_UNPROTECT) == 0)
+                json_object *ua = json_object_new_object();
+                /* the cluster's, not an operator's: reprotect goes on */
+                json_object_object_add(ua, "cluster", json_object_new_boolean(1));
+                if (fb_ctl(a, x->vm, x->host, "unprotect", ua, FB_UNPROTECT) == 0)
                         fbc_action_started(&a->fb, x, now);
                 break;
         case FB_SWITCHOVER:
@@ -1599,6 +1672,9 @@ static void poll_checkpointd(struct agent *a)
                 bool raw_changed = strcmp(raw, v->raw_state) != 0;
                 snprintf(v->raw_state, sizeof(v->raw_state), "%s", raw);
                 json_object *sy;
+                json_object *ou;
+                v->operator_unprotected = json_object_object_get_ex(o, "unprotected_by_operator", &ou) &&
+                                          json_object_get_boolean(ou);
                 v->has_sync = json_object_object_get_ex(o, "sync", &sy);
                 if (v->has_sync) {
                         v->sync_pct = jdbl(sy, "percent");
@@ -1644,12 +1720,22 @@ static void update_newer_generations(struct agent *a)
         for (size_t i = 0; i < a->n_vms; i++) {
                 struct avm *v = &a->vms[i];
                 v->po.newer_generation = 0;
+                v->po.newer_copy_elsewhere = false;
                 for (size_t k = 0; k < a->n_hosts; k++) {
                         struct ahost *h = &a->hosts[k];
                         const struct clmsg_vm *x = host_vm(h, v->po.name);
-                        if (x && h->po.member && runs_here(x->state) &&
-                            x->generation > v->po.newer_generation)
+                        if (!x || !h->po.member)
+                                continue;
+                        if (runs_here(x->state) && x->generation > v->po.newer_generation)
                                 v->po.newer_generation = x->generation;
+                        /* S6: is our replica older than a copy elsewhere? */
+                        bool replica = x->state == PO_VM_BK_READY || x->state == PO_VM_BK_SYNCING ||
+                                       x->state == PO_VM_ACTIVATING;
+                        if ((runs_here(x->state) || replica) && x->generation > v->po.generation)
+                                v->po.newer_copy_elsewhere = true;
+                        if (replica && x->generation == v->po.generation &&
+                            !strcmp(x->peer, v->po.peer) && x->committed_epoch > v->epoch)
+                                v->po.newer_copy_elsewhere = true;
                 }
         }
 }

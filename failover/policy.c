@@ -97,6 +97,12 @@ static void decide_backup(const struct po_input *in, size_t i, struct fence_need
         const struct po_vm *v = &in->vms[i];
         size_t hi = 0;
         const struct po_host *h = host_of(in, v->peer, &hi);
+        if (v->newer_copy_elsewhere) { /* S6, before anything else */
+                act(out, PO_ACT_DISCARD, v->name, v->peer, v->generation,
+                    "another member holds a newer generation of this VM: our replica is "
+                    "stale and must never run");
+                return;
+        }
         if (v->peer_relinquished) {
                 if (v->last_exit == PO_EXIT_PEER_HANDOVER)
                         act(out, PO_ACT_ACTIVATE, v->name, v->peer, v->generation + 1,

@@ -29,6 +29,13 @@
  *      activates nothing and kills the VMs it runs at once (self-fence),
  *      whatever else is under way for them.
  *   S4 A host that learns of a newer generation of a VM it runs stops it.
+ *   S6 A replica is never activated when another member announced a newer
+ *      copy of the VM: a running one or a replica of a newer generation,
+ *      or a replica of the same generation from the same primary with a
+ *      later committed epoch (a standby cut off and replaced by another
+ *      keeps a replica older than what the world may have seen). It is
+ *      discarded; the owner also asks any member holding a replica that
+ *      is not its current standby's to drop it.
  *   S5 Of two hosts that lost each other, the one that takes VMs over
  *      fences at once; the one that would only release output waits
  *      fence_delay_ms; between equals (each holds a replica of a VM the
@@ -108,6 +115,7 @@ struct po_vm {
         bool discard_asked;          /* primary: we asked the standby to drop its replica */
         bool peer_discarded;         /* primary: the standby confirmed it dropped it */
         uint64_t newer_generation;   /* highest generation another host runs it with; 0 none */
+        bool newer_copy_elsewhere;   /* backup: a member announced a newer copy (S6) */
         bool peer_holds_replica;     /* primary: the standby's last announcement showed a
                                         replica of it (or we never heard: assume it does) */
         bool stopping;               /* a self-fence of it is under way: do not ask twice */

@@ -909,6 +909,11 @@ uint64_t vm_config_digest(const struct vm_config *c)
         /* the number of disks, not their paths: paths may differ per host */
         if (n < (int)sizeof(buf))
                 n += snprintf(buf + n, sizeof(buf) - (size_t)n, ";disks=%u", c->n_disks);
+        /* where the VM belongs: two hosts that disagree would switch it
+         * back and forth (failback = auto) */
+        if (n < (int)sizeof(buf))
+                n += snprintf(buf + n, sizeof(buf) - (size_t)n, ";preferred=%s;failback=%s/%u",
+                              c->preferred_host, c->failback, c->failback_delay_s);
         if (n >= (int)sizeof(buf))
                 n = (int)sizeof(buf) - 1;
         return XXH64(buf, (size_t)n, 0);

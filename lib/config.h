@@ -163,8 +163,9 @@ const struct cfg_peer *host_config_peer(const struct host_config *h, const char 
 const struct cfg_fence *host_config_fence(const struct host_config *h, const char *name);
 
 /* Digest of the settings that must match on both hosts of a pair (memory,
- * CPUs, machine, device model), so a backup refuses a replica it could not
- * run. */
+ * CPUs, machine, device model; and where the VM belongs: preferred_host,
+ * failback, failback_delay_s), so a backup refuses a replica it could not
+ * run, or whose owner would move it back and forth. */
 uint64_t vm_config_digest(const struct vm_config *c);
 
 /* [spare NAME] of host NAME, or NULL when NAME is no spare. */

@@ -19,7 +19,7 @@ targets=(wire nbd clmsg wol)
 declare -A srcs=(
         [wire]="lib/wire.c lib/codec.c lib/util.c"
         [nbd]="blockrepl/nbd.c lib/util.c"
-        [clmsg]="failover/clmsg.c lib/config.c lib/util.c"
+        [clmsg]="failover/clmsg.c lib/config.c lib/util.c lib/wol.c"
         [wol]="lib/wol.c"
 )
 declare -A libs=([wire]="-llz4 -lxxhash" [nbd]="" [clmsg]="-lxxhash -linih" [wol]="")

@@ -69,13 +69,19 @@ check_mounts() {
 		tb_exec b test -e "$f" && bad+=" $f visible in b;"
 		[ -e "$f" ] && bad+=" $f visible on the real host;"
 		[ "$(tb_exec a cat "$f")" = host-a ] || bad+=" $f not readable in a;"
-		[ "$(tb_exec a findmnt -n -o FSTYPE --mountpoint "$p" | tail -n 1)" = tmpfs ] || bad+=" $p not tmpfs in a;"
+		# /var/lib/havms is the host's disk (kept across a restart), the rest RAM
+		if [ "$p" = /var/lib/havms ]; then
+			tb_exec a findmnt -n --mountpoint "$p" >/dev/null || bad+=" $p not a mount in a;"
+		else
+			[ "$(tb_exec a findmnt -n -o FSTYPE --mountpoint "$p" | tail -n 1)" = tmpfs ] ||
+				bad+=" $p not tmpfs in a;"
+		fi
 		[ "$(cat "$(tb_path a "$f")")" = host-a ] || bad+=" tb_path a $f wrong;"
 	done
 	[ "$(tb_exec a hostname)" = a ] || bad+=" hostname in a is not a;"
 	[ "$(tb_exec b hostname)" = b ] || bad+=" hostname in b is not b;"
 	[ -z "$bad" ] || { echo "$bad"; return 1; }
-	echo "/run /dev/shm /var/lib/havms /etc/havms /var/log/havms private tmpfs; hostnames a, b"
+	echo "/run /dev/shm /etc/havms /var/log/havms private tmpfs, /var/lib/havms a private disk; hostnames a, b"
 }
 check "private mounts per host" check_mounts
 
@@ -160,13 +166,15 @@ check "tb_poweroff a: all processes dead within 1 s, a unreachable" check_powero
 # -------------------------------------------------------------- restart ----
 check_restart() {
 	local f=/run/tb-probe-$TB_ID
-	[ -z "$(tb_exec a sh -c "ls /run /var/lib/havms /etc/havms /var/log/havms /dev/shm | grep tb-probe")" ] ||
-		{ echo "probe files survived the restart"; return 1; }
+	[ -z "$(tb_exec a sh -c "ls /run /etc/havms /var/log/havms /dev/shm | grep tb-probe")" ] ||
+		{ echo "probe files in RAM survived the restart"; return 1; }
+	[ "$(tb_exec a cat "/var/lib/havms/tb-probe-$TB_ID")" = host-a ] ||
+		{ echo "the disk (/var/lib/havms) did not survive the restart"; return 1; }
 	[ "$(tb_exec a hostname)" = a ] || { echo "hostname lost"; return 1; }
 	local r
 	r=$(tb_tcp_connect b "$A_RL" 7001) && [ "$r" = hello-a-rl ] || { echo "b -> $A_RL after restart: '$r'"; return 1; }
 	r=$(tb_tcp_connect client "$A_LAN" 7002) && [ "$r" = hello-a-lan ] || { echo "client -> $A_LAN after restart: '$r'"; return 1; }
-	echo "fresh tmpfs, links up, reachable again"
+	echo "fresh tmpfs, the disk kept, links up, reachable again"
 }
 if tb_poweron_links a && tb_host_restart a &&
 	tb_tcp_listen a "$A_RL" 7001 hello-a-rl && tb_tcp_listen a "$A_LAN" 7002 hello-a-lan; then

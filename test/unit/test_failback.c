@@ -264,6 +264,13 @@ static void f3_manual(struct fb_input *in)
 {
         base(in, FB_VM_UNPROTECTED, "")->reprotect_auto = false;
 }
+static void f3_operator(struct fb_input *in)
+{
+        struct fb_vm *v = base(in, FB_VM_UNPROTECTED, "");
+        v->operator_unprotected = true;
+        v->spare_wait_s = 1; /* nor is a spare woken for it */
+        v->unprotected_since_ms = 1;
+}
 static void f3_retry_peer_up(struct fb_input *in) { base(in, FB_VM_RETRYING, "b"); }
 static void f3_retry_peer_gone(struct fb_input *in)
 {
@@ -292,6 +299,8 @@ static void test_f3_reprotect(void **state)
                 { "a spare when nothing else", f3_spare_only, "protect:web:s1" },
                 { "reprotect = manual: a note only", f3_manual, "", 0,
                   "`havmsctl protect web --peer b`" },
+                { "an operator's unprotect is respected", f3_operator, "", 0,
+                  "unprotected by the operator" },
                 { "retrying a member: checkpointd reconnects", f3_retry_peer_up, "", 0,
                   "connecting to standby b" },
                 { "retrying a dead standby while c could: unprotect", f3_retry_peer_gone,

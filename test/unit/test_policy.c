@@ -396,6 +396,35 @@ static void test_newer_generation_elsewhere_stops(void **s)
         assert_string_equal(decide(&in, &out), "");
 }
 
+/* S6 (the reviewer's timeline): b kept a replica of generation 4 from a
+ * protection that ended while it was cut off; a released its output and
+ * re-protected to c, whose replica is newer (the agent computes
+ * newer_copy_elsewhere from the members' announcements). When a dies, b
+ * must never activate its stale replica, fenced primary or not,
+ * relinquished or not: it drops it. */
+static void test_stale_replica_never_activates(void **s)
+{
+        (void)s;
+        struct po_input in;
+        struct po_output out;
+        struct po_host *a;
+        struct po_vm *v;
+        standby_of_a(&in, &a, &v);
+        add_host(&in, "c", 3)->member = true;
+        a->member = false;
+        a->left_ms = in.now_ms - 10;
+        a->fence = PO_FENCE_DONE;
+        a->fence_ms = in.now_ms;
+        v->newer_copy_elsewhere = true; /* c's replica */
+        assert_string_equal(decide(&in, &out), "discard:web01");
+        v->peer_relinquished = true;
+        assert_string_equal(decide(&in, &out), "discard:web01");
+        /* the same host without a newer copy elsewhere would take over */
+        v->peer_relinquished = false;
+        v->newer_copy_elsewhere = false;
+        assert_string_equal(decide(&in, &out), "activate:web01:5");
+}
+
 static void test_crash_restart_then_relinquish(void **s)
 {
         (void)s;
@@ -824,6 +853,7 @@ int main(void)
                 cmocka_unit_test(test_protected_primary_with_lost_standby_waits_for_isolation),
                 cmocka_unit_test(test_tie_lower_nodeid_first),
                 cmocka_unit_test(test_newer_generation_elsewhere_stops),
+                cmocka_unit_test(test_stale_replica_never_activates),
                 cmocka_unit_test(test_crash_restart_then_relinquish),
                 cmocka_unit_test(test_guest_shutdown_is_not_a_failure),
                 cmocka_unit_test(test_incomplete_replica_never_activates),

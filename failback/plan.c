@@ -217,6 +217,12 @@ static bool plan_vm(const struct fb_input *in, size_t i, bool *switch_planned,
         }
         case FB_VM_PROTECTED:
                 break;
+        case FB_VM_SYNCING:
+                /* F7: no spare is powered off while a VM has no committed
+                 * standby yet: should this (re)sync fail, a spare that is
+                 * up takes the role at once instead of after a boot */
+                *blocks_off = true;
+                return false;
         default:
                 return false;
         }
@@ -307,12 +313,18 @@ static void plan_wake(const struct fb_input *in, struct fb_output *out)
                 wake_at(out, retry_at);
 }
 
-/* F7: the first non-spare member (by name) powers a handed-back spare off. */
+/* F7: the first non-spare member (by name) powers a handed-back spare off,
+ * whether or not its havmsd has announced itself here yet: a host that has
+ * just joined has not heard from the others, knows nothing of their VMs,
+ * and must not act for them (seen on the test bed: the repaired b powered
+ * the spare off 100 ms after joining, before the owner a had protected its
+ * VM to b). If that member's havmsd is down, the spare stays on: the safe
+ * side. */
 static bool self_powers_off(const struct fb_input *in)
 {
         for (size_t k = 0; k < in->n_hosts; k++) {
                 const struct fb_host *h = &in->hosts[k];
-                if (!h->spare && h->member && h->agent_up && strcmp(h->name, in->self) < 0)
+                if (!h->spare && h->member && strcmp(h->name, in->self) < 0)
                         return false;
         }
         return true;

@@ -52,8 +52,13 @@
  *      havmsd up: UNPROTECT (then F3 picks the non-spare). A spare with
  *      hand-back that backs up and runs nothing, is the standby of no VM
  *      here and is not being chosen now, is powered off (FB_SPARE_OFF) by
- *      one host only: the member with havmsd up whose name sorts first
- *      among the non-spares.
+ *      one host only: the member whose name sorts first among the
+ *      non-spares, even before its havmsd has announced itself (a host
+ *      that just joined must not act for one it has not heard from yet;
+ *      with that host's havmsd down the spare stays on); and only while
+ *      no VM here is without a committed standby (unprotected, retrying
+ *      or still syncing): should the resync to the returned host fail,
+ *      the spare is still up.
  */
 #pragma once
 #include <stdbool.h>

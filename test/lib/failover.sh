@@ -229,6 +229,15 @@ HV_REPL_NET=${HV_REPL_NET:-10.99.200}
 HV_SPARE=s
 HV_SPARE_PW=${HV_SPARE_PW:-5a:5a:01:02:03:04}
 HV_SPARE_EXTRA=${HV_SPARE_EXTRA:-} # extra lines for [spare s] on a and b
+HV_SPARE_WAKE=${HV_SPARE_WAKE:-wol} # wake = of [spare s]: auto | wol | ipmi
+# HV_SPARE_BMC=1: s has a BMC too (a and b get a [fence s] through it: wake
+# by IPMI, power-off after a hand-back)
+HV_SPARE_BMC=${HV_SPARE_BMC:-}
+# HV_SPARE_START: what s runs once the bed is up: wol = its NIC's listener
+# (hv_spare_wol_start); none = nothing (the test starts the listener later:
+# the first wakes are lost); off = s is powered off, its /etc/havms kept and
+# a boot file written (hv_boot_saved): a power-on through its BMC boots it
+HV_SPARE_START=${HV_SPARE_START:-wol}
 HV_SPARE_WOL_LOG=
 
 hv_repl_addr() { local i; i=$(tb_host_idx "$1") && echo "$HV_REPL_NET.$i"; }
@@ -264,7 +273,7 @@ hv_spare_host_config() {
 mac = $(tb_mac "$HV_SPARE")
 interface = br0
 password = $HV_SPARE_PW
-wake = wol
+wake = $HV_SPARE_WAKE
 boot_timeout_s = 120
 $HV_SPARE_EXTRA
 EOC
@@ -337,12 +346,57 @@ hv_cluster_create_with_spare() {
         tb_host_create a 1 && tb_host_create b 2 && tb_host_create "$HV_SPARE" 3 || return 1
         hv_repl_net_create a && hv_repl_net_create b && hv_repl_net_create "$HV_SPARE" || return 1
         tb_bmc_create a >/dev/null && tb_bmc_create b >/dev/null && tb_mgmt_attach "$HV_SPARE" || return 1
+        [ -z "$HV_SPARE_BMC" ] || tb_bmc_create "$HV_SPARE" >/dev/null || return 1
         hv_spare_host_config a b "$HV_SPARE" && hv_spare_host_config b a "$HV_SPARE" &&
                 hv_spare_host_config "$HV_SPARE" a b || return 1
         hv_spare_corosync_config || return 1
         hv_corosync_start a && hv_corosync_start b || return 1
         hv_corosync_wait_members a 2 20 && hv_corosync_wait_members b 2 20 || return 1
-        hv_start_havmsd a && hv_start_havmsd b && hv_spare_wol_start
+        hv_start_havmsd a && hv_start_havmsd b || return 1
+        case $HV_SPARE_START in
+        wol) hv_spare_wol_start ;;
+        none) HV_SPARE_WOL_LOG=$TB_RUN/$HV_SPARE-wol.log; : >"$HV_SPARE_WOL_LOG" ;;
+        off) hv_boot_saved "$HV_SPARE" && tb_poweroff "$HV_SPARE" ;;
+        *) echo "HV_SPARE_START: wol, none or off" >&2; return 1 ;;
+        esac
+}
+
+# hv_boot_saved HOST: HOST's /etc/havms is kept (its tmpfs goes with the
+# power, a real host's /etc does not) and its boot file written: a power-on
+# through its BMC (bmc.sh runs $TB_RUN/hosts/HOST/boot inside HOST, in its
+# cgroup) puts the configuration back and starts corosync, then havmsd, as
+# the host's init would. Unlike hv_boot_script it writes no configuration
+# (the three-host bed's is not hv_host_config's) and needs none of this
+# library inside the host. Call it while HOST runs.
+hv_boot_saved() {
+        local h=$1 d=$TB_RUN/hosts/$1
+        rm -rf "$d/etc.saved" && mkdir -p "$d/etc.saved" &&
+                cp -a "$(tb_path "$h" /etc/havms)/." "$d/etc.saved/" || return 1
+        cat >"$d/boot" <<EOB
+# $h's boot (run by its BMC's power-on inside $h): its configuration, corosync, havmsd
+echo "boot \$(date +%s%3N)"
+cp -a $d/etc.saved/. /etc/havms/ || exit 1
+corosync -f -c $HV_CS_CONF >>$TB_RUN/$h-corosync.log 2>&1 &
+for i in \$(seq 100); do
+        corosync-cmapctl -g runtime.votequorum.this_node_id >/dev/null 2>&1 && break
+        sleep 0.1
+done
+$HV_BUILD/failover/havmsd -c /etc/havms/havms.conf >>$TB_RUN/$h-havmsd.log 2>&1 &
+echo "boot done \$(date +%s%3N)"
+EOB
+}
+
+# hv_wol_sniffer_start: a wol-listen on the LAN switch (the client's
+# namespace) for s's MAC and password that starts nothing: its log
+# ($HV_WOL_SNIFF_LOG) shows every magic packet for s that went out on the
+# wire, whether s listened or not.
+hv_wol_sniffer_start() {
+        HV_WOL_SNIFF_LOG=$TB_RUN/lan-wol-sniff.log
+        : >"$HV_WOL_SNIFF_LOG"
+        tb_client_spawn "$TB_RUN/lan-wol-sniff.out" "$HV_BUILD/test/wol-listen" --interface eth0 \
+                --mac "$(tb_mac "$HV_SPARE")" --password "$HV_SPARE_PW" --log "$HV_WOL_SNIFF_LOG" -- /bin/true
+        tb_on_cleanup "kill $TB_LAST_PID 2>/dev/null"
+        tb_wait_for 5 grep -q ' listening ' "$HV_WOL_SNIFF_LOG"
 }
 
 hv_spare_dump_logs() {

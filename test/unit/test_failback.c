@@ -548,6 +548,11 @@ static void f7_idle_not_lowest(struct fb_input *in)
         snprintf(in->self, sizeof(in->self), "b"); /* a sorts first and is up */
         in->vms[0].state = FB_VM_OTHER;
 }
+static void f7_idle_first_unheard(struct fb_input *in)
+{
+        f7_idle_not_lowest(in);
+        hostn(in, "a")->agent_up = false; /* b just joined: a's havmsd not heard from yet */
+}
 static void f7_spare_busy(struct fb_input *in)
 {
         f7_idle_spare(in);
@@ -560,6 +565,12 @@ static void f7_protect_pending(struct fb_input *in)
         in->vms[0].busy = true; /* a protect in flight: maybe towards the spare */
 }
 
+static void f7_resync_pending(struct fb_input *in)
+{
+        f7_idle_spare(in);
+        in->vms[0].state = FB_VM_SYNCING; /* the resync to the returned host runs */
+}
+
 static void test_f7_hand_back(void **state)
 {
         static const struct row t[] = {
@@ -570,8 +581,10 @@ static void test_f7_hand_back(void **state)
                 { "an idle handed-back spare is powered off", f7_idle_spare, "spare-off:s1" },
                 { "keep: an idle spare stays on", f7_idle_spare_keep, "" },
                 { "only the first regular host by name powers it off", f7_idle_not_lowest, "" },
+                { "... even before that host's havmsd was heard from", f7_idle_first_unheard, "" },
                 { "a spare that still backs something up stays on", f7_spare_busy, "" },
                 { "a protect in flight keeps spares on", f7_protect_pending, "" },
+                { "a resync without a committed standby yet keeps spares on", f7_resync_pending, "" },
         };
         ROWS(t);
 }

@@ -163,9 +163,17 @@ static void note_failure(struct primary *p, const char *msgid, const char *fmt, 
         pthread_mutex_unlock(&p->v->lock);
 }
 
-static int connect_peer(struct primary *p)
+/* Connect to the standby and exchange HELLO / WELCOME. cancellable: the
+ * TCP connect is given up when the control side wakes the thread
+ * (unprotect, stop, release): a dead standby's address must not hold an
+ * `unprotect` for the connect's 3 s. Not for the guest-off goodbye, which
+ * must reach the standby whatever else is pending. */
+static int connect_peer(struct primary *p, bool cancellable)
 {
-        int r = tcp_connect(p->peer_addr, now_ns() + 3000000000ull, &p->fd);
+        /* given up when the control side wants us (unprotect, stop, a
+         * release): a dead standby's address must not hold it for 3 s */
+        int r = tcp_connect_or(p->peer_addr, now_ns() + 3000000000ull,
+                               cancellable ? p->wake_fd : -1, &p->fd);
         if (r < 0)
                 return r;
         pthread_mutex_lock(&p->v->lock);
@@ -1363,7 +1371,7 @@ static bool say_goodbye(struct primary *p, const char *why)
 static bool tell_guest_off(struct primary *p)
 {
         int r = 0;
-        if (p->fd < 0 && (r = connect_peer(p)) < 0) {
+        if (p->fd < 0 && (r = connect_peer(p, false)) < 0) {
                 log_msg(LOG_LVL_WARN, MSG_GUEST_OFF_TOLD, p->cfg.name, (int64_t)p->v->epoch,
                         "the guest powered itself off, but standby %s could not be told (%s): "
                         "its replica, if any, is still activatable — do not activate it",
@@ -1427,7 +1435,7 @@ static bool park_isolated(struct primary *p, bool *vm_gone, bool *stale)
                                 "says standby %s cannot take over)", p->peer);
                         return true;
                 }
-                int r = connect_peer(p);
+                int r = connect_peer(p, true);
                 if (r == -ESTALE) {
                         *stale = true;
                         return false;
@@ -1489,12 +1497,12 @@ static void *primary_thread(void *arg)
                         vm_gone = true;
                         break;
                 }
-                r = connect_peer(p);
+                r = connect_peer(p, true);
                 if (r == -ESTALE) {
                         stale = true;
                         break;
                 }
-                if (r < 0 && r != -EREMOTEIO)
+                if (r < 0 && r != -EREMOTEIO && r != -ECANCELED)
                         note_failure(p, MSG_STANDBY_UNREACHABLE, "cannot reach standby %s at %s: %s",
                                      p->peer, p->peer_addr, strerror(-r));
                 if (r < 0 && adopted_hold && !p->d->host.managed) {

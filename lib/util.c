@@ -37,6 +37,11 @@ uint64_t wall_us(void)
 
 int wait_fd(int fd, short events, uint64_t deadline_ns)
 {
+        return wait_fd_or(fd, events, deadline_ns, -1);
+}
+
+int wait_fd_or(int fd, short events, uint64_t deadline_ns, int cancel_fd)
+{
         for (;;) {
                 int timeout = -1;
                 if (deadline_ns) {
@@ -46,8 +51,9 @@ int wait_fd(int fd, short events, uint64_t deadline_ns)
                         /* round up so we never spin on a sub-ms remainder */
                         timeout = (int)((deadline_ns - now + 999999u) / 1000000u);
                 }
-                struct pollfd p = { .fd = fd, .events = events };
-                int r = poll(&p, 1, timeout);
+                struct pollfd p[2] = { { .fd = fd, .events = events },
+                                       { .fd = cancel_fd, .events = POLLIN } };
+                int r = poll(p, cancel_fd >= 0 ? 2 : 1, timeout);
                 if (r < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -55,8 +61,10 @@ int wait_fd(int fd, short events, uint64_t deadline_ns)
                 }
                 if (r == 0)
                         continue; /* re-check the deadline */
-                if (p.revents & POLLNVAL)
+                if (p[0].revents & POLLNVAL)
                         return -EBADF;
+                if (!p[0].revents)
+                        return -ECANCELED; /* cancel_fd is readable (not consumed) */
                 return 0; /* readable, writable, or error/hangup: caller's I/O says which */
         }
 }
@@ -189,6 +197,11 @@ static void tcp_tune(int fd)
 
 int tcp_connect(const char *hostport, uint64_t deadline_ns, int *ret_fd)
 {
+        return tcp_connect_or(hostport, deadline_ns, -1, ret_fd);
+}
+
+int tcp_connect_or(const char *hostport, uint64_t deadline_ns, int cancel_fd, int *ret_fd)
+{
         struct addrinfo *ai = NULL;
         int r = resolve(hostport, false, &ai);
         if (r < 0)
@@ -203,7 +216,7 @@ int tcp_connect(const char *hostport, uint64_t deadline_ns, int *ret_fd)
                         r = -errno;
                         goto out;
                 }
-                r = wait_fd(fd, POLLOUT, deadline_ns);
+                r = wait_fd_or(fd, POLLOUT, deadline_ns, cancel_fd);
                 if (r < 0)
                         goto out;
                 int err = 0;

@@ -35,12 +35,17 @@ int write_full(int fd, const void *buf, size_t len, uint64_t deadline_ns);
 int drain_until_closed(int fd, uint64_t deadline_ns);
 /* Wait until fd is readable (events=POLLIN) or writable (POLLOUT). */
 int wait_fd(int fd, short events, uint64_t deadline_ns);
+/* The same, given up with -ECANCELED as soon as cancel_fd (e.g. an
+ * eventfd; -1 = none) is readable; cancel_fd is not read. */
+int wait_fd_or(int fd, short events, uint64_t deadline_ns, int cancel_fd);
 
 int set_nonblock(int fd, bool on);
 int set_cloexec(int fd);
 
 /* Parse "host:port" (IPv4 or a name) into a connected / listening TCP fd. */
 int tcp_connect(const char *hostport, uint64_t deadline_ns, int *ret_fd);
+/* tcp_connect given up (-ECANCELED) once cancel_fd is readable. */
+int tcp_connect_or(const char *hostport, uint64_t deadline_ns, int cancel_fd, int *ret_fd);
 int tcp_listen(const char *hostport, int *ret_fd);
 int tcp_accept(int listen_fd, int *ret_fd);
 

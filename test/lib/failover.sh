@@ -304,22 +304,31 @@ hv_spare_corosync_config() {
         HV_CS_RING0_NET=$HV_REPL_NET HV_CS_ZERO_VOTES=$HV_SPARE hv_corosync_config a b "$HV_SPARE"
 }
 
+# hv__boot_daemons HOST TAG: the lines of a boot script that start HOST's
+# corosync, wait until it answers, then start havmsd (TAG marks the log).
+hv__boot_daemons() {
+        local h=$1 tag=$2
+        cat <<EOB
+echo "$tag \$(date +%s%3N)"
+corosync -f -c $HV_CS_CONF >>$TB_RUN/$h-corosync.log 2>&1 &
+for i in \$(seq 100); do
+        corosync-cmapctl -g runtime.votequorum.this_node_id >/dev/null 2>&1 && break
+        sleep 0.1
+done
+$HV_BUILD/failover/havmsd -c /etc/havms/havms.conf >>$TB_RUN/$h-havmsd.log 2>&1 &
+echo "$tag done \$(date +%s%3N)"
+EOB
+}
+
 # hv_spare_wol_start: the spare's NIC: wol-listen on s's br0, for s's MAC
 # and HV_SPARE_PW; the first valid packet runs wake-boot.
 hv_spare_wol_start() {
         local s=$HV_SPARE boot=$TB_RUN/hosts/$HV_SPARE/wake-boot
         HV_SPARE_WOL_LOG=$TB_RUN/$s-wol.log
-        cat >"$boot" <<EOB
-# the spare's "boot" (run by wol-listen inside $s): corosync, then havmsd
-echo "wake-boot \$(date +%s%3N)"
-corosync -f -c $HV_CS_CONF >>$TB_RUN/$s-corosync.log 2>&1 &
-for i in \$(seq 100); do
-        corosync-cmapctl -g runtime.votequorum.this_node_id >/dev/null 2>&1 && break
-        sleep 0.1
-done
-$HV_BUILD/failover/havmsd -c /etc/havms/havms.conf >>$TB_RUN/$s-havmsd.log 2>&1 &
-echo "wake-boot done \$(date +%s%3N)"
-EOB
+        {
+                echo "# the spare's \"boot\" (run by wol-listen inside $s): corosync, then havmsd"
+                hv__boot_daemons "$s" wake-boot
+        } >"$boot"
         : >"$HV_SPARE_WOL_LOG"
         tb_spawn "$s" "$TB_RUN/$s-wol.out" "$HV_BUILD/test/wol-listen" --interface br0 \
                 --mac "$(tb_mac "$s")" --password "$HV_SPARE_PW" --log "$HV_SPARE_WOL_LOG" \
@@ -372,18 +381,11 @@ hv_boot_saved() {
         local h=$1 d=$TB_RUN/hosts/$1
         rm -rf "$d/etc.saved" && mkdir -p "$d/etc.saved" &&
                 cp -a "$(tb_path "$h" /etc/havms)/." "$d/etc.saved/" || return 1
-        cat >"$d/boot" <<EOB
-# $h's boot (run by its BMC's power-on inside $h): its configuration, corosync, havmsd
-echo "boot \$(date +%s%3N)"
-cp -a $d/etc.saved/. /etc/havms/ || exit 1
-corosync -f -c $HV_CS_CONF >>$TB_RUN/$h-corosync.log 2>&1 &
-for i in \$(seq 100); do
-        corosync-cmapctl -g runtime.votequorum.this_node_id >/dev/null 2>&1 && break
-        sleep 0.1
-done
-$HV_BUILD/failover/havmsd -c /etc/havms/havms.conf >>$TB_RUN/$h-havmsd.log 2>&1 &
-echo "boot done \$(date +%s%3N)"
-EOB
+        {
+                echo "# $h's boot (run by its BMC's power-on inside $h): its configuration, corosync, havmsd"
+                echo "cp -a $d/etc.saved/. /etc/havms/ || exit 1"
+                hv__boot_daemons "$h" boot
+        } >"$d/boot"
 }
 
 # hv_wol_sniffer_start: a wol-listen on the LAN switch (the client's

@@ -573,6 +573,17 @@ static void end_session(struct session *s, int r)
         vm_set_exit(v, r == 0 ? (s->guest_off ? "peer-guest-shutdown" : "peer-ended")
                               : s->handover ? "peer-handover" : "peer-lost");
         pthread_mutex_unlock(&v->lock);
+        if (s->handover) {
+                /* The explicit answer the primary waits for before it
+                 * powers its copy off: the replica is kept, activatable.
+                 * Sent now, while the session still holds the VM (no HELLO
+                 * or discard can come between), and before waiting for a
+                 * hot standby that may still be starting. */
+                struct wire_ack ack = { 0 };
+                wire_buf_reset(&s->out);
+                if (wire_put_ack(&s->out, s->handover_epoch, &ack) == 0)
+                        write_full(s->fd, s->out.data, s->out.len, now_ns() + 2000000000ull);
+        }
         /* The session has ended for everyone who looks (state, link); the
          * hot standby may still be starting: wait for it before it is kept
          * or destroyed (thread_running keeps anyone else off till then). */
@@ -603,14 +614,6 @@ static void *session_thread(void *arg)
         struct session *s = arg;
         int r = receive_loop(s);
         end_session(s, r);
-        if (s->handover) {
-                /* the explicit answer the primary waits for before it
-                 * powers its copy off: the replica is kept, activatable */
-                struct wire_ack a = { 0 };
-                wire_buf_reset(&s->out);
-                if (wire_put_ack(&s->out, s->handover_epoch, &a) == 0)
-                        write_full(s->fd, s->out.data, s->out.len, now_ns() + 2000000000ull);
-        }
         close(s->fd);
         wire_msg_free(&s->in);
         wire_buf_free(&s->out);

@@ -1505,7 +1505,7 @@ static void *primary_thread(void *arg)
                 if (r < 0 && r != -EREMOTEIO && r != -ECANCELED)
                         note_failure(p, MSG_STANDBY_UNREACHABLE, "cannot reach standby %s at %s: %s",
                                      p->peer, p->peer_addr, strerror(-r));
-                if (r < 0 && adopted_hold && !p->d->host.managed) {
+                if (r < 0 && r != -ECANCELED && adopted_hold && !p->d->host.managed) {
                         leave_protection_io(p);
                         record(p, false);
                         isolated = buffering = adopted_hold = false;

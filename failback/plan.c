@@ -370,6 +370,10 @@ void fb_plan(const struct fb_input *in, struct fb_output *out)
                         need_spare |= plan_vm(in, i, &switch_planned, &blocks_off, out);
         if (need_spare)
                 plan_wake(in, out);
+        /* F7 looks at the whole cluster: the host that decides the
+         * power-off is often not the VM's owner */
+        for (size_t k = 0; k < in->n_hosts; k++)
+                blocks_off |= in->hosts[k].member && in->hosts[k].unsettled;
         if (!need_spare && !blocks_off)
                 plan_spare_off(in, out);
 }

@@ -98,6 +98,8 @@ struct fb_host {
         bool member;            /* in the corosync membership (self: always) */
         bool agent_up;          /* its havmsd announced its state since it joined */
         unsigned n_vms;         /* VMs it runs or backs up (its announcement) */
+        bool unsettled;         /* it announced a VM unprotected, syncing, isolated or a
+                                   replica still syncing: a spare may be needed yet (F7) */
         bool spare;             /* a [spare NAME] of this host's configuration */
         /* spares only */
         enum fb_spare_state spare_state;

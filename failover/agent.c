@@ -619,16 +619,16 @@ static uint64_t ask_stale_replicas(struct agent *a, uint64_t now)
         uint64_t again = 0;
         for (size_t i = 0; i < a->n_vms; i++) {
                 struct avm *v = &a->vms[i];
-                /* only while this host positively knows its standby is
-                 * another one (protected, with it): right after an
-                 * activation or a protect, the new standby's announcement
-                 * may come before our own checkpointd's view of it */
-                if (!v->seen || v->po.state != PO_VM_PROTECTED || !v->po.peer[0])
+                /* only while this host knows its standby (or the one it
+                 * is syncing to or retrying) and it is another host. A
+                 * holder still syncing is skipped: right after a protect
+                 * it may be our new standby before our own view says so. */
+                if (!v->seen || !runs_here(v->po.state) || !v->po.peer[0])
                         continue;
                 for (size_t k = 0; k < a->n_hosts; k++) {
                         struct ahost *h = &a->hosts[k];
                         const struct clmsg_vm *x = host_vm(h, v->po.name);
-                        if (!x || !h->po.member || !strcmp(h->po.name, v->po.peer) ||
+                        if (!x || !h->po.member || !h->announced || !strcmp(h->po.name, v->po.peer) ||
                             strcmp(x->peer, a->host.name) || x->state != PO_VM_BK_READY)
                                 continue;
                         if (now >= v->stale_asked_ms + 1000) {
@@ -953,8 +953,13 @@ static void fb_build(struct agent *a, struct fb_input *in, const struct po_outpu
                 snprintf(f->name, sizeof(f->name), "%s", h->po.name);
                 f->member = h->po.member;
                 f->agent_up = h->po.member && h->announced;
-                for (size_t e = 0; h->have_state && e < h->state.n_vms; e++)
-                        f->n_vms += h->state.vms[e].state != PO_VM_DEFINED;
+                for (size_t e = 0; h->have_state && e < h->state.n_vms; e++) {
+                        enum po_vm_state st = h->state.vms[e].state;
+                        f->n_vms += st != PO_VM_DEFINED;
+                        f->unsettled |= h->announced && (st == PO_VM_RUNNING || st == PO_VM_SYNCING ||
+                                                         st == PO_VM_ISOLATED ||
+                                                         st == PO_VM_BK_SYNCING);
+                }
         }
         for (size_t i = 0; i < a->n_vms && in->n_vms < FB_MAX_VMS; i++) {
                 const struct avm *v = &a->vms[i];
@@ -1738,13 +1743,22 @@ static void update_newer_generations(struct agent *a)
                                 continue;
                         if (runs_here(x->state) && x->generation > v->po.newer_generation)
                                 v->po.newer_generation = x->generation;
-                        /* S6: is our replica older than a copy elsewhere? */
+                        /* S6, from what a member said since it last joined
+                         * (an announcement from before a reboot describes
+                         * copies that may be gone) */
+                        if (!h->announced)
+                                continue;
                         bool replica = x->state == PO_VM_BK_READY || x->state == PO_VM_BK_SYNCING ||
                                        x->state == PO_VM_ACTIVATING;
+                        /* a copy of a newer generation anywhere */
                         if ((runs_here(x->state) || replica) && x->generation > v->po.generation)
                                 v->po.newer_copy_elsewhere = true;
-                        if (replica && x->generation == v->po.generation &&
-                            !strcmp(x->peer, v->po.peer) && x->committed_epoch > v->epoch)
+                        /* our replica's own primary runs this generation
+                         * protected towards another host: our session
+                         * with it has ended, the replica is stale */
+                        if (!strcmp(h->po.name, v->po.peer) && runs_here(x->state) &&
+                            x->generation == v->po.generation && x->peer[0] &&
+                            strcmp(x->peer, a->host.name))
                                 v->po.newer_copy_elsewhere = true;
                 }
         }

@@ -29,13 +29,13 @@
  *      activates nothing and kills the VMs it runs at once (self-fence),
  *      whatever else is under way for them.
  *   S4 A host that learns of a newer generation of a VM it runs stops it.
- *   S6 A replica is never activated when another member announced a newer
- *      copy of the VM: a running one or a replica of a newer generation,
- *      or a replica of the same generation from the same primary with a
- *      later committed epoch (a standby cut off and replaced by another
- *      keeps a replica older than what the world may have seen). It is
- *      discarded; the owner also asks any member holding a replica that
- *      is not its current standby's to drop it.
+ *   S6 A replica is never activated when a member announced (since it
+ *      last joined) a newer copy of the VM: a running one or a replica of
+ *      a newer generation, or the replica's own primary running this
+ *      generation protected towards another host (a standby cut off and
+ *      replaced keeps a replica older than what the world may have seen).
+ *      It is discarded; the owner also asks any member holding a replica
+ *      taken from it, other than its current standby, to drop it.
  *   S5 Of two hosts that lost each other, the one that takes VMs over
  *      fences at once; the one that would only release output waits
  *      fence_delay_ms; between equals (each holds a replica of a VM the

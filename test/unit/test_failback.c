@@ -537,6 +537,15 @@ static void f7_idle_spare(struct fb_input *in)
         base(in, FB_VM_PROTECTED, "b");
         spare(in, "s1", true)->hand_back = true;
 }
+/* the reviewer's case: the decider (first by name) is not the owner, and
+ * another member still re-syncs its VM: the spare stays on */
+static void f7_other_owner_resyncing(struct fb_input *in)
+{
+        f7_idle_spare(in);
+        for (size_t k = 0; k < in->n_hosts; k++)
+                if (!strcmp(in->hosts[k].name, "b"))
+                        in->hosts[k].unsettled = true;
+}
 static void f7_idle_spare_keep(struct fb_input *in)
 {
         base(in, FB_VM_PROTECTED, "b");
@@ -585,6 +594,8 @@ static void test_f7_hand_back(void **state)
                 { "a spare that still backs something up stays on", f7_spare_busy, "" },
                 { "a protect in flight keeps spares on", f7_protect_pending, "" },
                 { "a resync without a committed standby yet keeps spares on", f7_resync_pending, "" },
+                { "... also another member's (the decider is not the owner)",
+                  f7_other_owner_resyncing, "" },
         };
         ROWS(t);
 }

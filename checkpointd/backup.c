@@ -723,7 +723,7 @@ static int emit_disk_hashes(void *ctx, const uint8_t *entries, uint32_t n)
         wire_buf_reset(&e->s->out);
         int r = wire_put_disk_hashes(&e->s->out, &dh);
         return r < 0 ? r : write_full(e->s->fd, e->s->out.data, e->s->out.len,
-                                      now_ns() + 30000000000ull);
+                                      now_ns() + WIRE_HASH_RECORD_TIMEOUT_NS);
 }
 
 /* After the WELCOME: what this host already holds, as hashes, so the
@@ -736,14 +736,14 @@ static int send_hashes(struct session *s, uint32_t flags)
         struct wire_hashes_end end = { 0 };
         /* a deadline per record, renewed as records flow: a large RAM or
          * resync set takes as long as our reads, as long as they go on */
-        uint64_t deadline = now_ns() + 30000000000ull;
+        uint64_t deadline = now_ns() + WIRE_HASH_RECORD_TIMEOUT_NS;
         uint8_t *hashes = NULL;
         int r = 0;
         if (flags >> 8) {
                 bool done = false;
                 while (r == 0 && !done) {
                         r = wire_recv(s->fd, deadline, &s->in);
-                        deadline = now_ns() + 30000000000ull;
+                        deadline = now_ns() + WIRE_HASH_RECORD_TIMEOUT_NS;
                         if (r == 0)
                                 r = s->in.hdr.type == WIRE_DISK_BITMAP
                                             ? disk_replica_bitmap(&b->disks, &s->in, &done) : -EPROTO;
@@ -775,7 +775,7 @@ static int send_hashes(struct session *s, uint32_t flags)
                         r = wire_put_page_hashes(&s->out, &ph);
                         if (r == 0)
                                 r = write_full(s->fd, s->out.data, s->out.len,
-                                               now_ns() + 30000000000ull);
+                                               now_ns() + WIRE_HASH_RECORD_TIMEOUT_NS);
                 }
                 end.pages = b->npages;
         }
@@ -785,7 +785,7 @@ static int send_hashes(struct session *s, uint32_t flags)
                 r = wire_put_hashes_end(&s->out, &end);
         }
         if (r == 0)
-                r = write_full(s->fd, s->out.data, s->out.len, now_ns() + 30000000000ull);
+                r = write_full(s->fd, s->out.data, s->out.len, now_ns() + WIRE_HASH_RECORD_TIMEOUT_NS);
         return r;
 }
 

@@ -406,7 +406,7 @@ int netbuf_take(struct netbuf *nb, uint64_t epoch, uint8_t **ret_buf, size_t *re
         }
         size_t need = 0;
         for (struct nb_queue *q = nb->closed; q && q->epoch <= epoch; q = q->next)
-                need += q->bytes + 4 * q->frames;
+                need += q->bytes + NETBUF_FRAME_HDR * q->frames;
         uint8_t *buf = need ? malloc(need) : NULL;
         if (need && !buf) {
                 pthread_mutex_unlock(&nb->lock);
@@ -417,12 +417,10 @@ int netbuf_take(struct netbuf *nb, uint64_t epoch, uint8_t **ret_buf, size_t *re
         struct nb_queue *q;
         while ((q = nb->closed) && q->epoch <= epoch) {
                 for (struct nb_frame *f = q->head; f; f = f->next) {
-                        buf[off] = (uint8_t)f->len;
-                        buf[off + 1] = (uint8_t)(f->len >> 8);
-                        buf[off + 2] = (uint8_t)(f->len >> 16);
-                        buf[off + 3] = (uint8_t)(f->len >> 24);
-                        memcpy(buf + off + 4, f->data, f->len);
-                        off += 4 + f->len;
+                        for (unsigned b = 0; b < NETBUF_FRAME_HDR; b++)
+                                buf[off + b] = (uint8_t)(f->len >> (8 * b));
+                        memcpy(buf + off + NETBUF_FRAME_HDR, f->data, f->len);
+                        off += NETBUF_FRAME_HDR + f->len;
                 }
                 nb->closed = q->next;
                 if (!nb->closed)
@@ -438,17 +436,22 @@ int netbuf_take(struct netbuf *nb, uint64_t epoch, uint8_t **ret_buf, size_t *re
         return 0;
 }
 
+uint32_t netbuf_frame_len(const uint8_t *rec)
+{
+        return (uint32_t)rec[0] | (uint32_t)rec[1] << 8 | (uint32_t)rec[2] << 16 |
+               (uint32_t)rec[3] << 24;
+}
+
 int netbuf_emit(struct netbuf *nb, const uint8_t *buf, size_t len)
 {
         /* check the whole buffer first: all or nothing */
         for (size_t off = 0; off < len;) {
-                if (len - off < 4)
+                if (len - off < NETBUF_FRAME_HDR)
                         return -EBADMSG;
-                uint32_t fl = (uint32_t)buf[off] | (uint32_t)buf[off + 1] << 8 |
-                              (uint32_t)buf[off + 2] << 16 | (uint32_t)buf[off + 3] << 24;
-                if (fl < NB_FRAME_MIN || fl > NB_FRAME_MAX || fl > len - off - 4)
+                uint32_t fl = netbuf_frame_len(buf + off);
+                if (fl < NB_FRAME_MIN || fl > NB_FRAME_MAX || fl > len - off - NETBUF_FRAME_HDR)
                         return -EBADMSG;
-                off += 4 + fl;
+                off += NETBUF_FRAME_HDR + fl;
         }
         pthread_mutex_lock(&nb->lock);
         if (!nb->emit) {
@@ -456,10 +459,9 @@ int netbuf_emit(struct netbuf *nb, const uint8_t *buf, size_t len)
                 return -EOPNOTSUPP;
         }
         for (size_t off = 0; off < len;) {
-                uint32_t fl = (uint32_t)buf[off] | (uint32_t)buf[off + 1] << 8 |
-                              (uint32_t)buf[off + 2] << 16 | (uint32_t)buf[off + 3] << 24;
-                nb->emit(nb, buf + off + 4, fl);
-                off += 4 + fl;
+                uint32_t fl = netbuf_frame_len(buf + off);
+                nb->emit(nb, buf + off + NETBUF_FRAME_HDR, fl);
+                off += NETBUF_FRAME_HDR + fl;
         }
         pthread_mutex_unlock(&nb->lock);
         return 0;

@@ -85,6 +85,8 @@ int netbuf_release(struct netbuf *nb, uint64_t epoch);
  * guest's new place from its own output. -EOPNOTSUPP where the frames
  * are held in the kernel (plug): release them here instead. */
 int netbuf_take(struct netbuf *nb, uint64_t epoch, uint8_t **ret_buf, size_t *ret_len);
+#define NETBUF_FRAME_HDR 4 /* the length before each frame of such a buffer */
+uint32_t netbuf_frame_len(const uint8_t *rec); /* that length (little-endian) */
 /* Send such records toward the LAN now, in order (also while buffering:
  * they belong to a committed epoch). -EBADMSG for a malformed buffer
  * (nothing sent), -EOPNOTSUPP without a user-space sink. */

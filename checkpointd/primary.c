@@ -429,7 +429,7 @@ static int receive_hashes(struct primary *p)
         }
         uint64_t next_pfn = 0, t0 = now_ms();
         /* the standby reads and hashes its whole RAM file first */
-        uint64_t deadline = now_ns() + 30000000000ull + (uint64_t)p->cfg.ack_timeout_ms * 1000000u;
+        uint64_t deadline = now_ns() + WIRE_HASH_RECORD_TIMEOUT_NS + (uint64_t)p->cfg.ack_timeout_ms * 1000000u;
         int r = send_bitmaps(p);
         if (r < 0)
                 return r;
@@ -441,7 +441,7 @@ static int receive_hashes(struct primary *p)
                         return r;
                 /* a deadline per record: a large RAM or resync set takes
                  * as long as the standby's reads, as long as they flow */
-                deadline = now_ns() + 30000000000ull + (uint64_t)p->cfg.ack_timeout_ms * 1000000u;
+                deadline = now_ns() + WIRE_HASH_RECORD_TIMEOUT_NS + (uint64_t)p->cfg.ack_timeout_ms * 1000000u;
                 pthread_mutex_lock(&p->v->lock);
                 p->v->sync.hash_bytes += WIRE_HDR_SIZE + p->in.hdr.length;
                 pthread_mutex_unlock(&p->v->lock);
@@ -828,13 +828,13 @@ static void take_output(struct primary *p, uint64_t epoch)
                         netbuf_release(q->net[i], epoch); /* plug: its frames are in the kernel */
 }
 
-/* The switchover did not happen: the taken output is committed, it
- * leaves from here after all. */
-static void emit_taken_output(struct primary *p)
+/* The switchover did not happen (send): the taken output is committed,
+ * it leaves from here after all. It did (!send): the standby has it. */
+static void release_taken_output(struct primary *p, bool send)
 {
         struct qemu_vm *q = p->v->qemu;
         for (unsigned i = 0; i < CFG_MAX_NICS; i++) {
-                if (p->out_frames[i] && q && i < q->n_net)
+                if (send && p->out_frames[i] && q && i < q->n_net)
                         netbuf_emit(q->net[i], p->out_frames[i], p->out_len[i]);
                 free(p->out_frames[i]);
                 p->out_frames[i] = NULL;
@@ -850,10 +850,9 @@ static int send_taken_output(struct primary *p)
                 size_t len = p->out_len[i], start = 0, off = 0;
                 uint32_t count = 0;
                 while (off <= len) {
-                        uint32_t fl = 0;
-                        if (off < len)
-                                memcpy(&fl, b + off, 4); /* little-endian host (x86-64, arm64) */
-                        bool flush = off == len || (off > start && off + 4 + fl - start > (8u << 20));
+                        uint32_t fl = off < len ? netbuf_frame_len(b + off) : 0;
+                        bool flush = off == len ||
+                                     (off > start && off + NETBUF_FRAME_HDR + fl - start > (8u << 20));
                         if (flush && count) {
                                 struct wire_net_frames f = { .nic = i, .count = count,
                                                              .frames = b + start, .len = off - start };
@@ -868,7 +867,7 @@ static int send_taken_output(struct primary *p)
                         }
                         if (off == len)
                                 break;
-                        off += 4 + fl;
+                        off += NETBUF_FRAME_HDR + fl;
                         count++;
                 }
         }
@@ -1134,14 +1133,10 @@ static int hand_over(struct primary *p)
         if (r < 0) {
                 log_msg(LOG_LVL_ERR, MSG_HANDOVER, p->cfg.name, (int64_t)p->v->committed_epoch,
                         "handover to %s failed (%s): the VM runs on here", p->peer, strerror(-r));
-                emit_taken_output(p);
+                release_taken_output(p, true);
                 return r;
         }
-        for (unsigned i = 0; i < CFG_MAX_NICS; i++) { /* the standby's to send now */
-                free(p->out_frames[i]);
-                p->out_frames[i] = NULL;
-                p->out_len[i] = 0;
-        }
+        release_taken_output(p, false); /* the standby's to send now */
         return 0;
 }
 
@@ -1162,7 +1157,7 @@ static int protected_loop(struct primary *p)
                         pthread_mutex_unlock(&p->v->lock);
                 }
                 if (held && !go)
-                        emit_taken_output(p); /* a handover cancelled after its checkpoint */
+                        release_taken_output(p, true); /* a handover cancelled after its checkpoint */
                 if (go) {
                         r = hand_over(p);
                         if (r == 0) {
@@ -1223,7 +1218,7 @@ static int protected_loop(struct primary *p)
                 }
         }
         if (!p->handed_over)
-                emit_taken_output(p); /* committed output of a switchover that did not happen */
+                release_taken_output(p, true); /* committed output of a switchover that did not happen */
         /* Leaving protection (standby lost, unprotect) never leaves the
          * guest paused. */
         if (held && qemu_cont(p->v->qemu, QMP_TIMEOUT_MS) < 0 && qemu_exited(p->v->qemu))

@@ -650,7 +650,39 @@ static uint64_t ask_stale_replicas(struct agent *a, uint64_t now)
         return again;
 }
 
-static void update_newer_generations(struct agent *a);
+static void update_newer_generations(struct agent *a)
+{
+        for (size_t i = 0; i < a->n_vms; i++) {
+                struct avm *v = &a->vms[i];
+                v->po.newer_generation = 0;
+                v->po.newer_copy_elsewhere = false;
+                for (size_t k = 0; k < a->n_hosts; k++) {
+                        struct ahost *h = &a->hosts[k];
+                        const struct clmsg_vm *x = host_vm(h, v->po.name);
+                        if (!x || !h->po.member)
+                                continue;
+                        if (runs_here(x->state) && x->generation > v->po.newer_generation)
+                                v->po.newer_generation = x->generation;
+                        /* S6, from what a member said since it last joined
+                         * (an announcement from before a reboot describes
+                         * copies that may be gone) */
+                        if (!h->announced)
+                                continue;
+                        bool replica = x->state == PO_VM_BK_READY || x->state == PO_VM_BK_SYNCING ||
+                                       x->state == PO_VM_ACTIVATING;
+                        /* a copy of a newer generation anywhere */
+                        if ((runs_here(x->state) || replica) && x->generation > v->po.generation)
+                                v->po.newer_copy_elsewhere = true;
+                        /* our replica's own primary runs this generation
+                         * protected towards another host: our session
+                         * with it has ended, the replica is stale */
+                        if (!strcmp(h->po.name, v->po.peer) && runs_here(x->state) &&
+                            x->generation == v->po.generation && x->peer[0] &&
+                            strcmp(x->peer, a->host.name))
+                                v->po.newer_copy_elsewhere = true;
+                }
+        }
+}
 
 static void decide(struct agent *a)
 {
@@ -1730,39 +1762,6 @@ static void poll_checkpointd(struct agent *a)
 
 /* ---------------------------------------------------------- corosync -- */
 
-static void update_newer_generations(struct agent *a)
-{
-        for (size_t i = 0; i < a->n_vms; i++) {
-                struct avm *v = &a->vms[i];
-                v->po.newer_generation = 0;
-                v->po.newer_copy_elsewhere = false;
-                for (size_t k = 0; k < a->n_hosts; k++) {
-                        struct ahost *h = &a->hosts[k];
-                        const struct clmsg_vm *x = host_vm(h, v->po.name);
-                        if (!x || !h->po.member)
-                                continue;
-                        if (runs_here(x->state) && x->generation > v->po.newer_generation)
-                                v->po.newer_generation = x->generation;
-                        /* S6, from what a member said since it last joined
-                         * (an announcement from before a reboot describes
-                         * copies that may be gone) */
-                        if (!h->announced)
-                                continue;
-                        bool replica = x->state == PO_VM_BK_READY || x->state == PO_VM_BK_SYNCING ||
-                                       x->state == PO_VM_ACTIVATING;
-                        /* a copy of a newer generation anywhere */
-                        if ((runs_here(x->state) || replica) && x->generation > v->po.generation)
-                                v->po.newer_copy_elsewhere = true;
-                        /* our replica's own primary runs this generation
-                         * protected towards another host: our session
-                         * with it has ended, the replica is stale */
-                        if (!strcmp(h->po.name, v->po.peer) && runs_here(x->state) &&
-                            x->generation == v->po.generation && x->peer[0] &&
-                            strcmp(x->peer, a->host.name))
-                                v->po.newer_copy_elsewhere = true;
-                }
-        }
-}
 
 static void patrol(struct agent *a);
 
@@ -1804,7 +1803,6 @@ static void on_nodes(void *opaque, const uint32_t *ids, size_t n)
                 }
         }
         a->nodes_known = true;
-        update_newer_generations(a);
         decide(a);
         if (patrol_now)
                 patrol(a);
@@ -1862,7 +1860,6 @@ static void on_message(void *opaque, uint32_t from, uint32_t pid, const void *bu
                         h->have_state = true;
                         h->announced = true;
                 }
-                update_newer_generations(a);
                 break;
         case CLMSG_RELINQUISH:
                 if (for_me && v && from_peer && v->po.generation == m.generation &&

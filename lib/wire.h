@@ -82,6 +82,9 @@ enum wire_err {
 /* Re-seed and incremental resync (docs/failback.md). A hash is XXH3-128
  * of one 4 KiB page or disk block: low 64 bits then high, little-endian. */
 #define WIRE_HASH_LEN 16
+/* The hash exchange has a deadline per record, not per exchange: a large
+ * RAM or resync set takes as long as the standby's reads, while they flow */
+#define WIRE_HASH_RECORD_TIMEOUT_NS 30000000000ull
 #define WIRE_BLOCK_PAGES 16  /* 4 KiB pieces of one 64 KiB bitmap block */
 #define WIRE_BLOCK_SIZE (WIRE_BLOCK_PAGES * 4096u)
 #define WIRE_DISK_HASH_ENTRY (8 + WIRE_BLOCK_PAGES * WIRE_HASH_LEN) /* block u64, hashes */

@@ -14,14 +14,8 @@ hv_need
 HV_HOST_EXTRA="managed = yes"
 hv_pair_create "havms.dirty_mib_s=2" "reconnect_ms = 600000" || { echo "FAIL: test bed"; exit 1; }
 
-hv_start_protected
-hv_must "b holds a committed replica" hv_wait_state b web01 backup-standby 10
 work=$TB_RUN/kill
-mkdir -p "$work"
-values=$work/values
-hv_must "client connected" hv_client_start "$work"
-client=$HV_CLIENT
-hv_must "client gets answers" tb_wait_for 20 hv_client_more_than 20
+hv_protected_client_start "$work"
 
 ms_of() { local t0 t1; t0=$(date +%s%N); "$@" >"$work/out" 2>&1; local rc=$?; t1=$(date +%s%N)
         echo $(((t1 - t0) / 1000000)) >"$work/ms"; cat "$work/out"; return $rc; }

@@ -172,6 +172,15 @@ hv_client_start() {
         tb_on_cleanup "kill $HV_CLIENT 2>/dev/null"
         tb_wait_for 10 grep -q CONNECTED "$HV_VALUES"
 }
+# hv_protected_client_start DIR: web01 protected a -> b with a committed
+# replica on b, and the consistency client in DIR answering.
+hv_protected_client_start() {
+        hv_start_protected
+        hv_must "b holds a committed replica" hv_wait_state b web01 backup-standby 10
+        mkdir -p "$1"
+        hv_must "client connected" hv_client_start "$1"
+        hv_must "client gets answers" tb_wait_for 20 hv_client_more_than 20
+}
 hv_client_n() { grep -c '^[0-9]' "$HV_VALUES"; }                    # answers so far
 hv_client_more_than() { [ "$(hv_client_n)" -gt "$1" ]; }
 hv_client_last() { grep '^[0-9]' "$HV_VALUES" | tail -n1 | cut -d' ' -f2; } # last value seen

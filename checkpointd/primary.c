@@ -974,10 +974,17 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         st.scan_ms = (float)(t2 - t1) / 1e6f;
         st.copy_ms = (float)(t3 - t2) / 1e6f;
         st.barrier_ms = (float)(t4 - t3) / 1e6f;
-        st.cont_ms = (float)(t5 - t4) / 1e6f;
+        /* The guest runs again from QEMU's RESUME event, before cont's
+         * reply reaches us: the pause the guest sees ends there. Wall
+         * clock, like the STOP it is measured from; t1_wall is t1. */
+        uint64_t t4_wall = t1_wall + (t4 - t1) / 1000u;
+        uint64_t resume_us = hold ? t4_wall : qemu_resume_time_us(q, t1_wall + (t5 - t1) / 1000u);
+        if (resume_us < t4_wall)
+                resume_us = t4_wall;
+        st.cont_ms = (float)(resume_us - t4_wall) / 1e3f;
         st.early = p->early;
         p->last_pause_end = t5;
-        st.pause_ms = st.devstate_ms + (float)(t5 - t1) / 1e6f;
+        st.pause_ms = (float)(resume_us - stop_us) / 1e3f;
         st.dirty_pages = (uint32_t)n;
         uint64_t t0 = t1 - (uint64_t)(t1_wall - stop_us) * 1000u; /* stop, monotonic */
 

@@ -74,7 +74,7 @@ static const struct opt vm_opts[] = {
           NULL, "how often an unprotected primary retries its peer" },
         { "protection", "delta_cache_mib", OPT_U32, VO(delta_cache_mib), 0, 1048576, "auto", NULL,
           "primary: memory for the last sent content of recently sent pages, the base of XOR "
-          "deltas (auto = a quarter of memory_mib; 0 = no XOR deltas; more than memory_mib "
+          "deltas (auto = a fifth of memory_mib; 0 = no XOR deltas; more than memory_mib "
           "is cut to memory_mib)" },
         { "protection", "xor_delta", OPT_BOOL, VO(xor_delta), 0, 0, "yes", NULL,
           "deprecated: 'no' is delta_cache_mib = 0" },
@@ -764,7 +764,10 @@ int vm_config_load(const char *path, struct vm_config *ret, char *err, size_t er
         if (!c->xor_delta)
                 c->delta_cache_mib = 0;
         else if (c->delta_cache_mib == CFG_U32_AUTO)
-                c->delta_cache_mib = c->memory_mib / 4;
+                /* a fifth: with the index and the staging buffer all of
+                 * checkpointd's memory beyond guest RAM stays under a
+                 * quarter of it (docs/scale.md) */
+                c->delta_cache_mib = c->memory_mib / 5;
         if (!strcmp(c->failback, "auto") && !c->preferred_host[0]) {
                 snprintf(err, errlen, "%s: failback = auto needs preferred_host in [vm]", path);
                 goto out;

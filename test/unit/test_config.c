@@ -61,7 +61,7 @@ static void test_vm_ok_with_defaults(void **state)
         assert_string_equal(c.machine, "q35");
         assert_string_equal(c.accel, "auto");
         assert_true(c.xor_delta);
-        assert_int_equal(c.delta_cache_mib, 64); /* a quarter of memory_mib */
+        assert_int_equal(c.delta_cache_mib, 51); /* a fifth of memory_mib */
         assert_int_equal(c.n_nics, 1);
         assert_string_equal(c.nics[0].bridge, "br0");
         assert_string_equal(c.nics[0].model, "virtio-net-pci");
@@ -109,11 +109,11 @@ static uint32_t delta_cache_of(const char *prot)
         return c.delta_cache_mib;
 }
 
-/* delta_cache_mib: auto = a quarter of RAM; 0 = none; xor_delta = no is 0 */
+/* delta_cache_mib: auto = a fifth of RAM; 0 = none; xor_delta = no is 0 */
 static void test_vm_delta_cache(void **state)
 {
-        assert_int_equal(delta_cache_of(""), 250);
-        assert_int_equal(delta_cache_of("delta_cache_mib = auto"), 250);
+        assert_int_equal(delta_cache_of(""), 200);
+        assert_int_equal(delta_cache_of("delta_cache_mib = auto"), 200);
         assert_int_equal(delta_cache_of("delta_cache_mib = 0"), 0);
         assert_int_equal(delta_cache_of("delta_cache_mib = 16"), 16);
         assert_int_equal(delta_cache_of("delta_cache_mib = 4096"), 4096); /* the user cuts it */

@@ -36,6 +36,7 @@ struct vm_config {
         uint32_t memory_mib;
         uint32_t vcpus;
         char machine[32];
+        char builtin_devices[8]; /* "minimal" or "all" */
         char cpu[32];
         char accel[8];          /* "auto", "kvm" or "tcg" */
         char kernel[CFG_PATH_MAX];

@@ -19,11 +19,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <pthread.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "tracker.h"
+#include "twin.h"
 #include "uffd_compat.h"
 #include "util.h"
 
@@ -47,9 +47,10 @@ void tracker_uffd_set_split_min(uint64_t bytes)
         split_min = bytes ? bytes : UFFD_SPLIT_MIN_BYTES;
 }
 
-/* The helper thread's half of a split scan: [start, end) into out. */
+/* The twin's half of a split scan: [start, end) into out. */
 struct uffd_half {
-        uint64_t start, end;
+        int pagemap;
+        uint64_t base, start, end;
         uint32_t *out;
         size_t cap, n;
         int r;
@@ -61,14 +62,9 @@ struct uffd_priv {
         int pagemap;            /* /proc/PID/pagemap of the target */
         uint64_t start, end;
         struct page_region vec[UFFD_VEC_LEN];
-        /* split scans (ranges >= UFFD_SPLIT_MIN_BYTES on a host with more
-         * than one CPU): the helper and its hand-off */
-        bool split;
-        pthread_t helper;
-        pthread_mutex_t lock;
-        pthread_cond_t cond;
-        unsigned long long asked, done; /* scans handed to / finished by the helper */
-        bool quit;
+        /* split scans (ranges >= split_min on a host with more than one
+         * CPU): the upper half's thread, NULL if none */
+        struct twin *twin;
         struct uffd_half hi;
 };
 
@@ -224,8 +220,6 @@ fail:
         return r;
 }
 
-static void *helper_main(void *arg);
-
 static int uffd_open(pid_t pid, uint64_t start, uint64_t len, void **ret_priv)
 {
         struct uffd_priv *p = NULL;
@@ -305,16 +299,9 @@ static int uffd_open(pid_t pid, uint64_t start, uint64_t len, void **ret_priv)
         }
         close(pidfd);
         pidfd = -1;
-        if (len >= split_min && sysconf(_SC_NPROCESSORS_ONLN) > 1) {
-                pthread_mutex_init(&p->lock, NULL);
-                pthread_cond_init(&p->cond, NULL);
-                /* Without the helper every scan is whole-range: still right. */
-                p->split = pthread_create(&p->helper, NULL, helper_main, p) == 0;
-                if (!p->split) {
-                        pthread_mutex_destroy(&p->lock);
-                        pthread_cond_destroy(&p->cond);
-                }
-        }
+        /* Without a twin every scan walks the whole range: still right. */
+        if (len >= split_min && twin_worthwhile() && twin_start(&p->twin) < 0)
+                p->twin = NULL;
         *ret_priv = p;
         return 0;
 fail:
@@ -403,30 +390,14 @@ static int scan_range(int pagemap, struct page_region *vec, uint64_t base, uint6
         return 0;
 }
 
-static void *helper_main(void *arg)
+static void scan_half(void *arg)
 {
-        struct uffd_priv *p = arg;
-        unsigned long long seen = 0;
+        struct uffd_half *h = arg;
+        uint64_t end;
 
-        pthread_mutex_lock(&p->lock);
-        for (;;) {
-                while (!p->quit && p->asked == seen)
-                        pthread_cond_wait(&p->cond, &p->lock);
-                if (p->quit)
-                        break;
-                seen = p->asked;
-                pthread_mutex_unlock(&p->lock);
-                uint64_t end;
-                struct uffd_half *h = &p->hi;
-                h->n = 0;
-                h->r = scan_range(p->pagemap, h->vec, p->start, h->start, h->end, h->out,
-                                  h->cap, &h->n, &end);
-                pthread_mutex_lock(&p->lock);
-                p->done = seen;
-                pthread_cond_broadcast(&p->cond);
-        }
-        pthread_mutex_unlock(&p->lock);
-        return NULL;
+        h->n = 0;
+        h->r = scan_range(h->pagemap, h->vec, h->base, h->start, h->end, h->out, h->cap,
+                          &h->n, &end);
 }
 
 /* Both halves at once; only with room for every page (cap >= pages of the
@@ -439,21 +410,15 @@ static int split_scan(struct uffd_priv *p, uint32_t *out, size_t *ret_n)
         size_t lo_cap = (size_t)((mid - p->start) / HAVMS_PAGE_SIZE), n_lo = 0;
         uint64_t end;
 
-        pthread_mutex_lock(&p->lock);
+        p->hi.pagemap = p->pagemap;
+        p->hi.base = p->start;
         p->hi.start = mid;
         p->hi.end = p->end;
         p->hi.out = out + lo_cap;
         p->hi.cap = (size_t)((p->end - mid) / HAVMS_PAGE_SIZE);
-        p->asked++;
-        pthread_cond_broadcast(&p->cond);
-        pthread_mutex_unlock(&p->lock);
-
+        twin_go(p->twin, scan_half, &p->hi);
         int r = scan_range(p->pagemap, p->vec, p->start, p->start, mid, out, lo_cap, &n_lo, &end);
-
-        pthread_mutex_lock(&p->lock);
-        while (p->done != p->asked)
-                pthread_cond_wait(&p->cond, &p->lock);
-        pthread_mutex_unlock(&p->lock);
+        twin_wait(p->twin);
         if (r == 0)
                 r = p->hi.r;
         if (r < 0)
@@ -470,7 +435,7 @@ static int uffd_scan(void *priv, uint32_t *out, size_t cap, size_t *ret_n)
         size_t n = 0;
         int r;
 
-        if (p->split && cap >= (p->end - p->start) / HAVMS_PAGE_SIZE)
+        if (p->twin && cap >= (p->end - p->start) / HAVMS_PAGE_SIZE)
                 return split_scan(p, out, ret_n);
         r = scan_range(p->pagemap, p->vec, p->start, p->start, p->end, out, cap, &n, &end);
         if (r < 0)
@@ -493,15 +458,7 @@ static void uffd_close(void *priv)
 
         if (!p)
                 return;
-        if (p->split) {
-                pthread_mutex_lock(&p->lock);
-                p->quit = true;
-                pthread_cond_broadcast(&p->cond);
-                pthread_mutex_unlock(&p->lock);
-                pthread_join(p->helper, NULL);
-                pthread_mutex_destroy(&p->lock);
-                pthread_cond_destroy(&p->cond);
-        }
+        twin_stop(p->twin);
         /* Unregistering also drops the write-protection, so QEMU runs at
          * full speed again; the target keeps its own copy of the uffd and
          * a later open can register again. */

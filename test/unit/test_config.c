@@ -59,6 +59,7 @@ static void test_vm_ok_with_defaults(void **state)
         assert_int_equal(c.vcpus, 1);
         assert_int_equal(c.epoch_ms, 40);
         assert_string_equal(c.machine, "q35");
+        assert_string_equal(c.builtin_devices, "minimal");
         assert_string_equal(c.accel, "auto");
         assert_true(c.xor_delta);
         assert_int_equal(c.delta_cache_mib, 51); /* a fifth of memory_mib */
@@ -503,6 +504,23 @@ static void test_digest_tracks_device_model(void **state)
         b = a;
         strcpy(b.nics[0].mac, "52:54:00:12:34:57");
         assert_int_not_equal(vm_config_digest(&a), vm_config_digest(&b));
+        /* the device set is part of the migration stream: both hosts alike */
+        b = a;
+        strcpy(b.builtin_devices, "all");
+        assert_int_not_equal(vm_config_digest(&a), vm_config_digest(&b));
+}
+
+/* builtin_devices: minimal (default) or all; anything else is refused */
+static void test_vm_builtin_devices(void **state)
+{
+        const char *base = "[vm]\nname = web01\nmemory_mib = 64\nkernel = /k\n";
+        char text[512], err[256];
+        struct vm_config c;
+        snprintf(text, sizeof(text), "%sbuiltin_devices = all\n", base);
+        assert_int_equal(vm_config_load(write_file("web01.conf", text), &c, err, sizeof(err)), 0);
+        assert_string_equal(c.builtin_devices, "all");
+        snprintf(text, sizeof(text), "%sbuiltin_devices = none\n", base);
+        expect_vm_error("web01.conf", text, "builtin_devices");
 }
 
 int main(void)
@@ -512,6 +530,7 @@ int main(void)
                 cmocka_unit_test(test_vm_disks_repeat),
                 cmocka_unit_test(test_vm_errors),
                 cmocka_unit_test(test_vm_delta_cache),
+                cmocka_unit_test(test_vm_builtin_devices),
                 cmocka_unit_test(test_missing_file),
                 cmocka_unit_test(test_host_ok_and_errors),
                 cmocka_unit_test(test_digest_tracks_device_model),

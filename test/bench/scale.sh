@@ -63,7 +63,9 @@ anon_kib() {
 # boot_protected MIB ACCEL: a fresh pair, web01 booted and answering;
 # sets UNPROT (unless NO_UNPROT is set), SYNC_S, SYNC_MS, ACCEL_JSON
 boot_protected() {
+        # shellcheck disable=SC2034 # read by hv_host_config (havms.sh)
         HV_MEMORY_MIB=$1
+        # shellcheck disable=SC2034
         HV_VM_EXTRA="accel = $2"
         hv_pair_create "$load" || die "test bed"
         hvctl a start web01 >/dev/null || die "start at $1 MiB"
@@ -172,7 +174,7 @@ cache_key_note() {
         d=$(mktemp -d /tmp/havms-bench-scale-conf.XXXXXX)
         printf '[vm]\nname = web01\nmemory_mib = 256\nkernel = %s\n\n[protection]\ndelta_cache_mib = 16\n' \
                 "$HV_GUEST/vmlinuz" >"$d/web01.conf"
-        out=$("$HV_BUILD/havmsctl/havmsctl" check-config "$d/web01.conf" 2>&1) || echo "$out"
+        out=$("$HV_BUILD/havmsctl/havmsctl" check-config "$d/web01.conf" 2>&1) || echo "${out#"$d/"}"
         rm -rf "$d"
 }
 
@@ -216,15 +218,23 @@ def load(name):
     except (OSError, ValueError):
         return None
 tcg = {m: load("tcg-%s.json" % m) for m in sizes}
-out = {"scenario": "scale", "ram_mib": tcg}
+# what accel = auto means on these hosts: once, not per size
 accel = next((d["accel"]["auto"] for d in tcg.values() if d and d.get("accel")), None)
+for d in tcg.values():
+    if d and d.get("accel"):
+        d["accel"] = d["accel"]["vm"]
+out = {"scenario": "scale", "ram_mib": tcg}
 if accel and accel.get("auto") == "kvm":
     out["kvm"] = {"ram_mib": {m: load("kvm-%s.json" % m) for m in sizes}}
+    for d in out["kvm"]["ram_mib"].values():
+        if d and d.get("accel"):
+            d["accel"] = d["accel"]["vm"]
 else:
     out["kvm"] = None
     out["kvm_note"] = ("checkpointd's accel = auto is %s here (%s: %s); TCG figures only"
                        % (accel.get("auto"), accel.get("basis"), accel.get("why"))
                        if accel else "no size ran: accelerator unknown")
+out["accel_auto"] = accel
 if not sweep:
     out["delta_cache_sweep"] = None
     out["delta_cache_note"] = "sweep not run (HAVMS_SCALE_SWEEP empty)"

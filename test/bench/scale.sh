@@ -149,6 +149,7 @@ PY
 # one_cache VALUE: 256 MiB with delta_cache_mib = VALUE: compression and
 # the primary's memory over sweep_secs s, as a JSON object in $R
 one_cache() {
+        # shellcheck disable=SC2034
         HV_PROT_EXTRA="delta_cache_mib = $1"
         NO_UNPROT=1 boot_protected 256 tcg
         sleep 2

@@ -61,7 +61,8 @@ anon_kib() {
 }
 
 # boot_protected MIB ACCEL: a fresh pair, web01 booted and answering;
-# sets UNPROT (unless NO_UNPROT is set), SYNC_S, SYNC_MS, ACCEL_JSON
+# sets UNPROT (unless NO_UNPROT is set), SYNC_S, SYNC_MS, SYNC_MEM,
+# SYNC_LOST, ACCEL_JSON
 boot_protected() {
         # shellcheck disable=SC2034 # read by hv_host_config (havms.sh)
         HV_MEMORY_MIB=$1
@@ -85,7 +86,18 @@ boot_protected() {
         t1=$(date +%s%N)
         SYNC_S=$(python3 -c "print(round(($t1 - $t0) / 1e9, 2))")
         SYNC_MS=$(hv_sync_field a web01 ms)
-        echo "$1 MiB: initial sync ${SYNC_S} s (checkpointd: ${SYNC_MS} ms)" >&2
+        SYNC_MEM=$(hv_sync_field a web01 memory)
+        # last_sync covers the last attempt only: a standby lost during the
+        # sync (HAVMS-CK-1003, e.g. an ACK late under load) starts another,
+        # a re-seed by hashes; the host clock covers them all
+        SYNC_LOST=$(grep -c HAVMS-CK-1003 "$TB_RUN/a-checkpointd.log")
+        if [ "$SYNC_LOST" != 0 ]; then
+                grep HAVMS-CK-1003 "$TB_RUN/a-checkpointd.log" >&2
+                echo "bench: the standby's side:" >&2
+                grep -v HAVMS-CK-1009 "$TB_RUN/b-checkpointd.log" | tail -n 8 >&2
+        fi
+        echo "$1 MiB: initial sync ${SYNC_S} s (checkpointd's last attempt: ${SYNC_MS} ms," \
+                "memory $SYNC_MEM, standby lost $SYNC_LOST times)" >&2
 }
 
 # identical: `pause` (one more checkpoint, the VM held), sha256 of a's
@@ -119,7 +131,7 @@ one_size() {
         ra=$(anon_kib a) && rb=$(anon_kib b) || die "checkpointd's memory"
         same=$(identical)
         python3 - "$1" "$stats" "$UNPROT" "$prot" "$ra" "$rb" "$SYNC_S" "$SYNC_MS" "$same" \
-                "$ACCEL_JSON" >"$R" <<'PY'
+                "$ACCEL_JSON" "$SYNC_MEM" "$SYNC_LOST" >"$R" <<'PY'
 import json, sys
 mib = int(sys.argv[1])
 st = json.loads(sys.argv[2])["stats"]
@@ -141,6 +153,7 @@ print(json.dumps({
     "guest_rate_unprotected": unprot, "guest_rate_protected": prot,
     "primary_rss_anon_mib": round(ra / 1024, 1), "standby_rss_anon_mib": round(rb / 1024, 1),
     "initial_sync_ms_checkpointd": int(sys.argv[8]) if sys.argv[8] else None,
+    "initial_sync_memory": sys.argv[11], "initial_sync_standby_lost": int(sys.argv[12]),
     "accel": json.loads(sys.argv[10]),
 }))
 PY

@@ -25,8 +25,8 @@ HV_HOST_EXTRA=${HV_HOST_EXTRA:-} # extra lines for [host] of havms.conf (e.g. "m
 HV_VM_EXTRA=${HV_VM_EXTRA:-}     # extra lines for [vm] of web01.conf (e.g. "accel = tcg")
 HV_MEMORY_MIB=${HV_MEMORY_MIB:-256} # web01's memory_mib (guest RAM; a tmpfs file in each
                                  # host's /dev/shm, which is sized like the machine's: 4096 boots here)
-HV_PROT_EXTRA=${HV_PROT_EXTRA:-} # extra lines for [protection] of web01.conf, after
-                                 # hv_pair_create's own (e.g. "delta_cache_mib = 16")
+HV_PROT_EXTRA=${HV_PROT_EXTRA:-} # extra lines for [protection] of web01.conf (e.g.
+                                 # "delta_cache_mib = 1"), after the test's own
 declare -gA HV_DAEMON_PID=()     # per host: the pid of its checkpointd (hv_start_daemon)
 HV_FAILBACK=${HV_FAILBACK-reprotect = manual} # lines for [failback] of web01.conf: the
                                  # existing tests protect by hand; failback tests set

@@ -149,6 +149,8 @@ print(json.dumps({
     "compression_ratio": st["compression_ratio"],
     "pause_parts_ms_p50": parts, "commit_ms_p50": st["commit_ms_p50"],
     "dirty_pages_p50": st["dirty_pages_p50"], "epochs": st["epochs"],
+    "delta_cache_mib": st.get("delta_cache_mib"),
+    "delta_cache_hit_ratio": st.get("delta_cache_hit_ratio"),
     "replica_identical": sys.argv[9] == "true",
     "guest_rate_unprotected": unprot, "guest_rate_protected": prot,
     "primary_rss_anon_mib": round(ra / 1024, 1), "standby_rss_anon_mib": round(rb / 1024, 1),
@@ -177,7 +179,9 @@ import json, sys
 st = json.loads(sys.argv[1])["stats"]
 print(json.dumps({"compression_ratio": st["compression_ratio"],
                   "primary_rss_over_ram": round(int(sys.argv[2]) / (256 * 1024), 3),
-                  "pause_ms_p50": st["pause_ms_p50"], "epochs": st["epochs"]}))
+                  "pause_ms_p50": st["pause_ms_p50"], "epochs": st["epochs"],
+                  "delta_cache_mib": st.get("delta_cache_mib"),
+                  "delta_cache_hit_ratio": st.get("delta_cache_hit_ratio")}))
 PY
 }
 

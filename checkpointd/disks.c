@@ -538,10 +538,12 @@ int disk_replica_stage(struct disk_replica *r, const struct wire_msg *m)
 
 int disk_replica_commit(struct disk_replica *r)
 {
+        r->sync_ns = 0;
         for (unsigned i = 0; i < r->n; i++) {
                 int rc = br_stage_apply(r->stage[i], r->fd[i]);
                 if (rc < 0)
                         return rc;
+                r->sync_ns += br_stage_sync_ns(r->stage[i]);
                 if (r->unsynced && fdatasync(r->fd[i]) < 0)
                         return -errno;
         }

@@ -76,6 +76,7 @@ struct disk_replica {
         struct br_stage *stage[CFG_MAX_DISKS];
         bool unsynced;        /* SYNC_DISK writes not yet fdatasync'ed */
         uint64_t st_recs, st_bytes; /* what is staged for the epoch in flight */
+        uint64_t sync_ns;     /* the last commit's fdatasyncs (0: none needed) */
         uint8_t *scratch;     /* WIRE_DISK_REC_MAX, for LZ4 entries */
         /* resync: this host's bitmaps, open from the HELLO to the first
          * commit (then the hot standby's blockrepl owns the files) */
@@ -113,7 +114,8 @@ int disk_replica_hashes(struct disk_replica *r, unsigned i, uint32_t max,
 int disk_replica_sync_done(struct disk_replica *r);
 int disk_replica_sync(struct disk_replica *r, const struct wire_msg *m);
 int disk_replica_stage(struct disk_replica *r, const struct wire_msg *m);
-/* Apply the staged epoch to the images, durably. On failure the images may
- * hold part of the epoch: the caller must treat the replica as lost. */
+/* Apply the staged epoch to the images, durably (an image the epoch did
+ * not write is not fdatasync'ed again). On failure the images may hold
+ * part of the epoch: the caller must treat the replica as lost. */
 int disk_replica_commit(struct disk_replica *r);
 void disk_replica_discard(struct disk_replica *r);

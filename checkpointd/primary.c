@@ -884,6 +884,8 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         uint64_t raw = 0;
         size_t n = 0, dslen = 0;
         bool stopped = false;
+        /* for the latency breakdown: output waiting since, epoch start */
+        uint64_t t_start = now_ns(), out_since = qemu_net_waiting_since(q);
 
         /* Pre-scan while the VM still runs: re-protecting the pages is the
          * expensive part of a scan (TLB shootdowns), and most of the
@@ -955,6 +957,8 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         st.pause_ms = st.devstate_ms + (float)(t5 - t1) / 1e6f;
         st.dirty_pages = (uint32_t)n;
         uint64_t t0 = t1 - (uint64_t)(t1_wall - stop_us) * 1000u; /* stop, monotonic */
+        st.out_wait_ms = out_since && out_since < t_start ? (float)(t_start - out_since) / 1e6f : 0;
+        st.prestop_ms = t0 > t_start ? (float)(t0 - t_start) / 1e6f : 0;
 
         /* The VM runs again; the rest overlaps with it. */
         p->wire_bytes = 0;
@@ -985,10 +989,12 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
                 if (r == 0)
                         r = send_buf(p);
         }
+        uint64_t t_sent = now_ns();
         if (r == 0)
                 r = await_ack(p, epoch);
         if (r < 0)
                 goto out;
+        uint64_t t_ack = now_ns();
         /* Committed on the standby: what the guest said in this epoch may
          * now reach the world, and its disk writes are no longer ours. */
         if (hold && p->v->handover_requested)
@@ -1000,6 +1006,9 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
                 br_log_free(&p->logs[i]); /* keeps seq, for the resync commit */
         }
         st.commit_ms = ms_since(t0);
+        st.send_ms = (float)(t_sent - t5) / 1e6f;
+        st.ack_ms = (float)(t_ack - t_sent) / 1e6f;
+        st.release_ms = ms_since(t_ack);
         st.disk_bytes = disk_bytes;
         st.raw_bytes = raw + dslen + disk_bytes;
         st.wire_bytes = p->wire_bytes;

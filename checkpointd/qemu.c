@@ -249,6 +249,17 @@ bool qemu_net_waiting(const struct qemu_vm *q)
         return false;
 }
 
+uint64_t qemu_net_waiting_since(const struct qemu_vm *q)
+{
+        uint64_t first = 0;
+        for (unsigned i = 0; i < q->n_net; i++) {
+                uint64_t t = netbuf_waiting_since(q->net[i]);
+                if (t && (!first || t < first))
+                        first = t;
+        }
+        return first;
+}
+
 bool qemu_net_full(const struct qemu_vm *q)
 {
         for (unsigned i = 0; i < q->n_net; i++)

@@ -118,5 +118,6 @@ void qemu_net_buffering(struct qemu_vm *q, bool on);
 int qemu_net_barrier(struct qemu_vm *q, uint64_t epoch);
 void qemu_net_release(struct qemu_vm *q, uint64_t epoch);
 bool qemu_net_waiting(const struct qemu_vm *q);
+uint64_t qemu_net_waiting_since(const struct qemu_vm *q); /* earliest, 0 = none */
 bool qemu_net_full(const struct qemu_vm *q);
 void qemu_disk_mode(struct qemu_vm *q, enum blockrepl_mode m);

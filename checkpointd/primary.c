@@ -799,6 +799,7 @@ static int recover_vm(struct primary *p)
         if (qemu_exited(q))
                 return -ECHILD;
         if (qmp_is_broken(q->qmp)) {
+                qemu_devstate_disarm(q);
                 qmp_close(q->qmp);
                 q->qmp = NULL;
                 if (qmp_connect(q->qmp_path, QMP_TIMEOUT_MS, &q->qmp) < 0)
@@ -1019,6 +1020,11 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         p->v->last_commit_wall_ms = wall_ms();
         p->v->last_stop_wall_ms = stop_wall;
         pthread_mutex_unlock(&p->v->lock);
+        /* The next epoch's channel, while the guest works on its next
+         * output: one QMP round trip less between that output and its
+         * release. A failure here is met again, and reported, there. */
+        if (!hold)
+                (void)qemu_devstate_arm(q, QMP_TIMEOUT_MS);
 out:
         if (stopped && (r < 0 || !hold) && qemu_cont(q, QMP_TIMEOUT_MS) < 0) {
                 int rr = recover_vm(p);

@@ -702,7 +702,6 @@ int qemu_devstate_arm(struct qemu_vm *q, int timeout_ms)
                 return 0;
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
                 return -errno;
-        qmp_clear_events(q->qmp);
         int r = qmp_send_fd(q->qmp, "havms-ds", sv[1], timeout_ms);
         close(sv[1]);
         if (r < 0) {
@@ -714,6 +713,13 @@ int qemu_devstate_arm(struct qemu_vm *q, int timeout_ms)
         return 0;
 }
 
+void qemu_devstate_disarm(struct qemu_vm *q)
+{
+        if (q->ds_fd >= 0)
+                close(q->ds_fd);
+        q->ds_fd = -1;
+}
+
 int qemu_save_devstate(struct qemu_vm *q, uint8_t **buf, size_t *cap,
                        size_t *ret_len, int timeout_ms)
 {
@@ -722,6 +728,9 @@ int qemu_save_devstate(struct qemu_vm *q, uint8_t **buf, size_t *cap,
         int r = qemu_devstate_arm(q, timeout_ms);
         if (r < 0)
                 return r;
+        /* the STOP and MIGRATION events read next are this migration's
+         * (arming may have happened an epoch earlier) */
+        qmp_clear_events(q->qmp);
         r = qmp_execute_json(q->qmp, "migrate", "{\"uri\":\"fd:havms-ds\"}", timeout_ms, NULL);
         if (r < 0)
                 goto out;

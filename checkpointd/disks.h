@@ -62,10 +62,18 @@ uint32_t disks_piece_diff(const uint8_t *block, size_t len, const uint8_t *entry
 int disks_resync_pass(struct blockrepl *b, uint32_t disk, const uint8_t *entries, uint64_t n,
                       struct disk_sender *s, uint64_t *raw, uint64_t *ret_same);
 
-/* Send the logs of epoch `epoch` (one per disk) as EPOCH_DISK records.
- * Returns the entry count and raw data bytes EPOCH_END must announce. */
-int disks_send_logs(const struct br_log *logs, unsigned n, struct disk_sender *s,
-                    uint64_t epoch, uint64_t *ret_recs, uint64_t *ret_bytes);
+/* Send the logs of epoch `epoch` (one per disk) as EPOCH_DISK records,
+ * each after the record sent[d] already streamed (sent NULL, or sent[d]
+ * NULL: all of it). Adds the entry count and raw data bytes EPOCH_END
+ * must announce to *recs and *bytes. */
+int disks_send_logs(const struct br_log *logs, unsigned n, const struct br_rec *const *sent,
+                    struct disk_sender *s, uint64_t epoch, uint64_t *recs, uint64_t *bytes);
+/* Streaming (docs/output-commit.md): send what each disk's OPEN log got
+ * since sent[d] as EPOCH_DISK records of `epoch`, the epoch that log
+ * becomes at the next barrier; sent[d] moves to the last record sent.
+ * Only between a commit and the next barrier, from the epoch thread. */
+int disks_stream(struct blockrepl *const *disks, unsigned n, const struct br_rec **sent,
+                 struct disk_sender *s, uint64_t epoch, uint64_t *recs, uint64_t *bytes);
 
 /* ---- standby ---- */
 

@@ -75,6 +75,12 @@ struct primary {
         char last_failure[200];   /* last connection failure logged */
         uint64_t wire_bytes;      /* bytes sent in the current epoch/pass */
         struct br_log logs[CFG_MAX_DISKS]; /* disk writes of the epoch in flight */
+        /* disk writes of the open epoch already sent (streamed while the
+         * guest runs, docs/output-commit.md): the last record per disk, and
+         * what EPOCH_END must count for them */
+        const struct br_rec *streamed[CFG_MAX_DISKS];
+        uint64_t stream_recs, stream_bytes, stream_wire;
+        int stream_err;           /* a stream send failed: the next epoch fails with it */
         uint64_t last_pause_end;  /* monotonic ns: the VM last continued after a pause */
         bool early;               /* the epoch about to run starts early (adaptive) */
         bool resumed;             /* started by a restarted checkpointd (adopt.c) */
@@ -875,6 +881,33 @@ static int send_taken_output(struct primary *p)
         return 0;
 }
 
+/* Nothing of the open epoch has been streamed (a new log, or protection
+ * starting). */
+static void stream_reset(struct primary *p)
+{
+        memset(p->streamed, 0, sizeof(p->streamed));
+        p->stream_recs = p->stream_bytes = p->stream_wire = 0;
+        p->stream_err = 0;
+}
+
+/* Between a commit and the next barrier: send the open epoch's disk
+ * writes so far, as records of the epoch they will belong to. The
+ * standby only stages them; it applies nothing before that epoch's
+ * EPOCH_END, so this changes no promise (docs/output-commit.md) and
+ * takes the sending of a disk-heavy epoch off its commit. */
+static void stream_disks(struct primary *p)
+{
+        struct qemu_vm *q = p->v->qemu;
+        if (p->stream_err || !q->n_disk)
+                return;
+        struct disk_sender ds = { .fd = p->fd, .wb = &p->wb, .wire_bytes = &p->stream_wire,
+                                  .timeout_ns = (uint64_t)p->cfg.ack_timeout_ms * 1000000u };
+        int r = disks_stream(q->disk, q->n_disk, p->streamed, &ds, p->v->epoch + 1,
+                             &p->stream_recs, &p->stream_bytes);
+        if (r < 0)
+                p->stream_err = r;
+}
+
 /* Returns 0 when committed; -ECHILD when the VM is gone; another negative
  * errno when the standby is lost (the VM is running either way). With
  * hold, a committed epoch leaves the VM paused (replica == guest RAM). */
@@ -896,7 +929,9 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
          * with the device state. Only for a tracker whose scan is atomic:
          * soft-dirty scans only with the VM stopped. */
         size_t n_pre = 0;
-        int r = tracker_scan_is_atomic(p->tracker) ? scan_all(p, &n_pre) : 0;
+        int r = p->stream_err; /* the standby was lost while streaming */
+        if (r == 0 && tracker_scan_is_atomic(p->tracker))
+                r = scan_all(p, &n_pre);
         if (r < 0)
                 goto out;
         /* No QMP `stop`: the migration that captures the device state
@@ -976,12 +1011,16 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         }
         if (r == 0)
                 r = send_devstate(p, epoch, dslen);
-        uint64_t disk_recs = 0, disk_bytes = 0;
+        /* the log just cut starts with what was streamed */
+        uint64_t disk_recs = p->stream_recs, disk_bytes = p->stream_bytes;
+        uint64_t streamed_wire = p->stream_wire;
         if (r == 0 && q->n_disk) {
                 struct disk_sender ds = { .fd = p->fd, .wb = &p->wb, .wire_bytes = &p->wire_bytes,
                                           .timeout_ns = (uint64_t)p->cfg.ack_timeout_ms * 1000000u };
-                r = disks_send_logs(p->logs, q->n_disk, &ds, epoch, &disk_recs, &disk_bytes);
+                r = disks_send_logs(p->logs, q->n_disk, p->streamed, &ds, epoch, &disk_recs,
+                                    &disk_bytes);
         }
+        stream_reset(p); /* the open log is new since the barrier */
         if (r == 0) {
                 struct wire_epoch_end e = { .pages = n, .devstate_bytes = dslen,
                                             .stop_wall_ms = stop_wall, .disk_recs = disk_recs,
@@ -1012,7 +1051,7 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         st.release_ms = ms_since(t_ack);
         st.disk_bytes = disk_bytes;
         st.raw_bytes = raw + dslen + disk_bytes;
-        st.wire_bytes = p->wire_bytes;
+        st.wire_bytes = p->wire_bytes + streamed_wire;
         pthread_mutex_lock(&p->v->lock);
         if (!hold) /* a held epoch's "pause" lasts until resume */
                 vm_record_epoch(p->v, &st);
@@ -1071,7 +1110,7 @@ static int send_ping(struct primary *p)
 static bool wait_next_epoch(struct primary *p, uint64_t due, bool *disk_soft)
 {
         struct qemu_vm *q = p->v->qemu;
-        struct pollfd fds[2 + CFG_MAX_NICS + CFG_MAX_DISKS];
+        struct pollfd fds[2 + CFG_MAX_NICS + 2 * CFG_MAX_DISKS];
         nfds_t n = 0;
         fds[n++] = (struct pollfd){ .fd = p->wake_fd, .events = POLLIN };
         /* QEMU's death ends the wait at once (the epoch then finds it) */
@@ -1081,13 +1120,16 @@ static bool wait_next_epoch(struct primary *p, uint64_t due, bool *disk_soft)
         nfds_t first_disk = n;
         for (unsigned i = 0; i < q->n_disk; i++)
                 fds[n++] = (struct pollfd){ .fd = blockrepl_log_fd(q->disk[i]), .events = POLLIN };
+        nfds_t first_stream = n;
+        for (unsigned i = 0; i < q->n_disk; i++)
+                fds[n++] = (struct pollfd){ .fd = blockrepl_stream_fd(q->disk[i]), .events = POLLIN };
         uint64_t min_ns = (uint64_t)p->cfg.min_epoch_ms * 1000000u;
         for (;;) {
                 uint64_t now = now_ns(), wake = due;
                 p->early = false;
                 if (stop_requested(p) || p->v->hold_requested)
                         return !stop_requested(p);
-                if (now >= due)
+                if (now >= due || p->stream_err)
                         return true;
                 if (qemu_net_full(q) || (min_ns && (*disk_soft || qemu_net_waiting(q)))) {
                         uint64_t early = p->last_pause_end + min_ns;
@@ -1105,15 +1147,22 @@ static bool wait_next_epoch(struct primary *p, uint64_t due, bool *disk_soft)
                         continue;
                 if (fds[1].revents)
                         return true;
+                bool stream = false;
                 for (nfds_t i = 0; i < n; i++) {
                         if (i == 1)
                                 continue;
                         if (!(fds[i].revents & POLLIN))
                                 continue;
                         uint64_t x;
-                        if (read(fds[i].fd, &x, sizeof(x)) == sizeof(x) && i >= first_disk)
+                        if (read(fds[i].fd, &x, sizeof(x)) != sizeof(x) || i < first_disk)
+                                continue;
+                        if (i >= first_stream)
+                                stream = true;
+                        else
                                 *disk_soft = true;
                 }
+                if (stream)
+                        stream_disks(p);
         }
 }
 
@@ -1161,6 +1210,7 @@ static int protected_loop(struct primary *p)
         uint64_t due = p->last_pause_end + interval;
         bool held = false, disk_soft = false;
         int r = 0;
+        stream_reset(p);
         while (!stop_requested(p)) {
                 /* the handover starts under the lock: from here the
                  * control side can no longer cancel it (cmd_handover) */
@@ -1563,6 +1613,7 @@ static void *primary_thread(void *arg)
                         qemu_net_buffering(v->qemu, true);
                         buffering = true;
                         p->early = false;
+                        stream_reset(p); /* nothing of this log went yet */
                         r = run_epoch(p, epoch, false);
                 }
                 if (r == 0) {

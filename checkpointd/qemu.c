@@ -23,6 +23,11 @@
 extern char **environ;
 
 #define QEMU_MAX_ARGS 128
+/* The primary sends the open epoch's disk writes each time this much
+ * more has come (docs/output-commit.md): small enough that little is
+ * left for the commit, large enough that the epoch thread wakes rarely. */
+#define DISK_STREAM_BYTES (1u << 20)
+
 /* QEMU's NBD client keeps I/O waiting this long for a vanished server
  * (checkpointd restarting) and retries it once connected again; after it,
  * requests fail and the guest sees I/O errors. Its reconnect attempts
@@ -198,6 +203,9 @@ static int open_io(const struct host_config *h, const struct vm_config *c, struc
                         .bitmap_path = bitmap,
                         .log_soft_bytes = log_max / 4,
                         .log_hard_bytes = log_max,
+                        /* streamed to the standby while the guest runs */
+                        .stream_bytes = DISK_STREAM_BYTES < log_max / 8 ? DISK_STREAM_BYTES
+                                                                        : log_max / 8,
                 };
                 char why[256] = "";
                 r = blockrepl_open(&o, &q->disk[i], why, sizeof(why));

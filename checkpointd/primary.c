@@ -731,6 +731,33 @@ static int send_devstate(struct primary *p, uint64_t epoch, size_t len)
         return 0;
 }
 
+/* Nothing of the open epoch has been streamed (a new log, or protection
+ * starting). */
+static void stream_reset(struct primary *p)
+{
+        memset(p->streamed, 0, sizeof(p->streamed));
+        p->stream_recs = p->stream_bytes = p->stream_wire = 0;
+        p->stream_err = 0;
+}
+
+/* Between a commit and the next barrier: send the open epoch's disk
+ * writes so far, as records of the epoch they will belong to. The
+ * standby only stages them; it applies nothing before that epoch's
+ * EPOCH_END, so this changes no promise (docs/output-commit.md) and
+ * takes the sending of a disk-heavy epoch off its commit. */
+static void stream_disks(struct primary *p)
+{
+        struct qemu_vm *q = p->v->qemu;
+        if (p->stream_err || !q->n_disk)
+                return;
+        struct disk_sender ds = { .fd = p->fd, .wb = &p->wb, .wire_bytes = &p->stream_wire,
+                                  .timeout_ns = (uint64_t)p->cfg.ack_timeout_ms * 1000000u };
+        int r = disks_stream(q->disk, q->n_disk, p->streamed, &ds, p->v->epoch + 1,
+                             &p->stream_recs, &p->stream_bytes);
+        if (r < 0)
+                p->stream_err = r;
+}
+
 /* on_buffer_full=release: while waiting for the ACK, watch the NICs'
  * buffers; a full one ends protection (-ENOBUFS) instead of holding the
  * guest's output any longer. */
@@ -767,12 +794,50 @@ static int wait_ack_or_full(struct primary *p, uint64_t deadline)
         }
 }
 
-static int await_ack(struct primary *p, uint64_t epoch)
+/* While the standby commits epoch N, the guest's disk writes of N+1 go
+ * out behind EPOCH_END(N): the standby reads them only after it has
+ * committed and ACKed N, and stages them for N+1. Returns when the ACK
+ * is readable (or at the deadline, which wire_recv then reports). */
+static void stream_until_ack(struct primary *p, uint64_t deadline)
+{
+        struct qemu_vm *q = p->v->qemu;
+        struct pollfd fds[1 + CFG_MAX_DISKS];
+        nfds_t n = 0;
+        fds[n++] = (struct pollfd){ .fd = p->fd, .events = POLLIN };
+        for (unsigned i = 0; i < q->n_disk; i++)
+                fds[n++] = (struct pollfd){ .fd = blockrepl_stream_fd(q->disk[i]), .events = POLLIN };
+        while (!p->stream_err) {
+                uint64_t now = now_ns();
+                if (now >= deadline)
+                        return;
+                int r = poll(fds, n, (int)((deadline - now) / 1000000u) + 1);
+                if (r < 0 && errno != EINTR)
+                        return;
+                if (r <= 0)
+                        continue;
+                if (fds[0].revents)
+                        return;
+                bool stream = false;
+                for (nfds_t i = 1; i < n; i++) {
+                        uint64_t x;
+                        if ((fds[i].revents & POLLIN) && read(fds[i].fd, &x, sizeof(x)) == sizeof(x))
+                                stream = true;
+                }
+                if (stream)
+                        stream_disks(p);
+        }
+}
+
+static int await_ack(struct primary *p, uint64_t epoch, bool hold)
 {
         uint64_t deadline = now_ns() + (uint64_t)p->cfg.ack_timeout_ms * 1000000u;
         int r = 0;
         if (!strcmp(p->cfg.on_buffer_full, "release") && p->v->qemu->n_net)
                 r = wait_ack_or_full(p, deadline);
+        else if (!hold && p->v->qemu->n_disk)
+                /* not for a held epoch: after it the standby must be
+                 * between epochs (PING, HANDOVER) */
+                stream_until_ack(p, deadline);
         if (r == 0)
                 r = wire_recv(p->fd, deadline, &p->in);
         if (r < 0)
@@ -879,33 +944,6 @@ static int send_taken_output(struct primary *p)
                 }
         }
         return 0;
-}
-
-/* Nothing of the open epoch has been streamed (a new log, or protection
- * starting). */
-static void stream_reset(struct primary *p)
-{
-        memset(p->streamed, 0, sizeof(p->streamed));
-        p->stream_recs = p->stream_bytes = p->stream_wire = 0;
-        p->stream_err = 0;
-}
-
-/* Between a commit and the next barrier: send the open epoch's disk
- * writes so far, as records of the epoch they will belong to. The
- * standby only stages them; it applies nothing before that epoch's
- * EPOCH_END, so this changes no promise (docs/output-commit.md) and
- * takes the sending of a disk-heavy epoch off its commit. */
-static void stream_disks(struct primary *p)
-{
-        struct qemu_vm *q = p->v->qemu;
-        if (p->stream_err || !q->n_disk)
-                return;
-        struct disk_sender ds = { .fd = p->fd, .wb = &p->wb, .wire_bytes = &p->stream_wire,
-                                  .timeout_ns = (uint64_t)p->cfg.ack_timeout_ms * 1000000u };
-        int r = disks_stream(q->disk, q->n_disk, p->streamed, &ds, p->v->epoch + 1,
-                             &p->stream_recs, &p->stream_bytes);
-        if (r < 0)
-                p->stream_err = r;
 }
 
 /* Returns 0 when committed; -ECHILD when the VM is gone; another negative
@@ -1031,7 +1069,7 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         }
         uint64_t t_sent = now_ns();
         if (r == 0)
-                r = await_ack(p, epoch);
+                r = await_ack(p, epoch, hold);
         if (r < 0)
                 goto out;
         uint64_t t_ack = now_ns();

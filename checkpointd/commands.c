@@ -631,6 +631,7 @@ static json_object *stats_json(struct vm *v)
         add_dbl(o, "commit_ms_p50", pct(v, F(commit_ms), FK_FLOAT, 50, tmp, n, from));
         /* where held output waits, outside the pause */
         json_object *cparts = json_object_new_object();
+        add_dbl(cparts, "to_output", pct(v, F(to_output_ms), FK_FLOAT, 50, tmp, n, from));
         add_dbl(cparts, "out_wait", pct(v, F(out_wait_ms), FK_FLOAT, 50, tmp, n, from));
         add_dbl(cparts, "prestop", pct(v, F(prestop_ms), FK_FLOAT, 50, tmp, n, from));
         add_dbl(cparts, "send", pct(v, F(send_ms), FK_FLOAT, 50, tmp, n, from));

@@ -82,6 +82,7 @@ struct primary {
         uint64_t stream_recs, stream_bytes, stream_wire;
         int stream_err;           /* a stream send failed: the next epoch fails with it */
         uint64_t last_pause_end;  /* monotonic ns: the VM last continued after a pause */
+        uint64_t last_release;    /* monotonic ns: an epoch's output was last released */
         bool early;               /* the epoch about to run starts early (adaptive) */
         bool resumed;             /* started by a restarted checkpointd (adopt.c) */
         bool resume_held;         /* ... with output held from the adoption on */
@@ -1032,6 +1033,8 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         st.dirty_pages = (uint32_t)n;
         uint64_t t0 = t1 - (uint64_t)(t1_wall - stop_us) * 1000u; /* stop, monotonic */
         st.out_wait_ms = out_since && out_since < t_start ? (float)(t_start - out_since) / 1e6f : 0;
+        st.to_output_ms = out_since && p->last_release && out_since > p->last_release
+                                  ? (float)(out_since - p->last_release) / 1e6f : 0;
         st.prestop_ms = t0 > t_start ? (float)(t0 - t_start) / 1e6f : 0;
 
         /* The VM runs again; the rest overlaps with it. */
@@ -1086,7 +1089,8 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         st.commit_ms = ms_since(t0);
         st.send_ms = (float)(t_sent - t5) / 1e6f;
         st.ack_ms = (float)(t_ack - t_sent) / 1e6f;
-        st.release_ms = ms_since(t_ack);
+        p->last_release = now_ns();
+        st.release_ms = (float)(p->last_release - t_ack) / 1e6f;
         st.disk_bytes = disk_bytes;
         st.raw_bytes = raw + dslen + disk_bytes;
         st.wire_bytes = p->wire_bytes + streamed_wire;

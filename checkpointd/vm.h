@@ -82,10 +82,11 @@ struct epoch_stat {
         uint64_t disk_bytes; /* disk write data of this epoch (all disks) */
         uint32_t early;      /* 1: started before epoch_ms by adaptive epochs */
         /* Where held output waits (docs/output-commit.md), primary side:
-         * guest output first seen -> epoch start (0: none was waiting),
-         * epoch start -> STOP, pause end -> EPOCH_END sent, EPOCH_END sent
-         * -> ACK read, ACK -> output released and logs freed. */
-        float out_wait_ms, prestop_ms, send_ms, ack_ms, release_ms;
+         * the previous epoch's release -> this epoch's first output frame
+         * (0: none), that frame -> epoch start, epoch start -> STOP, pause
+         * end -> EPOCH_END sent, EPOCH_END sent -> ACK read, ACK -> output
+         * released and logs freed. */
+        float to_output_ms, out_wait_ms, prestop_ms, send_ms, ack_ms, release_ms;
 };
 
 /* A commit as the standby saw it (its own ring: `stats` on the standby):

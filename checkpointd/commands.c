@@ -643,14 +643,23 @@ static json_object *stats_json(struct vm *v)
         add_dbl(o, "raw_bytes_per_epoch_p50", pct(v, F(raw_bytes), FK_U64, 50, tmp, n, from));
         add_dbl(o, "wire_bytes_per_epoch_p50", pct(v, F(wire_bytes), FK_U64, 50, tmp, n, from));
         add_dbl(o, "disk_bytes_per_epoch_p50", pct(v, F(disk_bytes), FK_U64, 50, tmp, n, from));
-        uint64_t raw = 0, wire = 0, early = 0;
+        uint64_t raw = 0, wire = 0, early = 0, hits = 0, misses = 0;
         for (size_t i = 0; i < n; i++) {
-                raw += v->stats[(from + i) % STATS_RING].raw_bytes;
-                wire += v->stats[(from + i) % STATS_RING].wire_bytes;
-                early += v->stats[(from + i) % STATS_RING].early;
+                const struct epoch_stat *e = &v->stats[(from + i) % STATS_RING];
+                raw += e->raw_bytes;
+                wire += e->wire_bytes;
+                early += e->early;
+                hits += e->delta_hits;
+                misses += e->delta_misses;
         }
         add_int(o, "epochs_early", (int64_t)early);
         add_dbl(o, "compression_ratio", wire ? (double)raw / (double)wire : 0);
+        /* epoch pages found in the delta cache: the share sent as XOR deltas */
+        add_int(o, "delta_cache_mib", v->cfg.delta_cache_mib);
+        add_int(o, "delta_cache_hits", (int64_t)hits);
+        add_int(o, "delta_cache_misses", (int64_t)misses);
+        add_dbl(o, "delta_cache_hit_ratio",
+                hits + misses ? (double)hits / (double)(hits + misses) : 0);
 #undef F
         free(tmp);
         standby_parts_json(o, v);

@@ -1,8 +1,9 @@
 /* primary: the replication thread of a VM that runs on this host.
  *
  * Owns, while it runs: the VM's QEMU (QMP), the dirty tracker, a read-only
- * mapping of guest RAM, the shadow copy (what the replica holds, the base
- * of XOR deltas), and the connection to the standby. The epoch order is
+ * mapping of guest RAM, the delta cache (what the replica holds of recently
+ * sent pages, the base of XOR deltas: lib/deltacache.h), and the
+ * connection to the standby. The epoch order is
  * the Remus order of docs/checkpoint.md:
  *
  *   pre-scan -> [migration stops the VM] device state -> scan+re-arm
@@ -36,6 +37,7 @@
 #include "adopt.h"
 #include "codec.h"
 #include "daemon.h"
+#include "deltacache.h"
 #include "disks.h"
 #include "log.h"
 #include "msgid.h"
@@ -62,7 +64,8 @@ struct primary {
         int ram_fd;
         const uint8_t *ram;
         uint64_t npages;
-        uint8_t *shadow;          /* replica's copy; NULL without xor_delta */
+        struct dcache *dcache;    /* replica's copy of recently sent pages; NULL
+                                     with delta_cache_mib = 0 (no XOR deltas) */
         uint32_t *dirty;          /* 2 * npages entries: pre-scan + pause scan */
         uint64_t *seen;           /* bitmap for merging the two scans */
         uint8_t *staging;         /* copies of dirty pages, grown on demand */
@@ -128,6 +131,10 @@ static void drop_connection(struct primary *p)
         pthread_mutex_unlock(&p->v->lock);
         close(p->fd);
         p->fd = -1;
+        /* an epoch cut off midway is never applied, yet its pages are in
+         * the cache: what the standby holds is unknown from here */
+        if (p->dcache)
+                dcache_drop_all(p->dcache);
 }
 
 static void set_state(struct primary *p, enum vm_state s)
@@ -254,15 +261,29 @@ fail:
 /* ---- pages ---- */
 
 /* data must not change while this runs: the bytes encoded and the bytes
- * kept in the shadow (the base of the next XOR delta) must be the same
- * bytes, or the replica's copy and the shadow drift apart for good. Epoch
- * pages come from the staging copy; pre-copy pages from sync_page(). */
+ * kept in the delta cache (the base of the next XOR delta) must be the
+ * same bytes, or the replica's copy and the cache drift apart for good.
+ * Epoch pages come from the staging copy; pre-copy pages from sync_page().
+ *
+ * Why a cached page always equals the replica's page (the standby decodes
+ * XOR_LZ4 against its own copy, so any difference corrupts the replica):
+ *  - every page sent is stored right after it is encoded, the very bytes
+ *    encoded; a page not put into the batch (an error) is not stored;
+ *  - the standby applies what it receives in order: pre-copy pages at
+ *    once, an epoch's pages (each page once per epoch) only when the
+ *    whole epoch arrived, and epoch N+1 is sent only after ACK(N);
+ *  - anything that may leave the replica holding something else drops
+ *    the cache: every (re-)sync starts with an empty cache (its first pass
+ *    fills nothing, also not the pages the standby already has), and a
+ *    dropped connection — an epoch cut off midway, which the standby
+ *    discards although its pages were stored here — drops it too;
+ *  - nothing else writes the replica's RAM while we are connected. */
 static int add_page(struct primary *p, enum wire_type type, uint64_t epoch,
                     uint32_t pfn, const uint8_t *data, uint64_t *raw_bytes)
 {
-        uint8_t *shadow = p->shadow ? p->shadow + (uint64_t)pfn * HAVMS_PAGE_SIZE : NULL;
         /* the first pass has no replica copy to delta against */
-        const uint8_t *prev = type == WIRE_SYNC_PAGES && p->v->sync.round == 0 ? NULL : shadow;
+        bool first = type == WIRE_SYNC_PAGES && p->v->sync.round == 0;
+        const uint8_t *prev = p->dcache && !first ? dcache_lookup(p->dcache, pfn) : NULL;
         uint8_t enc;
         uint32_t len;
         int r = codec_page_encode(data, prev, p->enc, p->scratch, &enc, &len);
@@ -273,8 +294,10 @@ static int add_page(struct primary *p, enum wire_type type, uint64_t epoch,
         r = wire_pages_add(&p->wb, pfn, enc, p->enc, len);
         if (r < 0)
                 return r;
-        if (shadow)
-                memcpy(shadow, data, HAVMS_PAGE_SIZE);
+        if (p->dcache && first)
+                dcache_forget(p->dcache, pfn); /* (the cache is empty here) */
+        else if (p->dcache)
+                dcache_store(p->dcache, pfn, data);
         *raw_bytes += HAVMS_PAGE_SIZE;
         if (p->wb.len >= SEND_BATCH) {
                 if ((r = wire_finish(&p->wb)) < 0 || (r = send_buf(p)) < 0)
@@ -540,9 +563,10 @@ static void disk_tick(void *ctx)
                 (double)dp->p->wire_bytes / 1048576.0);
 }
 
-/* The first pass over guest RAM: every page, snapshotted once (the bytes
- * encoded or skipped are the bytes kept as the next delta's base); on a
- * re-seed, a page the standby already holds is not sent. */
+/* The first pass over guest RAM: every page, snapshotted once; on a
+ * re-seed, a page the standby already holds is not sent. Neither goes
+ * into the delta cache: a pass over all of RAM would only cycle it, and
+ * the pages the guest writes next warm it within a few epochs. */
 static int first_pass(struct primary *p, uint64_t disk_bytes, uint64_t *raw)
 {
         struct vm *v = p->v;
@@ -550,8 +574,6 @@ static int first_pass(struct primary *p, uint64_t disk_bytes, uint64_t *raw)
         for (uint64_t pfn = 0; pfn < p->npages; pfn++) {
                 memcpy(p->snap, p->ram + pfn * HAVMS_PAGE_SIZE, HAVMS_PAGE_SIZE);
                 if (peer_has_page(p, (uint32_t)pfn, p->snap)) {
-                        if (p->shadow)
-                                memcpy(p->shadow + pfn * HAVMS_PAGE_SIZE, p->snap, HAVMS_PAGE_SIZE);
                         same++;
                 } else {
                         int r = add_page(p, WIRE_SYNC_PAGES, 0, (uint32_t)pfn, p->snap, raw);
@@ -602,6 +624,9 @@ static int initial_sync(struct primary *p)
                 .mem_reseed = p->welcome_flags & WIRE_WELCOME_PAGE_HASHES,
         };
         pthread_mutex_unlock(&v->lock);
+        /* whatever the standby held is replaced or re-seeded now */
+        if (p->dcache)
+                dcache_drop_all(p->dcache);
 
         /* From here blockrepl's sync map catches what the guest writes
          * behind the copy; those blocks go again at the end. */
@@ -1026,10 +1051,17 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         st.scan_ms = (float)(t2 - t1) / 1e6f;
         st.copy_ms = (float)(t3 - t2) / 1e6f;
         st.barrier_ms = (float)(t4 - t3) / 1e6f;
-        st.cont_ms = (float)(t5 - t4) / 1e6f;
+        /* The guest runs again from QEMU's RESUME event, before cont's
+         * reply reaches us: the pause the guest sees ends there. Wall
+         * clock, like the STOP it is measured from; t1_wall is t1. */
+        uint64_t t4_wall = t1_wall + (t4 - t1) / 1000u;
+        uint64_t resume_us = hold ? t4_wall : qemu_resume_time_us(q, t1_wall + (t5 - t1) / 1000u);
+        if (resume_us < t4_wall)
+                resume_us = t4_wall;
+        st.cont_ms = (float)(resume_us - t4_wall) / 1e3f;
         st.early = p->early;
         p->last_pause_end = t5;
-        st.pause_ms = st.devstate_ms + (float)(t5 - t1) / 1e6f;
+        st.pause_ms = (float)(resume_us - stop_us) / 1e3f;
         st.dirty_pages = (uint32_t)n;
         uint64_t t0 = t1 - (uint64_t)(t1_wall - stop_us) * 1000u; /* stop, monotonic */
         st.out_wait_ms = out_since && out_since < t_start ? (float)(t_start - out_since) / 1e6f : 0;
@@ -1040,9 +1072,17 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         /* The VM runs again; the rest overlaps with it. */
         p->wire_bytes = 0;
         wire_buf_reset(&p->wb);
+        struct dcache_stats dc0 = { 0 }, dc1 = { 0 };
+        if (p->dcache)
+                dcache_get_stats(p->dcache, &dc0);
         for (size_t i = 0; i < n && r == 0; i++)
                 r = add_page(p, WIRE_EPOCH_PAGES, epoch, p->dirty[i],
                              p->staging + i * HAVMS_PAGE_SIZE, &raw);
+        if (p->dcache) {
+                dcache_get_stats(p->dcache, &dc1);
+                st.delta_hits = (uint32_t)(dc1.hits - dc0.hits);
+                st.delta_misses = (uint32_t)(dc1.misses - dc0.misses);
+        }
         if (r == 0)
                 r = flush_pages(p);
         if (r == 0) {
@@ -1344,12 +1384,13 @@ static int setup(struct primary *p)
         if (m == MAP_FAILED)
                 return -errno;
         p->ram = m;
-        if (p->cfg.xor_delta) {
-                m = mmap(NULL, q->ram_bytes, PROT_READ | PROT_WRITE,
-                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-                if (m == MAP_FAILED)
-                        return -errno;
-                p->shadow = m;
+        if (p->cfg.delta_cache_mib) {
+                /* more than guest RAM would never fill: cut to it */
+                uint64_t slots = (uint64_t)p->cfg.delta_cache_mib * (1048576 / HAVMS_PAGE_SIZE);
+                int r = dcache_open(p->npages, (uint32_t)(slots < p->npages ? slots : p->npages),
+                                    &p->dcache);
+                if (r < 0)
+                        return r;
         }
         for (unsigned i = 0; i < q->n_disk; i++) {
                 if (blockrepl_size(q->disk[i]) % HAVMS_PAGE_SIZE) {
@@ -1389,8 +1430,7 @@ static void teardown(struct primary *p)
         tracker_close(p->tracker);
         if (p->ram)
                 munmap((void *)p->ram, p->npages * HAVMS_PAGE_SIZE);
-        if (p->shadow)
-                munmap(p->shadow, p->npages * HAVMS_PAGE_SIZE);
+        dcache_close(p->dcache);
         if (p->ram_fd >= 0)
                 close(p->ram_fd);
         free(p->dirty);
@@ -1574,9 +1614,15 @@ static void *primary_thread(void *arg)
                         "protection to standby %s resumes after a restart of checkpointd: "
                         "re-sync%s", p->peer, p->resume_held ? "; output held until the standby "
                         "accepts us (dropping its old replica) or `release`" : "");
+        struct dcache_stats dcs = { 0 };
+        if (p->dcache)
+                dcache_get_stats(p->dcache, &dcs);
         log_msg(LOG_LVL_INFO, MSG_PROTECT_START, v->name, -1,
-                "protecting to standby %s (%s), epoch %u ms, tracker %s", p->peer,
-                p->peer_addr, p->cfg.epoch_ms, tracker_name(p->tracker));
+                "protecting to standby %s (%s), epoch %u ms, tracker %s, delta cache %.1f MiB "
+                "(%u pages + index)%s", p->peer, p->peer_addr, p->cfg.epoch_ms,
+                tracker_name(p->tracker),
+                p->dcache ? (double)dcache_bytes(p->npages, dcs.slots) / 1048576.0 : 0.0,
+                dcs.slots, p->dcache ? "" : ": no XOR deltas");
         while (!stop_requested(p)) {
                 set_state(p, isolated ? VM_ISOLATED : was_protected ? VM_DEGRADED : VM_CONNECTING);
                 if (isolated && v->release_requested) {
@@ -1773,7 +1819,7 @@ out:;
                 leave_protection_io(p);
         }
         drop_connection(p);
-        /* the state first: tearing down (unmapping RAM and the shadow copy)
+        /* the state first: tearing down (unmapping RAM and the delta cache)
          * takes tens of ms that nobody should wait for */
         struct qemu_vm *dead = NULL;
         pthread_mutex_lock(&v->lock);

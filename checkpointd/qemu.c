@@ -782,22 +782,34 @@ int qemu_devstate_check(struct qemu_vm *q, int timeout_ms)
         return await_migration_end(q, now_ns() + (uint64_t)timeout_ms * 1000000u);
 }
 
-uint64_t qemu_stop_time_us(struct qemu_vm *q, uint64_t fallback)
+/* Wall-clock time (µs) of the queued event name, if QEMU's clock puts
+ * it no later than fallback (the same host's clock); else fallback. */
+static uint64_t event_time_or(struct qemu_vm *q, const char *name, uint64_t fallback)
 {
         json_object *ev = NULL, *ts, *sec, *usec;
         uint64_t t = fallback;
-        if (qmp_wait_event(q->qmp, "STOP", 0, &ev) < 0)
+        if (qmp_wait_event(q->qmp, name, 0, &ev) < 0)
                 return fallback;
         if (json_object_object_get_ex(ev, "timestamp", &ts) &&
             json_object_object_get_ex(ts, "seconds", &sec) &&
             json_object_object_get_ex(ts, "microseconds", &usec)) {
                 uint64_t v = (uint64_t)json_object_get_int64(sec) * 1000000u +
                              (uint64_t)json_object_get_int64(usec);
-                if (v <= fallback) /* QEMU's clock and ours are the same host's */
+                if (v <= fallback)
                         t = v;
         }
         json_object_put(ev);
         return t;
+}
+
+uint64_t qemu_stop_time_us(struct qemu_vm *q, uint64_t fallback)
+{
+        return event_time_or(q, "STOP", fallback);
+}
+
+uint64_t qemu_resume_time_us(struct qemu_vm *q, uint64_t fallback)
+{
+        return event_time_or(q, "RESUME", fallback);
 }
 
 int qemu_load_devstate(struct qemu_vm *q, const uint8_t *buf, size_t len, int timeout_ms)

@@ -107,9 +107,11 @@ void qemu_devstate_disarm(struct qemu_vm *q);
 int qemu_save_devstate(struct qemu_vm *q, uint8_t **buf, size_t *cap,
                        size_t *ret_len, int timeout_ms);
 int qemu_devstate_check(struct qemu_vm *q, int timeout_ms);
-/* Wall-clock time (µs) at which QEMU stopped the VM, from its STOP event
- * queued during the last save; fallback if there is none. */
+/* Wall-clock time (µs) at which QEMU stopped (resumed) the VM, from its
+ * STOP (RESUME) event queued since the device state was armed; fallback
+ * if there is none. */
 uint64_t qemu_stop_time_us(struct qemu_vm *q, uint64_t fallback);
+uint64_t qemu_resume_time_us(struct qemu_vm *q, uint64_t fallback);
 /* Load a device state into an -incoming QEMU. The VM stays paused. */
 int qemu_load_devstate(struct qemu_vm *q, const uint8_t *buf, size_t len, int timeout_ms);
 /* Tell the LAN where the NICs are now (RARP via announce-self). */

@@ -81,6 +81,8 @@ struct epoch_stat {
         uint64_t wire_bytes; /* bytes put on the socket for this epoch */
         uint64_t disk_bytes; /* disk write data of this epoch (all disks) */
         uint32_t early;      /* 1: started before epoch_ms by adaptive epochs */
+        uint32_t delta_hits;   /* pages found in the delta cache (sent as XOR against it) */
+        uint32_t delta_misses; /* pages not in it (LZ4 or raw); both 0 without a cache */
         /* Where held output waits (docs/output-commit.md), primary side:
          * the previous epoch's release -> this epoch's first output frame
          * (0: none), that frame -> epoch start, epoch start -> STOP, pause

@@ -72,8 +72,12 @@ static const struct opt vm_opts[] = {
           NULL, "a backup that does not ACK within this is declared lost" },
         { "protection", "reconnect_ms", OPT_U32, VO(reconnect_ms), 100, 600000, "1000",
           NULL, "how often an unprotected primary retries its peer" },
+        { "protection", "delta_cache_mib", OPT_U32, VO(delta_cache_mib), 0, 1048576, "auto", NULL,
+          "primary: memory for the last sent content of recently sent pages, the base of XOR "
+          "deltas (auto = a fifth of memory_mib; 0 = no XOR deltas; more than memory_mib "
+          "is cut to memory_mib)" },
         { "protection", "xor_delta", OPT_BOOL, VO(xor_delta), 0, 0, "yes", NULL,
-          "send XOR deltas against the replica's copy (costs one RAM-sized shadow copy)" },
+          "deprecated: 'no' is delta_cache_mib = 0" },
         { "protection", "netbuf", OPT_ENUM, VO(netbuf), 0, 0, "relay", "relay|plug",
           "output commit: user-space frame relay (any kernel) or the sch_plug qdisc" },
         { "protection", "netbuf_max_mib", OPT_U32, VO(netbuf_max_mib), 1, 4096, "16", NULL,
@@ -262,6 +266,11 @@ static int set_value(struct load_ctx *x, const struct opt *o, const char *v)
                 strcpy((char *)dst, v);
                 return 0;
         case OPT_U32: {
+                /* a computed default (resolved after the whole file is read) */
+                if (!strcmp(v, "auto") && o->def && !strcmp(o->def, "auto")) {
+                        *(uint32_t *)dst = CFG_U32_AUTO;
+                        return 0;
+                }
                 char *end;
                 errno = 0;
                 long long n = strtoll(v, &end, 10);
@@ -746,6 +755,19 @@ int vm_config_load(const char *path, struct vm_config *ret, char *err, size_t er
                 snprintf(err, errlen, "%s: 'initrd' and 'cmdline' need 'kernel'", path);
                 goto out;
         }
+        if (!c->xor_delta && c->delta_cache_mib != CFG_U32_AUTO && c->delta_cache_mib) {
+                snprintf(err, errlen, "%s: xor_delta = no contradicts delta_cache_mib = %u "
+                         "(xor_delta is deprecated: write delta_cache_mib = 0 alone)", path,
+                         c->delta_cache_mib);
+                goto out;
+        }
+        if (!c->xor_delta)
+                c->delta_cache_mib = 0;
+        else if (c->delta_cache_mib == CFG_U32_AUTO)
+                /* a fifth: with the index and the staging buffer all of
+                 * checkpointd's memory beyond guest RAM stays under a
+                 * quarter of it (docs/scale.md) */
+                c->delta_cache_mib = c->memory_mib / 5;
         if (!strcmp(c->failback, "auto") && !c->preferred_host[0]) {
                 snprintf(err, errlen, "%s: failback = auto needs preferred_host in [vm]", path);
                 goto out;

@@ -18,6 +18,7 @@
 #define CFG_MAX_FENCE_LEVELS 4
 #define CFG_MAX_HOSTS 8   /* [failback] hosts: the VM's candidate hosts */
 #define CFG_MAX_SPARES 4
+#define CFG_U32_AUTO UINT32_MAX /* an OPT_U32 whose default is computed ("auto"), until resolved */
 
 struct cfg_nic {
         char mac[18];           /* "52:54:00:xx:xx:xx" */
@@ -56,7 +57,9 @@ struct vm_config {
         uint32_t precopy_done_pages;
         uint32_t ack_timeout_ms;
         uint32_t reconnect_ms;
-        bool xor_delta;
+        bool xor_delta;         /* deprecated: false forces delta_cache_mib = 0 */
+        uint32_t delta_cache_mib; /* primary: XOR-delta base cache (lib/deltacache.h);
+                                   0 = none; "auto" (absent) = memory_mib / 4 */
         char netbuf[8];         /* "relay" or "plug": output-commit backend */
         uint32_t netbuf_max_mib;
         char on_buffer_full[8]; /* "pause" or "release" */

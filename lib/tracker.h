@@ -62,6 +62,12 @@ void tracker_close(struct tracker *t);
 const char *tracker_name(const struct tracker *t);
 bool tracker_scan_is_atomic(const struct tracker *t);
 
+/* uffd-wp: ranges of at least this many bytes (default 512 MiB) are
+ * scanned by two threads at once, each half of the range. For tests: 1
+ * splits every range, 0 restores the default; takes effect at the next
+ * open. */
+void tracker_uffd_set_split_min(uint64_t bytes);
+
 /* Find the mapping of file path (as shown in /proc/PID/maps) in pid's
  * address space. */
 int tracker_find_mapping(pid_t pid, const char *path, uint64_t *ret_start,

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -33,11 +34,42 @@
 /* Regions per PAGEMAP_SCAN call; the kernel bounces at most 512 at once. */
 #define UFFD_VEC_LEN 512
 
+/* The walk itself costs ~0.2-0.5 ms per GiB of guest RAM whatever was
+ * written (docs/scale.md), and a scan runs in the VM's pause: from this
+ * size on, a second thread walks the upper half of the range at the same
+ * time (the target is stopped then, so its cores are free). Below it the
+ * hand-off costs about what it saves. */
+#define UFFD_SPLIT_MIN_BYTES (512ull << 20)
+static uint64_t split_min = UFFD_SPLIT_MIN_BYTES;
+
+void tracker_uffd_set_split_min(uint64_t bytes)
+{
+        split_min = bytes ? bytes : UFFD_SPLIT_MIN_BYTES;
+}
+
+/* The helper thread's half of a split scan: [start, end) into out. */
+struct uffd_half {
+        uint64_t start, end;
+        uint32_t *out;
+        size_t cap, n;
+        int r;
+        struct page_region vec[UFFD_VEC_LEN];
+};
+
 struct uffd_priv {
         int uffd;               /* ours, a duplicate of the target's */
         int pagemap;            /* /proc/PID/pagemap of the target */
         uint64_t start, end;
         struct page_region vec[UFFD_VEC_LEN];
+        /* split scans (ranges >= UFFD_SPLIT_MIN_BYTES on a host with more
+         * than one CPU): the helper and its hand-off */
+        bool split;
+        pthread_t helper;
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        unsigned long long asked, done; /* scans handed to / finished by the helper */
+        bool quit;
+        struct uffd_half hi;
 };
 
 /* What the running kernel supports, from a throw-away uffd of our own.
@@ -192,6 +224,8 @@ fail:
         return r;
 }
 
+static void *helper_main(void *arg);
+
 static int uffd_open(pid_t pid, uint64_t start, uint64_t len, void **ret_priv)
 {
         struct uffd_priv *p = NULL;
@@ -270,6 +304,17 @@ static int uffd_open(pid_t pid, uint64_t start, uint64_t len, void **ret_priv)
                 goto fail;
         }
         close(pidfd);
+        pidfd = -1;
+        if (len >= split_min && sysconf(_SC_NPROCESSORS_ONLN) > 1) {
+                pthread_mutex_init(&p->lock, NULL);
+                pthread_cond_init(&p->cond, NULL);
+                /* Without the helper every scan is whole-range: still right. */
+                p->split = pthread_create(&p->helper, NULL, helper_main, p) == 0;
+                if (!p->split) {
+                        pthread_mutex_destroy(&p->lock);
+                        pthread_cond_destroy(&p->cond);
+                }
+        }
         *ret_priv = p;
         return 0;
 fail:
@@ -308,27 +353,29 @@ static int any_written(struct uffd_priv *p, uint64_t from)
  * it reported when its internal bounce buffer filled part way (then it
  * keeps the first stop address), so resume after the last reported page
  * if that is further. Rescanning the tail is harmless: those pages are
- * protected again and show up only if written since. */
-static int uffd_scan(void *priv, uint32_t *out, size_t cap, size_t *ret_n)
+ * protected again and show up only if written since.
+ *
+ * Scans [from, to) into out (indexes relative to base); *ret_end is where
+ * it stopped (to, unless out filled up). */
+static int scan_range(int pagemap, struct page_region *vec, uint64_t base, uint64_t from,
+                      uint64_t to, uint32_t *out, size_t cap, size_t *ret_n, uint64_t *ret_end)
 {
-        struct uffd_priv *p = priv;
-        uint64_t addr = p->start;
+        uint64_t addr = from;
         size_t n = 0;
-        int r;
 
-        while (addr < p->end && n < cap) {
+        while (addr < to && n < cap) {
                 struct pm_scan_arg arg = {
                         .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
                         .start = addr,
-                        .end = p->end,
-                        .vec = (uintptr_t)p->vec,
+                        .end = to,
+                        .vec = (uintptr_t)vec,
                         .vec_len = UFFD_VEC_LEN,
                         .max_pages = cap - n,
                         .category_mask = PAGE_IS_WRITTEN,
                         .return_mask = PAGE_IS_WRITTEN,
                 };
                 uint64_t next;
-                int nr = pm_scan(p->pagemap, &arg);
+                int nr = pm_scan(pagemap, &arg);
 
                 if (nr < 0)
                         return nr;
@@ -336,14 +383,14 @@ static int uffd_scan(void *priv, uint32_t *out, size_t cap, size_t *ret_n)
                         return -EIO;
                 next = arg.walk_end;
                 for (int i = 0; i < nr; i++) {
-                        const struct page_region *pr = &p->vec[i];
+                        const struct page_region *pr = &vec[i];
 
-                        if (pr->start < addr || pr->end > p->end ||
+                        if (pr->start < addr || pr->end > to ||
                             pr->start >= pr->end ||
                             (pr->end - pr->start) / HAVMS_PAGE_SIZE > cap - n)
                                 return -EIO;
                         for (uint64_t a = pr->start; a < pr->end; a += HAVMS_PAGE_SIZE)
-                                out[n++] = (uint32_t)((a - p->start) / HAVMS_PAGE_SIZE);
+                                out[n++] = (uint32_t)((a - base) / HAVMS_PAGE_SIZE);
                         if (pr->end > next)
                                 next = pr->end;
                 }
@@ -351,9 +398,85 @@ static int uffd_scan(void *priv, uint32_t *out, size_t cap, size_t *ret_n)
                         return -EIO;    /* no progress: would spin */
                 addr = next;
         }
+        *ret_n = n;
+        *ret_end = addr;
+        return 0;
+}
 
-        if (addr < p->end) {
-                r = any_written(p, addr);
+static void *helper_main(void *arg)
+{
+        struct uffd_priv *p = arg;
+        unsigned long long seen = 0;
+
+        pthread_mutex_lock(&p->lock);
+        for (;;) {
+                while (!p->quit && p->asked == seen)
+                        pthread_cond_wait(&p->cond, &p->lock);
+                if (p->quit)
+                        break;
+                seen = p->asked;
+                pthread_mutex_unlock(&p->lock);
+                uint64_t end;
+                struct uffd_half *h = &p->hi;
+                h->n = 0;
+                h->r = scan_range(p->pagemap, h->vec, p->start, h->start, h->end, h->out,
+                                  h->cap, &h->n, &end);
+                pthread_mutex_lock(&p->lock);
+                p->done = seen;
+                pthread_cond_broadcast(&p->cond);
+        }
+        pthread_mutex_unlock(&p->lock);
+        return NULL;
+}
+
+/* Both halves at once; only with room for every page (cap >= pages of the
+ * range), so that neither half can re-protect a page it has no room to
+ * report: the upper half lands after the lower half's room, then moves
+ * down. */
+static int split_scan(struct uffd_priv *p, uint32_t *out, size_t *ret_n)
+{
+        uint64_t mid = p->start + ((p->end - p->start) / 2 / HAVMS_PAGE_SIZE) * HAVMS_PAGE_SIZE;
+        size_t lo_cap = (size_t)((mid - p->start) / HAVMS_PAGE_SIZE), n_lo = 0;
+        uint64_t end;
+
+        pthread_mutex_lock(&p->lock);
+        p->hi.start = mid;
+        p->hi.end = p->end;
+        p->hi.out = out + lo_cap;
+        p->hi.cap = (size_t)((p->end - mid) / HAVMS_PAGE_SIZE);
+        p->asked++;
+        pthread_cond_broadcast(&p->cond);
+        pthread_mutex_unlock(&p->lock);
+
+        int r = scan_range(p->pagemap, p->vec, p->start, p->start, mid, out, lo_cap, &n_lo, &end);
+
+        pthread_mutex_lock(&p->lock);
+        while (p->done != p->asked)
+                pthread_cond_wait(&p->cond, &p->lock);
+        pthread_mutex_unlock(&p->lock);
+        if (r == 0)
+                r = p->hi.r;
+        if (r < 0)
+                return r;
+        memmove(out + n_lo, out + lo_cap, p->hi.n * sizeof(*out));
+        *ret_n = n_lo + p->hi.n;
+        return 0;
+}
+
+static int uffd_scan(void *priv, uint32_t *out, size_t cap, size_t *ret_n)
+{
+        struct uffd_priv *p = priv;
+        uint64_t end;
+        size_t n = 0;
+        int r;
+
+        if (p->split && cap >= (p->end - p->start) / HAVMS_PAGE_SIZE)
+                return split_scan(p, out, ret_n);
+        r = scan_range(p->pagemap, p->vec, p->start, p->start, p->end, out, cap, &n, &end);
+        if (r < 0)
+                return r;
+        if (end < p->end) {
+                r = any_written(p, end);
                 if (r < 0)
                         return r;
                 *ret_n = n;
@@ -370,6 +493,15 @@ static void uffd_close(void *priv)
 
         if (!p)
                 return;
+        if (p->split) {
+                pthread_mutex_lock(&p->lock);
+                p->quit = true;
+                pthread_cond_broadcast(&p->cond);
+                pthread_mutex_unlock(&p->lock);
+                pthread_join(p->helper, NULL);
+                pthread_mutex_destroy(&p->lock);
+                pthread_cond_destroy(&p->cond);
+        }
         /* Unregistering also drops the write-protection, so QEMU runs at
          * full speed again; the target keeps its own copy of the uffd and
          * a later open can register again. */

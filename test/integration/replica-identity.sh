@@ -4,7 +4,8 @@
 # paused) and compare the primary's guest RAM with the standby's replica
 # byte for byte. Twice, with running in between; held longer than the
 # standby's timeout (PINGs keep it attached); `unprotect` of a held VM
-# resumes it.
+# resumes it. Run it with HV_PROT_EXTRA="delta_cache_mib = 1" too: the
+# XOR deltas' base cache then evicts all the time.
 set -u
 . "$(dirname "$0")/../lib/havms.sh"
 hv_need
@@ -34,6 +35,14 @@ for round in 1 2; do
         hv_check "protected again" test "$(hv_field a web01 state)" = protected
         hv_check "guest answers after resume" hv_wait_guest 5
 done
+# XOR deltas were really exercised (not every page sent whole): the
+# delta cache found pages, unless the run disabled it (HV_PROT_EXTRA=
+# "delta_cache_mib = 0"); a tiny cache ("delta_cache_mib = 1") evicts all
+# the time, which is what the byte comparison above must survive
+st=$(hvctl a stats web01 --json)
+read -r dmib dhits dratio < <(echo "$st" | python3 -c 'import sys,json; s=json.load(sys.stdin)["stats"]; print(s["delta_cache_mib"], s["delta_cache_hits"], s["delta_cache_hit_ratio"])')
+echo "delta cache ${dmib} MiB: ${dhits} hits, hit ratio ${dratio}, compression $(echo "$st" | python3 -c 'import sys,json; print(json.load(sys.stdin)["stats"]["compression_ratio"])')"
+[ "$dmib" = 0 ] || hv_check "epochs sent pages as XOR deltas (cache hits $dhits)" test "${dhits:-0}" -gt 0
 hv_must "pause again" hvctl a pause web01
 hv_must "unprotect a held VM" hvctl a unprotect web01
 hv_check "VM running, not left paused" hv_wait_guest 5

@@ -23,6 +23,8 @@ HV_DISK_MIB=${HV_DISK_MIB:-0} # >0: web01 gets an ext4 data disk of this size
 HV_DISK=/var/lib/havms/images/$HV_VM.raw
 HV_HOST_EXTRA=${HV_HOST_EXTRA:-} # extra lines for [host] of havms.conf (e.g. "managed = yes")
 HV_VM_EXTRA=${HV_VM_EXTRA:-}     # extra lines for [vm] of web01.conf (e.g. "accel = tcg")
+HV_PROT_EXTRA=${HV_PROT_EXTRA:-} # extra lines for [protection] of web01.conf (e.g.
+                                 # "delta_cache_mib = 1"), after the test's own
 HV_FAILBACK=${HV_FAILBACK-reprotect = manual} # lines for [failback] of web01.conf: the
                                  # existing tests protect by hand; failback tests set
                                  # e.g. HV_FAILBACK="reprotect = auto" (docs/failback.md)
@@ -87,6 +89,7 @@ $HV_VM_EXTRA
 [protection]
 peer = $other
 $prot
+$HV_PROT_EXTRA
 
 [failback]
 $HV_FAILBACK

@@ -61,6 +61,7 @@ static void test_vm_ok_with_defaults(void **state)
         assert_string_equal(c.machine, "q35");
         assert_string_equal(c.accel, "auto");
         assert_true(c.xor_delta);
+        assert_int_equal(c.delta_cache_mib, 51); /* a fifth of memory_mib */
         assert_int_equal(c.n_nics, 1);
         assert_string_equal(c.nics[0].bridge, "br0");
         assert_string_equal(c.nics[0].model, "virtio-net-pci");
@@ -94,6 +95,44 @@ static void expect_vm_error(const char *file, const char *text, const char *want
         assert_int_equal(vm_config_load(write_file(file, text), &c, err, sizeof(err)), -EINVAL);
         if (!strstr(err, want))
                 fail_msg("error '%s' does not contain '%s'", err, want);
+}
+
+static uint32_t delta_cache_of(const char *prot)
+{
+        char text[512], err[256] = "";
+        snprintf(text, sizeof(text), "[vm]\nname = web01\nmemory_mib = 1000\nkernel = /k\n"
+                 "[protection]\n%s\n", prot);
+        struct vm_config c;
+        int r = vm_config_load(write_file("web01.conf", text), &c, err, sizeof(err));
+        if (r < 0)
+                fail_msg("'%s' refused: %s", prot, err);
+        return c.delta_cache_mib;
+}
+
+/* delta_cache_mib: auto = a fifth of RAM; 0 = none; xor_delta = no is 0 */
+static void test_vm_delta_cache(void **state)
+{
+        assert_int_equal(delta_cache_of(""), 200);
+        assert_int_equal(delta_cache_of("delta_cache_mib = auto"), 200);
+        assert_int_equal(delta_cache_of("delta_cache_mib = 0"), 0);
+        assert_int_equal(delta_cache_of("delta_cache_mib = 16"), 16);
+        assert_int_equal(delta_cache_of("delta_cache_mib = 4096"), 4096); /* the user cuts it */
+        assert_int_equal(delta_cache_of("xor_delta = no"), 0);
+        assert_int_equal(delta_cache_of("xor_delta = no\ndelta_cache_mib = 0"), 0);
+        assert_int_equal(delta_cache_of("xor_delta = yes\ndelta_cache_mib = 8"), 8);
+        const char *base = "[vm]\nname = web01\nmemory_mib = 64\nkernel = /k\n[protection]\n";
+        char text[512];
+        snprintf(text, sizeof(text), "%sdelta_cache_mib = 2000000\n", base);
+        expect_vm_error("web01.conf", text, "delta_cache_mib: 2000000 is out of range [0, 1048576]");
+        snprintf(text, sizeof(text), "%sdelta_cache_mib = -1\n", base);
+        expect_vm_error("web01.conf", text, "out of range");
+        snprintf(text, sizeof(text), "%sdelta_cache_mib = lots\n", base);
+        expect_vm_error("web01.conf", text, "'lots' is not a whole number");
+        snprintf(text, sizeof(text), "%sxor_delta = no\ndelta_cache_mib = 8\n", base);
+        expect_vm_error("web01.conf", text, "xor_delta = no contradicts delta_cache_mib = 8");
+        /* "auto" is for options whose default is computed, not for any number */
+        snprintf(text, sizeof(text), "%sepoch_ms = auto\n", base);
+        expect_vm_error("web01.conf", text, "'auto' is not a whole number");
 }
 
 static void test_vm_failover_section(void **state)
@@ -472,6 +511,7 @@ int main(void)
                 cmocka_unit_test(test_vm_ok_with_defaults),
                 cmocka_unit_test(test_vm_disks_repeat),
                 cmocka_unit_test(test_vm_errors),
+                cmocka_unit_test(test_vm_delta_cache),
                 cmocka_unit_test(test_missing_file),
                 cmocka_unit_test(test_host_ok_and_errors),
                 cmocka_unit_test(test_digest_tracks_device_model),

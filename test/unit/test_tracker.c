@@ -381,6 +381,7 @@ static int teardown(void **state)
         struct fixture *f = *state;
 
         tracker_close(f->t);
+        tracker_uffd_set_split_min(0); /* the default again, whatever a test set */
         child_stop(&f->c);
         free(f);
         return 0;
@@ -526,6 +527,21 @@ static void test_uffd_exact(void **state)
 
 static void test_uffd_cap(void **state)
 {
+        run_cap(state, "uffd-wp");
+}
+
+/* The same with the range split between two threads (a 64 MiB range is
+ * below the default size for that): page sets across the halves' border,
+ * every page at once, and a cap (which scans whole, unsplit). */
+static void test_uffd_split_exact(void **state)
+{
+        tracker_uffd_set_split_min(1);
+        run_exact(state, "uffd-wp");
+}
+
+static void test_uffd_split_cap(void **state)
+{
+        tracker_uffd_set_split_min(1);
         run_cap(state, "uffd-wp");
 }
 
@@ -732,6 +748,8 @@ int main(int argc, char **argv)
                 cmocka_unit_test_setup_teardown(test_auto, setup_exec, teardown),
                 cmocka_unit_test_setup_teardown(test_uffd_exact, setup_exec, teardown),
                 cmocka_unit_test_setup_teardown(test_uffd_cap, setup_exec, teardown),
+                cmocka_unit_test_setup_teardown(test_uffd_split_exact, setup_exec, teardown),
+                cmocka_unit_test_setup_teardown(test_uffd_split_cap, setup_exec, teardown),
                 cmocka_unit_test_setup_teardown(test_uffd_fork_own, setup_bare, teardown),
                 cmocka_unit_test_setup_teardown(test_uffd_inherited, setup_bare, teardown),
                 cmocka_unit_test_setup_teardown(test_uffd_missing, setup_bare, teardown),

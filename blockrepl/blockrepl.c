@@ -84,6 +84,7 @@ struct blockrepl {
         int listen_fd;
         int wake_fd; /* eventfd: stop, or a client thread ended */
         int log_fd;  /* eventfd: the open log passed log_soft_bytes */
+        int stream_fd; /* eventfd: the open log grew by stream */
         pthread_t accept_thread;
         bool accept_started;
 
@@ -94,6 +95,8 @@ struct blockrepl {
         struct br_log log;     /* the open epoch */
         uint64_t log_mem;      /* its data + record overhead, against soft/hard */
         bool soft_signalled;   /* log_fd written for this epoch */
+        uint64_t stream;       /* stream_bytes; 0 = no stream_fd signals */
+        uint64_t stream_mark;  /* log_mem at which stream_fd is written next */
         bool limit_lifted;     /* the VM is stopping: no waiting until the barrier */
         struct br_client *clients;
         uint32_t n_clients;
@@ -183,6 +186,13 @@ static void log_append(struct blockrepl *b, struct br_rec *rec)
                 b->soft_signalled = true;
                 if (write(b->log_fd, &one, sizeof(one)) < 0)
                         log_msg(LOG_LVL_DEBUG, NULL, b->name, -1, "log eventfd: %s",
+                                strerror(errno));
+        }
+        if (b->stream && b->log_mem >= b->stream_mark) {
+                uint64_t one = 1;
+                b->stream_mark = b->log_mem + b->stream;
+                if (write(b->stream_fd, &one, sizeof(one)) < 0)
+                        log_msg(LOG_LVL_DEBUG, NULL, b->name, -1, "stream eventfd: %s",
                                 strerror(errno));
         }
 }
@@ -577,7 +587,7 @@ int blockrepl_open(const struct blockrepl_options *o, struct blockrepl **ret,
                 snprintf(err, errlen, "out of memory");
                 return -ENOMEM;
         }
-        b->image_fd = b->listen_fd = b->wake_fd = b->log_fd = -1;
+        b->image_fd = b->listen_fd = b->wake_fd = b->log_fd = b->stream_fd = -1;
         pthread_mutex_init(&b->lock, NULL);
         pthread_condattr_t ca;
         pthread_condattr_init(&ca);
@@ -597,6 +607,7 @@ int blockrepl_open(const struct blockrepl_options *o, struct blockrepl **ret,
         b->read_only = o->read_only;
         b->soft = o->log_soft_bytes;
         b->hard = o->log_hard_bytes;
+        b->stream = b->stream_mark = o->stream_bytes;
         r = br_image_open(o->image, o->read_only, &b->image_fd, &b->size, &b->is_blk, err, errlen);
         if (r < 0)
                 goto fail;
@@ -623,7 +634,8 @@ int blockrepl_open(const struct blockrepl_options *o, struct blockrepl **ret,
         b->sync_map = calloc(b->n_blocks / 64 + 1, sizeof(uint64_t));
         b->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         b->log_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (!b->sync_map || b->wake_fd < 0 || b->log_fd < 0) {
+        b->stream_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (!b->sync_map || b->wake_fd < 0 || b->log_fd < 0 || b->stream_fd < 0) {
                 r = b->sync_map ? -errno : -ENOMEM;
                 snprintf(err, errlen, "blockrepl: %s", strerror(-r));
                 goto fail;
@@ -671,6 +683,8 @@ void blockrepl_close(struct blockrepl *b)
                 close(b->wake_fd);
         if (b->log_fd >= 0)
                 close(b->log_fd);
+        if (b->stream_fd >= 0)
+                close(b->stream_fd);
         if (b->image_fd >= 0)
                 close(b->image_fd);
         /* an open epoch that will never be sent: the peer misses it */
@@ -724,6 +738,7 @@ void blockrepl_set_mode(struct blockrepl *b, enum blockrepl_mode m)
                 br_log_free(&b->log);
                 b->log_mem = 0;
                 b->soft_signalled = false;
+                b->stream_mark = b->stream;
                 /* No clearing outside LOG: a pending clear is dropped (the
                  * worker checks clear_gen under this lock, see clear_main). */
                 b->clear = BR_CLEAR_OFF;
@@ -763,6 +778,7 @@ int blockrepl_barrier(struct blockrepl *b, struct br_log *ret)
         }
         b->log_mem = 0;
         b->soft_signalled = false;
+        b->stream_mark = b->stream;
         b->limit_lifted = false;
         pthread_cond_broadcast(&b->log_cond);
         pthread_mutex_unlock(&b->lock);
@@ -780,6 +796,27 @@ void blockrepl_lift_limit(struct blockrepl *b)
 int blockrepl_log_fd(const struct blockrepl *b)
 {
         return b->log_fd;
+}
+
+int blockrepl_stream_fd(const struct blockrepl *b)
+{
+        return b->stream_fd;
+}
+
+int blockrepl_log_since(struct blockrepl *b, const struct br_rec *after,
+                        const struct br_rec **ret_first, const struct br_rec **ret_last)
+{
+        pthread_mutex_lock(&b->lock);
+        if (b->mode != BR_MODE_LOG) {
+                pthread_mutex_unlock(&b->lock);
+                return -EINVAL;
+        }
+        /* ->next of records up to the tail was set under this lock: the
+         * chain first..last is complete for the caller from here on */
+        *ret_first = after ? after->next : b->log.head;
+        *ret_last = *ret_first ? b->log.tail : NULL;
+        pthread_mutex_unlock(&b->lock);
+        return 0;
 }
 
 void blockrepl_sync_clear(struct blockrepl *b, uint64_t block)

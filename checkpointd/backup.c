@@ -393,6 +393,7 @@ static int receive_loop(struct session *s)
         struct vm *v = s->v;
         struct backup_replica *b = v->replica;
         uint64_t timeout_ns = (uint64_t)v->cfg.ack_timeout_ms * 1000000u;
+        uint64_t t_first = 0; /* the epoch in flight's first record came */
         for (;;) {
                 int r = wire_recv(s->fd, now_ns() + timeout_ns, &s->in);
                 if (r < 0)
@@ -426,6 +427,7 @@ static int receive_loop(struct session *s)
                                 if (h->epoch == 0 || (b->valid && h->epoch != v->committed_epoch + 1))
                                         return -EPROTO;
                                 b->st_epoch = h->epoch;
+                                t_first = now_ns();
                         } else if (h->epoch != b->st_epoch)
                                 return -EPROTO;
                         if (h->type == WIRE_EPOCH_DISK) {
@@ -454,22 +456,32 @@ static int receive_loop(struct session *s)
                          * the replica changes: a crash from here until it is
                          * marked committed leaves a replica nobody adopts */
                         uint64_t tp = now_ns();
+                        struct standby_stat st = { 0 };
+                        st.recv_ms = t_first ? (float)(tp - t_first) / 1e6f : 0;
                         r = persist_commit_begin(s, h->epoch);
                         if (r < 0)
                                 return disk_failed(s, r, "saving the device state", false);
-                        float persist_ms = (float)(now_ns() - tp) / 1e6f;
+                        uint64_t td = now_ns();
+                        float persist_ms = (float)(td - tp) / 1e6f;
                         /* disks first: the only part of a commit that can fail */
                         r = disk_replica_commit(&b->disks);
                         if (r < 0) /* the images may hold part of the epoch */
                                 return disk_failed(s, r, "applying the epoch to the disk images", true);
+                        uint64_t tc = now_ns();
                         commit(b);
                         staging_reset(b);
+                        t_first = 0;
                         tp = now_ns();
+                        st.disk_ms = (float)(tc - td) / 1e6f;
+                        st.fsync_ms = (float)b->disks.sync_ns / 1e6f;
+                        st.pages_ms = (float)(tp - tc) / 1e6f;
                         r = persist_devstate_commit(&s->d->host, v->name);
                         if (r < 0)
                                 return disk_failed(s, r, "saving the device state", true);
                         persist_ms += (float)(now_ns() - tp) / 1e6f;
+                        st.persist_ms = persist_ms;
                         pthread_mutex_lock(&v->lock);
+                        vm_record_standby(v, &st);
                         v->persist_ms_last = persist_ms;
                         if (persist_ms > v->persist_ms_max)
                                 v->persist_ms_max = persist_ms;

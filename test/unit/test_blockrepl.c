@@ -142,8 +142,9 @@ static void test_stage_memory(void **state)
         assert_int_equal(br_stage_apply(s, f->img_fd), 0);
         stage_check(f);
         assert_int_equal(br_stage_bytes(s), 0);
-        /* empty: applying again changes nothing */
+        /* empty: applying again changes nothing, and needs no fdatasync */
         assert_int_equal(br_stage_apply(s, f->img_fd), 0);
+        assert_int_equal(br_stage_sync_ns(s), 0);
         br_stage_free(s);
 }
 
@@ -628,6 +629,65 @@ static void test_br_barrier(void **state)
         close(c);
         blockrepl_close(b);
         assert_int_equal(file_size(f->sock), -1); /* socket removed */
+}
+
+static bool fd_readable(int fd)
+{
+        uint64_t x;
+        return read(fd, &x, sizeof(x)) == sizeof(x);
+}
+
+/* Streaming (docs/output-commit.md): log_since hands out exactly the
+ * records not yet handed out, the barrier still hands out the whole log,
+ * and stream_fd fires per stream_bytes of log. */
+static void test_br_log_since(void **state)
+{
+        struct fx *f = *state;
+        struct blockrepl_options o = { .name = "test/disk0", .image = f->img,
+                                       .socket_path = f->sock, .stream_bytes = 8192 };
+        struct blockrepl *b;
+        char err[256];
+        if (blockrepl_open(&o, &b, err, sizeof(err)) < 0)
+                fail_msg("blockrepl_open: %s", err);
+        const struct br_rec *first, *last;
+        assert_int_equal(blockrepl_log_since(b, NULL, &first, &last), -EINVAL); /* not LOG */
+        blockrepl_set_mode(b, BR_MODE_LOG);
+        int c = nbd_connect(f->sock);
+        assert_int_equal(blockrepl_log_since(b, NULL, &first, &last), 0);
+        assert_null(first);
+        assert_false(fd_readable(blockrepl_stream_fd(b)));
+
+        assert_int_equal(nbd_write_pattern(c, 'A', 0, 4096), 0);
+        assert_false(fd_readable(blockrepl_stream_fd(b))); /* < 8 KiB of log */
+        assert_int_equal(nbd_write_pattern(c, 'B', BS, 8192), 0);
+        assert_true(fd_readable(blockrepl_stream_fd(b)));
+        assert_int_equal(blockrepl_log_since(b, NULL, &first, &last), 0);
+        assert_non_null(first);
+        assert_int_equal(first->data[0], 'A');
+        assert_int_equal(last->data[0], 'B');
+        assert_ptr_equal(first->next, last);
+        const struct br_rec *sent = last;
+
+        assert_int_equal(blockrepl_log_since(b, sent, &first, &last), 0);
+        assert_null(first); /* nothing new */
+        assert_int_equal(nbd_write_pattern(c, 'C', 2 * BS, 512), 0);
+        assert_int_equal(blockrepl_log_since(b, sent, &first, &last), 0);
+        assert_non_null(first);
+        assert_ptr_equal(first, last);
+        assert_int_equal(first->data[0], 'C');
+
+        struct br_log log;
+        assert_int_equal(blockrepl_barrier(b, &log), 0);
+        assert_int_equal(log.n_recs, 3); /* streamed or not, all of the epoch */
+        assert_ptr_equal(log.tail, last);
+        /* a new log: the stream mark starts again */
+        assert_int_equal(blockrepl_log_since(b, NULL, &first, &last), 0);
+        assert_null(first);
+        assert_int_equal(nbd_write_pattern(c, 'D', 0, 4096), 0);
+        assert_false(fd_readable(blockrepl_stream_fd(b)));
+        br_log_free(&log);
+        close(c);
+        blockrepl_close(b);
 }
 
 struct writer {
@@ -1442,6 +1502,7 @@ int main(void)
                 cmocka_unit_test(test_resync_set),
                 cmocka_unit_test_setup_teardown(test_br_barrier, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_log_order, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_br_log_since, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_hard_limit, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_sync_map, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_bitmap_modes, setup, teardown),

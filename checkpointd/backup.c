@@ -575,6 +575,11 @@ static void end_session(struct session *s, int r)
                 log_msg(LOG_LVL_WARN, MSG_BK_PRIMARY_LOST, v->name, (int64_t)v->committed_epoch,
                         "primary %s lost (%s): replica at epoch %llu can be activated",
                         s->primary, strerror(-r), (unsigned long long)v->committed_epoch);
+        else if (r != 0 && r != -EBADMSG && r != -EPROTO) /* those were said above */
+                log_msg(LOG_LVL_WARN, MSG_BK_SYNC_LOST, v->name, -1,
+                        "connection to primary %s ended during the initial sync (%s): "
+                        "incomplete replica discarded, nothing to activate; the primary "
+                        "retries", s->primary, strerror(-r));
         struct qemu_vm *q = NULL;
         pthread_mutex_lock(&v->lock);
         v->conn_fd = -1;

@@ -9,7 +9,15 @@
  *     add the blocks to W (LOG)
  *     change the image
  *     append to the open log (LOG) / set the sync map bits (SYNC)
- *   then, outside the lock: fdatasync for FUA; then nbd.c replies.
+ *   then, outside the lock: fdatasync for FUA (not in LOG); then nbd.c replies.
+ *
+ * Flushes in LOG mode (FLUSH, FUA) are answered without an fdatasync: the
+ * guest's flush is kept by the peer, which makes the epoch durable before
+ * its ACK, and nothing the guest says after the flush leaves the primary
+ * before that ACK (output commit). Leaving LOG makes the image durable
+ * before blockrepl_set_mode() returns, so output released after that (the
+ * peer is gone, the VM runs on alone) never depends on a flush that is
+ * durable nowhere. Timeline in docs/output-commit.md.
  *
  * The bitmap is written ahead of the image (like md's write-intent bitmap):
  * data the page cache writes back before any FLUSH must never be on disk
@@ -43,6 +51,7 @@
 #include "bitmap.h"
 #include "image.h"
 #include "log.h"
+#include "msgid.h"
 #include "nbd.h"
 #include "stage.h"
 #include "util.h"
@@ -290,6 +299,7 @@ static int change(struct blockrepl *b, uint8_t op, const void *data, uint32_t le
                   uint64_t offset, bool may_hole, bool fua)
 {
         struct br_rec *rec = NULL;
+        bool logged = false;
         int r;
         /* The copy is made outside the lock; the mode is checked again under it. */
         if (__atomic_load_n(&b->mode, __ATOMIC_RELAXED) == BR_MODE_LOG) {
@@ -322,13 +332,14 @@ static int change(struct blockrepl *b, uint8_t op, const void *data, uint32_t le
         if (b->mode == BR_MODE_LOG) {
                 log_append(b, rec);
                 rec = NULL;
+                logged = true;
         } else if (b->mode == BR_MODE_SYNC) {
                 sync_map_set(b, offset, len); /* after the write: see blockrepl.h */
         }
 out:
         pthread_mutex_unlock(&b->lock);
         free(rec);
-        if (r == 0 && fua)
+        if (r == 0 && fua && !logged) /* LOG: the peer keeps it (top) */
                 r = durable(b);
         return r;
 }
@@ -373,6 +384,10 @@ static int op_flush(void *priv)
 {
         struct blockrepl *b = priv;
         stat_add(&b->st.flushes, 1);
+        if (__atomic_load_n(&b->mode, __ATOMIC_RELAXED) == BR_MODE_LOG) {
+                stat_add(&b->st.flushes_deferred, 1); /* the peer keeps it (top) */
+                return 0;
+        }
         return durable(b);
 }
 
@@ -611,6 +626,14 @@ int blockrepl_open(const struct blockrepl_options *o, struct blockrepl **ret,
         r = br_image_open(o->image, o->read_only, &b->image_fd, &b->size, &b->is_blk, err, errlen);
         if (r < 0)
                 goto fail;
+        /* A checkpointd that died in LOG mode left flushes it answered for
+         * the peer (top) in the page cache: durable before anyone (an
+         * adopting checkpointd releasing held output) relies on them. */
+        if (!o->read_only && fdatasync(b->image_fd) < 0 && errno != EINVAL) {
+                r = -errno;
+                snprintf(err, errlen, "%s: fdatasync: %s", o->image, strerror(errno));
+                goto fail;
+        }
         if (o->bitmap_path) {
                 r = br_bitmap_open(o->bitmap_path, b->size, &b->bitmap, err, errlen);
                 if (r < 0)
@@ -747,9 +770,21 @@ void blockrepl_set_mode(struct blockrepl *b, enum blockrepl_mode m)
                 memset(b->w, 0, b->w_len);
                 b->w_since = b->seq;
         }
+        bool left_log = b->mode == BR_MODE_LOG && m != BR_MODE_LOG;
         __atomic_store_n(&b->mode, m, __ATOMIC_RELAXED);
         pthread_cond_broadcast(&b->log_cond);
         pthread_mutex_unlock(&b->lock);
+        /* Flushes answered in LOG relied on the peer: this disk takes that
+         * over now, before the caller lets any held output go (top). A
+         * flush that races the switch and saw LOG wrote before it. */
+        if (left_log) {
+                int e = durable(b);
+                if (e < 0)
+                        log_msg(LOG_LVL_ERR, MSG_BR_DEFERRED_FLUSH, b->name, -1,
+                                "protection ended and the image could not be made durable "
+                                "(%s): writes the guest flushed while protected may be lost "
+                                "if this host loses power", strerror(-e));
+        }
 }
 
 enum blockrepl_mode blockrepl_get_mode(const struct blockrepl *b)
@@ -980,6 +1015,7 @@ void blockrepl_get_stats(const struct blockrepl *b, struct blockrepl_stats *ret)
         s.reads = __atomic_load_n(&b->st.reads, __ATOMIC_RELAXED);
         s.writes = __atomic_load_n(&b->st.writes, __ATOMIC_RELAXED);
         s.flushes = __atomic_load_n(&b->st.flushes, __ATOMIC_RELAXED);
+        s.flushes_deferred = __atomic_load_n(&b->st.flushes_deferred, __ATOMIC_RELAXED);
         s.trims = __atomic_load_n(&b->st.trims, __ATOMIC_RELAXED);
         s.zeroes = __atomic_load_n(&b->st.zeroes, __ATOMIC_RELAXED);
         s.bytes_read = __atomic_load_n(&b->st.bytes_read, __ATOMIC_RELAXED);

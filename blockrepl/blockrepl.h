@@ -166,6 +166,7 @@ int blockrepl_bitmap_merge(struct blockrepl *b, const uint8_t *bits, size_t len)
 /* Counters for status/stats. */
 struct blockrepl_stats {
         uint64_t reads, writes, flushes, trims, zeroes;
+        uint64_t flushes_deferred; /* answered in LOG without fdatasync: the peer keeps them */
         uint64_t bytes_read, bytes_written;
         uint64_t log_waits;      /* writers that waited on log_hard_bytes */
         uint64_t log_overruns;   /* of which went on after 1 s without a barrier */

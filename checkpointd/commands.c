@@ -695,6 +695,8 @@ static void io_json(json_object *o, const struct qemu_vm *q)
                 add_int(dj, "bytes_written", (int64_t)bs.bytes_written);
                 add_int(dj, "bytes_read", (int64_t)bs.bytes_read);
                 add_int(dj, "log_waits", (int64_t)bs.log_waits);
+                add_int(dj, "flushes", (int64_t)bs.flushes);
+                add_int(dj, "flushes_deferred", (int64_t)bs.flushes_deferred);
                 json_object_array_add(disks, dj);
         }
         json_object_object_add(o, "disks", disks);

@@ -118,3 +118,4 @@
 #define MSG_FB_NOTE           "HAVMS-FB-8016"
 /* blockrepl (docs/blockrepl.md) */
 #define MSG_BR_BITMAP_UPGRADED "HAVMS-BR-9001"
+#define MSG_BR_DEFERRED_FLUSH  "HAVMS-BR-9002"

@@ -953,6 +953,7 @@ static struct {
                                   fdatasync stays not durable */
         bool hold, held, release;
         int violations;
+        int image_syncs;       /* fdatasyncs of the image fd */
 } hk = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER, .fd = -1 };
 
 int __real_fdatasync(int fd);
@@ -965,6 +966,7 @@ int __wrap_fdatasync(int fd)
                 return __real_fdatasync(fd);
         }
         uint64_t nd = hk.nd, gen[64];
+        hk.image_syncs++;
         memcpy(gen, hk.nd_gen, sizeof(gen));
         if (hk.fbits && (br_get_le64(hk.fbits) & nd) != nd)
                 hk.violations++;
@@ -1026,6 +1028,7 @@ static struct blockrepl *br_start_al(struct fx *f, uint32_t clear_interval_ms)
         hk.fd = blockrepl_image_fd(b);
         hk.nd = 0;
         hk.violations = 0;
+        hk.image_syncs = 0;
         pthread_mutex_unlock(&hk.lock);
         return b;
 }
@@ -1114,6 +1117,42 @@ static void *mark_writer_main(void *arg)
 
 /* LOG mode: each block's bit is in the file before its data is in the
  * image, seen from outside while a client writes. */
+static int image_syncs(void)
+{
+        pthread_mutex_lock(&hk.lock);
+        int n = hk.image_syncs;
+        pthread_mutex_unlock(&hk.lock);
+        return n;
+}
+
+/* Flushes in LOG mode are kept by the peer: FLUSH and FUA answered with no
+ * fdatasync of the image; leaving LOG makes the image durable before
+ * set_mode returns (the caller releases held output after it); outside
+ * LOG every flush is an fdatasync again (blockrepl.c, top). */
+static void test_br_deferred_flush(void **state)
+{
+        struct fx *f = *state;
+        struct blockrepl *b = br_start_al(f, 0);
+        int c = nbd_connect(f->sock);
+        assert_int_equal(nbd_cmd(c, NBD_CMD_FLUSH, 0, 0, 0, NULL, NULL), 0);
+        assert_int_equal(image_syncs(), 1); /* ALONE: a real flush */
+        blockrepl_set_mode(b, BR_MODE_LOG);
+        assert_int_equal(nbd_write_pattern(c, 'A', 0, 4096), 0);
+        assert_int_equal(nbd_cmd(c, NBD_CMD_FLUSH, 0, 0, 0, NULL, NULL), 0);
+        assert_int_equal(nbd_cmd(c, NBD_CMD_TRIM, NBD_CMD_FLAG_FUA, BS, 4096, NULL, NULL), 0);
+        assert_int_equal(image_syncs(), 1);
+        struct blockrepl_stats st;
+        blockrepl_get_stats(b, &st);
+        assert_int_equal(st.flushes, 2);
+        assert_int_equal(st.flushes_deferred, 1);
+        blockrepl_set_mode(b, BR_MODE_ALONE);
+        assert_int_equal(image_syncs(), 2); /* durable before set_mode returned */
+        assert_int_equal(nbd_cmd(c, NBD_CMD_TRIM, NBD_CMD_FLAG_FUA, BS, 4096, NULL, NULL), 0);
+        assert_int_equal(image_syncs(), 3); /* FUA outside LOG */
+        close(c);
+        br_stop_al(b);
+}
+
 static void test_br_log_marking(void **state)
 {
         struct fx *f = *state;
@@ -1507,6 +1546,7 @@ int main(void)
                 cmocka_unit_test_setup_teardown(test_br_sync_map, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_bitmap_modes, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_protocol_errors, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_br_deferred_flush, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_log_marking, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_lazy_clear, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_clear_cancel, setup, teardown),

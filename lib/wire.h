@@ -24,10 +24,12 @@
 #include <stdint.h>
 
 #define WIRE_MAGIC 0x534d5648u
-#define WIRE_VERSION 4 /* 2: disks in HELLO and EPOCH_END, SYNC_DISK, EPOCH_DISK;
+#define WIRE_VERSION 5 /* 2: disks in HELLO and EPOCH_END, SYNC_DISK, EPOCH_DISK;
                            3: generations in HELLO and WELCOME, ERROR STALE;
                            4: re-seed and incremental resync (lineages, bitmaps,
-                              hashes), ERROR HANDOVER */
+                              hashes), ERROR HANDOVER;
+                           5: a page may come twice in an epoch (sent before the stop),
+                              EPOCH_END counts page records */
 #define WIRE_HDR_SIZE 32
 #define WIRE_MAX_PAYLOAD (16u << 20)
 #define WIRE_NAME_LEN 64

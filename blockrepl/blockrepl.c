@@ -9,7 +9,15 @@
  *     add the blocks to W (LOG)
  *     change the image
  *     append to the open log (LOG) / set the sync map bits (SYNC)
- *   then, outside the lock: fdatasync for FUA; then nbd.c replies.
+ *   then, outside the lock: fdatasync for FUA (not in LOG); then nbd.c replies.
+ *
+ * Flushes in LOG mode (FLUSH, FUA) are answered without an fdatasync: the
+ * guest's flush is kept by the peer, which makes the epoch durable before
+ * its ACK, and nothing the guest says after the flush leaves the primary
+ * before that ACK (output commit). Leaving LOG makes the image durable
+ * before blockrepl_set_mode() returns, so output released after that (the
+ * peer is gone, the VM runs on alone) never depends on a flush that is
+ * durable nowhere. Timeline in docs/output-commit.md.
  *
  * The bitmap is written ahead of the image (like md's write-intent bitmap):
  * data the page cache writes back before any FLUSH must never be on disk
@@ -43,6 +51,7 @@
 #include "bitmap.h"
 #include "image.h"
 #include "log.h"
+#include "msgid.h"
 #include "nbd.h"
 #include "stage.h"
 #include "util.h"
@@ -84,6 +93,7 @@ struct blockrepl {
         int listen_fd;
         int wake_fd; /* eventfd: stop, or a client thread ended */
         int log_fd;  /* eventfd: the open log passed log_soft_bytes */
+        int stream_fd; /* eventfd: the open log grew by stream */
         pthread_t accept_thread;
         bool accept_started;
 
@@ -94,6 +104,8 @@ struct blockrepl {
         struct br_log log;     /* the open epoch */
         uint64_t log_mem;      /* its data + record overhead, against soft/hard */
         bool soft_signalled;   /* log_fd written for this epoch */
+        uint64_t stream;       /* stream_bytes; 0 = no stream_fd signals */
+        uint64_t stream_mark;  /* log_mem at which stream_fd is written next */
         bool limit_lifted;     /* the VM is stopping: no waiting until the barrier */
         struct br_client *clients;
         uint32_t n_clients;
@@ -183,6 +195,13 @@ static void log_append(struct blockrepl *b, struct br_rec *rec)
                 b->soft_signalled = true;
                 if (write(b->log_fd, &one, sizeof(one)) < 0)
                         log_msg(LOG_LVL_DEBUG, NULL, b->name, -1, "log eventfd: %s",
+                                strerror(errno));
+        }
+        if (b->stream && b->log_mem >= b->stream_mark) {
+                uint64_t one = 1;
+                b->stream_mark = b->log_mem + b->stream;
+                if (write(b->stream_fd, &one, sizeof(one)) < 0)
+                        log_msg(LOG_LVL_DEBUG, NULL, b->name, -1, "stream eventfd: %s",
                                 strerror(errno));
         }
 }
@@ -280,6 +299,7 @@ static int change(struct blockrepl *b, uint8_t op, const void *data, uint32_t le
                   uint64_t offset, bool may_hole, bool fua)
 {
         struct br_rec *rec = NULL;
+        bool logged = false;
         int r;
         /* The copy is made outside the lock; the mode is checked again under it. */
         if (__atomic_load_n(&b->mode, __ATOMIC_RELAXED) == BR_MODE_LOG) {
@@ -312,13 +332,14 @@ static int change(struct blockrepl *b, uint8_t op, const void *data, uint32_t le
         if (b->mode == BR_MODE_LOG) {
                 log_append(b, rec);
                 rec = NULL;
+                logged = true;
         } else if (b->mode == BR_MODE_SYNC) {
                 sync_map_set(b, offset, len); /* after the write: see blockrepl.h */
         }
 out:
         pthread_mutex_unlock(&b->lock);
         free(rec);
-        if (r == 0 && fua)
+        if (r == 0 && fua && !logged) /* LOG: the peer keeps it (top) */
                 r = durable(b);
         return r;
 }
@@ -363,6 +384,10 @@ static int op_flush(void *priv)
 {
         struct blockrepl *b = priv;
         stat_add(&b->st.flushes, 1);
+        if (__atomic_load_n(&b->mode, __ATOMIC_RELAXED) == BR_MODE_LOG) {
+                stat_add(&b->st.flushes_deferred, 1); /* the peer keeps it (top) */
+                return 0;
+        }
         return durable(b);
 }
 
@@ -577,7 +602,7 @@ int blockrepl_open(const struct blockrepl_options *o, struct blockrepl **ret,
                 snprintf(err, errlen, "out of memory");
                 return -ENOMEM;
         }
-        b->image_fd = b->listen_fd = b->wake_fd = b->log_fd = -1;
+        b->image_fd = b->listen_fd = b->wake_fd = b->log_fd = b->stream_fd = -1;
         pthread_mutex_init(&b->lock, NULL);
         pthread_condattr_t ca;
         pthread_condattr_init(&ca);
@@ -597,9 +622,18 @@ int blockrepl_open(const struct blockrepl_options *o, struct blockrepl **ret,
         b->read_only = o->read_only;
         b->soft = o->log_soft_bytes;
         b->hard = o->log_hard_bytes;
+        b->stream = b->stream_mark = o->stream_bytes;
         r = br_image_open(o->image, o->read_only, &b->image_fd, &b->size, &b->is_blk, err, errlen);
         if (r < 0)
                 goto fail;
+        /* A checkpointd that died in LOG mode left flushes it answered for
+         * the peer (top) in the page cache: durable before anyone (an
+         * adopting checkpointd releasing held output) relies on them. */
+        if (!o->read_only && fdatasync(b->image_fd) < 0 && errno != EINVAL) {
+                r = -errno;
+                snprintf(err, errlen, "%s: fdatasync: %s", o->image, strerror(errno));
+                goto fail;
+        }
         if (o->bitmap_path) {
                 r = br_bitmap_open(o->bitmap_path, b->size, &b->bitmap, err, errlen);
                 if (r < 0)
@@ -623,7 +657,8 @@ int blockrepl_open(const struct blockrepl_options *o, struct blockrepl **ret,
         b->sync_map = calloc(b->n_blocks / 64 + 1, sizeof(uint64_t));
         b->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         b->log_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (!b->sync_map || b->wake_fd < 0 || b->log_fd < 0) {
+        b->stream_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (!b->sync_map || b->wake_fd < 0 || b->log_fd < 0 || b->stream_fd < 0) {
                 r = b->sync_map ? -errno : -ENOMEM;
                 snprintf(err, errlen, "blockrepl: %s", strerror(-r));
                 goto fail;
@@ -671,6 +706,8 @@ void blockrepl_close(struct blockrepl *b)
                 close(b->wake_fd);
         if (b->log_fd >= 0)
                 close(b->log_fd);
+        if (b->stream_fd >= 0)
+                close(b->stream_fd);
         if (b->image_fd >= 0)
                 close(b->image_fd);
         /* an open epoch that will never be sent: the peer misses it */
@@ -724,6 +761,7 @@ void blockrepl_set_mode(struct blockrepl *b, enum blockrepl_mode m)
                 br_log_free(&b->log);
                 b->log_mem = 0;
                 b->soft_signalled = false;
+                b->stream_mark = b->stream;
                 /* No clearing outside LOG: a pending clear is dropped (the
                  * worker checks clear_gen under this lock, see clear_main). */
                 b->clear = BR_CLEAR_OFF;
@@ -732,9 +770,21 @@ void blockrepl_set_mode(struct blockrepl *b, enum blockrepl_mode m)
                 memset(b->w, 0, b->w_len);
                 b->w_since = b->seq;
         }
+        bool left_log = b->mode == BR_MODE_LOG && m != BR_MODE_LOG;
         __atomic_store_n(&b->mode, m, __ATOMIC_RELAXED);
         pthread_cond_broadcast(&b->log_cond);
         pthread_mutex_unlock(&b->lock);
+        /* Flushes answered in LOG relied on the peer: this disk takes that
+         * over now, before the caller lets any held output go (top). A
+         * flush that races the switch and saw LOG wrote before it. */
+        if (left_log) {
+                int e = durable(b);
+                if (e < 0)
+                        log_msg(LOG_LVL_ERR, MSG_BR_DEFERRED_FLUSH, b->name, -1,
+                                "protection ended and the image could not be made durable "
+                                "(%s): writes the guest flushed while protected may be lost "
+                                "if this host loses power", strerror(-e));
+        }
 }
 
 enum blockrepl_mode blockrepl_get_mode(const struct blockrepl *b)
@@ -763,6 +813,7 @@ int blockrepl_barrier(struct blockrepl *b, struct br_log *ret)
         }
         b->log_mem = 0;
         b->soft_signalled = false;
+        b->stream_mark = b->stream;
         b->limit_lifted = false;
         pthread_cond_broadcast(&b->log_cond);
         pthread_mutex_unlock(&b->lock);
@@ -780,6 +831,27 @@ void blockrepl_lift_limit(struct blockrepl *b)
 int blockrepl_log_fd(const struct blockrepl *b)
 {
         return b->log_fd;
+}
+
+int blockrepl_stream_fd(const struct blockrepl *b)
+{
+        return b->stream_fd;
+}
+
+int blockrepl_log_since(struct blockrepl *b, const struct br_rec *after,
+                        const struct br_rec **ret_first, const struct br_rec **ret_last)
+{
+        pthread_mutex_lock(&b->lock);
+        if (b->mode != BR_MODE_LOG) {
+                pthread_mutex_unlock(&b->lock);
+                return -EINVAL;
+        }
+        /* ->next of records up to the tail was set under this lock: the
+         * chain first..last is complete for the caller from here on */
+        *ret_first = after ? after->next : b->log.head;
+        *ret_last = *ret_first ? b->log.tail : NULL;
+        pthread_mutex_unlock(&b->lock);
+        return 0;
 }
 
 void blockrepl_sync_clear(struct blockrepl *b, uint64_t block)
@@ -943,6 +1015,7 @@ void blockrepl_get_stats(const struct blockrepl *b, struct blockrepl_stats *ret)
         s.reads = __atomic_load_n(&b->st.reads, __ATOMIC_RELAXED);
         s.writes = __atomic_load_n(&b->st.writes, __ATOMIC_RELAXED);
         s.flushes = __atomic_load_n(&b->st.flushes, __ATOMIC_RELAXED);
+        s.flushes_deferred = __atomic_load_n(&b->st.flushes_deferred, __ATOMIC_RELAXED);
         s.trims = __atomic_load_n(&b->st.trims, __ATOMIC_RELAXED);
         s.zeroes = __atomic_load_n(&b->st.zeroes, __ATOMIC_RELAXED);
         s.bytes_read = __atomic_load_n(&b->st.bytes_read, __ATOMIC_RELAXED);

@@ -74,6 +74,8 @@ struct blockrepl_options {
         uint64_t log_hard_bytes; /* epoch log at this: writers wait for a barrier,
                                   * at most 1 s (QEMU also drains on reset or
                                   * exit, when no barrier comes) */
+        uint64_t stream_bytes;   /* LOG mode: stream_fd becomes readable each time
+                                  * the open log grew by this much; 0 = never */
         bool read_only;
         uint32_t clear_interval_ms; /* LOG mode: at most one bitmap clearing
                                      * boundary per interval; 0 = 2000 */
@@ -98,6 +100,20 @@ enum blockrepl_mode blockrepl_get_mode(const struct blockrepl *b);
  * nothing was written, and ret->seq the barrier's number (monotonic per
  * blockrepl, never reused). Only in BR_MODE_LOG. */
 int blockrepl_barrier(struct blockrepl *b, struct br_log *ret);
+
+/* Streaming the open epoch (docs/output-commit.md): the records appended
+ * to the open log after `after` (NULL: from its head) as the chain
+ * *ret_first .. *ret_last, which the caller may walk through ->next from
+ * first to last (and no further) while writers go on appending. The
+ * records stay the log's: the next barrier hands them out with the rest,
+ * so `after` must be the last record this returned since that barrier
+ * (or NULL), and the caller must be the one that calls barrier and
+ * set_mode. *ret_first is NULL when nothing is new; -EINVAL outside LOG. */
+int blockrepl_log_since(struct blockrepl *b, const struct br_rec *after,
+                        const struct br_rec **ret_first, const struct br_rec **ret_last);
+/* eventfd: readable when the open log grew by stream_bytes (see options).
+ * Read it to re-arm. */
+int blockrepl_stream_fd(const struct blockrepl *b);
 
 /* Every write up to barrier seq is committed on the peer (it applied them
  * and fdatasync'ed: the standby's ACK). Lets blockrepl clear the bits of
@@ -150,6 +166,7 @@ int blockrepl_bitmap_merge(struct blockrepl *b, const uint8_t *bits, size_t len)
 /* Counters for status/stats. */
 struct blockrepl_stats {
         uint64_t reads, writes, flushes, trims, zeroes;
+        uint64_t flushes_deferred; /* answered in LOG without fdatasync: the peer keeps them */
         uint64_t bytes_read, bytes_written;
         uint64_t log_waits;      /* writers that waited on log_hard_bytes */
         uint64_t log_overruns;   /* of which went on after 1 s without a barrier */

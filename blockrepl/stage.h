@@ -26,12 +26,15 @@ int br_stage_add(struct br_stage *s, uint8_t op, uint64_t offset, uint32_t len,
                  const void *data, uint64_t image_size);
 
 /* Apply every staged record in order to image_fd, fdatasync, then empty the
- * stage. On error the stage is kept (the caller refuses the epoch). */
+ * stage. On error the stage is kept (the caller refuses the epoch). An
+ * empty stage applies nothing and skips the fdatasync: what the image
+ * holds was made durable by the apply that wrote it. */
 int br_stage_apply(struct br_stage *s, int image_fd);
 void br_stage_discard(struct br_stage *s);
 
 uint64_t br_stage_bytes(const struct br_stage *s);    /* data bytes staged */
 uint64_t br_stage_spilled(const struct br_stage *s);  /* of which in the journal */
+uint64_t br_stage_sync_ns(const struct br_stage *s);  /* last apply's fdatasync, 0 = skipped */
 
 /* The persistent bitmap file moved to bitmap.h (included here for the
  * callers that found it in this header). */

@@ -410,6 +410,7 @@ static int receive_loop(struct session *s)
         struct vm *v = s->v;
         struct backup_replica *b = v->replica;
         uint64_t timeout_ns = (uint64_t)v->cfg.ack_timeout_ms * 1000000u;
+        uint64_t t_first = 0; /* the epoch in flight's first record came */
         for (;;) {
                 int r = wire_recv(s->fd, now_ns() + timeout_ns, &s->in);
                 if (r < 0)
@@ -443,6 +444,7 @@ static int receive_loop(struct session *s)
                                 if (h->epoch == 0 || (b->valid && h->epoch != v->committed_epoch + 1))
                                         return -EPROTO;
                                 b->st_epoch = h->epoch;
+                                t_first = now_ns();
                         } else if (h->epoch != b->st_epoch)
                                 return -EPROTO;
                         if (h->type == WIRE_EPOCH_DISK) {
@@ -476,22 +478,32 @@ static int receive_loop(struct session *s)
                          * the replica changes: a crash from here until it is
                          * marked committed leaves a replica nobody adopts */
                         uint64_t tp = now_ns();
+                        struct standby_stat st = { 0 };
+                        st.recv_ms = t_first ? (float)(tp - t_first) / 1e6f : 0;
                         r = persist_commit_begin(s, h->epoch);
                         if (r < 0)
                                 return disk_failed(s, r, "saving the device state", false);
-                        float persist_ms = (float)(now_ns() - tp) / 1e6f;
+                        uint64_t td = now_ns();
+                        float persist_ms = (float)(td - tp) / 1e6f;
                         /* disks first: the only part of a commit that can fail */
                         r = disk_replica_commit(&b->disks);
                         if (r < 0) /* the images may hold part of the epoch */
                                 return disk_failed(s, r, "applying the epoch to the disk images", true);
+                        uint64_t tc = now_ns();
                         commit(b);
                         staging_reset(b);
+                        t_first = 0;
                         tp = now_ns();
+                        st.disk_ms = (float)(tc - td) / 1e6f;
+                        st.fsync_ms = (float)b->disks.sync_ns / 1e6f;
+                        st.pages_ms = (float)(tp - tc) / 1e6f;
                         r = persist_devstate_commit(&s->d->host, v->name);
                         if (r < 0)
                                 return disk_failed(s, r, "saving the device state", true);
                         persist_ms += (float)(now_ns() - tp) / 1e6f;
+                        st.persist_ms = persist_ms;
                         pthread_mutex_lock(&v->lock);
+                        vm_record_standby(v, &st);
                         v->persist_ms_last = persist_ms;
                         if (persist_ms > v->persist_ms_max)
                                 v->persist_ms_max = persist_ms;
@@ -585,6 +597,11 @@ static void end_session(struct session *s, int r)
                 log_msg(LOG_LVL_WARN, MSG_BK_PRIMARY_LOST, v->name, (int64_t)v->committed_epoch,
                         "primary %s lost (%s): replica at epoch %llu can be activated",
                         s->primary, strerror(-r), (unsigned long long)v->committed_epoch);
+        else if (r != 0 && r != -EBADMSG && r != -EPROTO) /* those were said above */
+                log_msg(LOG_LVL_WARN, MSG_BK_SYNC_LOST, v->name, -1,
+                        "connection to primary %s ended during the initial sync (%s): "
+                        "incomplete replica discarded, nothing to activate; the primary "
+                        "retries", s->primary, strerror(-r));
         struct qemu_vm *q = NULL;
         pthread_mutex_lock(&v->lock);
         v->conn_fd = -1;

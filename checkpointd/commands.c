@@ -553,16 +553,17 @@ static int cmp_float(const void *a, const void *b)
         return x < y ? -1 : x > y;
 }
 
-/* Percentile p (0..100) of field at byte offset off in the epochs counted. */
+/* Percentile p (0..100) of field at byte offset off in the records
+ * counted of a ring (rec_size bytes each, ring records). */
 enum field_kind { FK_FLOAT, FK_U32, FK_U64 };
 
-static double pct(const struct vm *v, size_t off, enum field_kind kind, double p, float *tmp, size_t n,
-                  uint64_t first)
+static double ring_pct(const void *base, size_t rec_size, size_t ring, size_t off,
+                       enum field_kind kind, double p, float *tmp, size_t n, uint64_t first)
 {
         if (!n)
                 return 0;
         for (size_t i = 0; i < n; i++) {
-                const uint8_t *e = (const uint8_t *)&v->stats[(first + i) % STATS_RING];
+                const uint8_t *e = (const uint8_t *)base + ((first + i) % ring) * rec_size;
                 tmp[i] = kind == FK_U32 ? (float)*(const uint32_t *)(e + off)
                          : kind == FK_U64 ? (float)*(const uint64_t *)(e + off)
                                           : *(const float *)(e + off);
@@ -570,6 +571,38 @@ static double pct(const struct vm *v, size_t off, enum field_kind kind, double p
         qsort(tmp, n, sizeof(float), cmp_float);
         size_t k = (size_t)ceil(p / 100.0 * (double)n);
         return tmp[k ? k - 1 : 0];
+}
+
+/* ... of the epochs counted (the primary's ring) */
+static double pct(const struct vm *v, size_t off, enum field_kind kind, double p, float *tmp, size_t n,
+                  uint64_t first)
+{
+        return ring_pct(v->stats, sizeof(v->stats[0]), STATS_RING, off, kind, p, tmp, n, first);
+}
+
+/* The standby's commits, p50 of each part (docs/output-commit.md). */
+static void standby_parts_json(json_object *o, struct vm *v)
+{
+        uint64_t from = v->sb_stats_from;
+        if (v->n_sb_stats - from > SB_STATS_RING)
+                from = v->n_sb_stats - SB_STATS_RING;
+        size_t n = (size_t)(v->n_sb_stats - from);
+        if (!n)
+                return;
+        float *tmp = calloc(n, sizeof(float));
+        if (!tmp)
+                return;
+        json_object *parts = json_object_new_object();
+#define S(field) v->sb_stats, sizeof(v->sb_stats[0]), SB_STATS_RING, offsetof(struct standby_stat, field)
+        add_dbl(parts, "recv", ring_pct(S(recv_ms), FK_FLOAT, 50, tmp, n, from));
+        add_dbl(parts, "persist", ring_pct(S(persist_ms), FK_FLOAT, 50, tmp, n, from));
+        add_dbl(parts, "disk", ring_pct(S(disk_ms), FK_FLOAT, 50, tmp, n, from));
+        add_dbl(parts, "fsync", ring_pct(S(fsync_ms), FK_FLOAT, 50, tmp, n, from));
+        add_dbl(parts, "pages", ring_pct(S(pages_ms), FK_FLOAT, 50, tmp, n, from));
+#undef S
+        add_int(o, "standby_commits", (int64_t)n);
+        json_object_object_add(o, "standby_parts_ms_p50", parts);
+        free(tmp);
 }
 
 static json_object *stats_json(struct vm *v)
@@ -596,6 +629,15 @@ static json_object *stats_json(struct vm *v)
         add_dbl(parts, "cont", pct(v, F(cont_ms), FK_FLOAT, 50, tmp, n, from));
         json_object_object_add(o, "pause_parts_ms_p50", parts);
         add_dbl(o, "commit_ms_p50", pct(v, F(commit_ms), FK_FLOAT, 50, tmp, n, from));
+        /* where held output waits, outside the pause */
+        json_object *cparts = json_object_new_object();
+        add_dbl(cparts, "to_output", pct(v, F(to_output_ms), FK_FLOAT, 50, tmp, n, from));
+        add_dbl(cparts, "out_wait", pct(v, F(out_wait_ms), FK_FLOAT, 50, tmp, n, from));
+        add_dbl(cparts, "prestop", pct(v, F(prestop_ms), FK_FLOAT, 50, tmp, n, from));
+        add_dbl(cparts, "send", pct(v, F(send_ms), FK_FLOAT, 50, tmp, n, from));
+        add_dbl(cparts, "ack", pct(v, F(ack_ms), FK_FLOAT, 50, tmp, n, from));
+        add_dbl(cparts, "release", pct(v, F(release_ms), FK_FLOAT, 50, tmp, n, from));
+        json_object_object_add(o, "commit_parts_ms_p50", cparts);
         add_dbl(o, "commit_ms_p99", pct(v, F(commit_ms), FK_FLOAT, 99, tmp, n, from));
         add_dbl(o, "dirty_pages_p50", pct(v, F(dirty_pages), FK_U32, 50, tmp, n, from));
         add_dbl(o, "raw_bytes_per_epoch_p50", pct(v, F(raw_bytes), FK_U64, 50, tmp, n, from));
@@ -620,6 +662,7 @@ static json_object *stats_json(struct vm *v)
                 hits + misses ? (double)hits / (double)(hits + misses) : 0);
 #undef F
         free(tmp);
+        standby_parts_json(o, v);
         return o;
 }
 
@@ -652,6 +695,8 @@ static void io_json(json_object *o, const struct qemu_vm *q)
                 add_int(dj, "bytes_written", (int64_t)bs.bytes_written);
                 add_int(dj, "bytes_read", (int64_t)bs.bytes_read);
                 add_int(dj, "log_waits", (int64_t)bs.log_waits);
+                add_int(dj, "flushes", (int64_t)bs.flushes);
+                add_int(dj, "flushes_deferred", (int64_t)bs.flushes_deferred);
                 json_object_array_add(disks, dj);
         }
         json_object_object_add(o, "disks", disks);
@@ -773,8 +818,10 @@ static int cmd_status(struct daemon *d, struct vm *v, json_object *args, json_ob
 static int cmd_stats(struct daemon *d, struct vm *v, json_object *args, json_object *resp, char *err)
 {
         pthread_mutex_lock(&v->lock);
-        if (arg_bool(args, "reset"))
+        if (arg_bool(args, "reset")) {
                 v->stats_from = v->n_stats;
+                v->sb_stats_from = v->n_sb_stats;
+        }
         json_object_object_add(resp, "stats", stats_json(v));
         add_int(resp, "epoch_ms", v->cfg.epoch_ms);
         pthread_mutex_unlock(&v->lock);

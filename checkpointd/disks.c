@@ -173,51 +173,73 @@ int disks_resync_pass(struct blockrepl *b, uint32_t disk, const uint8_t *entries
         return r;
 }
 
-int disks_send_logs(const struct br_log *logs, unsigned n, struct disk_sender *s,
-                    uint64_t epoch, uint64_t *ret_recs, uint64_t *ret_bytes)
+/* Records first..last (a chain, both inclusive; first NULL = none) of
+ * disk d as EPOCH_DISK records; adds to *recs and *bytes. */
+static int send_range(const struct br_rec *first, const struct br_rec *last, unsigned d,
+                      struct disk_sender *s, uint64_t epoch, uint64_t *recs, uint64_t *bytes)
 {
-        uint64_t recs = 0, bytes = 0;
         uint8_t *lz = NULL;
         int r = 0;
         wire_buf_reset(s->wb);
-        for (unsigned d = 0; d < n && r == 0; d++) {
-                for (const struct br_rec *rec = logs[d].head; rec && r == 0; rec = rec->next) {
-                        /* an entry carries at most WIRE_DISK_REC_MAX bytes */
-                        for (uint32_t off = 0; off < rec->len && r == 0; off += WIRE_DISK_REC_MAX) {
-                                uint32_t len = rec->len - off < WIRE_DISK_REC_MAX ? rec->len - off
-                                                                                  : WIRE_DISK_REC_MAX;
-                                struct wire_disk_rec w = {
-                                        .op = rec->op,
-                                        .enc = WIRE_PAGE_ZERO,
-                                        .raw_len = len,
-                                        .offset = rec->offset + off,
-                                };
-                                if (rec->op == BR_OP_WRITE) {
-                                        if (!lz && !(lz = malloc(codec_chunk_bound(WIRE_DISK_REC_MAX)))) {
-                                                r = -ENOMEM;
-                                                break;
-                                        }
-                                        r = codec_chunk_encode(rec->data + off, len, lz, &w.enc, &w.len);
-                                        w.data = lz;
-                                        bytes += len;
+        for (const struct br_rec *rec = first; rec && r == 0; rec = rec == last ? NULL : rec->next) {
+                /* an entry carries at most WIRE_DISK_REC_MAX bytes */
+                for (uint32_t off = 0; off < rec->len && r == 0; off += WIRE_DISK_REC_MAX) {
+                        uint32_t len = rec->len - off < WIRE_DISK_REC_MAX ? rec->len - off
+                                                                          : WIRE_DISK_REC_MAX;
+                        struct wire_disk_rec w = {
+                                .op = rec->op,
+                                .enc = WIRE_PAGE_ZERO,
+                                .raw_len = len,
+                                .offset = rec->offset + off,
+                        };
+                        if (rec->op == BR_OP_WRITE) {
+                                if (!lz && !(lz = malloc(codec_chunk_bound(WIRE_DISK_REC_MAX)))) {
+                                        r = -ENOMEM;
+                                        break;
                                 }
-                                if (r == 0 && !s->wb->len)
-                                        r = wire_disk_begin(s->wb, epoch, d);
-                                if (r == 0)
-                                        r = wire_disk_add(s->wb, &w);
-                                if (r == 0 && s->wb->len >= SEND_BATCH)
-                                        r = flush_record(s);
-                                recs++;
+                                r = codec_chunk_encode(rec->data + off, len, lz, &w.enc, &w.len);
+                                w.data = lz;
+                                *bytes += len;
                         }
+                        if (r == 0 && !s->wb->len)
+                                r = wire_disk_begin(s->wb, epoch, d);
+                        if (r == 0)
+                                r = wire_disk_add(s->wb, &w);
+                        if (r == 0 && s->wb->len >= SEND_BATCH)
+                                r = flush_record(s);
+                        (*recs)++;
                 }
-                if (r == 0)
-                        r = flush_record(s);
         }
+        if (r == 0)
+                r = flush_record(s);
         free(lz);
-        if (r < 0)
-                return r;
-        *ret_recs = recs;
-        *ret_bytes = bytes;
+        return r;
+}
+
+int disks_stream(struct blockrepl *const *disks, unsigned n, const struct br_rec **sent,
+                 struct disk_sender *s, uint64_t epoch, uint64_t *recs, uint64_t *bytes)
+{
+        for (unsigned d = 0; d < n; d++) {
+                const struct br_rec *first, *last;
+                int r = blockrepl_log_since(disks[d], sent[d], &first, &last);
+                if (r < 0 || !first)
+                        continue; /* not logging: the epoch finds out */
+                if ((r = send_range(first, last, d, s, epoch, recs, bytes)) < 0)
+                        return r;
+                sent[d] = last;
+        }
+        return 0;
+}
+
+int disks_send_logs(const struct br_log *logs, unsigned n, const struct br_rec *const *sent,
+                    struct disk_sender *s, uint64_t epoch, uint64_t *recs, uint64_t *bytes)
+{
+        for (unsigned d = 0; d < n; d++) {
+                const struct br_rec *first = sent && sent[d] ? sent[d]->next : logs[d].head;
+                int r = send_range(first, logs[d].tail, d, s, epoch, recs, bytes);
+                if (r < 0)
+                        return r;
+        }
         return 0;
 }
 
@@ -538,10 +560,12 @@ int disk_replica_stage(struct disk_replica *r, const struct wire_msg *m)
 
 int disk_replica_commit(struct disk_replica *r)
 {
+        r->sync_ns = 0;
         for (unsigned i = 0; i < r->n; i++) {
                 int rc = br_stage_apply(r->stage[i], r->fd[i]);
                 if (rc < 0)
                         return rc;
+                r->sync_ns += br_stage_sync_ns(r->stage[i]);
                 if (r->unsynced && fdatasync(r->fd[i]) < 0)
                         return -errno;
         }

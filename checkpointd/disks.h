@@ -62,10 +62,18 @@ uint32_t disks_piece_diff(const uint8_t *block, size_t len, const uint8_t *entry
 int disks_resync_pass(struct blockrepl *b, uint32_t disk, const uint8_t *entries, uint64_t n,
                       struct disk_sender *s, uint64_t *raw, uint64_t *ret_same);
 
-/* Send the logs of epoch `epoch` (one per disk) as EPOCH_DISK records.
- * Returns the entry count and raw data bytes EPOCH_END must announce. */
-int disks_send_logs(const struct br_log *logs, unsigned n, struct disk_sender *s,
-                    uint64_t epoch, uint64_t *ret_recs, uint64_t *ret_bytes);
+/* Send the logs of epoch `epoch` (one per disk) as EPOCH_DISK records,
+ * each after the record sent[d] already streamed (sent NULL, or sent[d]
+ * NULL: all of it). Adds the entry count and raw data bytes EPOCH_END
+ * must announce to *recs and *bytes. */
+int disks_send_logs(const struct br_log *logs, unsigned n, const struct br_rec *const *sent,
+                    struct disk_sender *s, uint64_t epoch, uint64_t *recs, uint64_t *bytes);
+/* Streaming (docs/output-commit.md): send what each disk's OPEN log got
+ * since sent[d] as EPOCH_DISK records of `epoch`, the epoch that log
+ * becomes at the next barrier; sent[d] moves to the last record sent.
+ * Only between a commit and the next barrier, from the epoch thread. */
+int disks_stream(struct blockrepl *const *disks, unsigned n, const struct br_rec **sent,
+                 struct disk_sender *s, uint64_t epoch, uint64_t *recs, uint64_t *bytes);
 
 /* ---- standby ---- */
 
@@ -76,6 +84,7 @@ struct disk_replica {
         struct br_stage *stage[CFG_MAX_DISKS];
         bool unsynced;        /* SYNC_DISK writes not yet fdatasync'ed */
         uint64_t st_recs, st_bytes; /* what is staged for the epoch in flight */
+        uint64_t sync_ns;     /* the last commit's fdatasyncs (0: none needed) */
         uint8_t *scratch;     /* WIRE_DISK_REC_MAX, for LZ4 entries */
         /* resync: this host's bitmaps, open from the HELLO to the first
          * commit (then the hot standby's blockrepl owns the files) */
@@ -113,7 +122,8 @@ int disk_replica_hashes(struct disk_replica *r, unsigned i, uint32_t max,
 int disk_replica_sync_done(struct disk_replica *r);
 int disk_replica_sync(struct disk_replica *r, const struct wire_msg *m);
 int disk_replica_stage(struct disk_replica *r, const struct wire_msg *m);
-/* Apply the staged epoch to the images, durably. On failure the images may
- * hold part of the epoch: the caller must treat the replica as lost. */
+/* Apply the staged epoch to the images, durably (an image the epoch did
+ * not write is not fdatasync'ed again). On failure the images may hold
+ * part of the epoch: the caller must treat the replica as lost. */
 int disk_replica_commit(struct disk_replica *r);
 void disk_replica_discard(struct disk_replica *r);

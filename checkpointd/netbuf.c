@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "netbuf_int.h"
+#include "util.h"
 
 /* The lock guards state that const accessors only read. */
 static void lock_c(const struct netbuf *nb)
@@ -78,7 +79,8 @@ int nbq_push(struct netbuf *nb, const uint8_t *data, size_t len)
         *nb->open.tail = f;
         nb->open.tail = &f->next;
         nb->open.bytes += len;
-        nb->open.frames++;
+        if (nb->open.frames++ == 0)
+                nb->open.first_ns = now_ns();
         nb->st.held_bytes += len;
         nb->st.held_frames++;
         if (nb->st.held_bytes > nb->st.held_bytes_max)
@@ -491,6 +493,16 @@ bool netbuf_output_waiting(const struct netbuf *nb)
 
         lock_c(nb);
         r = nb->open.frames > 0;
+        unlock_c(nb);
+        return r;
+}
+
+uint64_t netbuf_waiting_since(const struct netbuf *nb)
+{
+        uint64_t r;
+
+        lock_c(nb);
+        r = nb->open.frames > 0 ? nb->open.first_ns : 0;
         unlock_c(nb);
         return r;
 }

@@ -102,6 +102,9 @@ void netbuf_discard(struct netbuf *nb);
  * or (b) the held bytes reached max_bytes. Read it to re-arm. */
 int netbuf_event_fd(const struct netbuf *nb);
 bool netbuf_output_waiting(const struct netbuf *nb); /* open epoch non-empty */
+/* When the open epoch's first frame came in (monotonic ns, now_ns());
+ * 0 when it is empty. For the latency breakdown (docs/output-commit.md). */
+uint64_t netbuf_waiting_since(const struct netbuf *nb);
 bool netbuf_full(const struct netbuf *nb);           /* held >= max_bytes */
 
 struct netbuf_stats {

@@ -40,6 +40,7 @@ struct nb_queue {
         uint64_t epoch;         /* set when cut */
         struct nb_frame *head, **tail;
         uint64_t bytes, frames;
+        uint64_t first_ns;      /* monotonic: when its first frame came in */
 };
 
 /* Sends one released frame toward the LAN; counts it (lock held). */

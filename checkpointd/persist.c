@@ -163,7 +163,30 @@ int persist_devstate_begin(const struct host_config *h, const char *vm,
         put64(hdr + 120, dev_checksum(hdr, data, len));
         char path[CFG_PATH_MAX + 64];
         dev_path(h, vm, path, sizeof(path));
-        return write_atomic(path, hdr, sizeof(hdr), data, len, false);
+        /* In place, not temp + rename: the old record is lost either way
+         * (a commit needs it no more), and rewriting the pages tmpfs
+         * already holds costs a copy where a new file costs allocating
+         * them and freeing the old ones, every epoch. The state word goes
+         * PENDING first: from there a crash leaves a file nobody adopts,
+         * whatever part of the rest was written. */
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0)
+                return -errno;
+        uint8_t st[4] = { DEV_PENDING, 0, 0, 0 };
+        struct stat sb;
+        int r = fstat(fd, &sb) < 0 ? -errno : 0;
+        if (r == 0 && sb.st_size >= DEV_STATE_OFF + 4)
+                r = pwrite_full(fd, st, sizeof(st), DEV_STATE_OFF);
+        if (r == 0)
+                r = pwrite_full(fd, hdr, sizeof(hdr), 0);
+        if (r == 0 && len)
+                r = pwrite_full(fd, data, len, sizeof(hdr));
+        if (r == 0 && (uint64_t)sb.st_size > sizeof(hdr) + len &&
+            ftruncate(fd, (off_t)(sizeof(hdr) + len)) < 0)
+                r = -errno;
+        if (close(fd) < 0 && r == 0)
+                r = -errno;
+        return r;
 }
 
 int persist_devstate_commit(const struct host_config *h, const char *vm)

@@ -25,8 +25,8 @@
  *         120    8    XXH64 of bytes 0..119 with state = 0, then the data
  *         128    ...  device state
  *
- *       A commit writes the new device state as PENDING (temp file +
- *       rename), then the replica changes (disk writes, pages), then the
+ *       A commit writes the new device state as PENDING (in place: the
+ *       state word of the old record first), then the replica changes (disk writes, pages), then the
  *       state word becomes COMMITTED (one 4-byte pwrite). A crash in
  *       between leaves PENDING: the replica RAM may be half-applied, and
  *       it is not used. No fsync: the files live in tmpfs and only have to

@@ -91,7 +91,14 @@ struct primary {
         char last_failure[200];   /* last connection failure logged */
         uint64_t wire_bytes;      /* bytes sent in the current epoch/pass */
         struct br_log logs[CFG_MAX_DISKS]; /* disk writes of the epoch in flight */
+        /* disk writes of the open epoch already sent (streamed while the
+         * guest runs, docs/output-commit.md): the last record per disk, and
+         * what EPOCH_END must count for them */
+        const struct br_rec *streamed[CFG_MAX_DISKS];
+        uint64_t stream_recs, stream_bytes, stream_wire;
+        int stream_err;           /* a stream send failed: the next epoch fails with it */
         uint64_t last_pause_end;  /* monotonic ns: the VM last continued after a pause */
+        uint64_t last_release;    /* monotonic ns: an epoch's output was last released */
         bool early;               /* the epoch about to run starts early (adaptive) */
         bool resumed;             /* started by a restarted checkpointd (adopt.c) */
         bool resume_held;         /* ... with output held from the adoption on */
@@ -777,6 +784,33 @@ static int send_devstate(struct primary *p, uint64_t epoch, size_t len)
         return 0;
 }
 
+/* Nothing of the open epoch has been streamed (a new log, or protection
+ * starting). */
+static void stream_reset(struct primary *p)
+{
+        memset(p->streamed, 0, sizeof(p->streamed));
+        p->stream_recs = p->stream_bytes = p->stream_wire = 0;
+        p->stream_err = 0;
+}
+
+/* Between a commit and the next barrier: send the open epoch's disk
+ * writes so far, as records of the epoch they will belong to. The
+ * standby only stages them; it applies nothing before that epoch's
+ * EPOCH_END, so this changes no promise (docs/output-commit.md) and
+ * takes the sending of a disk-heavy epoch off its commit. */
+static void stream_disks(struct primary *p)
+{
+        struct qemu_vm *q = p->v->qemu;
+        if (p->stream_err || !q->n_disk)
+                return;
+        struct disk_sender ds = { .fd = p->fd, .wb = &p->wb, .wire_bytes = &p->stream_wire,
+                                  .timeout_ns = (uint64_t)p->cfg.ack_timeout_ms * 1000000u };
+        int r = disks_stream(q->disk, q->n_disk, p->streamed, &ds, p->v->epoch + 1,
+                             &p->stream_recs, &p->stream_bytes);
+        if (r < 0)
+                p->stream_err = r;
+}
+
 /* on_buffer_full=release: while waiting for the ACK, watch the NICs'
  * buffers; a full one ends protection (-ENOBUFS) instead of holding the
  * guest's output any longer. */
@@ -813,12 +847,50 @@ static int wait_ack_or_full(struct primary *p, uint64_t deadline)
         }
 }
 
-static int await_ack(struct primary *p, uint64_t epoch)
+/* While the standby commits epoch N, the guest's disk writes of N+1 go
+ * out behind EPOCH_END(N): the standby reads them only after it has
+ * committed and ACKed N, and stages them for N+1. Returns when the ACK
+ * is readable (or at the deadline, which wire_recv then reports). */
+static void stream_until_ack(struct primary *p, uint64_t deadline)
+{
+        struct qemu_vm *q = p->v->qemu;
+        struct pollfd fds[1 + CFG_MAX_DISKS];
+        nfds_t n = 0;
+        fds[n++] = (struct pollfd){ .fd = p->fd, .events = POLLIN };
+        for (unsigned i = 0; i < q->n_disk; i++)
+                fds[n++] = (struct pollfd){ .fd = blockrepl_stream_fd(q->disk[i]), .events = POLLIN };
+        while (!p->stream_err) {
+                uint64_t now = now_ns();
+                if (now >= deadline)
+                        return;
+                int r = poll(fds, n, (int)((deadline - now) / 1000000u) + 1);
+                if (r < 0 && errno != EINTR)
+                        return;
+                if (r <= 0)
+                        continue;
+                if (fds[0].revents)
+                        return;
+                bool stream = false;
+                for (nfds_t i = 1; i < n; i++) {
+                        uint64_t x;
+                        if ((fds[i].revents & POLLIN) && read(fds[i].fd, &x, sizeof(x)) == sizeof(x))
+                                stream = true;
+                }
+                if (stream)
+                        stream_disks(p);
+        }
+}
+
+static int await_ack(struct primary *p, uint64_t epoch, bool hold)
 {
         uint64_t deadline = now_ns() + (uint64_t)p->cfg.ack_timeout_ms * 1000000u;
         int r = 0;
         if (!strcmp(p->cfg.on_buffer_full, "release") && p->v->qemu->n_net)
                 r = wait_ack_or_full(p, deadline);
+        else if (!hold && p->v->qemu->n_disk)
+                /* not for a held epoch: after it the standby must be
+                 * between epochs (PING, HANDOVER) */
+                stream_until_ack(p, deadline);
         if (r == 0)
                 r = wire_recv(p->fd, deadline, &p->in);
         if (r < 0)
@@ -851,6 +923,7 @@ static int recover_vm(struct primary *p)
         if (qemu_exited(q))
                 return -ECHILD;
         if (qmp_is_broken(q->qmp)) {
+                qemu_devstate_disarm(q);
                 qmp_close(q->qmp);
                 q->qmp = NULL;
                 if (qmp_connect(q->qmp_path, QMP_TIMEOUT_MS, &q->qmp) < 0)
@@ -966,6 +1039,8 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         uint64_t raw = 0;
         size_t n = 0, dslen = 0;
         bool stopped = false;
+        /* for the latency breakdown: output waiting since, epoch start */
+        uint64_t t_start = now_ns(), out_since = qemu_net_waiting_since(q);
 
         /* Pre-scan while the VM still runs: re-protecting the pages is the
          * expensive part of a scan (TLB shootdowns), and most of the
@@ -975,7 +1050,9 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
          * with the device state. Only for a tracker whose scan is atomic:
          * soft-dirty scans only with the VM stopped. */
         size_t n_pre = 0;
-        int r = tracker_scan_is_atomic(p->tracker) ? scan_all(p, &n_pre) : 0;
+        int r = p->stream_err; /* the standby was lost while streaming */
+        if (r == 0 && tracker_scan_is_atomic(p->tracker))
+                r = scan_all(p, &n_pre);
         if (r < 0)
                 goto out;
         /* No QMP `stop`: the migration that captures the device state
@@ -1042,6 +1119,10 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         st.pause_ms = (float)(resume_us - stop_us) / 1e3f;
         st.dirty_pages = (uint32_t)n;
         uint64_t t0 = t1 - (uint64_t)(t1_wall - stop_us) * 1000u; /* stop, monotonic */
+        st.out_wait_ms = out_since && out_since < t_start ? (float)(t_start - out_since) / 1e6f : 0;
+        st.to_output_ms = out_since && p->last_release && out_since > p->last_release
+                                  ? (float)(out_since - p->last_release) / 1e6f : 0;
+        st.prestop_ms = t0 > t_start ? (float)(t0 - t_start) / 1e6f : 0;
 
         /* The VM runs again; the rest overlaps with it. */
         p->wire_bytes = 0;
@@ -1068,12 +1149,16 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         }
         if (r == 0)
                 r = send_devstate(p, epoch, dslen);
-        uint64_t disk_recs = 0, disk_bytes = 0;
+        /* the log just cut starts with what was streamed */
+        uint64_t disk_recs = p->stream_recs, disk_bytes = p->stream_bytes;
+        uint64_t streamed_wire = p->stream_wire;
         if (r == 0 && q->n_disk) {
                 struct disk_sender ds = { .fd = p->fd, .wb = &p->wb, .wire_bytes = &p->wire_bytes,
                                           .timeout_ns = (uint64_t)p->cfg.ack_timeout_ms * 1000000u };
-                r = disks_send_logs(p->logs, q->n_disk, &ds, epoch, &disk_recs, &disk_bytes);
+                r = disks_send_logs(p->logs, q->n_disk, p->streamed, &ds, epoch, &disk_recs,
+                                    &disk_bytes);
         }
+        stream_reset(p); /* the open log is new since the barrier */
         if (r == 0) {
                 struct wire_epoch_end e = { .pages = n, .devstate_bytes = dslen,
                                             .stop_wall_ms = stop_wall, .disk_recs = disk_recs,
@@ -1082,10 +1167,12 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
                 if (r == 0)
                         r = send_buf(p);
         }
+        uint64_t t_sent = now_ns();
         if (r == 0)
-                r = await_ack(p, epoch);
+                r = await_ack(p, epoch, hold);
         if (r < 0)
                 goto out;
+        uint64_t t_ack = now_ns();
         /* The standby committed exactly this device state: it is the base
          * of the next epoch's deltas. A swap, not a copy; the next save
          * overwrites the old base's buffer. Any failure before this point
@@ -1109,9 +1196,13 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
                 br_log_free(&p->logs[i]); /* keeps seq, for the resync commit */
         }
         st.commit_ms = ms_since(t0);
+        st.send_ms = (float)(t_sent - t5) / 1e6f;
+        st.ack_ms = (float)(t_ack - t_sent) / 1e6f;
+        p->last_release = now_ns();
+        st.release_ms = (float)(p->last_release - t_ack) / 1e6f;
         st.disk_bytes = disk_bytes;
         st.raw_bytes = raw + dslen + disk_bytes;
-        st.wire_bytes = p->wire_bytes;
+        st.wire_bytes = p->wire_bytes + streamed_wire;
         pthread_mutex_lock(&p->v->lock);
         if (!hold) /* a held epoch's "pause" lasts until resume */
                 vm_record_epoch(p->v, &st);
@@ -1119,6 +1210,11 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         p->v->last_commit_wall_ms = wall_ms();
         p->v->last_stop_wall_ms = stop_wall;
         pthread_mutex_unlock(&p->v->lock);
+        /* The next epoch's channel, while the guest works on its next
+         * output: one QMP round trip less between that output and its
+         * release. A failure here is met again, and reported, there. */
+        if (!hold)
+                (void)qemu_devstate_arm(q, QMP_TIMEOUT_MS);
 out:
         if (stopped && (r < 0 || !hold) && qemu_cont(q, QMP_TIMEOUT_MS) < 0) {
                 int rr = recover_vm(p);
@@ -1165,7 +1261,7 @@ static int send_ping(struct primary *p)
 static bool wait_next_epoch(struct primary *p, uint64_t due, bool *disk_soft)
 {
         struct qemu_vm *q = p->v->qemu;
-        struct pollfd fds[2 + CFG_MAX_NICS + CFG_MAX_DISKS];
+        struct pollfd fds[2 + CFG_MAX_NICS + 2 * CFG_MAX_DISKS];
         nfds_t n = 0;
         fds[n++] = (struct pollfd){ .fd = p->wake_fd, .events = POLLIN };
         /* QEMU's death ends the wait at once (the epoch then finds it) */
@@ -1175,13 +1271,16 @@ static bool wait_next_epoch(struct primary *p, uint64_t due, bool *disk_soft)
         nfds_t first_disk = n;
         for (unsigned i = 0; i < q->n_disk; i++)
                 fds[n++] = (struct pollfd){ .fd = blockrepl_log_fd(q->disk[i]), .events = POLLIN };
+        nfds_t first_stream = n;
+        for (unsigned i = 0; i < q->n_disk; i++)
+                fds[n++] = (struct pollfd){ .fd = blockrepl_stream_fd(q->disk[i]), .events = POLLIN };
         uint64_t min_ns = (uint64_t)p->cfg.min_epoch_ms * 1000000u;
         for (;;) {
                 uint64_t now = now_ns(), wake = due;
                 p->early = false;
                 if (stop_requested(p) || p->v->hold_requested)
                         return !stop_requested(p);
-                if (now >= due)
+                if (now >= due || p->stream_err)
                         return true;
                 if (qemu_net_full(q) || (min_ns && (*disk_soft || qemu_net_waiting(q)))) {
                         uint64_t early = p->last_pause_end + min_ns;
@@ -1199,15 +1298,22 @@ static bool wait_next_epoch(struct primary *p, uint64_t due, bool *disk_soft)
                         continue;
                 if (fds[1].revents)
                         return true;
+                bool stream = false;
                 for (nfds_t i = 0; i < n; i++) {
                         if (i == 1)
                                 continue;
                         if (!(fds[i].revents & POLLIN))
                                 continue;
                         uint64_t x;
-                        if (read(fds[i].fd, &x, sizeof(x)) == sizeof(x) && i >= first_disk)
+                        if (read(fds[i].fd, &x, sizeof(x)) != sizeof(x) || i < first_disk)
+                                continue;
+                        if (i >= first_stream)
+                                stream = true;
+                        else
                                 *disk_soft = true;
                 }
+                if (stream)
+                        stream_disks(p);
         }
 }
 
@@ -1255,6 +1361,7 @@ static int protected_loop(struct primary *p)
         uint64_t due = p->last_pause_end + interval;
         bool held = false, disk_soft = false;
         int r = 0;
+        stream_reset(p);
         while (!stop_requested(p)) {
                 /* the handover starts under the lock: from here the
                  * control side can no longer cancel it (cmd_handover) */
@@ -1670,6 +1777,7 @@ static void *primary_thread(void *arg)
                         qemu_net_buffering(v->qemu, true);
                         buffering = true;
                         p->early = false;
+                        stream_reset(p); /* nothing of this log went yet */
                         r = run_epoch(p, epoch, false);
                 }
                 if (r == 0) {

@@ -23,6 +23,11 @@
 extern char **environ;
 
 #define QEMU_MAX_ARGS 128
+/* The primary sends the open epoch's disk writes each time this much
+ * more has come (docs/output-commit.md): small enough that little is
+ * left for the commit, large enough that the epoch thread wakes rarely. */
+#define DISK_STREAM_BYTES (1u << 20)
+
 /* QEMU's NBD client keeps I/O waiting this long for a vanished server
  * (checkpointd restarting) and retries it once connected again; after it,
  * requests fail and the guest sees I/O errors. Its reconnect attempts
@@ -215,6 +220,9 @@ static int open_io(const struct host_config *h, const struct vm_config *c, struc
                         .bitmap_path = bitmap,
                         .log_soft_bytes = log_max / 4,
                         .log_hard_bytes = log_max,
+                        /* streamed to the standby while the guest runs */
+                        .stream_bytes = DISK_STREAM_BYTES < log_max / 8 ? DISK_STREAM_BYTES
+                                                                        : log_max / 8,
                 };
                 char why[256] = "";
                 r = blockrepl_open(&o, &q->disk[i], why, sizeof(why));
@@ -264,6 +272,17 @@ bool qemu_net_waiting(const struct qemu_vm *q)
                 if (netbuf_output_waiting(q->net[i]))
                         return true;
         return false;
+}
+
+uint64_t qemu_net_waiting_since(const struct qemu_vm *q)
+{
+        uint64_t first = 0;
+        for (unsigned i = 0; i < q->n_net; i++) {
+                uint64_t t = netbuf_waiting_since(q->net[i]);
+                if (t && (!first || t < first))
+                        first = t;
+        }
+        return first;
 }
 
 bool qemu_net_full(const struct qemu_vm *q)
@@ -708,7 +727,6 @@ int qemu_devstate_arm(struct qemu_vm *q, int timeout_ms)
                 return 0;
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
                 return -errno;
-        qmp_clear_events(q->qmp);
         int r = qmp_send_fd(q->qmp, "havms-ds", sv[1], timeout_ms);
         close(sv[1]);
         if (r < 0) {
@@ -720,6 +738,13 @@ int qemu_devstate_arm(struct qemu_vm *q, int timeout_ms)
         return 0;
 }
 
+void qemu_devstate_disarm(struct qemu_vm *q)
+{
+        if (q->ds_fd >= 0)
+                close(q->ds_fd);
+        q->ds_fd = -1;
+}
+
 int qemu_save_devstate(struct qemu_vm *q, uint8_t **buf, size_t *cap,
                        size_t *ret_len, int timeout_ms)
 {
@@ -728,6 +753,9 @@ int qemu_save_devstate(struct qemu_vm *q, uint8_t **buf, size_t *cap,
         int r = qemu_devstate_arm(q, timeout_ms);
         if (r < 0)
                 return r;
+        /* the STOP and MIGRATION events read next are this migration's
+         * (arming may have happened an epoch earlier) */
+        qmp_clear_events(q->qmp);
         r = qmp_execute_json(q->qmp, "migrate", "{\"uri\":\"fd:havms-ds\"}", timeout_ms, NULL);
         if (r < 0)
                 goto out;

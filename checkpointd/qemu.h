@@ -92,12 +92,18 @@ int qemu_cont(struct qemu_vm *q, int timeout_ms);
 int qemu_migration_setup(struct qemu_vm *q, int timeout_ms);
 /* Device state (everything but the shared guest RAM), in three steps so
  * that only the middle one falls in the VM's pause:
- *   arm   - hand QEMU the channel (getfd); before `stop`
+ *   arm   - hand QEMU the channel (getfd); before `stop`, best right after
+ *           the previous epoch's commit: the round trip then leaves the
+ *           path from the guest's output to its release. Once armed, a
+ *           call does nothing until save used the channel.
  *   save  - with the VM stopped: migrate into the channel, read it to EOF
  *           into *buf (grown as needed, reused across calls)
  *   check - after `cont`: QEMU's verdict on the migration (event); a
  *           stream that QEMU says failed must not be committed. */
 int qemu_devstate_arm(struct qemu_vm *q, int timeout_ms);
+/* Forget an armed channel (QEMU's side may be gone with its monitor
+ * connection: a reconnected QMP arms afresh). */
+void qemu_devstate_disarm(struct qemu_vm *q);
 int qemu_save_devstate(struct qemu_vm *q, uint8_t **buf, size_t *cap,
                        size_t *ret_len, int timeout_ms);
 int qemu_devstate_check(struct qemu_vm *q, int timeout_ms);
@@ -120,5 +126,6 @@ void qemu_net_buffering(struct qemu_vm *q, bool on);
 int qemu_net_barrier(struct qemu_vm *q, uint64_t epoch);
 void qemu_net_release(struct qemu_vm *q, uint64_t epoch);
 bool qemu_net_waiting(const struct qemu_vm *q);
+uint64_t qemu_net_waiting_since(const struct qemu_vm *q); /* earliest, 0 = none */
 bool qemu_net_full(const struct qemu_vm *q);
 void qemu_disk_mode(struct qemu_vm *q, enum blockrepl_mode m);

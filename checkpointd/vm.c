@@ -49,6 +49,12 @@ void vm_record_epoch(struct vm *v, const struct epoch_stat *st)
         v->n_stats++;
 }
 
+void vm_record_standby(struct vm *v, const struct standby_stat *st)
+{
+        v->sb_stats[v->n_sb_stats % SB_STATS_RING] = *st;
+        v->n_sb_stats++;
+}
+
 void vm_set_exit(struct vm *v, const char *why)
 {
         snprintf(v->last_exit, sizeof(v->last_exit), "%s", why);

@@ -83,7 +83,22 @@ struct epoch_stat {
         uint32_t early;      /* 1: started before epoch_ms by adaptive epochs */
         uint32_t delta_hits;   /* pages found in the delta cache (sent as XOR against it) */
         uint32_t delta_misses; /* pages not in it (LZ4 or raw); both 0 without a cache */
+        /* Where held output waits (docs/output-commit.md), primary side:
+         * the previous epoch's release -> this epoch's first output frame
+         * (0: none), that frame -> epoch start, epoch start -> STOP, pause
+         * end -> EPOCH_END sent, EPOCH_END sent -> ACK read, ACK -> output
+         * released and logs freed. */
+        float to_output_ms, out_wait_ms, prestop_ms, send_ms, ack_ms, release_ms;
 };
+
+/* A commit as the standby saw it (its own ring: `stats` on the standby):
+ * first record of the epoch -> EPOCH_END read, device state saved, disk
+ * writes applied (fdatasync included), of which fdatasync, pages copied
+ * into the replica. The ACK is sent right after. */
+struct standby_stat {
+        float recv_ms, persist_ms, disk_ms, fsync_ms, pages_ms;
+};
+#define SB_STATS_RING 1024
 
 /* A (re-)sync to the standby: progress while it runs, its figures after
  * (status shows them as "sync" while syncing, "last_sync" after). */
@@ -123,6 +138,8 @@ struct vm {
         struct epoch_stat stats[STATS_RING];
         uint64_t n_stats;              /* total recorded; ring index = n % STATS_RING */
         uint64_t stats_from;           /* first index counted by `stats` */
+        struct standby_stat sb_stats[SB_STATS_RING]; /* backup: its commits */
+        uint64_t n_sb_stats, sb_stats_from;
         uint64_t activation_ms;        /* last activation: command to running */
         uint64_t epochs_failed;
         uint64_t generation;           /* fencing token as persisted here (persist.h) */
@@ -163,6 +180,7 @@ void vm_set_state(struct vm *v, enum vm_state s);     /* lock held */
 void vm_set_error(struct vm *v, const char *fmt, ...) /* lock held */
         __attribute__((format(printf, 2, 3)));
 void vm_record_epoch(struct vm *v, const struct epoch_stat *st); /* lock held */
+void vm_record_standby(struct vm *v, const struct standby_stat *st); /* lock held */
 void vm_set_exit(struct vm *v, const char *why);       /* lock held */
 /* After the QEMU died: did the guest power itself off (QMP SHUTDOWN with
  * guest true, seen before the end of the QMP stream)? Reads what QEMU left

@@ -41,6 +41,7 @@
 #define MSG_BK_ADOPT_FAILED  "HAVMS-BK-2012"
 #define MSG_BK_HANDOVER      "HAVMS-BK-2013"
 #define MSG_BK_RESYNC        "HAVMS-BK-2014"
+#define MSG_BK_SYNC_LOST     "HAVMS-BK-2015"
 
 #define MSG_ACTIVATE_START   "HAVMS-AC-3001"
 #define MSG_ACTIVATED        "HAVMS-AC-3002"
@@ -117,3 +118,4 @@
 #define MSG_FB_NOTE           "HAVMS-FB-8016"
 /* blockrepl (docs/blockrepl.md) */
 #define MSG_BR_BITMAP_UPGRADED "HAVMS-BR-9001"
+#define MSG_BR_DEFERRED_FLUSH  "HAVMS-BR-9002"

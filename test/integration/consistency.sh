@@ -68,12 +68,27 @@ client=$HV_CLIENT
 mark unprotected
 sleep 5
 
+# stats_window LABEL: both sides' epoch figures since the last call (the
+# latency breakdown of docs/output-commit.md), then a fresh window
+stats_window() {
+        if [ -n "$1" ]; then
+                echo "--- stats, $1: primary $prim"
+                hvctl "$prim" stats web01 || true
+                echo "--- stats, $1: standby $stby"
+                hvctl "$stby" stats web01 || true
+        fi
+        hvctl "$prim" stats web01 --reset >/dev/null 2>&1
+        hvctl "$stby" stats web01 --reset >/dev/null 2>&1
+}
+
 prim=a stby=b
 hv_must "protect web01 to b" hvctl a protect web01
 hv_must "a reaches protected" hv_wait_state a web01 protected 180
 mark protected
+stats_window ""
 sleep 5
 mark protected-disk
+stats_window "request/response window"
 # measured like the unprotected rate: without the client's requests
 touch "$pause"
 sleep 0.2
@@ -81,6 +96,7 @@ prot_rate=$(disk_write_rate) || prot_rate=0
 rm -f "$pause"
 hv_check "disk writes work protected ($prot_rate MiB/s)" test "$prot_rate" != 0
 mark protected-end
+stats_window "disk write window"
 
 
 for k in $(seq 1 "$TAKEOVERS"); do

@@ -23,8 +23,11 @@ HV_DISK_MIB=${HV_DISK_MIB:-0} # >0: web01 gets an ext4 data disk of this size
 HV_DISK=/var/lib/havms/images/$HV_VM.raw
 HV_HOST_EXTRA=${HV_HOST_EXTRA:-} # extra lines for [host] of havms.conf (e.g. "managed = yes")
 HV_VM_EXTRA=${HV_VM_EXTRA:-}     # extra lines for [vm] of web01.conf (e.g. "accel = tcg")
+HV_MEMORY_MIB=${HV_MEMORY_MIB:-256} # web01's memory_mib (guest RAM; a tmpfs file in each
+                                 # host's /dev/shm, which is sized like the machine's: 4096 boots here)
 HV_PROT_EXTRA=${HV_PROT_EXTRA:-} # extra lines for [protection] of web01.conf (e.g.
                                  # "delta_cache_mib = 1"), after the test's own
+declare -gA HV_DAEMON_PID=()     # per host: the pid of its checkpointd (hv_start_daemon)
 HV_FAILBACK=${HV_FAILBACK-reprotect = manual} # lines for [failback] of web01.conf: the
                                  # existing tests protect by hand; failback tests set
                                  # e.g. HV_FAILBACK="reprotect = auto" (docs/failback.md)
@@ -76,7 +79,7 @@ EOC
         cat >"$vmconf" <<EOC
 [vm]
 name = $HV_VM
-memory_mib = 256
+memory_mib = $HV_MEMORY_MIB
 vcpus = 1
 kernel = $HV_GUEST/vmlinuz
 initrd = $HV_GUEST/initrd.img
@@ -108,6 +111,7 @@ hv_make_disk() {
 hv_start_daemon() { # hv_start_daemon HOST
         tb_spawn "$1" "$TB_RUN/$1-checkpointd.log" "$HV_BUILD/checkpointd/checkpointd" \
                 -c /etc/havms/havms.conf || return 1
+        HV_DAEMON_PID[$1]=$TB_LAST_PID # nsenter execs checkpointd: the same pid
         tb_wait_for 10 test -S "$(tb_path "$1" /run/havms/checkpointd.sock)"
 }
 

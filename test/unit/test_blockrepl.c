@@ -142,8 +142,9 @@ static void test_stage_memory(void **state)
         assert_int_equal(br_stage_apply(s, f->img_fd), 0);
         stage_check(f);
         assert_int_equal(br_stage_bytes(s), 0);
-        /* empty: applying again changes nothing */
+        /* empty: applying again changes nothing, and needs no fdatasync */
         assert_int_equal(br_stage_apply(s, f->img_fd), 0);
+        assert_int_equal(br_stage_sync_ns(s), 0);
         br_stage_free(s);
 }
 
@@ -630,6 +631,65 @@ static void test_br_barrier(void **state)
         assert_int_equal(file_size(f->sock), -1); /* socket removed */
 }
 
+static bool fd_readable(int fd)
+{
+        uint64_t x;
+        return read(fd, &x, sizeof(x)) == sizeof(x);
+}
+
+/* Streaming (docs/output-commit.md): log_since hands out exactly the
+ * records not yet handed out, the barrier still hands out the whole log,
+ * and stream_fd fires per stream_bytes of log. */
+static void test_br_log_since(void **state)
+{
+        struct fx *f = *state;
+        struct blockrepl_options o = { .name = "test/disk0", .image = f->img,
+                                       .socket_path = f->sock, .stream_bytes = 8192 };
+        struct blockrepl *b;
+        char err[256];
+        if (blockrepl_open(&o, &b, err, sizeof(err)) < 0)
+                fail_msg("blockrepl_open: %s", err);
+        const struct br_rec *first, *last;
+        assert_int_equal(blockrepl_log_since(b, NULL, &first, &last), -EINVAL); /* not LOG */
+        blockrepl_set_mode(b, BR_MODE_LOG);
+        int c = nbd_connect(f->sock);
+        assert_int_equal(blockrepl_log_since(b, NULL, &first, &last), 0);
+        assert_null(first);
+        assert_false(fd_readable(blockrepl_stream_fd(b)));
+
+        assert_int_equal(nbd_write_pattern(c, 'A', 0, 4096), 0);
+        assert_false(fd_readable(blockrepl_stream_fd(b))); /* < 8 KiB of log */
+        assert_int_equal(nbd_write_pattern(c, 'B', BS, 8192), 0);
+        assert_true(fd_readable(blockrepl_stream_fd(b)));
+        assert_int_equal(blockrepl_log_since(b, NULL, &first, &last), 0);
+        assert_non_null(first);
+        assert_int_equal(first->data[0], 'A');
+        assert_int_equal(last->data[0], 'B');
+        assert_ptr_equal(first->next, last);
+        const struct br_rec *sent = last;
+
+        assert_int_equal(blockrepl_log_since(b, sent, &first, &last), 0);
+        assert_null(first); /* nothing new */
+        assert_int_equal(nbd_write_pattern(c, 'C', 2 * BS, 512), 0);
+        assert_int_equal(blockrepl_log_since(b, sent, &first, &last), 0);
+        assert_non_null(first);
+        assert_ptr_equal(first, last);
+        assert_int_equal(first->data[0], 'C');
+
+        struct br_log log;
+        assert_int_equal(blockrepl_barrier(b, &log), 0);
+        assert_int_equal(log.n_recs, 3); /* streamed or not, all of the epoch */
+        assert_ptr_equal(log.tail, last);
+        /* a new log: the stream mark starts again */
+        assert_int_equal(blockrepl_log_since(b, NULL, &first, &last), 0);
+        assert_null(first);
+        assert_int_equal(nbd_write_pattern(c, 'D', 0, 4096), 0);
+        assert_false(fd_readable(blockrepl_stream_fd(b)));
+        br_log_free(&log);
+        close(c);
+        blockrepl_close(b);
+}
+
 struct writer {
         const char *sock;
         uint8_t id;
@@ -893,6 +953,7 @@ static struct {
                                   fdatasync stays not durable */
         bool hold, held, release;
         int violations;
+        int image_syncs;       /* fdatasyncs of the image fd */
 } hk = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER, .fd = -1 };
 
 int __real_fdatasync(int fd);
@@ -905,6 +966,7 @@ int __wrap_fdatasync(int fd)
                 return __real_fdatasync(fd);
         }
         uint64_t nd = hk.nd, gen[64];
+        hk.image_syncs++;
         memcpy(gen, hk.nd_gen, sizeof(gen));
         if (hk.fbits && (br_get_le64(hk.fbits) & nd) != nd)
                 hk.violations++;
@@ -966,6 +1028,7 @@ static struct blockrepl *br_start_al(struct fx *f, uint32_t clear_interval_ms)
         hk.fd = blockrepl_image_fd(b);
         hk.nd = 0;
         hk.violations = 0;
+        hk.image_syncs = 0;
         pthread_mutex_unlock(&hk.lock);
         return b;
 }
@@ -1054,6 +1117,42 @@ static void *mark_writer_main(void *arg)
 
 /* LOG mode: each block's bit is in the file before its data is in the
  * image, seen from outside while a client writes. */
+static int image_syncs(void)
+{
+        pthread_mutex_lock(&hk.lock);
+        int n = hk.image_syncs;
+        pthread_mutex_unlock(&hk.lock);
+        return n;
+}
+
+/* Flushes in LOG mode are kept by the peer: FLUSH and FUA answered with no
+ * fdatasync of the image; leaving LOG makes the image durable before
+ * set_mode returns (the caller releases held output after it); outside
+ * LOG every flush is an fdatasync again (blockrepl.c, top). */
+static void test_br_deferred_flush(void **state)
+{
+        struct fx *f = *state;
+        struct blockrepl *b = br_start_al(f, 0);
+        int c = nbd_connect(f->sock);
+        assert_int_equal(nbd_cmd(c, NBD_CMD_FLUSH, 0, 0, 0, NULL, NULL), 0);
+        assert_int_equal(image_syncs(), 1); /* ALONE: a real flush */
+        blockrepl_set_mode(b, BR_MODE_LOG);
+        assert_int_equal(nbd_write_pattern(c, 'A', 0, 4096), 0);
+        assert_int_equal(nbd_cmd(c, NBD_CMD_FLUSH, 0, 0, 0, NULL, NULL), 0);
+        assert_int_equal(nbd_cmd(c, NBD_CMD_TRIM, NBD_CMD_FLAG_FUA, BS, 4096, NULL, NULL), 0);
+        assert_int_equal(image_syncs(), 1);
+        struct blockrepl_stats st;
+        blockrepl_get_stats(b, &st);
+        assert_int_equal(st.flushes, 2);
+        assert_int_equal(st.flushes_deferred, 1);
+        blockrepl_set_mode(b, BR_MODE_ALONE);
+        assert_int_equal(image_syncs(), 2); /* durable before set_mode returned */
+        assert_int_equal(nbd_cmd(c, NBD_CMD_TRIM, NBD_CMD_FLAG_FUA, BS, 4096, NULL, NULL), 0);
+        assert_int_equal(image_syncs(), 3); /* FUA outside LOG */
+        close(c);
+        br_stop_al(b);
+}
+
 static void test_br_log_marking(void **state)
 {
         struct fx *f = *state;
@@ -1442,10 +1541,12 @@ int main(void)
                 cmocka_unit_test(test_resync_set),
                 cmocka_unit_test_setup_teardown(test_br_barrier, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_log_order, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_br_log_since, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_hard_limit, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_sync_map, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_bitmap_modes, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_protocol_errors, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_br_deferred_flush, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_log_marking, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_lazy_clear, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_br_clear_cancel, setup, teardown),

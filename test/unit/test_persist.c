@@ -116,6 +116,12 @@ static void test_devstate(void **state)
         /* a new epoch replaces it; drop forgets it */
         h.epoch = 43;
         assert_int_equal(persist_devstate_begin(&host, "vm", &h, data, 10), 0);
+        /* rewritten in place over a longer record: pending until commit,
+         * and no stale tail */
+        assert_int_equal(persist_devstate_load(&host, "vm", &g, &got, &len, err, sizeof(err)), -EUCLEAN);
+        struct stat sb;
+        assert_int_equal(stat(p, &sb), 0);
+        assert_int_equal(sb.st_size, 128 + 10);
         assert_int_equal(persist_devstate_commit(&host, "vm"), 0);
         assert_int_equal(persist_devstate_load(&host, "vm", &g, &got, &len, err, sizeof(err)), 0);
         assert_int_equal(g.epoch, 43);

@@ -455,7 +455,7 @@ static int receive_loop(struct session *s)
                         }
                         r = h->type == WIRE_EPOCH_PAGES ? stage_pages(b, &s->in)
                                                         : stage_devstate(b, &s->in);
-                        if (r == -EPROTO)
+                        if (r == -EPROTO && h->type == WIRE_EPOCH_DEVSTATE)
                                 log_msg(LOG_LVL_ERR, MSG_BK_CORRUPT, v->name, (int64_t)h->epoch,
                                         "device-state delta (XOR_LZ4) from primary %s, but no "
                                         "device state was committed on this connection: epoch "

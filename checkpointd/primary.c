@@ -79,7 +79,7 @@ struct primary {
         size_t devstate_cap;
         /* The base of device-state deltas: the device state of the last
          * epoch the standby ACKed on this connection, which is exactly the
-         * standby's committed one (docs/checkpoint.md, "Device state").
+         * standby's committed one (docs/checkpoint.md, "Device state as a delta").
          * Valid only from that ACK until the connection drops. */
         uint8_t *ds_base;
         size_t ds_base_cap, ds_base_len;

@@ -65,6 +65,8 @@ struct backup_replica {
         uint8_t *st_dev;
         size_t st_dev_len, st_dev_cap;
         uint8_t *seen;           /* bitmap: pfn staged in this epoch */
+        uint32_t *st_slot;       /* npages: a seen pfn's slot in st_pages */
+        uint64_t st_records;     /* page records of this epoch, repeats included */
         struct disk_replica disks; /* images + staged writes, opened per HELLO */
         bool seeded;             /* the RAM file held content when opened (or a replica was
                                     kept from an earlier session): worth hashing */
@@ -115,6 +117,7 @@ static void replica_free(struct backup_replica *b)
         free(b->st_pages);
         free(b->st_dev);
         free(b->seen);
+        free(b->st_slot);
         disk_replica_close(&b->disks);
         free(b);
 }
@@ -159,7 +162,8 @@ static int replica_open(const struct host_config *h, const struct vm_config *c,
         }
         b->ram = m;
         b->seen = calloc((b->npages + 7) / 8, 1);
-        if (!b->seen) {
+        b->st_slot = calloc(b->npages, sizeof(uint32_t));
+        if (!b->seen || !b->st_slot) {
                 r = -ENOMEM;
                 goto fail;
         }
@@ -175,6 +179,7 @@ static void staging_reset(struct backup_replica *b)
         for (size_t i = 0; i < b->st_n; i++)
                 b->seen[b->st_pfn[i] / 8] &= (uint8_t)~(1u << (b->st_pfn[i] % 8));
         b->st_n = 0;
+        b->st_records = 0;
         b->st_dev_len = 0;
         b->st_epoch = 0;
         disk_replica_discard(&b->disks);
@@ -185,8 +190,17 @@ static int stage_page(struct backup_replica *b, const struct wire_page *pg)
         if (pg->pfn >= b->npages)
                 return -EBADMSG;
         uint32_t pfn = (uint32_t)pg->pfn;
-        if (b->seen[pfn / 8] & (1u << (pfn % 8)))
-                return -EBADMSG; /* a page twice in one epoch: not from our encoder */
+        if (b->seen[pfn / 8] & (1u << (pfn % 8))) {
+                /* Again in this epoch (sent by the primary before the stop, then from the
+                 * pause's copy): the last copy wins, and an XOR delta is
+                 * against the copy staged so far (docs/wire.md). Decoded in
+                 * place: a bad record fails the epoch anyway. */
+                uint8_t *slot = b->st_pages + (size_t)b->st_slot[pfn] * HAVMS_PAGE_SIZE;
+                int r = codec_page_decode(pg->enc, pg->data, pg->len, slot, slot);
+                if (r == 0)
+                        b->st_records++;
+                return r;
+        }
         if (b->st_n == b->st_cap) {
                 size_t cap = b->st_cap ? b->st_cap * 2 : 4096;
                 uint32_t *np = realloc(b->st_pfn, cap * sizeof(uint32_t));
@@ -205,7 +219,9 @@ static int stage_page(struct backup_replica *b, const struct wire_page *pg)
         if (r < 0)
                 return r;
         b->seen[pfn / 8] |= (uint8_t)(1u << (pfn % 8));
+        b->st_slot[pfn] = (uint32_t)b->st_n;
         b->st_pfn[b->st_n++] = pfn;
+        b->st_records++;
         return 0;
 }
 
@@ -468,7 +484,7 @@ static int receive_loop(struct session *s)
                                 break;
                         if (h->epoch == 0 || (b->st_epoch && h->epoch != b->st_epoch) ||
                             (b->valid && h->epoch != v->committed_epoch + 1) ||
-                            e.pages != b->st_n || e.devstate_bytes != b->st_dev_len ||
+                            e.pages != b->st_records || e.devstate_bytes != b->st_dev_len ||
                             b->st_dev_len == 0 || e.disk_recs != b->disks.st_recs ||
                             e.disk_bytes != b->disks.st_bytes)
                                 return -EPROTO;

@@ -643,7 +643,8 @@ static json_object *stats_json(struct vm *v)
         add_dbl(o, "raw_bytes_per_epoch_p50", pct(v, F(raw_bytes), FK_U64, 50, tmp, n, from));
         add_dbl(o, "wire_bytes_per_epoch_p50", pct(v, F(wire_bytes), FK_U64, 50, tmp, n, from));
         add_dbl(o, "disk_bytes_per_epoch_p50", pct(v, F(disk_bytes), FK_U64, 50, tmp, n, from));
-        uint64_t raw = 0, wire = 0, early = 0, hits = 0, misses = 0;
+        add_dbl(o, "prestop_pages_p50", pct(v, F(prestop_pages), FK_U32, 50, tmp, n, from));
+        uint64_t raw = 0, wire = 0, early = 0, hits = 0, misses = 0, sent_prestop = 0, resent = 0;
         for (size_t i = 0; i < n; i++) {
                 const struct epoch_stat *e = &v->stats[(from + i) % STATS_RING];
                 raw += e->raw_bytes;
@@ -651,7 +652,13 @@ static json_object *stats_json(struct vm *v)
                 early += e->early;
                 hits += e->delta_hits;
                 misses += e->delta_misses;
+                sent_prestop += e->prestop_pages;
+                resent += e->resent_pages;
         }
+        /* pages sent before the stop (docs/checkpoint.md), and those of
+         * them written again before it (sent twice) */
+        add_int(o, "pages_sent_prestop", (int64_t)sent_prestop);
+        add_int(o, "pages_resent", (int64_t)resent);
         add_int(o, "epochs_early", (int64_t)early);
         add_dbl(o, "compression_ratio", wire ? (double)raw / (double)wire : 0);
         /* epoch pages found in the delta cache: the share sent as XOR deltas */

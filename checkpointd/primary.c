@@ -74,6 +74,9 @@ struct primary {
         uint64_t *seen;           /* bitmap for merging the two scans */
         uint8_t *staging;         /* copies of dirty pages, grown on demand */
         struct twin *twin;        /* copies half of a large dirty set in the pause; or NULL */
+        /* the pre-scan's pages sent before the stop (send_prestop) */
+        bool prestop_off;           /* off after an epoch that re-sent most of them */
+        unsigned prestop_probe;     /* epochs until it is tried again */
         size_t staging_pages;
         uint8_t *devstate;
         size_t devstate_cap;
@@ -1002,9 +1005,10 @@ static int send_taken_output(struct primary *p)
 /* Returns 0 when committed; -ECHILD when the VM is gone; another negative
  * errno when the standby is lost (the VM is running either way). With
  * hold, a committed epoch leaves the VM paused (replica == guest RAM). */
-/* Pages p->dirty[from, to) from guest RAM to their staging slots. */
+/* Pages pfns[from, to) from guest RAM to their staging slots. */
 struct copy_job {
         struct primary *p;
+        const uint32_t *pfns;
         size_t from, to;
 };
 
@@ -1014,14 +1018,14 @@ static void copy_range(void *arg)
         const struct primary *p = j->p;
         for (size_t i = j->from; i < j->to; i++)
                 memcpy(p->staging + i * HAVMS_PAGE_SIZE,
-                       p->ram + (uint64_t)p->dirty[i] * HAVMS_PAGE_SIZE, HAVMS_PAGE_SIZE);
+                       p->ram + (uint64_t)j->pfns[i] * HAVMS_PAGE_SIZE, HAVMS_PAGE_SIZE);
 }
 
-/* The copy in the pause, of the n pages of both scans: a large set in two
- * halves at once (the twin takes the upper half). */
-static void copy_dirty(struct primary *p, size_t n)
+/* The copy in the pause, of the epoch's n pages: a large set in two halves
+ * at once (the twin takes the upper half). */
+static void copy_dirty(struct primary *p, const uint32_t *pfns, size_t n)
 {
-        struct copy_job lo = { p, 0, n }, hi = { p, n / 2, n };
+        struct copy_job lo = { p, pfns, 0, n }, hi = { p, pfns, n / 2, n };
         if (!p->twin || n < COPY_SPLIT_MIN_PAGES) {
                 copy_range(&lo);
                 return;
@@ -1032,6 +1036,49 @@ static void copy_dirty(struct primary *p, size_t n)
         twin_wait(p->twin);
 }
 
+/* Sending before the stop: the n pages of the pre-scan (p->dirty[0, n)), read and
+ * sent while the VM runs, before the stop. Each was re-protected by the
+ * pre-scan before it is read here, so a page the guest does not write
+ * again before the stop is read with exactly its content at the stop; a
+ * page it does write again (even while it is being read: a torn read) is
+ * found by the scan in the pause and sent again, after, with its content
+ * at the stop. The standby keeps the last copy of a page in an epoch
+ * (docs/wire.md), and nothing is applied before EPOCH_END, so the replica
+ * is the state at the stop either way. The pages are marked in p->seen
+ * for counting the re-sent ones. */
+static int send_prestop(struct primary *p, uint64_t epoch, size_t n, uint64_t *raw)
+{
+        int r = 0;
+        for (size_t i = 0; i < n && r == 0; i++) {
+                uint32_t pfn = p->dirty[i];
+                p->seen[pfn / 64] |= 1ull << (pfn % 64);
+                memcpy(p->snap, p->ram + (uint64_t)pfn * HAVMS_PAGE_SIZE, HAVMS_PAGE_SIZE);
+                r = add_page(p, WIRE_EPOCH_PAGES, epoch, pfn, p->snap, raw);
+        }
+        return r == 0 ? flush_pages(p) : r;
+}
+
+/* After an epoch that sent pages before the stop (p->dirty: those n_prestop,
+ * then the n of the pause): how many were sent twice; the p->seen marks
+ * are cleared. When most were, sending early only doubled the work (a
+ * writer that rewrites its pages faster than they are sent): off for the
+ * next PRESTOP_PROBE_EPOCHS epochs. */
+#define PRESTOP_PROBE_EPOCHS 16
+static uint32_t count_resent(struct primary *p, size_t n_prestop, size_t n)
+{
+        uint32_t again = 0;
+        for (size_t i = n_prestop; i < n_prestop + n; i++)
+                if (p->seen[p->dirty[i] / 64] & (1ull << (p->dirty[i] % 64)))
+                        again++;
+        for (size_t i = 0; i < n_prestop; i++)
+                p->seen[p->dirty[i] / 64] = 0;
+        if (again * 2 > n_prestop) {
+                p->prestop_off = true;
+                p->prestop_probe = PRESTOP_PROBE_EPOCHS;
+        }
+        return again;
+}
+
 static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
 {
         struct qemu_vm *q = p->v->qemu;
@@ -1039,6 +1086,7 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         uint64_t raw = 0;
         size_t n = 0, dslen = 0;
         bool stopped = false;
+        size_t n_marked = 0; /* pages sent before the stop, marked in p->seen (send_prestop) */
         /* for the latency breakdown: output waiting since, epoch start */
         uint64_t t_start = now_ns(), out_since = qemu_net_waiting_since(q);
 
@@ -1055,6 +1103,24 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
                 r = scan_all(p, &n_pre);
         if (r < 0)
                 goto out;
+        /* Sending before the stop (send_prestop): the pre-scan's pages leave now, and the
+         * pause copies only what is written from here to the stop. */
+        p->wire_bytes = 0;
+        wire_buf_reset(&p->wb);
+        struct dcache_stats dc0 = { 0 }, dc1 = { 0 };
+        if (p->dcache)
+                dcache_get_stats(p->dcache, &dc0);
+        size_t n_prestop = 0;
+        if (p->prestop_off && p->prestop_probe && --p->prestop_probe == 0)
+                p->prestop_off = false;
+        if (n_pre && !p->prestop_off) {
+                n_marked = n_pre; /* marked as they go: cleared at out if it fails */
+                if ((r = send_prestop(p, epoch, n_pre, &raw)) < 0)
+                        goto out;
+                n_prestop = n_pre;
+                n_pre = 0;
+        }
+        uint64_t prestop_wire = p->wire_bytes;
         /* No QMP `stop`: the migration that captures the device state
          * stops the VM itself when it completes (its set-up and the
          * firmware ROM blocks run while the guest still runs), and leaves
@@ -1074,13 +1140,17 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
                 goto out;
         uint64_t t1 = now_ns(), t1_wall = wall_us();
         uint64_t stop_us = qemu_stop_time_us(q, t1_wall);
-        r = scan_more(p, n_pre, &n);
+        /* after a send before the stop: what was written since the
+         * pre-scan, after those pages in p->dirty (each list holds a page once) */
+        r = n_prestop ? tracker_scan(p->tracker, p->dirty + n_prestop, p->npages, &n)
+                    : scan_more(p, n_pre, &n);
         if (r < 0)
                 goto out;
+        const uint32_t *pfns = p->dirty + n_prestop; /* the pages of the pause */
         uint64_t t2 = now_ns();
         if ((r = grow_staging(p, n)) < 0)
                 goto out;
-        copy_dirty(p, n);
+        copy_dirty(p, pfns, n);
         uint64_t t3 = now_ns();
         /* The barrier: everything the guest sent or wrote up to here
          * belongs to this epoch. QEMU has drained its disk requests and
@@ -1117,7 +1187,8 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         st.early = p->early;
         p->last_pause_end = t5;
         st.pause_ms = (float)(resume_us - stop_us) / 1e3f;
-        st.dirty_pages = (uint32_t)n;
+        st.dirty_pages = (uint32_t)(n_prestop + n);
+        st.prestop_pages = (uint32_t)n_prestop;
         uint64_t t0 = t1 - (uint64_t)(t1_wall - stop_us) * 1000u; /* stop, monotonic */
         st.out_wait_ms = out_since && out_since < t_start ? (float)(t_start - out_since) / 1e6f : 0;
         st.to_output_ms = out_since && p->last_release && out_since > p->last_release
@@ -1125,13 +1196,14 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         st.prestop_ms = t0 > t_start ? (float)(t0 - t_start) / 1e6f : 0;
 
         /* The VM runs again; the rest overlaps with it. */
-        p->wire_bytes = 0;
+        p->wire_bytes = prestop_wire;
         wire_buf_reset(&p->wb);
-        struct dcache_stats dc0 = { 0 }, dc1 = { 0 };
-        if (p->dcache)
-                dcache_get_stats(p->dcache, &dc0);
+        if (n_prestop) {
+                st.resent_pages = count_resent(p, n_prestop, n);
+                n_marked = 0;
+        }
         for (size_t i = 0; i < n && r == 0; i++)
-                r = add_page(p, WIRE_EPOCH_PAGES, epoch, p->dirty[i],
+                r = add_page(p, WIRE_EPOCH_PAGES, epoch, pfns[i],
                              p->staging + i * HAVMS_PAGE_SIZE, &raw);
         if (p->dcache) {
                 dcache_get_stats(p->dcache, &dc1);
@@ -1160,7 +1232,7 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         }
         stream_reset(p); /* the open log is new since the barrier */
         if (r == 0) {
-                struct wire_epoch_end e = { .pages = n, .devstate_bytes = dslen,
+                struct wire_epoch_end e = { .pages = n_prestop + n, .devstate_bytes = dslen,
                                             .stop_wall_ms = stop_wall, .disk_recs = disk_recs,
                                             .disk_bytes = disk_bytes };
                 r = wire_put_epoch_end(&p->wb, epoch, &e);
@@ -1216,6 +1288,10 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         if (!hold)
                 (void)qemu_devstate_arm(q, QMP_TIMEOUT_MS);
 out:
+        /* a failed epoch leaves no marks behind: scan_more() needs
+         * p->seen clear */
+        for (size_t i = 0; i < n_marked; i++)
+                p->seen[p->dirty[i] / 64] = 0;
         if (stopped && (r < 0 || !hold) && qemu_cont(q, QMP_TIMEOUT_MS) < 0) {
                 int rr = recover_vm(p);
                 r = rr < 0 ? rr : r < 0 ? r : -EIO;

@@ -76,7 +76,9 @@ bool vm_state_is_primary(enum vm_state s);
 struct epoch_stat {
         float stop_ms, scan_ms, copy_ms, devstate_ms, barrier_ms, cont_ms, pause_ms;
         float commit_ms;   /* VM stop to ACK received */
-        uint32_t dirty_pages;
+        uint32_t dirty_pages; /* page records sent: before the stop + the pause's */
+        uint32_t prestop_pages; /* sent before the stop (pre-scan), of dirty_pages */
+        uint32_t resent_pages;  /* of those, written again before the stop: sent twice */
         uint64_t raw_bytes;  /* page bytes + device state, uncompressed */
         uint64_t wire_bytes; /* bytes put on the socket for this epoch */
         uint64_t disk_bytes; /* disk write data of this epoch (all disks) */

@@ -548,7 +548,7 @@ int wire_get_devstate(const struct wire_msg *m, struct wire_devstate *ret)
         };
         if (p[13] || p[14] || p[15])
                 return -EBADMSG;
-        /* v5: XOR_LZ4, against the standby's committed device state */
+        /* v6: XOR_LZ4, against the standby's committed device state */
         if (d.enc != WIRE_PAGE_RAW && d.enc != WIRE_PAGE_LZ4 && d.enc != WIRE_PAGE_XOR_LZ4)
                 return -EBADMSG;
         if (d.enc == WIRE_PAGE_RAW && d.len != d.raw_len)

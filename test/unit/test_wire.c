@@ -404,7 +404,7 @@ static void test_devstate_roundtrip(void **state)
         assert_int_equal(g.raw_len, 300);
         assert_memory_equal(g.data, data, 300);
         wire_msg_free(&m);
-        /* v5: a delta chunk travels as it is */
+        /* v6: a delta chunk travels as it is */
         wire_buf_reset(&b);
         d = (struct wire_devstate){ .offset = 0, .raw_len = 600000, .enc = WIRE_PAGE_XOR_LZ4,
                                     .len = 300, .data = data };
@@ -546,7 +546,7 @@ static void test_payload_lies_rejected(void **state)
         pl[8] = 10;
         pl[12] = 77;
         assert_int_equal(wire_get_devstate(&m, &d), -EBADMSG);
-        /* v5: XOR_LZ4 is allowed, but a compressed chunk must be smaller
+        /* v6: XOR_LZ4 is allowed, but a compressed chunk must be smaller
          * than its raw length and not empty */
         pl[8] = 20;
         pl[12] = WIRE_PAGE_XOR_LZ4;

@@ -244,7 +244,24 @@ static int stage_devstate(struct backup_replica *b, const struct wire_msg *m)
                 b->st_dev = nb;
                 b->st_dev_cap = cap;
         }
-        r = codec_chunk_decode(d.enc, d.data, d.len, b->st_dev + b->st_dev_len, d.raw_len);
+        /* XOR_LZ4 is a delta against the device state committed on this
+         * connection: valid is cleared at every HELLO and set by the first
+         * commit, and the primary sends a delta only after an ACK on the
+         * same connection. Without one, the primary is broken: refuse the
+         * epoch (the committed replica stays as it is; only staging is
+         * written, and the committed state is only read). */
+        const uint8_t *base = NULL;
+        size_t base_len = 0;
+        if (d.enc == WIRE_PAGE_XOR_LZ4) {
+                if (!b->valid || !b->devstate)
+                        return -EPROTO;
+                /* bytes past the end of the committed state count as zeros */
+                size_t at = d.offset < b->devstate_len ? d.offset : b->devstate_len;
+                base = b->devstate + at;
+                base_len = b->devstate_len - at;
+        }
+        r = codec_chunk_decode_delta(d.enc, d.data, d.len, b->st_dev + b->st_dev_len, d.raw_len,
+                                     base, base_len);
         if (r < 0)
                 return r;
         b->st_dev_len = need;
@@ -454,6 +471,11 @@ static int receive_loop(struct session *s)
                         }
                         r = h->type == WIRE_EPOCH_PAGES ? stage_pages(b, &s->in)
                                                         : stage_devstate(b, &s->in);
+                        if (r == -EPROTO && h->type == WIRE_EPOCH_DEVSTATE)
+                                log_msg(LOG_LVL_ERR, MSG_BK_CORRUPT, v->name, (int64_t)h->epoch,
+                                        "device-state delta (XOR_LZ4) from primary %s, but no "
+                                        "device state was committed on this connection: epoch "
+                                        "refused", s->primary);
                         break;
                 case WIRE_EPOCH_END: {
                         struct wire_epoch_end e;

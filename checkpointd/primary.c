@@ -80,7 +80,15 @@ struct primary {
         size_t staging_pages;
         uint8_t *devstate;
         size_t devstate_cap;
+        /* The base of device-state deltas: the device state of the last
+         * epoch the standby ACKed on this connection, which is exactly the
+         * standby's committed one (docs/checkpoint.md, "Device state as a delta").
+         * Valid only from that ACK until the connection drops. */
+        uint8_t *ds_base;
+        size_t ds_base_cap, ds_base_len;
+        bool ds_base_ok;
         uint8_t *chunk;           /* encoded device state chunk */
+        uint8_t *chunk_scratch;   /* the delta encoder's workspace */
         struct wire_buf wb;
         struct wire_msg in;
         char last_failure[200];   /* last connection failure logged */
@@ -139,6 +147,8 @@ static void drop_connection(struct primary *p)
         pthread_mutex_unlock(&p->v->lock);
         close(p->fd);
         p->fd = -1;
+        /* the next connection starts from plain device-state chunks */
+        p->ds_base_ok = false;
         /* an epoch cut off midway is never applied, yet its pages are in
          * the cache: what the standby holds is unknown from here */
         if (p->dcache)
@@ -635,6 +645,7 @@ static int initial_sync(struct primary *p)
         /* whatever the standby held is replaced or re-seeded now */
         if (p->dcache)
                 dcache_drop_all(p->dcache);
+        p->ds_base_ok = false; /* its device state too: no delta before an ACK */
 
         /* From here blockrepl's sync map catches what the guest writes
          * behind the copy; those blocks go again at the end. */
@@ -750,12 +761,23 @@ static int grow_staging(struct primary *p, size_t pages)
         return 0;
 }
 
+/* Every chunk the smallest of RAW, LZ4 and (with a base) XOR_LZ4 against
+ * the standby's committed device state: QEMU re-sends every device and
+ * firmware ROM block each epoch, nearly all of it unchanged. */
 static int send_devstate(struct primary *p, uint64_t epoch, size_t len)
 {
         for (size_t off = 0; off < len; off += DEVSTATE_CHUNK) {
                 size_t n = len - off < DEVSTATE_CHUNK ? len - off : DEVSTATE_CHUNK;
                 struct wire_devstate ds = { .offset = off, .raw_len = (uint32_t)n };
-                int r = codec_chunk_encode(p->devstate + off, n, p->chunk, &ds.enc, &ds.len);
+                const uint8_t *base = NULL;
+                size_t base_len = 0;
+                if (p->ds_base_ok) {
+                        size_t at = off < p->ds_base_len ? off : p->ds_base_len;
+                        base = p->ds_base + at;
+                        base_len = p->ds_base_len - at;
+                }
+                int r = codec_chunk_encode_delta(p->devstate + off, n, base, base_len, p->chunk,
+                                                 p->chunk_scratch, &ds.enc, &ds.len);
                 if (r < 0)
                         return r;
                 ds.data = p->chunk;
@@ -1194,6 +1216,8 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
                 size_t need = codec_chunk_bound(DEVSTATE_CHUNK);
                 if (!p->chunk && !(p->chunk = malloc(need)))
                         r = -ENOMEM;
+                if (!p->chunk_scratch && !(p->chunk_scratch = malloc(need)))
+                        r = -ENOMEM;
         }
         if (r == 0)
                 r = send_devstate(p, epoch, dslen);
@@ -1221,6 +1245,18 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
         if (r < 0)
                 goto out;
         uint64_t t_ack = now_ns();
+        /* The standby committed exactly this device state: it is the base
+         * of the next epoch's deltas. A swap, not a copy; the next save
+         * overwrites the old base's buffer. Any failure before this point
+         * drops the connection (primary_thread), and the base with it. */
+        uint8_t *tb = p->ds_base;
+        size_t tc = p->ds_base_cap;
+        p->ds_base = p->devstate;
+        p->ds_base_cap = p->devstate_cap;
+        p->ds_base_len = dslen;
+        p->ds_base_ok = true;
+        p->devstate = tb;
+        p->devstate_cap = tc;
         /* Committed on the standby: what the guest said in this epoch may
          * now reach the world, and its disk writes are no longer ours. */
         if (hold && p->v->handover_requested)
@@ -1551,6 +1587,8 @@ static void teardown(struct primary *p)
         free(p->seen);
         free(p->staging);
         free(p->devstate);
+        free(p->ds_base);
+        free(p->chunk_scratch);
         free(p->chunk);
         free(p->peer_hash);
         for (unsigned i = 0; i < CFG_MAX_DISKS; i++)

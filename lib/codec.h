@@ -4,7 +4,8 @@
  * the page, or RAW. The decoder reverses it into a page buffer.
  *
  * Owns: the page encodings (enum wire_page_enc) and device-state chunk
- * compression. Does not own: which pages are sent or where they go.
+ * compression (RAW, LZ4, or XOR_LZ4 against the replica's committed
+ * device state). Does not own: which pages are sent or where they go.
  */
 #pragma once
 #include <stddef.h>
@@ -43,5 +44,23 @@ static inline int codec_page_is_zero(const uint8_t *page)
 size_t codec_chunk_bound(size_t len);
 int codec_chunk_encode(const uint8_t *in, size_t len, uint8_t *out,
                        uint8_t *ret_enc, uint32_t *ret_len);
+/* Decode a RAW or LZ4 chunk (XOR_LZ4 has no base here: -EBADMSG). */
 int codec_chunk_decode(uint8_t enc, const uint8_t *in, uint32_t len,
                        uint8_t *out, uint32_t raw_len);
+
+/* Device state chunk against a base: the bytes at the same offset of the
+ * device state the replica has committed (QEMU re-sends every device and
+ * firmware ROM block each epoch; from one epoch to the next the stream
+ * differs in a few dozen bytes). base points at that offset, base_len is
+ * how many base bytes exist from there (may be 0 or less than len: bytes
+ * past the base's end count as zero). Picks the smallest of RAW, LZ4 and
+ * XOR_LZ4 (LZ4 of in XOR base). out and scratch must each hold
+ * codec_chunk_bound(len) bytes. base NULL: as codec_chunk_encode. */
+int codec_chunk_encode_delta(const uint8_t *in, size_t len, const uint8_t *base,
+                             size_t base_len, uint8_t *out, uint8_t *scratch,
+                             uint8_t *ret_enc, uint32_t *ret_len);
+/* Decode RAW, LZ4 or XOR_LZ4 into out (raw_len bytes); base and base_len
+ * as for the encoder. XOR_LZ4 with base NULL, or any data that does not
+ * decode to exactly raw_len bytes: -EBADMSG. base is only read. */
+int codec_chunk_decode_delta(uint8_t enc, const uint8_t *in, uint32_t len, uint8_t *out,
+                             uint32_t raw_len, const uint8_t *base, size_t base_len);

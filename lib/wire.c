@@ -548,9 +548,13 @@ int wire_get_devstate(const struct wire_msg *m, struct wire_devstate *ret)
         };
         if (p[13] || p[14] || p[15])
                 return -EBADMSG;
-        if (d.enc != WIRE_PAGE_RAW && d.enc != WIRE_PAGE_LZ4)
+        /* v6: XOR_LZ4, against the standby's committed device state */
+        if (d.enc != WIRE_PAGE_RAW && d.enc != WIRE_PAGE_LZ4 && d.enc != WIRE_PAGE_XOR_LZ4)
                 return -EBADMSG;
         if (d.enc == WIRE_PAGE_RAW && d.len != d.raw_len)
+                return -EBADMSG;
+        /* the encoder sends a compressed form only when it is smaller */
+        if (d.enc != WIRE_PAGE_RAW && (d.len == 0 || d.len >= d.raw_len))
                 return -EBADMSG;
         if (d.raw_len > WIRE_MAX_PAYLOAD || d.offset > (1ull << 40))
                 return -EBADMSG;

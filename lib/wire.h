@@ -24,12 +24,14 @@
 #include <stdint.h>
 
 #define WIRE_MAGIC 0x534d5648u
-#define WIRE_VERSION 5 /* 2: disks in HELLO and EPOCH_END, SYNC_DISK, EPOCH_DISK;
+#define WIRE_VERSION 6 /* 2: disks in HELLO and EPOCH_END, SYNC_DISK, EPOCH_DISK;
                            3: generations in HELLO and WELCOME, ERROR STALE;
                            4: re-seed and incremental resync (lineages, bitmaps,
                               hashes), ERROR HANDOVER;
                            5: a page may come twice in an epoch (sent before the stop),
-                              EPOCH_END counts page records */
+                              EPOCH_END counts page records;
+                           6: EPOCH_DEVSTATE chunks may be XOR_LZ4 (a delta
+                              against the standby's committed device state) */
 #define WIRE_HDR_SIZE 32
 #define WIRE_MAX_PAYLOAD (16u << 20)
 #define WIRE_NAME_LEN 64
@@ -158,7 +160,10 @@ struct wire_page {
 };
 
 /* One DEVSTATE chunk: bytes [offset, offset+raw_len) of the device state,
- * LZ4-compressed when enc == WIRE_PAGE_LZ4, raw when WIRE_PAGE_RAW. */
+ * raw when enc == WIRE_PAGE_RAW (len == raw_len), LZ4-compressed when
+ * WIRE_PAGE_LZ4, or (v6) WIRE_PAGE_XOR_LZ4: LZ4 of those bytes XOR the same
+ * range of the device state the standby committed last on this connection
+ * (past its end: zeros). Compressed forms have 0 < len < raw_len. */
 struct wire_devstate {
         uint64_t offset;
         uint32_t raw_len;

@@ -1,5 +1,6 @@
 /* libFuzzer target for the replication protocol parser (lib/wire.c) and
- * the page codec's decoder (lib/codec.c): what a standby does with bytes
+ * the page and chunk decoders, device-state deltas included (lib/codec.c):
+ * what a standby does with bytes
  * from the network, short of applying them.
  *
  * The XXH64 checksum would stop a fuzzer at the header, so each input is
@@ -42,8 +43,16 @@ static void parse_payload(const struct wire_hdr *h, const uint8_t *payload)
         (void)wire_get_epoch_end(&m, &end);
         (void)wire_get_ack(&m, &ack);
         (void)wire_get_error(&m, &err);
-        if (wire_get_devstate(&m, &ds) == 0 && ds.raw_len <= sizeof(dev))
+        if (wire_get_devstate(&m, &ds) == 0 && ds.raw_len <= sizeof(dev)) {
                 (void)codec_chunk_decode(ds.enc, ds.data, ds.len, dev, ds.raw_len);
+                /* as the standby does: against a committed device state
+                 * (the page buffer, 4 KiB: chunks past its end see zeros),
+                 * at the offset the record names */
+                size_t at = ds.offset < sizeof(replica) ? (size_t)ds.offset : sizeof(replica);
+                (void)codec_chunk_decode_delta(ds.enc, ds.data, ds.len, dev, ds.raw_len,
+                                               replica + at, sizeof(replica) - at);
+                (void)codec_chunk_decode_delta(ds.enc, ds.data, ds.len, dev, ds.raw_len, NULL, 0);
+        }
         struct wire_pages_iter it;
         struct wire_page pg;
         if (wire_pages_iter_init(&it, &m) == 0)

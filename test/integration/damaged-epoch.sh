@@ -3,6 +3,9 @@
 #   damaged-epoch.sh corrupt    one byte of an epoch's pages flipped in flight
 #   damaged-epoch.sh truncate   the primary's stream ends in the middle of an
 #                               epoch (a primary that vanishes mid-epoch)
+#   damaged-epoch.sh baddelta   a device-state delta (XOR_LZ4 chunk) that
+#                               does not decode to its length, checksum
+#                               intact: only the delta decoder can refuse it
 # The replication link runs through test/tools/wire_proxy.py on host a.
 # Expected: b drops the connection, keeps the last committed epoch (the
 # one before the damaged one), its replica file does not change, and it
@@ -32,7 +35,8 @@ read -r bad_epoch _ <"$ctl/faulted"
 committed=$(hv_field b web01 committed_epoch)
 hv_check "b kept the epoch before the damaged one ($committed = $bad_epoch - 1)" \
         test "$committed" = $((bad_epoch - 1))
-if [ "$mode" = corrupt ]; then
+hv_check "the proxy applied the fault as asked" grep -qx "[0-9]* $mode" "$ctl/faulted"
+if [ "$mode" = corrupt ] || [ "$mode" = baddelta ]; then
         hv_check "b logged the corrupt record" \
                 grep -q "HAVMS-BK-2003.*corrupt record" "$TB_RUN/b-checkpointd.log"
 fi

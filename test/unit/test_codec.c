@@ -127,6 +127,89 @@ static void test_chunk_roundtrip(void **state)
         free(back);
 }
 
+/* xorshift: incompressible bytes, reproducible */
+static void fill_random(uint8_t *p, size_t n, uint64_t seed)
+{
+        uint64_t x = seed | 1;
+        for (size_t i = 0; i < n; i++) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                p[i] = (uint8_t)(x >> 32);
+        }
+}
+
+/* A device state that changed in a few bytes travels as a delta of a few
+ * dozen bytes, and decodes against the base without touching it. */
+static void test_chunk_delta(void **state)
+{
+        size_t n = 600000, nb = 590000; /* the state grew by 10000 bytes */
+        uint8_t *base = malloc(n), *keep = malloc(n), *in = malloc(n);
+        uint8_t *dst = malloc(codec_chunk_bound(n)), *scr = malloc(codec_chunk_bound(n));
+        uint8_t *back = malloc(n);
+        fill_random(base, nb, 7);
+        memcpy(keep, base, nb);
+        memcpy(in, base, nb);
+        for (size_t i = 0; i < 32; i++)
+                in[(i * 18181) % nb] ^= 0x5a;
+        memset(in + nb, 0, n - nb); /* past the base: XOR with zeros */
+        in[n - 1] = 9;
+        uint8_t enc;
+        uint32_t len;
+        assert_int_equal(codec_chunk_encode_delta(in, n, base, nb, dst, scr, &enc, &len), 0);
+        assert_int_equal(enc, WIRE_PAGE_XOR_LZ4);
+        assert_true(len < 4000);
+        assert_int_equal(codec_chunk_decode_delta(enc, dst, len, back, (uint32_t)n, base, nb), 0);
+        assert_memory_equal(back, in, n);
+        assert_memory_equal(base, keep, nb); /* the committed state is only read */
+        /* no base: refused, whichever decoder */
+        assert_int_equal(codec_chunk_decode_delta(enc, dst, len, back, (uint32_t)n, NULL, 0), -EBADMSG);
+        assert_int_equal(codec_chunk_decode(enc, dst, len, back, (uint32_t)n), -EBADMSG);
+        /* wrong raw length, cut data, empty data */
+        assert_int_equal(codec_chunk_decode_delta(enc, dst, len, back, (uint32_t)n - 1, base, nb),
+                         -EBADMSG);
+        assert_int_equal(codec_chunk_decode_delta(enc, dst, len - 1, back, (uint32_t)n, base, nb),
+                         -EBADMSG);
+        assert_int_equal(codec_chunk_decode_delta(enc, dst, 0, back, (uint32_t)n, base, nb), -EBADMSG);
+        assert_int_equal(codec_chunk_decode_delta(77, dst, len, back, (uint32_t)n, base, nb), -EBADMSG);
+        assert_memory_equal(base, keep, nb);
+
+        /* a base longer than the chunk: only its first n bytes count */
+        uint32_t short_n = 1000;
+        assert_int_equal(codec_chunk_encode_delta(in, short_n, base, nb, dst, scr, &enc, &len), 0);
+        assert_int_equal(enc, WIRE_PAGE_XOR_LZ4);
+        assert_int_equal(codec_chunk_decode_delta(enc, dst, len, back, short_n, base, nb), 0);
+        assert_memory_equal(back, in, short_n);
+        /* a chunk wholly past the base's end (base_len 0): LZ4 of itself */
+        memset(in, 0, 4096);
+        assert_int_equal(codec_chunk_encode_delta(in, 4096, base + nb, 0, dst, scr, &enc, &len), 0);
+        assert_int_equal(codec_chunk_decode_delta(enc, dst, len, back, 4096, base + nb, 0), 0);
+        assert_memory_equal(back, in, 4096);
+
+        /* unrelated content: the delta does not help, the smallest wins */
+        fill_random(in, n, 99);
+        assert_int_equal(codec_chunk_encode_delta(in, n, base, nb, dst, scr, &enc, &len), 0);
+        assert_int_equal(enc, WIRE_PAGE_RAW);
+        assert_int_equal(len, n);
+        assert_int_equal(codec_chunk_decode_delta(enc, dst, len, back, (uint32_t)n, base, nb), 0);
+        assert_memory_equal(back, in, n);
+        for (size_t i = 0; i < n; i++)
+                in[i] = (uint8_t)(i % 251 < 200 ? 0 : i);
+        assert_int_equal(codec_chunk_encode_delta(in, n, base, nb, dst, scr, &enc, &len), 0);
+        assert_int_equal(enc, WIRE_PAGE_LZ4);
+        assert_int_equal(codec_chunk_decode_delta(enc, dst, len, back, (uint32_t)n, NULL, 0), 0);
+        assert_memory_equal(back, in, n);
+        /* no base: plain encodings only */
+        assert_int_equal(codec_chunk_encode_delta(in, n, NULL, 0, dst, scr, &enc, &len), 0);
+        assert_int_equal(enc, WIRE_PAGE_LZ4);
+        free(base);
+        free(keep);
+        free(in);
+        free(dst);
+        free(scr);
+        free(back);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -138,6 +221,7 @@ int main(void)
                 cmocka_unit_test(test_decode_in_place),
                 cmocka_unit_test(test_bad_input_refused),
                 cmocka_unit_test(test_chunk_roundtrip),
+                cmocka_unit_test(test_chunk_delta),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -404,6 +404,18 @@ static void test_devstate_roundtrip(void **state)
         assert_int_equal(g.raw_len, 300);
         assert_memory_equal(g.data, data, 300);
         wire_msg_free(&m);
+        /* v6: a delta chunk travels as it is */
+        wire_buf_reset(&b);
+        d = (struct wire_devstate){ .offset = 0, .raw_len = 600000, .enc = WIRE_PAGE_XOR_LZ4,
+                                    .len = 300, .data = data };
+        assert_int_equal(wire_put_devstate(&b, 9, &d), 0);
+        assert_int_equal(parse_msg(&b, 0, &m, &used), 0);
+        assert_int_equal(wire_get_devstate(&m, &g), 0);
+        assert_int_equal(g.enc, WIRE_PAGE_XOR_LZ4);
+        assert_int_equal(g.raw_len, 600000);
+        assert_int_equal(g.len, 300);
+        assert_memory_equal(g.data, data, 300);
+        wire_msg_free(&m);
         wire_buf_free(&b);
 }
 
@@ -534,6 +546,25 @@ static void test_payload_lies_rejected(void **state)
         pl[8] = 10;
         pl[12] = 77;
         assert_int_equal(wire_get_devstate(&m, &d), -EBADMSG);
+        /* v6: XOR_LZ4 is allowed, but a compressed chunk must be smaller
+         * than its raw length and not empty */
+        pl[8] = 20;
+        pl[12] = WIRE_PAGE_XOR_LZ4;
+        assert_int_equal(wire_get_devstate(&m, &d), 0);
+        assert_int_equal(d.enc, WIRE_PAGE_XOR_LZ4);
+        assert_int_equal(d.len, 10);
+        pl[8] = 10; /* len == raw_len */
+        assert_int_equal(wire_get_devstate(&m, &d), -EBADMSG);
+        pl[12] = WIRE_PAGE_LZ4;
+        assert_int_equal(wire_get_devstate(&m, &d), -EBADMSG);
+        pl[8] = 20;
+        m.hdr.length = 16; /* no data */
+        assert_int_equal(wire_get_devstate(&m, &d), -EBADMSG);
+        pl[12] = WIRE_PAGE_XOR_LZ4;
+        assert_int_equal(wire_get_devstate(&m, &d), -EBADMSG);
+        pl[12] = WIRE_PAGE_ZERO;
+        assert_int_equal(wire_get_devstate(&m, &d), -EBADMSG);
+        m.hdr.length = 16 + 10;
 
         /* fixed-size records of the wrong size */
         m.hdr.type = WIRE_ACK;

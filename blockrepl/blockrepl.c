@@ -11,13 +11,15 @@
  *     append to the open log (LOG) / set the sync map bits (SYNC)
  *   then, outside the lock: fdatasync for FUA (not in LOG); then nbd.c replies.
  *
- * Flushes in LOG mode (FLUSH, FUA) are answered without an fdatasync: the
- * guest's flush is kept by the peer, which makes the epoch durable before
- * its ACK, and nothing the guest says after the flush leaves the primary
- * before that ACK (output commit). Leaving LOG makes the image durable
- * before blockrepl_set_mode() returns, so output released after that (the
- * peer is gone, the VM runs on alone) never depends on a flush that is
- * durable nowhere. Timeline in docs/output-commit.md.
+ * Flushes in LOG mode (FLUSH, FUA) are answered without an fdatasync once
+ * the caller says the guest's output is held (blockrepl_defer_flushes):
+ * the guest's flush is kept by the peer, which makes the epoch durable
+ * before its ACK, and nothing the guest says after the flush leaves the
+ * primary before that ACK (output commit). Not before: during the initial
+ * copy the disks log already, but output flows. Ending the deferral (or
+ * leaving LOG) makes the image durable before it returns, so output
+ * released after that never depends on a flush that is durable nowhere.
+ * Timeline in docs/output-commit.md.
  *
  * The bitmap is written ahead of the image (like md's write-intent bitmap):
  * data the page cache writes back before any FLUSH must never be on disk
@@ -107,6 +109,7 @@ struct blockrepl {
         uint64_t stream;       /* stream_bytes; 0 = no stream_fd signals */
         uint64_t stream_mark;  /* log_mem at which stream_fd is written next */
         bool limit_lifted;     /* the VM is stopping: no waiting until the barrier */
+        bool defer_flushes;    /* LOG, output held: FLUSH/FUA kept by the peer (top) */
         struct br_client *clients;
         uint32_t n_clients;
 
@@ -299,7 +302,7 @@ static int change(struct blockrepl *b, uint8_t op, const void *data, uint32_t le
                   uint64_t offset, bool may_hole, bool fua)
 {
         struct br_rec *rec = NULL;
-        bool logged = false;
+        bool kept = false; /* a FUA here is the peer's to keep (top) */
         int r;
         /* The copy is made outside the lock; the mode is checked again under it. */
         if (__atomic_load_n(&b->mode, __ATOMIC_RELAXED) == BR_MODE_LOG) {
@@ -332,14 +335,14 @@ static int change(struct blockrepl *b, uint8_t op, const void *data, uint32_t le
         if (b->mode == BR_MODE_LOG) {
                 log_append(b, rec);
                 rec = NULL;
-                logged = true;
+                kept = b->defer_flushes;
         } else if (b->mode == BR_MODE_SYNC) {
                 sync_map_set(b, offset, len); /* after the write: see blockrepl.h */
         }
 out:
         pthread_mutex_unlock(&b->lock);
         free(rec);
-        if (r == 0 && fua && !logged) /* LOG: the peer keeps it (top) */
+        if (r == 0 && fua && !kept)
                 r = durable(b);
         return r;
 }
@@ -384,7 +387,12 @@ static int op_flush(void *priv)
 {
         struct blockrepl *b = priv;
         stat_add(&b->st.flushes, 1);
-        if (__atomic_load_n(&b->mode, __ATOMIC_RELAXED) == BR_MODE_LOG) {
+        /* Under the lock: a flush that sees the deferral on has its writes
+         * before the fdatasync that ends it (blockrepl_defer_flushes). */
+        pthread_mutex_lock(&b->lock);
+        bool kept = b->mode == BR_MODE_LOG && b->defer_flushes;
+        pthread_mutex_unlock(&b->lock);
+        if (kept) {
                 stat_add(&b->st.flushes_deferred, 1); /* the peer keeps it (top) */
                 return 0;
         }
@@ -749,7 +757,28 @@ static void mark_log_locked(struct blockrepl *b, const struct br_log *log)
                 log_msg(LOG_LVL_DEBUG, NULL, b->name, -1, "bitmap sync: %s", strerror(-e));
 }
 
-void blockrepl_set_mode(struct blockrepl *b, enum blockrepl_mode m)
+/* The end of a deferral: the image (and bitmap) durable, or the error. */
+static int end_deferral(struct blockrepl *b)
+{
+        int e = durable(b);
+        if (e < 0)
+                log_msg(LOG_LVL_ERR, MSG_BR_DEFERRED_FLUSH, b->name, -1,
+                        "the image could not be made durable (%s): writes the guest "
+                        "flushed while protected are kept by the standby only; held "
+                        "output that depends on them is dropped", strerror(-e));
+        return e;
+}
+
+int blockrepl_defer_flushes(struct blockrepl *b, bool on)
+{
+        pthread_mutex_lock(&b->lock);
+        bool was = b->defer_flushes;
+        b->defer_flushes = on && b->mode == BR_MODE_LOG;
+        pthread_mutex_unlock(&b->lock);
+        return was && !on ? end_deferral(b) : 0;
+}
+
+int blockrepl_set_mode(struct blockrepl *b, enum blockrepl_mode m)
 {
         pthread_mutex_lock(&b->lock);
         b->limit_lifted = false;
@@ -770,21 +799,16 @@ void blockrepl_set_mode(struct blockrepl *b, enum blockrepl_mode m)
                 memset(b->w, 0, b->w_len);
                 b->w_since = b->seq;
         }
-        bool left_log = b->mode == BR_MODE_LOG && m != BR_MODE_LOG;
+        bool deferred = b->defer_flushes && m != BR_MODE_LOG;
+        if (m != BR_MODE_LOG)
+                b->defer_flushes = false;
         __atomic_store_n(&b->mode, m, __ATOMIC_RELAXED);
         pthread_cond_broadcast(&b->log_cond);
         pthread_mutex_unlock(&b->lock);
         /* Flushes answered in LOG relied on the peer: this disk takes that
          * over now, before the caller lets any held output go (top). A
-         * flush that races the switch and saw LOG wrote before it. */
-        if (left_log) {
-                int e = durable(b);
-                if (e < 0)
-                        log_msg(LOG_LVL_ERR, MSG_BR_DEFERRED_FLUSH, b->name, -1,
-                                "protection ended and the image could not be made durable "
-                                "(%s): writes the guest flushed while protected may be lost "
-                                "if this host loses power", strerror(-e));
-        }
+         * flush that races the switch and saw the deferral wrote before it. */
+        return deferred ? end_deferral(b) : 0;
 }
 
 enum blockrepl_mode blockrepl_get_mode(const struct blockrepl *b)

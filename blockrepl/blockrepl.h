@@ -91,7 +91,16 @@ void blockrepl_close(struct blockrepl *b);
 uint64_t blockrepl_size(const struct blockrepl *b);
 int blockrepl_image_fd(const struct blockrepl *b); /* for sync reads and apply */
 
-void blockrepl_set_mode(struct blockrepl *b, enum blockrepl_mode m);
+/* Leaving LOG ends a flush deferral (below): -errno if the image could not
+ * be made durable then (the caller must not release output that depends
+ * on the guest's flushes: drop it). 0 otherwise. */
+int blockrepl_set_mode(struct blockrepl *b, enum blockrepl_mode m);
+/* In LOG mode, with the guest's output held until each epoch's ACK:
+ * FLUSH and FUA are answered without an fdatasync, the standby keeps them
+ * (docs/output-commit.md, "Flushes while protected"). Off (or leaving
+ * LOG) makes the image durable first; -errno as for set_mode. Turning it
+ * on outside LOG does nothing. */
+int blockrepl_defer_flushes(struct blockrepl *b, bool on);
 enum blockrepl_mode blockrepl_get_mode(const struct blockrepl *b);
 
 /* Called while the VM is stopped (QEMU has drained its requests): hands

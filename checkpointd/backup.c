@@ -65,6 +65,7 @@ struct backup_replica {
         uint8_t *st_dev;
         size_t st_dev_len, st_dev_cap;
         uint8_t *seen;           /* bitmap: pfn staged in this epoch */
+        uint8_t *again;          /* bitmap: pfn staged twice in this epoch */
         uint32_t *st_slot;       /* npages: a seen pfn's slot in st_pages */
         uint64_t st_records;     /* page records of this epoch, repeats included */
         struct disk_replica disks; /* images + staged writes, opened per HELLO */
@@ -118,6 +119,7 @@ static void replica_free(struct backup_replica *b)
         free(b->st_dev);
         free(b->seen);
         free(b->st_slot);
+        free(b->again);
         disk_replica_close(&b->disks);
         free(b);
 }
@@ -163,7 +165,8 @@ static int replica_open(const struct host_config *h, const struct vm_config *c,
         b->ram = m;
         b->seen = calloc((b->npages + 7) / 8, 1);
         b->st_slot = calloc(b->npages, sizeof(uint32_t));
-        if (!b->seen || !b->st_slot) {
+        b->again = calloc((b->npages + 7) / 8, 1);
+        if (!b->seen || !b->st_slot || !b->again) {
                 r = -ENOMEM;
                 goto fail;
         }
@@ -176,8 +179,10 @@ fail:
 
 static void staging_reset(struct backup_replica *b)
 {
-        for (size_t i = 0; i < b->st_n; i++)
-                b->seen[b->st_pfn[i] / 8] &= (uint8_t)~(1u << (b->st_pfn[i] % 8));
+        for (size_t i = 0; i < b->st_n; i++) {
+                b->seen[b->st_pfn[i] / 8] = 0;
+                b->again[b->st_pfn[i] / 8] = 0;
+        }
         b->st_n = 0;
         b->st_records = 0;
         b->st_dev_len = 0;
@@ -194,7 +199,11 @@ static int stage_page(struct backup_replica *b, const struct wire_page *pg)
                 /* Again in this epoch (sent by the primary before the stop, then from the
                  * pause's copy): the last copy wins, and an XOR delta is
                  * against the copy staged so far (docs/wire.md). Decoded in
-                 * place: a bad record fails the epoch anyway. */
+                 * place: a bad record fails the epoch anyway. A third copy
+                 * is not from our encoder. */
+                if (b->again[pfn / 8] & (1u << (pfn % 8)))
+                        return -EBADMSG;
+                b->again[pfn / 8] |= (uint8_t)(1u << (pfn % 8));
                 uint8_t *slot = b->st_pages + (size_t)b->st_slot[pfn] * HAVMS_PAGE_SIZE;
                 int r = codec_page_decode(pg->enc, pg->data, pg->len, slot, slot);
                 if (r == 0)
@@ -483,11 +492,25 @@ static int receive_loop(struct session *s)
                         if (r < 0)
                                 break;
                         if (h->epoch == 0 || (b->st_epoch && h->epoch != b->st_epoch) ||
-                            (b->valid && h->epoch != v->committed_epoch + 1) ||
-                            e.pages != b->st_records || e.devstate_bytes != b->st_dev_len ||
-                            b->st_dev_len == 0 || e.disk_recs != b->disks.st_recs ||
-                            e.disk_bytes != b->disks.st_bytes)
+                            (b->valid && h->epoch != v->committed_epoch + 1))
                                 return -EPROTO;
+                        if (e.pages != b->st_records || e.devstate_bytes != b->st_dev_len ||
+                            b->st_dev_len == 0 || e.disk_recs != b->disks.st_recs ||
+                            e.disk_bytes != b->disks.st_bytes) {
+                                /* which count, for whoever reads the log */
+                                log_msg(LOG_LVL_ERR, MSG_BK_CORRUPT, v->name, (int64_t)h->epoch,
+                                        "EPOCH_END from primary %s does not match what was staged: "
+                                        "pages %llu/%llu, device state %llu/%zu bytes, disk "
+                                        "records %llu/%llu, disk bytes %llu/%llu (said/staged)",
+                                        s->primary, (unsigned long long)e.pages,
+                                        (unsigned long long)b->st_records,
+                                        (unsigned long long)e.devstate_bytes, b->st_dev_len,
+                                        (unsigned long long)e.disk_recs,
+                                        (unsigned long long)b->disks.st_recs,
+                                        (unsigned long long)e.disk_bytes,
+                                        (unsigned long long)b->disks.st_bytes);
+                                return -EPROTO;
+                        }
                         bool first = !b->valid;
                         size_t n = b->st_n;
                         /* the device state of this epoch, marked pending, before

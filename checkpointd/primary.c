@@ -1616,7 +1616,12 @@ static void leave_protection_io(struct primary *p)
                 blockrepl_bitmap_mark_log(q->disk[i], &p->logs[i]);
                 br_log_free(&p->logs[i]);
         }
-        qemu_disk_mode(q, BR_MODE_ALONE);
+        /* the guest's flushes must be durable here before any held output
+         * that followed them goes out; if they cannot be, that output is
+         * dropped (as for a fence), never sent */
+        if (qemu_disk_mode(q, BR_MODE_ALONE) < 0)
+                for (unsigned i = 0; i < q->n_net; i++)
+                        netbuf_discard(q->net[i]);
         qemu_net_buffering(q, false);
 }
 
@@ -1636,7 +1641,7 @@ static void drop_held_io(struct primary *p)
                 blockrepl_bitmap_mark_log(q->disk[i], &p->logs[i]);
                 br_log_free(&p->logs[i]);
         }
-        qemu_disk_mode(q, BR_MODE_ALONE);
+        (void)qemu_disk_mode(q, BR_MODE_ALONE); /* held output is dropped above */
 }
 
 /* Protection ends on purpose (unprotect, stop, on_buffer_full=release,
@@ -1851,6 +1856,8 @@ static void *primary_thread(void *arg)
                         /* from the first epoch on, output waits for its ACK */
                         record(p, true);
                         qemu_net_buffering(v->qemu, true);
+                        /* only now may flushes rely on the standby */
+                        qemu_disk_defer_flushes(v->qemu);
                         buffering = true;
                         p->early = false;
                         stream_reset(p); /* nothing of this log went yet */

@@ -82,15 +82,26 @@ static void argv_free(struct argv_builder *a)
  * virtio), off. QEMU saves every device in every checkpoint pause, used or
  * not: on q35 the SATA controller, the SMBus and the VMware port are about
  * half of the device state's time (docs/scale.md). */
-static const char *machine_trim(const struct vm_config *c)
+static const char *machine_trim(const struct vm_config *c, char *buf, size_t len)
 {
+        buf[0] = 0;
         if (strcmp(c->builtin_devices, "minimal"))
-                return "";
-        if (!strncmp(c->machine, "q35", 3) || !strncmp(c->machine, "pc-q35", 6))
-                return ",sata=off,smbus=off,vmport=off";
-        if (!strcmp(c->machine, "pc") || !strncmp(c->machine, "pc-i440fx", 9))
-                return ",smbus=off,vmport=off";
-        return "";
+                return buf;
+        bool q35 = !strncmp(c->machine, "q35", 3) || !strncmp(c->machine, "pc-q35", 6);
+        bool pc = !strncmp(c->machine, "pc", 2) && !q35 &&
+                  (c->machine[2] == 0 || c->machine[2] == ',' || !strncmp(c->machine, "pc-i440fx", 9));
+        static const char *const keys[] = { "sata", "smbus", "vmport" };
+        for (unsigned i = 0; i < 3; i++) {
+                if ((!q35 && !pc) || (pc && i == 0))
+                        continue; /* other machines; pc has no sata switch */
+                char kv[16];
+                snprintf(kv, sizeof(kv), ",%s=", keys[i]);
+                if (strstr(c->machine, kv)) /* the operator's own choice wins */
+                        continue;
+                size_t l = strlen(buf);
+                snprintf(buf + l, len - l, ",%s=off", keys[i]);
+        }
+        return buf;
 }
 
 static void build_argv(const struct host_config *h, const struct vm_config *c,
@@ -101,8 +112,9 @@ static void build_argv(const struct host_config *h, const struct vm_config *c,
         arg(a, "-name");
         arg(a, "guest=%s,debug-threads=on", c->name);
         arg(a, "-machine");
+        char trim[64];
         arg(a, "%s,accel=%s,memory-backend=havms-ram%s", c->machine, q->accel,
-            machine_trim(c));
+            machine_trim(c, trim, sizeof(trim)));
         arg(a, "-cpu");
         arg(a, "%s", c->cpu);
         arg(a, "-smp");
@@ -293,10 +305,21 @@ bool qemu_net_full(const struct qemu_vm *q)
         return false;
 }
 
-void qemu_disk_mode(struct qemu_vm *q, enum blockrepl_mode m)
+int qemu_disk_mode(struct qemu_vm *q, enum blockrepl_mode m)
+{
+        int r = 0;
+        for (unsigned i = 0; i < q->n_disk; i++) {
+                int e = blockrepl_set_mode(q->disk[i], m);
+                if (e < 0 && r == 0)
+                        r = e;
+        }
+        return r;
+}
+
+void qemu_disk_defer_flushes(struct qemu_vm *q)
 {
         for (unsigned i = 0; i < q->n_disk; i++)
-                blockrepl_set_mode(q->disk[i], m);
+                blockrepl_defer_flushes(q->disk[i], true);
 }
 
 /* QEMU listens on each NIC's socket (server=on) from before its monitor

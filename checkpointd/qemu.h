@@ -128,4 +128,9 @@ void qemu_net_release(struct qemu_vm *q, uint64_t epoch);
 bool qemu_net_waiting(const struct qemu_vm *q);
 uint64_t qemu_net_waiting_since(const struct qemu_vm *q); /* earliest, 0 = none */
 bool qemu_net_full(const struct qemu_vm *q);
-void qemu_disk_mode(struct qemu_vm *q, enum blockrepl_mode m);
+/* Every disk's mode (blockrepl_set_mode); the first error of leaving a
+ * flush deferral. */
+int qemu_disk_mode(struct qemu_vm *q, enum blockrepl_mode m);
+/* Output is held from now on: the disks' flushes are the standby's to
+ * keep (blockrepl_defer_flushes); leaving LOG ends it. */
+void qemu_disk_defer_flushes(struct qemu_vm *q);

@@ -45,10 +45,12 @@ static const struct opt vm_opts[] = {
           "guest RAM in MiB" },
         { "vm", "vcpus", OPT_U32, VO(vcpus), 1, 256, "1", NULL, "virtual CPUs" },
         { "vm", "machine", OPT_STR, VO(machine), 0, 0, "q35", NULL, "QEMU machine type" },
-        { "vm", "builtin_devices", OPT_ENUM, VO(builtin_devices), 0, 0, "minimal", "minimal|all",
+        { "vm", "builtin_devices", OPT_ENUM, VO(builtin_devices), 0, 0, "all", "minimal|all",
           "minimal: turn off the machine's built-in devices havms never attaches anything to "
-          "(q35: SATA controller, SMBus, VMware port; pc: SMBus, VMware port): QEMU saves every "
-          "device in every checkpoint pause; all: keep them for a guest that needs them" },
+          "(q35: SATA controller, SMBus, VMware port; pc: SMBus, VMware port; an option "
+          "given in machine wins): QEMU saves every device in every checkpoint pause "
+          "(recommended for protected VMs; a change of the guest's hardware, so it is not "
+          "the default); all: keep them" },
         { "vm", "cpu", OPT_STR, VO(cpu), 0, 0, "max", NULL,
           "QEMU CPU model; must be identical on both hosts" },
         { "vm", "accel", OPT_ENUM, VO(accel), 0, 0, "auto", "auto|kvm|tcg",
@@ -927,8 +929,13 @@ unsigned vm_config_hosts(const struct vm_config *c, const char *self,
 uint64_t vm_config_digest(const struct vm_config *c)
 {
         char buf[4096];
-        int n = snprintf(buf, sizeof(buf), "mem=%u;cpus=%u;machine=%s/%s;cpu=%s;args=%s",
-                         c->memory_mib, c->vcpus, c->machine, c->builtin_devices, c->cpu,
+        /* builtin_devices only when it changes the command line: the
+         * digest of every existing VM stays what it was (a restarted
+         * checkpointd compares it with what its running QEMU was started
+         * with, adopt.c) */
+        int n = snprintf(buf, sizeof(buf), "mem=%u;cpus=%u;machine=%s%s;cpu=%s;args=%s",
+                         c->memory_mib, c->vcpus, c->machine,
+                         strcmp(c->builtin_devices, "all") ? "/minimal" : "", c->cpu,
                          c->qemu_args);
         for (unsigned i = 0; i < c->n_nics && n < (int)sizeof(buf); i++)
                 n += snprintf(buf + n, sizeof(buf) - (size_t)n, ";nic=%s/%s", c->nics[i].mac,

@@ -60,7 +60,7 @@ struct vm_config {
         uint32_t reconnect_ms;
         bool xor_delta;         /* deprecated: false forces delta_cache_mib = 0 */
         uint32_t delta_cache_mib; /* primary: XOR-delta base cache (lib/deltacache.h);
-                                   0 = none; "auto" (absent) = memory_mib / 4 */
+                                   0 = none; "auto" (absent) = memory_mib / 5 */
         char netbuf[8];         /* "relay" or "plug": output-commit backend */
         uint32_t netbuf_max_mib;
         char on_buffer_full[8]; /* "pause" or "release" */

@@ -150,6 +150,9 @@ print(json.dumps({
     "pause_parts_ms_p50": parts, "commit_ms_p50": st["commit_ms_p50"],
     "dirty_pages_p50": st["dirty_pages_p50"], "epochs": st["epochs"],
     "delta_cache_mib": st.get("delta_cache_mib"),
+    # RssAnon counts only touched memory: the cache fills only as far as
+    # the working set reaches. Its bound (slots + pfn index), over RAM:
+    "delta_cache_bound_over_ram": round(((st.get("delta_cache_mib") or 0) * 1024 + mib * 1024 * 4 // 4096) / ram_kib, 3),
     "delta_cache_hit_ratio": st.get("delta_cache_hit_ratio"),
     "replica_identical": sys.argv[9] == "true",
     "guest_rate_unprotected": unprot, "guest_rate_protected": prot,
@@ -273,7 +276,9 @@ out["targets_met"] = {
     "pause_ms_p50_4096<=1.2x256": None if p256 is None or p4096 is None else p4096 <= 1.2 * p256,
     "pause_ms_p50_256<=1.5": None if p256 is None else p256 <= 1.5,
     "primary_rss_over_ram<=0.25": every("primary_rss_over_ram", lambda v: v <= 0.25),
-    "guest_rate_ratio>=0.8": every("guest_rate_ratio", lambda v: v >= 0.8),
+    # the paced dirtier's ratio; the issue's >= 0.8 is for the flat-out
+    # writer, measured by `test/bench/run checkpoint 30 0`
+    "guest_rate_ratio_paced>=0.8": every("guest_rate_ratio", lambda v: v >= 0.8),
     "compression_ratio_256>=6.03": None if c256 is None else c256 >= 0.9 * 6.7,
     "replica_identical": every("replica_identical", lambda v: v is True),
 }

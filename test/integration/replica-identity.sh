@@ -49,6 +49,7 @@ echo "delta cache ${dmib} MiB: ${dhits} hits, hit ratio ${dratio}, compression $
 read -r present resent < <(echo "$st" | python3 -c 'import sys,json; s=json.load(sys.stdin)["stats"]; print(s["pages_sent_prestop"], s["pages_resent"])')
 echo "pages sent before the stop: $present, of them sent again from the pause: $resent"
 hv_check "epochs sent pages before the stop ($present)" test "${present:-0}" -gt 0
+hv_check "pages written again before the stop went twice ($resent)" test "${resent:-0}" -gt 0
 hv_must "pause again" hvctl a pause web01
 hv_must "unprotect a held VM" hvctl a unprotect web01
 hv_check "VM running, not left paused" hv_wait_guest 5

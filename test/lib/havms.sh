@@ -80,6 +80,7 @@ EOC
 [vm]
 name = $HV_VM
 memory_mib = $HV_MEMORY_MIB
+builtin_devices = minimal
 vcpus = 1
 kernel = $HV_GUEST/vmlinuz
 initrd = $HV_GUEST/initrd.img

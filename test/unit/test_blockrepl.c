@@ -1125,10 +1125,11 @@ static int image_syncs(void)
         return n;
 }
 
-/* Flushes in LOG mode are kept by the peer: FLUSH and FUA answered with no
- * fdatasync of the image; leaving LOG makes the image durable before
- * set_mode returns (the caller releases held output after it); outside
- * LOG every flush is an fdatasync again (blockrepl.c, top). */
+/* Flushes kept by the peer (blockrepl.c, top): only in LOG mode with the
+ * deferral on (the caller holds the guest's output); then FLUSH and FUA
+ * are answered with no fdatasync of the image; ending the deferral or
+ * leaving LOG makes the image durable before returning (the caller
+ * releases held output after it); otherwise every flush is an fdatasync. */
 static void test_br_deferred_flush(void **state)
 {
         struct fx *f = *state;
@@ -1136,19 +1137,38 @@ static void test_br_deferred_flush(void **state)
         int c = nbd_connect(f->sock);
         assert_int_equal(nbd_cmd(c, NBD_CMD_FLUSH, 0, 0, 0, NULL, NULL), 0);
         assert_int_equal(image_syncs(), 1); /* ALONE: a real flush */
-        blockrepl_set_mode(b, BR_MODE_LOG);
+        assert_int_equal(blockrepl_defer_flushes(b, true), 0); /* not LOG: nothing */
+        assert_int_equal(nbd_cmd(c, NBD_CMD_FLUSH, 0, 0, 0, NULL, NULL), 0);
+        assert_int_equal(image_syncs(), 2);
+        assert_int_equal(blockrepl_set_mode(b, BR_MODE_LOG), 0);
+        /* LOG, output not held yet (the initial copy): real flushes */
         assert_int_equal(nbd_write_pattern(c, 'A', 0, 4096), 0);
         assert_int_equal(nbd_cmd(c, NBD_CMD_FLUSH, 0, 0, 0, NULL, NULL), 0);
         assert_int_equal(nbd_cmd(c, NBD_CMD_TRIM, NBD_CMD_FLAG_FUA, BS, 4096, NULL, NULL), 0);
-        assert_int_equal(image_syncs(), 1);
+        assert_int_equal(image_syncs(), 4);
+        /* output held: kept by the peer */
+        assert_int_equal(blockrepl_defer_flushes(b, true), 0);
+        assert_int_equal(nbd_write_pattern(c, 'B', 0, 4096), 0);
+        assert_int_equal(nbd_cmd(c, NBD_CMD_FLUSH, 0, 0, 0, NULL, NULL), 0);
+        assert_int_equal(nbd_cmd(c, NBD_CMD_TRIM, NBD_CMD_FLAG_FUA, BS, 4096, NULL, NULL), 0);
+        assert_int_equal(image_syncs(), 4);
         struct blockrepl_stats st;
         blockrepl_get_stats(b, &st);
-        assert_int_equal(st.flushes, 2);
+        assert_int_equal(st.flushes, 4);
         assert_int_equal(st.flushes_deferred, 1);
-        blockrepl_set_mode(b, BR_MODE_ALONE);
-        assert_int_equal(image_syncs(), 2); /* durable before set_mode returned */
+        assert_int_equal(blockrepl_defer_flushes(b, false), 0);
+        assert_int_equal(image_syncs(), 5); /* durable before it returned */
+        assert_int_equal(blockrepl_defer_flushes(b, true), 0);
+        assert_int_equal(nbd_cmd(c, NBD_CMD_FLUSH, 0, 0, 0, NULL, NULL), 0);
+        assert_int_equal(image_syncs(), 5);
+        assert_int_equal(blockrepl_set_mode(b, BR_MODE_ALONE), 0);
+        assert_int_equal(image_syncs(), 6); /* durable before set_mode returned */
         assert_int_equal(nbd_cmd(c, NBD_CMD_TRIM, NBD_CMD_FLAG_FUA, BS, 4096, NULL, NULL), 0);
-        assert_int_equal(image_syncs(), 3); /* FUA outside LOG */
+        assert_int_equal(image_syncs(), 7); /* FUA outside LOG */
+        /* back in LOG the deferral starts off again */
+        assert_int_equal(blockrepl_set_mode(b, BR_MODE_LOG), 0);
+        assert_int_equal(nbd_cmd(c, NBD_CMD_FLUSH, 0, 0, 0, NULL, NULL), 0);
+        assert_int_equal(image_syncs(), 8);
         close(c);
         br_stop_al(b);
 }

@@ -59,7 +59,7 @@ static void test_vm_ok_with_defaults(void **state)
         assert_int_equal(c.vcpus, 1);
         assert_int_equal(c.epoch_ms, 40);
         assert_string_equal(c.machine, "q35");
-        assert_string_equal(c.builtin_devices, "minimal");
+        assert_string_equal(c.builtin_devices, "all");
         assert_string_equal(c.accel, "auto");
         assert_true(c.xor_delta);
         assert_int_equal(c.delta_cache_mib, 51); /* a fifth of memory_mib */
@@ -506,7 +506,7 @@ static void test_digest_tracks_device_model(void **state)
         assert_int_not_equal(vm_config_digest(&a), vm_config_digest(&b));
         /* the device set is part of the migration stream: both hosts alike */
         b = a;
-        strcpy(b.builtin_devices, "all");
+        strcpy(b.builtin_devices, "minimal");
         assert_int_not_equal(vm_config_digest(&a), vm_config_digest(&b));
 }
 
@@ -516,9 +516,9 @@ static void test_vm_builtin_devices(void **state)
         const char *base = "[vm]\nname = web01\nmemory_mib = 64\nkernel = /k\n";
         char text[512], err[256];
         struct vm_config c;
-        snprintf(text, sizeof(text), "%sbuiltin_devices = all\n", base);
+        snprintf(text, sizeof(text), "%sbuiltin_devices = minimal\n", base);
         assert_int_equal(vm_config_load(write_file("web01.conf", text), &c, err, sizeof(err)), 0);
-        assert_string_equal(c.builtin_devices, "all");
+        assert_string_equal(c.builtin_devices, "minimal");
         snprintf(text, sizeof(text), "%sbuiltin_devices = none\n", base);
         expect_vm_error("web01.conf", text, "builtin_devices");
 }

@@ -288,8 +288,10 @@ fail:
  *  - every page sent is stored right after it is encoded, the very bytes
  *    encoded; a page not put into the batch (an error) is not stored;
  *  - the standby applies what it receives in order: pre-copy pages at
- *    once, an epoch's pages (each page once per epoch) only when the
- *    whole epoch arrived, and epoch N+1 is sent only after ACK(N);
+ *    once, an epoch's pages only when the whole epoch arrived (a page sent
+ *    twice in an epoch, before the stop and from the pause, is decoded
+ *    against its first copy there, as it is against that copy here), and
+ *    epoch N+1 is sent only after ACK(N);
  *  - anything that may leave the replica holding something else drops
  *    the cache: every (re-)sync starts with an empty cache (its first pass
  *    fills nothing, also not the pages the standby already has), and a
@@ -1036,8 +1038,8 @@ static void copy_dirty(struct primary *p, const uint32_t *pfns, size_t n)
         twin_wait(p->twin);
 }
 
-/* Sending before the stop: the n pages of the pre-scan (p->dirty[0, n)), read and
- * sent while the VM runs, before the stop. Each was re-protected by the
+/* Sending before the stop: the n pages of the pre-scan (p->dirty[0, n)),
+ * read and sent while the VM runs. Each was re-protected by the
  * pre-scan before it is read here, so a page the guest does not write
  * again before the stop is read with exactly its content at the stop; a
  * page it does write again (even while it is being read: a torn read) is
@@ -1060,7 +1062,8 @@ static int send_prestop(struct primary *p, uint64_t epoch, size_t n, uint64_t *r
 
 /* After an epoch that sent pages before the stop (p->dirty: those n_prestop,
  * then the n of the pause): how many were sent twice; the p->seen marks
- * are cleared. When most were, sending early only doubled the work (a
+ * are cleared. When most were, sending them before the stop only doubled
+ * the work (a
  * writer that rewrites its pages faster than they are sent): off for the
  * next PRESTOP_PROBE_EPOCHS epochs. */
 #define PRESTOP_PROBE_EPOCHS 16
@@ -1103,8 +1106,9 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
                 r = scan_all(p, &n_pre);
         if (r < 0)
                 goto out;
-        /* Sending before the stop (send_prestop): the pre-scan's pages leave now, and the
-         * pause copies only what is written from here to the stop. */
+        /* Sending before the stop (send_prestop): the pre-scan's pages
+         * leave now, and the pause copies only what is written from here
+         * to the stop. */
         p->wire_bytes = 0;
         wire_buf_reset(&p->wb);
         struct dcache_stats dc0 = { 0 }, dc1 = { 0 };

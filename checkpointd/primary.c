@@ -1063,9 +1063,8 @@ static int send_prestop(struct primary *p, uint64_t epoch, size_t n, uint64_t *r
 /* After an epoch that sent pages before the stop (p->dirty: those n_prestop,
  * then the n of the pause): how many were sent twice; the p->seen marks
  * are cleared. When most were, sending them before the stop only doubled
- * the work (a
- * writer that rewrites its pages faster than they are sent): off for the
- * next PRESTOP_PROBE_EPOCHS epochs. */
+ * the work (a writer that rewrites its pages faster than they are sent):
+ * off for the next PRESTOP_PROBE_EPOCHS epochs. */
 #define PRESTOP_PROBE_EPOCHS 16
 static uint32_t count_resent(struct primary *p, size_t n_prestop, size_t n)
 {

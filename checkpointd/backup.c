@@ -335,6 +335,10 @@ struct session {
         bool guest_off;          /* the goodbye said the guest powered itself off */
         bool handover;           /* the goodbye was a switchover: keep the replica */
         uint64_t handover_epoch; /* ... of this committed epoch */
+        /* the record the session ended on, and the epoch then staged: said
+         * in the log of an unexpected or corrupt record */
+        uint16_t last_type;
+        uint64_t last_epoch, last_st_epoch;
 };
 
 static void refuse(int fd, uint32_t code, const char *text)
@@ -441,6 +445,9 @@ static int receive_loop(struct session *s)
                 if (r < 0)
                         return r;
                 const struct wire_hdr *h = &s->in.hdr;
+                s->last_type = h->type;
+                s->last_epoch = h->epoch;
+                s->last_st_epoch = b->st_epoch;
                 switch (h->type) {
                 case WIRE_SYNC_PAGES:
                 case WIRE_SYNC_DISK:
@@ -624,9 +631,12 @@ static void end_session(struct session *s, int r)
                         "primary %s ended protection; replica discarded", s->primary);
         else if (r == -EBADMSG || r == -EPROTO)
                 log_msg(LOG_LVL_ERR, MSG_BK_CORRUPT, v->name, (int64_t)v->committed_epoch,
-                        "%s record from primary %s: connection dropped, epoch in flight "
+                        "%s record (%s, epoch %llu; staging epoch %llu, committed "
+                        "%llu) from primary %s: connection dropped, epoch in flight "
                         "discarded, replica %s",
-                        r == -EBADMSG ? "corrupt" : "unexpected", s->primary,
+                        r == -EBADMSG ? "corrupt" : "unexpected", wire_type_name(s->last_type),
+                        (unsigned long long)s->last_epoch, (unsigned long long)s->last_st_epoch,
+                        (unsigned long long)v->committed_epoch, s->primary,
                         b->valid ? "at its last committed epoch, untouched" : "incomplete (no commit yet)");
         if (s->handover)
                 log_msg(LOG_LVL_NOTICE, MSG_BK_HANDOVER, v->name, (int64_t)v->committed_epoch,

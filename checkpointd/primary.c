@@ -1440,7 +1440,10 @@ static int protected_loop(struct primary *p)
         uint64_t due = p->last_pause_end + interval;
         bool held = false, disk_soft = false;
         int r = 0;
-        stream_reset(p);
+        /* No stream_reset here: while the standby committed the first
+         * epoch, the guest's next disk writes may already have been
+         * streamed (await_ack); forgetting them would send them twice and
+         * count them once (the standby refuses that EPOCH_END). */
         while (!stop_requested(p)) {
                 /* the handover starts under the lock: from here the
                  * control side can no longer cancel it (cmd_handover) */

@@ -9,7 +9,8 @@
  *     add the blocks to W (LOG)
  *     change the image
  *     append to the open log (LOG) / set the sync map bits (SYNC)
- *   then, outside the lock: fdatasync for FUA (not in LOG); then nbd.c replies.
+ *   then, outside the lock: fdatasync for FUA (not while flushes are
+ *   deferred, below); then nbd.c replies.
  *
  * Flushes in LOG mode (FLUSH, FUA) are answered without an fdatasync once
  * the caller says the guest's output is held (blockrepl_defer_flushes):

@@ -816,72 +816,53 @@ static void stream_disks(struct primary *p)
                 p->stream_err = r;
 }
 
-/* on_buffer_full=release: while waiting for the ACK, watch the NICs'
- * buffers; a full one ends protection (-ENOBUFS) instead of holding the
- * guest's output any longer. */
-static int wait_ack_or_full(struct primary *p, uint64_t deadline)
+/* Until the ACK is readable (or the deadline, which wire_recv then
+ * reports), do what the wait is for:
+ *  - watch_nets (on_buffer_full=release): watch the NICs' buffers; a full
+ *    one ends protection (-ENOBUFS) instead of holding the guest's output
+ *    any longer;
+ *  - stream: while the standby commits epoch N, the guest's disk writes of
+ *    N+1 go out behind EPOCH_END(N); the standby reads them only after it
+ *    has committed and ACKed N, and stages them for N+1. */
+static int wait_ack_while(struct primary *p, uint64_t deadline, bool watch_nets, bool stream)
 {
         struct qemu_vm *q = p->v->qemu;
-        struct pollfd fds[1 + CFG_MAX_NICS];
-        nfds_t n = 0;
+        struct pollfd fds[1 + CFG_MAX_NICS + CFG_MAX_DISKS];
+        nfds_t n = 0, first_disk;
         fds[n++] = (struct pollfd){ .fd = p->fd, .events = POLLIN };
-        for (unsigned i = 0; i < q->n_net; i++)
+        for (unsigned i = 0; watch_nets && i < q->n_net; i++)
                 fds[n++] = (struct pollfd){ .fd = netbuf_event_fd(q->net[i]), .events = POLLIN };
+        first_disk = n;
+        for (unsigned i = 0; stream && i < q->n_disk; i++)
+                fds[n++] = (struct pollfd){ .fd = blockrepl_stream_fd(q->disk[i]), .events = POLLIN };
         for (;;) {
-                if (qemu_net_full(q)) {
+                if (watch_nets && qemu_net_full(q)) {
                         log_msg(LOG_LVL_WARN, MSG_NETBUF_FULL, p->cfg.name, (int64_t)p->v->epoch,
                                 "output buffer full (netbuf_max_mib=%u) while standby %s is slow: "
                                 "dropping protection and releasing the output (on_buffer_full=release)",
                                 p->cfg.netbuf_max_mib, p->peer);
                         return -ENOBUFS;
                 }
+                if (stream && p->stream_err)
+                        return 0; /* the next epoch fails with it */
                 uint64_t now = now_ns();
                 if (now >= deadline)
-                        return 0; /* wire_recv reports the timeout */
-                int r = poll(fds, n, (int)((deadline - now) / 1000000u) + 1);
-                if (r < 0 && errno != EINTR)
-                        return -errno;
-                if (r > 0 && fds[0].revents)
                         return 0;
-                for (nfds_t i = 1; i < n; i++)
-                        if (fds[i].revents & POLLIN) {
-                                uint64_t x;
-                                ssize_t k = read(fds[i].fd, &x, sizeof(x));
-                                (void)k;
-                        }
-        }
-}
-
-/* While the standby commits epoch N, the guest's disk writes of N+1 go
- * out behind EPOCH_END(N): the standby reads them only after it has
- * committed and ACKed N, and stages them for N+1. Returns when the ACK
- * is readable (or at the deadline, which wire_recv then reports). */
-static void stream_until_ack(struct primary *p, uint64_t deadline)
-{
-        struct qemu_vm *q = p->v->qemu;
-        struct pollfd fds[1 + CFG_MAX_DISKS];
-        nfds_t n = 0;
-        fds[n++] = (struct pollfd){ .fd = p->fd, .events = POLLIN };
-        for (unsigned i = 0; i < q->n_disk; i++)
-                fds[n++] = (struct pollfd){ .fd = blockrepl_stream_fd(q->disk[i]), .events = POLLIN };
-        while (!p->stream_err) {
-                uint64_t now = now_ns();
-                if (now >= deadline)
-                        return;
                 int r = poll(fds, n, (int)((deadline - now) / 1000000u) + 1);
                 if (r < 0 && errno != EINTR)
-                        return;
+                        return watch_nets ? -errno : 0;
                 if (r <= 0)
                         continue;
                 if (fds[0].revents)
-                        return;
-                bool stream = false;
+                        return 0;
+                bool more = false;
                 for (nfds_t i = 1; i < n; i++) {
                         uint64_t x;
-                        if ((fds[i].revents & POLLIN) && read(fds[i].fd, &x, sizeof(x)) == sizeof(x))
-                                stream = true;
+                        if ((fds[i].revents & POLLIN) && read(fds[i].fd, &x, sizeof(x)) == sizeof(x) &&
+                            i >= first_disk)
+                                more = true;
                 }
-                if (stream)
+                if (more)
                         stream_disks(p);
         }
 }
@@ -891,11 +872,11 @@ static int await_ack(struct primary *p, uint64_t epoch, bool hold)
         uint64_t deadline = now_ns() + (uint64_t)p->cfg.ack_timeout_ms * 1000000u;
         int r = 0;
         if (!strcmp(p->cfg.on_buffer_full, "release") && p->v->qemu->n_net)
-                r = wait_ack_or_full(p, deadline);
+                r = wait_ack_while(p, deadline, true, false);
         else if (!hold && p->v->qemu->n_disk)
                 /* not for a held epoch: after it the standby must be
                  * between epochs (PING, HANDOVER) */
-                stream_until_ack(p, deadline);
+                r = wait_ack_while(p, deadline, false, true);
         if (r == 0)
                 r = wire_recv(p->fd, deadline, &p->in);
         if (r < 0)
@@ -1123,7 +1104,6 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
                 n_prestop = n_pre;
                 n_pre = 0;
         }
-        uint64_t prestop_wire = p->wire_bytes;
         /* No QMP `stop`: the migration that captures the device state
          * stops the VM itself when it completes (its set-up and the
          * firmware ROM blocks run while the guest still runs), and leaves
@@ -1198,9 +1178,8 @@ static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
                                   ? (float)(out_since - p->last_release) / 1e6f : 0;
         st.prestop_ms = t0 > t_start ? (float)(t0 - t_start) / 1e6f : 0;
 
-        /* The VM runs again; the rest overlaps with it. */
-        p->wire_bytes = prestop_wire;
-        wire_buf_reset(&p->wb);
+        /* The VM runs again; the rest overlaps with it (p->wire_bytes
+         * counts on from the pages sent before the stop). */
         if (n_prestop) {
                 st.resent_pages = count_resent(p, n_prestop, n);
                 n_marked = 0;

@@ -188,17 +188,6 @@ print(json.dumps({"compression_ratio": st["compression_ratio"],
 PY
 }
 
-# cache_key_note: empty if the configuration parser takes delta_cache_mib,
-# else why not (havmsctl check-config runs the daemon's own checks)
-cache_key_note() {
-        local d out
-        d=$(mktemp -d /tmp/havms-bench-scale-conf.XXXXXX)
-        printf '[vm]\nname = web01\nmemory_mib = 256\nkernel = %s\n\n[protection]\ndelta_cache_mib = 16\n' \
-                "$HV_GUEST/vmlinuz" >"$d/web01.conf"
-        out=$("$HV_BUILD/havmsctl/havmsctl" check-config "$d/web01.conf" 2>&1) || echo "${out#"$d/"}"
-        rm -rf "$d"
-}
-
 for mib in $sizes; do
         R=$res/tcg-$mib.json
         ( one_size "$mib" tcg ) || echo "bench: $mib MiB failed" >&2
@@ -218,20 +207,14 @@ if [ "$kvm_auto" = kvm ]; then
         done
 fi
 
-note=
-if [ -n "$sweep" ]; then
-        note=$(cache_key_note)
-        if [ -z "$note" ]; then
-                for v in $sweep; do
-                        R=$res/cache-$v.json
-                        ( one_cache "$v" ) || echo "bench: delta_cache_mib = $v failed" >&2
-                done
-        fi
-fi
+for v in $sweep; do
+        R=$res/cache-$v.json
+        ( one_cache "$v" ) || echo "bench: delta_cache_mib = $v failed" >&2
+done
 
-python3 - "$res" "$sizes" "$sweep" "$note" <<'PY'
+python3 - "$res" "$sizes" "$sweep" <<'PY'
 import glob, json, os, sys
-res, sizes, sweep, note = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4]
+res, sizes, sweep = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 def load(name):
     try:
         with open(os.path.join(res, name)) as f:
@@ -259,9 +242,6 @@ out["accel_auto"] = accel
 if not sweep:
     out["delta_cache_sweep"] = None
     out["delta_cache_note"] = "sweep not run (HAVMS_SCALE_SWEEP empty)"
-elif note:
-    out["delta_cache_sweep"] = None
-    out["delta_cache_note"] = "skipped: the configuration parser refuses delta_cache_mib: " + note.strip()
 else:
     out["delta_cache_sweep"] = {v: load("cache-%s.json" % v) for v in sweep}
 def fig(m, k):

@@ -1,7 +1,8 @@
 /* codec: how one 4 KiB guest page travels. The encoder picks the smallest
- * of: ZERO (no bytes), XOR_LZ4 (LZ4 of the page XOR the copy the replica
- * already holds: a sparse change compresses to a few dozen bytes), LZ4 of
- * the page, or RAW. The decoder reverses it into a page buffer.
+ * of: ZERO (no bytes), RUNS (LZ4 of the runs of bytes that differ from the
+ * copy the replica already holds: a sparse change costs its changed bytes),
+ * XOR_LZ4 (LZ4 of the page XOR that copy: for changes too dense for RUNS),
+ * LZ4 of the page, or RAW. The decoder reverses it into a page buffer.
  *
  * Owns: the page encodings (enum wire_page_enc) and device-state chunk
  * compression (RAW, LZ4, or XOR_LZ4 against the replica's committed
@@ -23,8 +24,10 @@ int codec_page_encode(const uint8_t *page, const uint8_t *prev, uint8_t *out,
                       uint8_t *scratch, uint8_t *ret_enc, uint32_t *ret_len);
 
 /* Decode into out (4096 bytes). prev is the replica's current copy (needed
- * for XOR_LZ4; NULL otherwise is an error for XOR_LZ4). -EBADMSG when the
- * data does not decode to exactly one page. out may equal prev. */
+ * for RUNS and XOR_LZ4: NULL is an error for them). -EBADMSG when the
+ * data does not decode to exactly one page; out is then unchanged,
+ * except that a bad LZ4 page may have been partly written into it. out
+ * may equal prev. */
 int codec_page_decode(uint8_t enc, const uint8_t *data, uint32_t len,
                       const uint8_t *prev, uint8_t *out);
 

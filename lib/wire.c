@@ -590,7 +590,8 @@ static bool page_len_ok(uint8_t enc, uint32_t len)
         case WIRE_PAGE_ZERO: return len == 0;
         case WIRE_PAGE_RAW: return len == HAVMS_PAGE_SIZE;
         case WIRE_PAGE_LZ4:
-        case WIRE_PAGE_XOR_LZ4: return len > 0 && len < HAVMS_PAGE_SIZE;
+        case WIRE_PAGE_XOR_LZ4:
+        case WIRE_PAGE_RUNS: return len > 0 && len < HAVMS_PAGE_SIZE;
         default: return false;
         }
 }

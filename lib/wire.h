@@ -24,14 +24,15 @@
 #include <stdint.h>
 
 #define WIRE_MAGIC 0x534d5648u
-#define WIRE_VERSION 6 /* 2: disks in HELLO and EPOCH_END, SYNC_DISK, EPOCH_DISK;
+#define WIRE_VERSION 7 /* 2: disks in HELLO and EPOCH_END, SYNC_DISK, EPOCH_DISK;
                            3: generations in HELLO and WELCOME, ERROR STALE;
                            4: re-seed and incremental resync (lineages, bitmaps,
                               hashes), ERROR HANDOVER;
                            5: a page may come twice in an epoch (sent before the stop),
                               EPOCH_END counts page records;
                            6: EPOCH_DEVSTATE chunks may be XOR_LZ4 (a delta
-                              against the standby's committed device state) */
+                              against the standby's committed device state);
+                           7: page encoding RUNS */
 #define WIRE_HDR_SIZE 32
 #define WIRE_MAX_PAYLOAD (16u << 20)
 #define WIRE_NAME_LEN 64
@@ -66,7 +67,9 @@ enum wire_page_enc {
         WIRE_PAGE_RAW = 1,     /* 4096 bytes */
         WIRE_PAGE_LZ4 = 2,     /* LZ4 block of the page */
         WIRE_PAGE_XOR_LZ4 = 3, /* LZ4 block of (page XOR replica's copy) */
-        WIRE_PAGE_ENC_MAX = 3,
+        WIRE_PAGE_RUNS = 4,    /* LZ4 block of the runs of bytes that differ
+                                  from the replica's copy (lib/codec.c, v7) */
+        WIRE_PAGE_ENC_MAX = 4,
 };
 
 /* Error codes carried by WIRE_ERROR (stable, documented in docs/wire.md). */

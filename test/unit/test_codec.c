@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <lz4.h>
 
 #include "codec.h"
 
@@ -30,6 +31,15 @@ static void test_zero_page(void **state)
 {
         memset(page, 0, sizeof(page));
         roundtrip(page, NULL, WIRE_PAGE_ZERO, 0);
+        /* against a copy: zeroed since, or zero already */
+        for (int i = 0; i < 4096; i++)
+                prev[i] = (uint8_t)i;
+        roundtrip(page, prev, WIRE_PAGE_ZERO, 0);
+        prev[0] = 0;
+        memset(prev + 8, 0, sizeof(prev) - 8);
+        roundtrip(page, prev, WIRE_PAGE_ZERO, 0);
+        memset(prev, 0, sizeof(prev));
+        roundtrip(page, prev, WIRE_PAGE_ZERO, 0);
 }
 
 static void test_random_page_is_raw(void **state)
@@ -47,8 +57,8 @@ static void test_text_page_is_lz4(void **state)
         roundtrip(page, NULL, WIRE_PAGE_LZ4, 200);
 }
 
-/* A random page with a few small changes: the XOR delta is tiny. */
-static void test_sparse_change_is_xor_delta(void **state)
+/* A random page with a few small changes: only the changed bytes go. */
+static void test_sparse_change_is_runs(void **state)
 {
         srand(2);
         for (int i = 0; i < 4096; i++)
@@ -57,7 +67,54 @@ static void test_sparse_change_is_xor_delta(void **state)
         for (int i = 100; i < 164; i++)
                 page[i] = (uint8_t)i;
         page[4000] ^= 1;
-        roundtrip(page, prev, WIRE_PAGE_XOR_LZ4, 150);
+        roundtrip(page, prev, WIRE_PAGE_RUNS, 80);
+        /* written with what it held: an empty run list */
+        roundtrip(prev, prev, WIRE_PAGE_RUNS, 1);
+}
+
+/* A change in every word is too dense for runs; its XOR is sparse. */
+static void test_dense_change_is_xor_delta(void **state)
+{
+        srand(5);
+        for (int i = 0; i < 4096; i++)
+                prev[i] = (uint8_t)rand();
+        memcpy(page, prev, sizeof(page));
+        for (int i = 3; i < 4096; i += 8)
+                page[i] ^= 1;
+        roundtrip(page, prev, WIRE_PAGE_XOR_LZ4, 200);
+}
+
+/* Runs anywhere in the page, of any length, at the edges, adjacent or
+ * one byte apart: every one round-trips, also decoded in place. */
+static void test_runs_everywhere(void **state)
+{
+        srand(6);
+        int seen_runs = 0;
+        for (int t = 0; t < 3000; t++) {
+                for (int i = 0; i < 4096; i++)
+                        prev[i] = (uint8_t)(rand() % 4); /* compressible, with equal bytes */
+                memcpy(page, prev, sizeof(page));
+                int runs = rand() % 6;
+                for (int r = 0; r < runs; r++) {
+                        int len = 1 + rand() % (t % 3 ? 40 : 400);
+                        int off = t % 7 == 0 ? 0 : t % 7 == 1 ? 4096 - len : rand() % (4096 - len + 1);
+                        for (int i = off; i < off + len; i++)
+                                page[i] = (uint8_t)(rand() % 4);
+                }
+                uint8_t enc;
+                uint32_t len;
+                assert_int_equal(codec_page_encode(page, prev, out, scratch, &enc, &len), 0);
+                seen_runs += enc == WIRE_PAGE_RUNS;
+                memcpy(dec, prev, sizeof(dec));
+                assert_int_equal(codec_page_decode(enc, out, len, prev, dec), 0);
+                assert_memory_equal(dec, page, 4096);
+                if (enc != WIRE_PAGE_RUNS)
+                        continue;
+                memcpy(dec, prev, sizeof(dec));
+                assert_int_equal(codec_page_decode(enc, out, len, dec, dec), 0);
+                assert_memory_equal(dec, page, 4096);
+        }
+        assert_true(seen_runs > 2000);
 }
 
 /* Changed everywhere: the delta does not help, the page is sent as is. */
@@ -81,10 +138,76 @@ static void test_decode_in_place(void **state)
         uint8_t enc;
         uint32_t len;
         assert_int_equal(codec_page_encode(page, prev, out, scratch, &enc, &len), 0);
-        assert_int_equal(enc, WIRE_PAGE_XOR_LZ4);
+        assert_int_equal(enc, WIRE_PAGE_RUNS);
         /* the backup decodes into the replica page itself */
         assert_int_equal(codec_page_decode(enc, out, len, prev, prev), 0);
         assert_memory_equal(prev, page, 4096);
+        /* the same for a dense change (XOR_LZ4) */
+        memcpy(prev, page, sizeof(prev));
+        for (int i = 3; i < 4096; i += 8)
+                page[i] ^= 1;
+        assert_int_equal(codec_page_encode(page, prev, out, scratch, &enc, &len), 0);
+        assert_int_equal(enc, WIRE_PAGE_XOR_LZ4);
+        assert_int_equal(codec_page_decode(enc, out, len, prev, prev), 0);
+        assert_memory_equal(prev, page, 4096);
+}
+
+/* LZ4 of a hand-made run list */
+static uint32_t runs_record(const uint8_t *list, int n, uint8_t *rec)
+{
+        int len = LZ4_compress_default((const char *)list, (char *)rec, n, 4095);
+        assert_true(len > 0);
+        return (uint32_t)len;
+}
+
+/* Bad run lists are refused and leave the page as it was (decoded in
+ * place, as the standby does for a page sent twice in an epoch). */
+static void test_bad_runs_refused(void **state)
+{
+        static const struct {
+                uint8_t list[8];
+                int n;
+        } bad[] = {
+                { { 0, 0 }, 2 },                   /* a run of no bytes */
+                { { 0, 3, 1, 2 }, 4 },             /* its bytes cut short */
+                { { 0x80, 0x20, 1, 9 }, 4 },       /* starts at the page end */
+                { { 0xfe, 0x1f, 2, 9, 9 }, 5 },     /* 4094 + 2 ends at the page end: good */
+                { { 0x80, 0x80, 0x01, 1, 9 }, 5 }, /* a number of three bytes */
+                { { 0, 1, 9, 0x80 }, 4 },          /* a number cut short */
+                { { 0, 1, 9, 0xff, 0x1f, 1, 9 }, 7 }, /* the second run past the end */
+        };
+        uint8_t rec[64], keep[4096];
+        srand(8);
+        for (int i = 0; i < 4096; i++)
+                prev[i] = (uint8_t)rand();
+        memcpy(keep, prev, sizeof(keep));
+        for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+                uint32_t len = runs_record(bad[k].list, bad[k].n, rec);
+                int want = k == 3 ? 0 : -EBADMSG;
+                assert_int_equal(codec_page_decode(WIRE_PAGE_RUNS, rec, len, prev, prev), want);
+                if (want == 0) {
+                        assert_int_equal(prev[4094], 9);
+                        assert_int_equal(prev[4095], 9);
+                        memcpy(prev, keep, sizeof(prev));
+                }
+                assert_memory_equal(prev, keep, 4096);
+        }
+        /* no copy to apply it to; not LZ4 at all */
+        uint8_t good[] = { 5, 1, 7 };
+        uint32_t len = runs_record(good, sizeof(good), rec);
+        assert_int_equal(codec_page_decode(WIRE_PAGE_RUNS, rec, len, NULL, dec), -EBADMSG);
+        uint8_t junk[64];
+        memset(junk, 0xee, sizeof(junk));
+        assert_int_equal(codec_page_decode(WIRE_PAGE_RUNS, junk, sizeof(junk), prev, prev), -EBADMSG);
+        assert_memory_equal(prev, keep, 4096);
+        /* a list longer than a page */
+        uint8_t *big = calloc(1, 5000), *bigrec = malloc(LZ4_compressBound(5000));
+        int blen = LZ4_compress_default((const char *)big, (char *)bigrec, 5000, LZ4_compressBound(5000));
+        assert_true(blen > 0 && blen < 4096);
+        assert_int_equal(codec_page_decode(WIRE_PAGE_RUNS, bigrec, (uint32_t)blen, prev, prev), -EBADMSG);
+        assert_memory_equal(prev, keep, 4096);
+        free(big);
+        free(bigrec);
 }
 
 static void test_bad_input_refused(void **state)
@@ -216,10 +339,13 @@ int main(void)
                 cmocka_unit_test(test_zero_page),
                 cmocka_unit_test(test_random_page_is_raw),
                 cmocka_unit_test(test_text_page_is_lz4),
-                cmocka_unit_test(test_sparse_change_is_xor_delta),
+                cmocka_unit_test(test_sparse_change_is_runs),
+                cmocka_unit_test(test_dense_change_is_xor_delta),
+                cmocka_unit_test(test_runs_everywhere),
                 cmocka_unit_test(test_full_change_falls_back),
                 cmocka_unit_test(test_decode_in_place),
                 cmocka_unit_test(test_bad_input_refused),
+                cmocka_unit_test(test_bad_runs_refused),
                 cmocka_unit_test(test_chunk_roundtrip),
                 cmocka_unit_test(test_chunk_delta),
         };

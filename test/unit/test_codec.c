@@ -27,6 +27,15 @@ static void roundtrip(const uint8_t *pg, const uint8_t *pv, uint8_t want_enc, ui
         assert_memory_equal(dec, pg, 4096);
 }
 
+/* prev: reproducible random bytes; page: a copy of it, to change */
+static void random_prev(unsigned seed)
+{
+        srand(seed);
+        for (int i = 0; i < 4096; i++)
+                prev[i] = (uint8_t)rand();
+        memcpy(page, prev, sizeof(page));
+}
+
 static void test_zero_page(void **state)
 {
         memset(page, 0, sizeof(page));
@@ -60,10 +69,7 @@ static void test_text_page_is_lz4(void **state)
 /* A random page with a few small changes: only the changed bytes go. */
 static void test_sparse_change_is_runs(void **state)
 {
-        srand(2);
-        for (int i = 0; i < 4096; i++)
-                prev[i] = (uint8_t)rand();
-        memcpy(page, prev, sizeof(page));
+        random_prev(2);
         for (int i = 100; i < 164; i++)
                 page[i] = (uint8_t)i;
         page[4000] ^= 1;
@@ -75,10 +81,7 @@ static void test_sparse_change_is_runs(void **state)
 /* A change in every word is too dense for runs; its XOR is sparse. */
 static void test_dense_change_is_xor_delta(void **state)
 {
-        srand(5);
-        for (int i = 0; i < 4096; i++)
-                prev[i] = (uint8_t)rand();
-        memcpy(page, prev, sizeof(page));
+        random_prev(5);
         for (int i = 3; i < 4096; i += 8)
                 page[i] ^= 1;
         roundtrip(page, prev, WIRE_PAGE_XOR_LZ4, 200);
@@ -130,10 +133,7 @@ static void test_full_change_falls_back(void **state)
 
 static void test_decode_in_place(void **state)
 {
-        srand(4);
-        for (int i = 0; i < 4096; i++)
-                prev[i] = (uint8_t)rand();
-        memcpy(page, prev, sizeof(page));
+        random_prev(4);
         page[7] ^= 0xff;
         uint8_t enc;
         uint32_t len;
@@ -177,9 +177,7 @@ static void test_bad_runs_refused(void **state)
                 { { 0, 1, 9, 0xff, 0x1f, 1, 9 }, 7 }, /* the second run past the end */
         };
         uint8_t rec[64], keep[4096];
-        srand(8);
-        for (int i = 0; i < 4096; i++)
-                prev[i] = (uint8_t)rand();
+        random_prev(8);
         memcpy(keep, prev, sizeof(keep));
         for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
                 uint32_t len = runs_record(bad[k].list, bad[k].n, rec);

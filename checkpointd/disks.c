@@ -520,7 +520,9 @@ int disk_replica_sync(struct disk_replica *r, const struct wire_msg *m)
                 return -EBADMSG;
         while ((rc = wire_pages_next(&it, &pg)) == 1) {
                 uint64_t off = pg.pfn * HAVMS_PAGE_SIZE;
-                if (pg.enc == WIRE_PAGE_XOR_LZ4 || pg.pfn >= r->bytes[it.disk] / HAVMS_PAGE_SIZE)
+                /* no deltas for disks (the decoder refuses them without a base too) */
+                if (pg.enc == WIRE_PAGE_XOR_LZ4 || pg.enc == WIRE_PAGE_RUNS ||
+                    pg.pfn >= r->bytes[it.disk] / HAVMS_PAGE_SIZE)
                         return -EBADMSG;
                 if ((rc = codec_page_decode(pg.enc, pg.data, pg.len, NULL, page)) < 0)
                         return rc;

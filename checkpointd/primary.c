@@ -284,7 +284,8 @@ fail:
  * Epoch pages come from the staging copy; pre-copy pages from sync_page().
  *
  * Why a cached page always equals the replica's page (the standby decodes
- * XOR_LZ4 against its own copy, so any difference corrupts the replica):
+ * RUNS and XOR_LZ4 against its own copy, so any difference corrupts the
+ * replica):
  *  - every page sent is stored right after it is encoded, the very bytes
  *    encoded; a page not put into the batch (an error) is not stored;
  *  - the standby applies what it receives in order: pre-copy pages at

@@ -17,6 +17,7 @@
 
 #define RUNS_LIST_MAX CODEC_PAGE_MAX /* what a decoder accepts */
 #define RUNS_ENCODE_MAX 1024u       /* denser changes go as XOR_LZ4 */
+#define RUNS_SMALL 256              /* a RUNS record this big races XOR_LZ4 */
 
 static uint8_t *put_num(uint8_t *o, unsigned v)
 {
@@ -71,12 +72,18 @@ static int runs_build(const uint8_t *page, const uint8_t *prev, uint8_t *list, b
                                 break;
                         j += 8;
                 }
+                /* trimmed to the changed bytes; bounded, should the
+                 * page change while it is read */
                 unsigned s = i, e = j;
-                while (page[s] == prev[s])
+                while (s < e && page[s] == prev[s])
                         s++;
-                while (page[e - 1] == prev[e - 1])
+                while (e > s && page[e - 1] == prev[e - 1])
                         e--;
                 unsigned n = e - s;
+                if (n == 0) {
+                        i = j;
+                        continue;
+                }
                 if ((size_t)(end - o) < n + 4)
                         return -1;
                 o = put_num(o, s - done);
@@ -127,11 +134,13 @@ int codec_page_encode(const uint8_t *page, const uint8_t *prev, uint8_t *out,
         }
         /* Guest writes are sparse: when the replica has a copy, the bytes
          * that changed are a few short runs. RUNS sends just those
-         * (LZ4-compressed: guests write patterns); a denser change goes
-         * as XOR_LZ4, whose XOR is mostly zero too. Only fall back to
-         * compressing the page itself when neither helps. RUNS first: it
-         * costs about half of XOR_LZ4 to encode and a tenth to decode
-         * (docs/scale.md). */
+         * (LZ4-compressed: guests write patterns). It costs about half of
+         * XOR_LZ4 to encode and a tenth to decode (docs/scale.md), but it
+         * repeats the unchanged bytes of every changed 8-byte word: a
+         * change spread thinly over many words (counters, flags) XORs to
+         * far fewer bytes, so a run list that did not come out small is
+         * raced against XOR_LZ4. Only fall back to compressing the page
+         * itself when neither helps. */
         int best = CODEC_PAGE_MAX;
         uint8_t best_enc = WIRE_PAGE_RAW;
         if (nruns >= 0) {
@@ -141,9 +150,8 @@ int codec_page_encode(const uint8_t *page, const uint8_t *prev, uint8_t *out,
                         best = n;
                         best_enc = WIRE_PAGE_RUNS;
                 }
-                if (best_enc == WIRE_PAGE_RUNS && best < (int)CODEC_PAGE_MAX / 8)
-                        goto done;
-        } else if (prev) {
+        }
+        if (prev && best >= RUNS_SMALL) {
                 /* word-wise through memcpy: callers' buffers need not be
                  * 8-byte aligned (the compiler makes this plain loads) */
                 for (unsigned i = 0; i < CODEC_PAGE_MAX; i += 8) {
@@ -153,17 +161,21 @@ int codec_page_encode(const uint8_t *page, const uint8_t *prev, uint8_t *out,
                         a ^= b;
                         memcpy(scratch + i, &a, 8);
                 }
-                int n = LZ4_compress_default((const char *)scratch, (char *)out,
-                                             (int)CODEC_PAGE_MAX, (int)CODEC_PAGE_MAX - 1);
+                uint8_t alt[CODEC_PAGE_MAX];
+                uint8_t *dst = best_enc != WIRE_PAGE_RAW ? alt : out;
+                int n = LZ4_compress_default((const char *)scratch, (char *)dst,
+                                             (int)CODEC_PAGE_MAX, best - 1);
                 if (n > 0 && n < best) {
+                        if (dst != out)
+                                memcpy(out, dst, (size_t)n);
                         best = n;
                         best_enc = WIRE_PAGE_XOR_LZ4;
                 }
-                /* a delta under an eighth of a page will not be beaten by
-                 * compressing the page: skip the second attempt */
-                if (best_enc == WIRE_PAGE_XOR_LZ4 && best < (int)CODEC_PAGE_MAX / 8)
-                        goto done;
         }
+        /* a delta under an eighth of a page will not be beaten by
+         * compressing the page: skip that attempt */
+        if (best < (int)CODEC_PAGE_MAX / 8)
+                goto done;
         {
                 uint8_t *dst = best_enc != WIRE_PAGE_RAW ? scratch : out;
                 int n = LZ4_compress_default((const char *)page, (char *)dst,

@@ -1,7 +1,7 @@
 /* codec: how one 4 KiB guest page travels. The encoder picks the smallest
  * of: ZERO (no bytes), RUNS (LZ4 of the runs of bytes that differ from the
  * copy the replica already holds: a sparse change costs its changed bytes),
- * XOR_LZ4 (LZ4 of the page XOR that copy: for changes too dense for RUNS),
+ * XOR_LZ4 (LZ4 of the page XOR that copy: for changes too dense or too spread for RUNS),
  * LZ4 of the page, or RAW. The decoder reverses it into a page buffer.
  *
  * Owns: the page encodings (enum wire_page_enc) and device-state chunk
@@ -19,7 +19,8 @@
 
 /* Encode page. prev is the replica's current copy of the page (NULL when
  * the replica has none, i.e. pre-copy). out must hold CODEC_PAGE_MAX
- * bytes; scratch must hold CODEC_PAGE_MAX bytes (XOR workspace). */
+ * bytes; scratch must hold CODEC_PAGE_MAX bytes (run list and XOR
+ * workspace). */
 int codec_page_encode(const uint8_t *page, const uint8_t *prev, uint8_t *out,
                       uint8_t *scratch, uint8_t *ret_enc, uint32_t *ret_len);
 

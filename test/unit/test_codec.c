@@ -78,13 +78,19 @@ static void test_sparse_change_is_runs(void **state)
         roundtrip(prev, prev, WIRE_PAGE_RUNS, 1);
 }
 
-/* A change in every word is too dense for runs; its XOR is sparse. */
+/* A change in every word is too dense for runs; its XOR is sparse. A
+ * change thin enough for a run list but spread over many words (one byte
+ * in each of 120) XORs to far less than its runs: XOR_LZ4 wins. */
 static void test_dense_change_is_xor_delta(void **state)
 {
         random_prev(5);
         for (int i = 3; i < 4096; i += 8)
                 page[i] ^= 1;
         roundtrip(page, prev, WIRE_PAGE_XOR_LZ4, 200);
+        random_prev(5);
+        for (int i = 0; i < 120; i++)
+                page[8 * i + 2] ^= 0x10;
+        roundtrip(page, prev, WIRE_PAGE_XOR_LZ4, 64);
 }
 
 /* Runs anywhere in the page, of any length, at the edges, adjacent or
@@ -175,6 +181,8 @@ static void test_bad_runs_refused(void **state)
                 { { 0x80, 0x80, 0x01, 1, 9 }, 5 }, /* a number of three bytes */
                 { { 0, 1, 9, 0x80 }, 4 },          /* a number cut short */
                 { { 0, 1, 9, 0xff, 0x1f, 1, 9 }, 7 }, /* the second run past the end */
+                { { 0, 1, 9, 0x80, 0x20, 1, 9 }, 7 }, /* the second run starts past it */
+                { { 0xff, 0x7f, 1, 9 }, 4 },       /* far past it */
         };
         uint8_t rec[64], keep[4096];
         random_prev(8);
@@ -186,7 +194,9 @@ static void test_bad_runs_refused(void **state)
                 if (want == 0) {
                         assert_int_equal(prev[4094], 9);
                         assert_int_equal(prev[4095], 9);
+                        assert_memory_equal(prev, keep, 4094);
                         memcpy(prev, keep, sizeof(prev));
+                        continue;
                 }
                 assert_memory_equal(prev, keep, 4096);
         }
@@ -198,12 +208,33 @@ static void test_bad_runs_refused(void **state)
         memset(junk, 0xee, sizeof(junk));
         assert_int_equal(codec_page_decode(WIRE_PAGE_RUNS, junk, sizeof(junk), prev, prev), -EBADMSG);
         assert_memory_equal(prev, keep, 4096);
-        /* a list longer than a page */
+        /* lists of a page and more: one whole-page run is 4098 bytes (a
+         * decoder reading more than a page of list would apply it); a
+         * page of list ending in half a number */
         uint8_t *big = calloc(1, 5000), *bigrec = malloc(LZ4_compressBound(5000));
-        int blen = LZ4_compress_default((const char *)big, (char *)bigrec, 5000, LZ4_compressBound(5000));
+        big[0] = 0;
+        big[1] = 0x80;
+        big[2] = 0x20;
+        memset(big + 3, 9, 4096);
+        int blen = LZ4_compress_default((const char *)big, (char *)bigrec, 4099, LZ4_compressBound(5000));
         assert_true(blen > 0 && blen < 4096);
         assert_int_equal(codec_page_decode(WIRE_PAGE_RUNS, bigrec, (uint32_t)blen, prev, prev), -EBADMSG);
         assert_memory_equal(prev, keep, 4096);
+        memset(big, 0, 5000);
+        for (int i = 0; i + 3 <= 4095; i += 3) { /* runs of one byte, no skip */
+                big[i + 1] = 1;
+                big[i + 2] = 7;
+        }
+        big[4095] = 0x80;
+        blen = LZ4_compress_default((const char *)big, (char *)bigrec, 4096, LZ4_compressBound(5000));
+        assert_true(blen > 0 && blen < 4096);
+        assert_int_equal(codec_page_decode(WIRE_PAGE_RUNS, bigrec, (uint32_t)blen, prev, prev), -EBADMSG);
+        assert_memory_equal(prev, keep, 4096);
+        blen = LZ4_compress_default((const char *)big, (char *)bigrec, 4095, LZ4_compressBound(5000));
+        assert_int_equal(codec_page_decode(WIRE_PAGE_RUNS, bigrec, (uint32_t)blen, prev, dec), 0);
+        assert_memory_equal(dec + 1365, keep + 1365, 4096 - 1365); /* 1365 runs of one byte */
+        for (int i = 0; i < 1365; i++)
+                assert_int_equal(dec[i], 7);
         free(big);
         free(bigrec);
 }

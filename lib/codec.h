@@ -1,8 +1,8 @@
 /* codec: how one 4 KiB guest page travels. The encoder picks the smallest
  * of: ZERO (no bytes), RUNS (LZ4 of the runs of bytes that differ from the
  * copy the replica already holds: a sparse change costs its changed bytes),
- * XOR_LZ4 (LZ4 of the page XOR that copy: for changes too dense or too spread for RUNS),
- * LZ4 of the page, or RAW. The decoder reverses it into a page buffer.
+ * XOR_LZ4 (LZ4 of the page XOR that copy: for changes too dense, or
+ * spread too thinly, for RUNS), LZ4 of the page, or RAW. The decoder reverses it into a page buffer.
  *
  * Owns: the page encodings (enum wire_page_enc) and device-state chunk
  * compression (RAW, LZ4, or XOR_LZ4 against the replica's committed

@@ -134,8 +134,8 @@ int codec_page_encode(const uint8_t *page, const uint8_t *prev, uint8_t *out,
         }
         /* Guest writes are sparse: when the replica has a copy, the bytes
          * that changed are a few short runs. RUNS sends just those
-         * (LZ4-compressed: guests write patterns). It costs about half of
-         * XOR_LZ4 to encode and a tenth to decode (docs/scale.md), but it
+         * (LZ4-compressed: guests write patterns). It costs about 60 % of
+         * XOR_LZ4 to encode and a fifth to decode (docs/scale.md), but it
          * repeats the unchanged bytes of every changed 8-byte word: a
          * change spread thinly over many words (counters, flags) XORs to
          * far fewer bytes, so a run list that did not come out small is

@@ -162,6 +162,8 @@ struct agent {
         bool corosync_up, quorum_known, quorate;
         bool nodes_known;         /* the first node membership report arrived */
         uint64_t quorate_since_ms;
+        uint64_t unsettled_since_ms; /* a host left, its votes not yet recounted (0: settled) */
+        bool unsettled_said;
         uint64_t started_ms;
         bool unmanaged_reported;  /* an adopted checkpointd without --managed */
         unsigned ckpt_quick_exits;/* consecutive exits soon after a start: back-off */
@@ -684,6 +686,18 @@ static void update_newer_generations(struct agent *a)
         }
 }
 
+/* The quorum the decisions and the failback planner see. Both first
+ * reports, nodes and quorum, come before any decision: they arrive in no
+ * set order, and a host not yet reported is unknown. A quorate flag that
+ * corosync has not recounted since a host left is unknown too (S3: a
+ * 0-vote host must not act on its last voter's departure with the flag
+ * from before it; docs/membership.md). */
+static struct po_quorum quorum_view(const struct agent *a)
+{
+        return po_quorum_view(a->quorum_known && a->nodes_known, a->quorate, a->corosync_up,
+                              !a->mem || membership_quorum_settled(a->mem));
+}
+
 static void decide(struct agent *a)
 {
         static struct po_input in;
@@ -698,10 +712,10 @@ static void decide(struct agent *a)
         in.now_ms = now_ms();
         snprintf(in.self, sizeof(in.self), "%s", a->host.name);
         in.self_nodeid = a->self_nodeid;
-        /* Both first reports, nodes and quorum, before any decision: they
-         * arrive in no set order, and a host not yet reported is unknown. */
-        in.quorum_known = a->quorum_known && a->nodes_known;
-        in.quorate = a->quorate && a->corosync_up;
+        struct po_quorum qv = quorum_view(a);
+        in.quorum_known = qv.known;
+        in.quorate = qv.quorate;
+        in.quorum_settling = qv.settling;
         in.quorate_since_ms = a->quorate_since_ms;
         /* Witness mode relies on a cut-off host stopping its VMs by
          * itself: a havmsd that never reaches corosync must too. */
@@ -970,7 +984,7 @@ static void fb_build(struct agent *a, struct fb_input *in, const struct po_outpu
         memset(in, 0, sizeof(*in));
         in->now_ms = now_ms();
         snprintf(in->self, sizeof(in->self), "%s", a->host.name);
-        in->quorate = a->quorum_known && a->nodes_known && a->quorate && a->corosync_up;
+        in->quorate = quorum_view(a).quorate;
         in->failover_why = failover_busy(a, pout, why, sizeof(why));
         in->failover_busy = in->failover_why != NULL;
         struct fb_host *self = &in->hosts[in->n_hosts++];
@@ -2439,6 +2453,31 @@ static void patrol(struct agent *a)
         a->n_patrol = n;
 }
 
+/* votequorum recounts within milliseconds of a membership change; while it
+ * has not, nothing is decided (S3). Say so when that lasts. */
+#define UNSETTLED_WARN_MS 2000
+static void watch_settling(struct agent *a)
+{
+        bool settled = !a->mem || !a->quorum_known || membership_quorum_settled(a->mem);
+        if (settled) {
+                if (a->unsettled_said && a->mem)
+                        ev(a, LOG_LVL_NOTICE, MSG_FO_QUORUM, NULL, a->host.name,
+                           "corosync counted the votes of the new membership: deciding again");
+                a->unsettled_since_ms = 0;
+                a->unsettled_said = false;
+                return;
+        }
+        if (!a->unsettled_since_ms)
+                a->unsettled_since_ms = now_ms();
+        if (!a->unsettled_said && now_ms() - a->unsettled_since_ms >= UNSETTLED_WARN_MS) {
+                a->unsettled_said = true;
+                ev(a, LOG_LVL_WARN, MSG_FO_QUORUM, NULL, a->host.name,
+                   "the membership changed %u ms ago and corosync has not counted its votes yet "
+                   "(with a quorum device: it may still be answering): no failover decision "
+                   "until it has", UNSETTLED_WARN_MS);
+        }
+}
+
 /* -------------------------------------------------------------- loop -- */
 
 static void tick(struct agent *a)
@@ -2458,6 +2497,7 @@ static void tick(struct agent *a)
         }
         poll_checkpointd(a);
         refresh_links(a);
+        watch_settling(a);
         monitor_fences(a);
         pending_tick(a);
         if (++a->patrol_tick >= PATROL_TICKS) {

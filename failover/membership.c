@@ -52,6 +52,9 @@ struct membership {
         size_t ngroup;
         bool have_quorum;           /* at least one quorum report */
         bool quorate;
+        uint32_t view[MEMBERSHIP_NODES_MAX]; /* members in the last quorum report */
+        size_t nview;
+        bool view_cut, nodes_cut;   /* a list longer than we keep: rule not checked */
         uint32_t votes_expected, votes_total;
 };
 
@@ -189,6 +192,7 @@ static void on_totem(cpg_handle_t h, struct cpg_ring_id ring, uint32_t n, const 
 
         if (!m)
                 return;
+        m->nodes_cut = n > MEMBERSHIP_NODES_MAX;
         if (n > MEMBERSHIP_NODES_MAX)
                 n = MEMBERSHIP_NODES_MAX;
         memcpy(m->nodes, list, n * sizeof(list[0]));
@@ -204,6 +208,7 @@ static void on_quorum(votequorum_handle_t h, uint64_t context, uint32_t quorate,
 
         m->quorate = quorate != 0;
         m->quorum_changed = true;
+        m->nview = membership_view_of(nodes, n, m->view, MEMBERSHIP_NODES_MAX, &m->view_cut);
 }
 
 static void on_expected(votequorum_handle_t h, uint64_t context, uint32_t expected)
@@ -274,6 +279,11 @@ int membership_open(const char *group, const struct membership_cb *cb, void *opa
         e = votequorum_fd_get(m->vq, &m->vq_fd);
         if ((r = cs_errno(e)) < 0)
                 goto fail;
+        /* Track the quorum before joining CPG, and keep it so: the first
+         * quorum report (CS_TRACK_CURRENT) ignores a sync in progress,
+         * but cpg_join is refused while one runs, so by the time the
+         * first node list comes the sync's own report is queued behind
+         * it (membership_quorum_settled relies on that order). */
         do
                 e = votequorum_trackstart(m->vq, (uint64_t)(uintptr_t)m,
                                           CS_TRACK_CURRENT | CS_TRACK_CHANGES);
@@ -351,13 +361,16 @@ static void report_quorum(struct membership *m)
 }
 
 /* A node list change and the quorum it brings arrive on two fds, in
- * either order, but corosync has settled that quorum before CPG reports
- * the new node list (votequorum synchronises before CPG). So when the node
- * list changes, a LOSS of quorum is read at once and reported before it:
- * no decision may see the new node list with the old quorate flag (a
- * 0-vote spare whose last voting peer left started fencing that peer as if
- * it were still quorate). A gain is left to its own notification: reported
- * before the node list, it would be decided on the old one. */
+ * either order. When the node list changes, a LOSS of quorum that
+ * votequorum has already counted is read at once and reported before it.
+ * That is not enough on its own: CPG hands over the new totem
+ * configuration before votequorum's sync recounts the votes, so getinfo
+ * may still answer with the old membership's flag (a 0-vote spare whose
+ * last voting peer had left started fencing that peer 3 ms before its
+ * QUORUM LOST). membership_quorum_settled() tells the caller to decide
+ * nothing until the count includes the change. A gain is left to its own
+ * notification: reported before the node list, it would be decided on
+ * the old one. */
 static void report_quorum_loss_first(struct membership *m)
 {
         struct votequorum_info info;
@@ -443,6 +456,43 @@ int membership_members(const struct membership *m, struct membership_member *mem
                 memcpy(members, m->group_list, n * sizeof(m->group_list[0]));
         *ret_n = m->ngroup;
         return 0;
+}
+
+bool membership_view_settled(const uint32_t *nodes, size_t n, const uint32_t *view,
+                             size_t nview)
+{
+        for (size_t i = 0; i < nview; i++) {
+                bool present = false;
+                for (size_t j = 0; j < n && !present; j++)
+                        present = nodes[j] == view[i];
+                if (!present)
+                        return false;
+        }
+        return true;
+}
+
+size_t membership_view_of(const votequorum_node_t *nodes, uint32_t n, uint32_t *view,
+                          size_t max, bool *ret_cut)
+{
+        size_t k = 0;
+        *ret_cut = false;
+        for (uint32_t i = 0; i < n; i++) {
+                if (!nodes[i].nodeid || nodes[i].state != VOTEQUORUM_NODESTATE_MEMBER)
+                        continue;
+                if (k == max) {
+                        *ret_cut = true;
+                        break;
+                }
+                view[k++] = nodes[i].nodeid;
+        }
+        return k;
+}
+
+bool membership_quorum_settled(const struct membership *m)
+{
+        if (m->view_cut || m->nodes_cut)
+                return true;
+        return membership_view_settled(m->nodes, m->nnodes, m->view, m->nview);
 }
 
 int membership_quorum(const struct membership *m, bool *ret_quorate,

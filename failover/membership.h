@@ -43,6 +43,7 @@
  * inside membership_dispatch(); they must not call membership_close().
  */
 #pragma once
+#include <corosync/votequorum.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -126,6 +127,26 @@ int membership_members(const struct membership *m, struct membership_member *mem
 /* -ENODATA until the first quorum report. */
 int membership_quorum(const struct membership *m, bool *ret_quorate,
                       uint32_t *ret_votes_expected, uint32_t *ret_votes_total);
+
+/* Whether the last quorum report has counted every node that has left the
+ * node list. corosync hands CPG's new totem configuration to us when the
+ * membership changes, and votequorum recounts the votes only at the end
+ * of its sync, a few milliseconds later: until its next report, the
+ * quorate flag is the old membership's. While false, nothing may be
+ * decided on the quorum (S3; docs/membership.md). A node that joined is
+ * not waited for: its votes can only add to a quorum. */
+bool membership_quorum_settled(const struct membership *m);
+/* The rule, on lists: nodes (the node list) and view (the nodes the last
+ * quorum report lists as members). True when every node of view is in
+ * nodes. */
+bool membership_view_settled(const uint32_t *nodes, size_t n, const uint32_t *view,
+                             size_t nview);
+/* The members of a quorum report (state MEMBER; not the quorum device,
+ * node 0) into view (max entries): their count. *ret_cut is set when
+ * there were more than max: the rule is then not checked (more hosts
+ * than havmsd tracks, MEMBERSHIP_NODES_MAX). */
+size_t membership_view_of(const votequorum_node_t *nodes, uint32_t n, uint32_t *view,
+                          size_t max, bool *ret_cut);
 
 /* Names and ids from corosync's nodelist (nodelist.node.X.{nodeid,name};
  * a node without name: falls back to its ring0_addr). -ENOENT when the

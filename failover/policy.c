@@ -289,7 +289,9 @@ void po_decide(const struct po_input *in, struct po_output *out)
         for (size_t i = 0; i < in->n_vms; i++) {
                 const struct po_vm *v = &in->vms[i];
                 if (!in->quorum_known) {
-                        note(out, i, "waiting for corosync's first quorum report");
+                        note(out, i, in->quorum_settling
+                                             ? "a host left: waiting for corosync to count the votes"
+                                             : "waiting for corosync's first quorum report");
                         continue;
                 }
                 if (!in->quorate) { /* S3: before anything else under way */
@@ -340,6 +342,16 @@ void po_decide(const struct po_input *in, struct po_output *out)
         }
         if (in->quorum_known && in->quorate)
                 decide_fences(in, needs, out);
+}
+
+struct po_quorum po_quorum_view(bool known, bool quorate, bool corosync_up, bool settled)
+{
+        struct po_quorum q = { .known = known, .quorate = known && quorate && corosync_up };
+        if (q.quorate && !settled) {
+                q.known = q.quorate = false;
+                q.settling = true;
+        }
+        return q;
 }
 
 const char *po_act_name(enum po_act a)

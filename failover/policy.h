@@ -121,11 +121,24 @@ struct po_vm {
         bool stopping;               /* a self-fence of it is under way: do not ask twice */
 };
 
+/* What the decisions may take as the quorum (S3), from corosync's last
+ * report (known, quorate), whether havmsd is connected to corosync, and
+ * whether that report has counted every host that left since
+ * (membership_quorum_settled; pass true when not connected). A quorate
+ * flag not yet recounted after a host left counts as unknown: nothing is
+ * decided until it is. A loss counts at once: stopping what runs here is
+ * what S3 asks anyway. */
+struct po_quorum {
+        bool known, quorate, settling;
+};
+struct po_quorum po_quorum_view(bool known, bool quorate, bool corosync_up, bool settled);
+
 struct po_input {
         uint64_t now_ms;
         char self[CFG_NAME_MAX];
         uint32_t self_nodeid;
         bool quorum_known;     /* a first quorum report arrived: before it, decide nothing */
+        bool quorum_settling;  /* known, but not yet counted after a host left: as unknown */
         bool quorate;          /* false also when corosync is down */
         uint64_t quorate_since_ms; /* when this host last became quorate */
         bool witness;          /* [cluster] quorum = witness */

@@ -15,6 +15,7 @@
 
 #include <cmocka.h>
 
+#include "membership.h"
 #include "policy.h"
 
 /* ------------------------------------------------------------ helpers -- */
@@ -105,6 +106,66 @@ static void test_nothing_before_first_quorum_report(void **s)
         a->fence_ms = 2000;
         assert_string_equal(decide(&in, &out), "");
         assert_non_null(strstr(out.note[0], "quorum"));
+}
+
+/* S3 across a membership change: corosync reports that a left before
+ * votequorum has recounted the votes. Until the count no longer includes
+ * a, the old quorate flag must not be acted on (a 0-vote standby whose
+ * last voter left fenced it, 3 ms before its own QUORUM LOST). */
+static void test_nothing_until_the_votes_are_recounted(void **s)
+{
+        (void)s;
+        const uint32_t both[] = { 1, 2 }, b_only[] = { 2 }, three[] = { 1, 2, 3 };
+        /* the rule: every member of votequorum's last count is still a node */
+        assert_false(membership_view_settled(b_only, 1, both, 2)); /* a left, still counted */
+        assert_true(membership_view_settled(b_only, 1, b_only, 1)); /* recounted without a */
+        assert_true(membership_view_settled(three, 3, both, 2));   /* 3 joined: no wait */
+        assert_true(membership_view_settled(both, 2, NULL, 0));    /* no count yet */
+        assert_false(membership_view_settled(NULL, 0, both, 2));
+        /* the count's members: not the dead, the leaving, the quorum device */
+        const votequorum_node_t rep[] = { { 1, VOTEQUORUM_NODESTATE_DEAD },
+                                          { 2, VOTEQUORUM_NODESTATE_MEMBER },
+                                          { 0, VOTEQUORUM_NODESTATE_MEMBER },
+                                          { 3, VOTEQUORUM_NODESTATE_LEAVING },
+                                          { 4, VOTEQUORUM_NODESTATE_MEMBER } };
+        uint32_t view[4];
+        bool cut = true;
+        assert_int_equal(membership_view_of(rep, 5, view, 4, &cut), 2);
+        assert_false(cut);
+        assert_int_equal(view[0], 2);
+        assert_int_equal(view[1], 4);
+        assert_int_equal(membership_view_of(rep, 5, view, 1, &cut), 1);
+        assert_true(cut); /* more members than kept: said, not guessed */
+        /* what the decisions see: a quorate flag not recounted is unknown;
+         * a loss, a first report missing, corosync down count at once */
+        struct po_quorum q = po_quorum_view(true, true, true, false);
+        assert_true(!q.known && !q.quorate && q.settling);
+        q = po_quorum_view(true, true, true, true);
+        assert_true(q.known && q.quorate && !q.settling);
+        q = po_quorum_view(true, false, true, false);
+        assert_true(q.known && !q.quorate && !q.settling);
+        q = po_quorum_view(true, true, false, true);
+        assert_true(q.known && !q.quorate && !q.settling);
+        q = po_quorum_view(false, true, true, true);
+        assert_true(!q.known && !q.quorate && !q.settling);
+        /* the policy while it is not: nothing, and says why */
+        struct po_input in;
+        struct po_output out;
+        struct po_host *a;
+        struct po_vm *v;
+        standby_of_a(&in, &a, &v);
+        a->member = false;
+        a->left_ms = in.now_ms - 3;
+        in.quorum_known = false;
+        in.quorum_settling = true;
+        assert_string_equal(decide(&in, &out), "");
+        assert_non_null(strstr(out.note[0], "count the votes"));
+        /* recounted: quorate goes on to fence, not quorate does nothing */
+        in.quorum_known = true;
+        in.quorum_settling = false;
+        assert_string_equal(decide(&in, &out), "fence:a");
+        in.quorate = false;
+        assert_string_equal(decide(&in, &out), "");
 }
 
 static void test_no_quorum_self_fences_primaries_only(void **s)
@@ -837,6 +898,7 @@ int main(void)
 {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_nothing_before_first_quorum_report),
+                cmocka_unit_test(test_nothing_until_the_votes_are_recounted),
                 cmocka_unit_test(test_no_quorum_self_fences_primaries_only),
                 cmocka_unit_test(test_primary_member_nothing),
                 cmocka_unit_test(test_primary_left_fence_first_then_activate),

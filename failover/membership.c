@@ -367,8 +367,8 @@ static void report_quorum(struct membership *m)
  * configuration before votequorum's sync recounts the votes, so getinfo
  * may still answer with the old membership's flag (a 0-vote spare whose
  * last voting peer had left started fencing that peer 3 ms before its
- * QUORUM LOST). membership_quorum_settled() tells the caller to decide
- * nothing until the count includes the change. A gain is left to its own
+ * QUORUM LOST). membership_quorum_settled() tells the caller not to trust
+ * a quorate flag until the count includes the change. A gain is left to its own
  * notification: reported before the node list, it would be decided on
  * the old one. */
 static void report_quorum_loss_first(struct membership *m)

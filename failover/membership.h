@@ -132,9 +132,9 @@ int membership_quorum(const struct membership *m, bool *ret_quorate,
  * node list. corosync hands CPG's new totem configuration to us when the
  * membership changes, and votequorum recounts the votes only at the end
  * of its sync, a few milliseconds later: until its next report, the
- * quorate flag is the old membership's. While false, nothing may be
- * decided on the quorum (S3; docs/membership.md). A node that joined is
- * not waited for: its votes can only add to a quorum. */
+ * quorate flag is the old membership's. While false, a quorate flag must
+ * not be acted on; a loss may (S3; docs/membership.md). A node that joined
+ * is not waited for: a gain comes with its own report. */
 bool membership_quorum_settled(const struct membership *m);
 /* The rule, on lists: nodes (the node list) and view (the nodes the last
  * quorum report lists as members). True when every node of view is in

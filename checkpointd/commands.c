@@ -580,6 +580,39 @@ static double pct(const struct vm *v, size_t off, enum field_kind kind, double p
         return ring_pct(v->stats, sizeof(v->stats[0]), STATS_RING, off, kind, p, tmp, n, first);
 }
 
+/* The parts of a pause or a commit: named float fields of a ring's records */
+struct part {
+        const char *name;
+        size_t off;
+};
+#define PART(rec, field) { #field, offsetof(struct rec, field##_ms) }
+static const struct part pause_parts[] = {
+        PART(epoch_stat, stop), PART(epoch_stat, scan), PART(epoch_stat, copy),
+        PART(epoch_stat, devstate), PART(epoch_stat, barrier), PART(epoch_stat, cont),
+};
+/* where held output waits, outside the pause */
+static const struct part commit_parts[] = {
+        PART(epoch_stat, to_output), PART(epoch_stat, out_wait), PART(epoch_stat, prestop),
+        PART(epoch_stat, send), PART(epoch_stat, ack), PART(epoch_stat, release),
+};
+static const struct part standby_parts[] = {
+        PART(standby_stat, recv), PART(standby_stat, persist), PART(standby_stat, disk),
+        PART(standby_stat, fsync), PART(standby_stat, pages),
+};
+#undef PART
+
+/* One object: the p50 of each part over the n records from first. */
+static json_object *parts_p50(const void *base, size_t rec_size, size_t ring,
+                              const struct part *parts, size_t nparts, float *tmp, size_t n,
+                              uint64_t first)
+{
+        json_object *o = json_object_new_object();
+        for (size_t i = 0; i < nparts; i++)
+                add_dbl(o, parts[i].name,
+                        ring_pct(base, rec_size, ring, parts[i].off, FK_FLOAT, 50, tmp, n, first));
+        return o;
+}
+
 /* The standby's commits, p50 of each part (docs/output-commit.md). */
 static void standby_parts_json(json_object *o, struct vm *v)
 {
@@ -592,14 +625,8 @@ static void standby_parts_json(json_object *o, struct vm *v)
         float *tmp = calloc(n, sizeof(float));
         if (!tmp)
                 return;
-        json_object *parts = json_object_new_object();
-#define S(field) v->sb_stats, sizeof(v->sb_stats[0]), SB_STATS_RING, offsetof(struct standby_stat, field)
-        add_dbl(parts, "recv", ring_pct(S(recv_ms), FK_FLOAT, 50, tmp, n, from));
-        add_dbl(parts, "persist", ring_pct(S(persist_ms), FK_FLOAT, 50, tmp, n, from));
-        add_dbl(parts, "disk", ring_pct(S(disk_ms), FK_FLOAT, 50, tmp, n, from));
-        add_dbl(parts, "fsync", ring_pct(S(fsync_ms), FK_FLOAT, 50, tmp, n, from));
-        add_dbl(parts, "pages", ring_pct(S(pages_ms), FK_FLOAT, 50, tmp, n, from));
-#undef S
+        json_object *parts = parts_p50(v->sb_stats, sizeof(v->sb_stats[0]), SB_STATS_RING,
+                                       standby_parts, ARRAY_SIZE(standby_parts), tmp, n, from);
         add_int(o, "standby_commits", (int64_t)n);
         json_object_object_add(o, "standby_parts_ms_p50", parts);
         free(tmp);
@@ -620,24 +647,13 @@ static json_object *stats_json(struct vm *v)
         add_dbl(o, "pause_ms_p50", pct(v, F(pause_ms), FK_FLOAT, 50, tmp, n, from));
         add_dbl(o, "pause_ms_p99", pct(v, F(pause_ms), FK_FLOAT, 99, tmp, n, from));
         add_dbl(o, "pause_ms_max", pct(v, F(pause_ms), FK_FLOAT, 100, tmp, n, from));
-        json_object *parts = json_object_new_object();
-        add_dbl(parts, "stop", pct(v, F(stop_ms), FK_FLOAT, 50, tmp, n, from));
-        add_dbl(parts, "scan", pct(v, F(scan_ms), FK_FLOAT, 50, tmp, n, from));
-        add_dbl(parts, "copy", pct(v, F(copy_ms), FK_FLOAT, 50, tmp, n, from));
-        add_dbl(parts, "devstate", pct(v, F(devstate_ms), FK_FLOAT, 50, tmp, n, from));
-        add_dbl(parts, "barrier", pct(v, F(barrier_ms), FK_FLOAT, 50, tmp, n, from));
-        add_dbl(parts, "cont", pct(v, F(cont_ms), FK_FLOAT, 50, tmp, n, from));
-        json_object_object_add(o, "pause_parts_ms_p50", parts);
+        json_object_object_add(o, "pause_parts_ms_p50",
+                               parts_p50(v->stats, sizeof(v->stats[0]), STATS_RING, pause_parts,
+                                         ARRAY_SIZE(pause_parts), tmp, n, from));
         add_dbl(o, "commit_ms_p50", pct(v, F(commit_ms), FK_FLOAT, 50, tmp, n, from));
-        /* where held output waits, outside the pause */
-        json_object *cparts = json_object_new_object();
-        add_dbl(cparts, "to_output", pct(v, F(to_output_ms), FK_FLOAT, 50, tmp, n, from));
-        add_dbl(cparts, "out_wait", pct(v, F(out_wait_ms), FK_FLOAT, 50, tmp, n, from));
-        add_dbl(cparts, "prestop", pct(v, F(prestop_ms), FK_FLOAT, 50, tmp, n, from));
-        add_dbl(cparts, "send", pct(v, F(send_ms), FK_FLOAT, 50, tmp, n, from));
-        add_dbl(cparts, "ack", pct(v, F(ack_ms), FK_FLOAT, 50, tmp, n, from));
-        add_dbl(cparts, "release", pct(v, F(release_ms), FK_FLOAT, 50, tmp, n, from));
-        json_object_object_add(o, "commit_parts_ms_p50", cparts);
+        json_object_object_add(o, "commit_parts_ms_p50",
+                               parts_p50(v->stats, sizeof(v->stats[0]), STATS_RING, commit_parts,
+                                         ARRAY_SIZE(commit_parts), tmp, n, from));
         add_dbl(o, "commit_ms_p99", pct(v, F(commit_ms), FK_FLOAT, 99, tmp, n, from));
         add_dbl(o, "dirty_pages_p50", pct(v, F(dirty_pages), FK_U32, 50, tmp, n, from));
         add_dbl(o, "raw_bytes_per_epoch_p50", pct(v, F(raw_bytes), FK_U64, 50, tmp, n, from));

@@ -817,6 +817,27 @@ static void stream_disks(struct primary *p)
                 p->stream_err = r;
 }
 
+/* After a poll: read every eventfd of fds[from, n) that fired (each counts
+ * wake-ups; reading resets it). Returns whether one at first_stream or
+ * after did (a disk's stream: stream_disks); *soft (if not NULL) is set
+ * when one in [first_soft, first_stream) did (a disk log past its soft
+ * limit). */
+static bool drain_events(const struct pollfd *fds, nfds_t from, nfds_t n, nfds_t first_soft,
+                         nfds_t first_stream, bool *soft)
+{
+        bool stream = false;
+        for (nfds_t i = from; i < n; i++) {
+                uint64_t x;
+                if (!(fds[i].revents & POLLIN) || read(fds[i].fd, &x, sizeof(x)) != sizeof(x))
+                        continue;
+                if (i >= first_stream)
+                        stream = true;
+                else if (i >= first_soft && soft)
+                        *soft = true;
+        }
+        return stream;
+}
+
 /* Until the ACK is readable (or the deadline, which wire_recv then
  * reports), do what the wait is for:
  *  - watch_nets (on_buffer_full=release): watch the NICs' buffers; a full
@@ -856,14 +877,7 @@ static int wait_ack_while(struct primary *p, uint64_t deadline, bool watch_nets,
                         continue;
                 if (fds[0].revents)
                         return 0;
-                bool more = false;
-                for (nfds_t i = 1; i < n; i++) {
-                        uint64_t x;
-                        if ((fds[i].revents & POLLIN) && read(fds[i].fd, &x, sizeof(x)) == sizeof(x) &&
-                            i >= first_disk)
-                                more = true;
-                }
-                if (more)
+                if (drain_events(fds, 1, n, first_disk, first_disk, NULL))
                         stream_disks(p);
         }
 }
@@ -986,9 +1000,6 @@ static int send_taken_output(struct primary *p)
         return 0;
 }
 
-/* Returns 0 when committed; -ECHILD when the VM is gone; another negative
- * errno when the standby is lost (the VM is running either way). With
- * hold, a committed epoch leaves the VM paused (replica == guest RAM). */
 /* Pages pfns[from, to) from guest RAM to their staging slots. */
 struct copy_job {
         struct primary *p;
@@ -1063,6 +1074,9 @@ static uint32_t count_resent(struct primary *p, size_t n_prestop, size_t n)
         return again;
 }
 
+/* Returns 0 when committed; -ECHILD when the VM is gone; another negative
+ * errno when the standby is lost (the VM is running either way). With
+ * hold, a committed epoch leaves the VM paused (replica == guest RAM). */
 static int run_epoch(struct primary *p, uint64_t epoch, bool hold)
 {
         struct qemu_vm *q = p->v->qemu;
@@ -1357,21 +1371,8 @@ static bool wait_next_epoch(struct primary *p, uint64_t due, bool *disk_soft)
                         continue;
                 if (fds[1].revents)
                         return true;
-                bool stream = false;
-                for (nfds_t i = 0; i < n; i++) {
-                        if (i == 1)
-                                continue;
-                        if (!(fds[i].revents & POLLIN))
-                                continue;
-                        uint64_t x;
-                        if (read(fds[i].fd, &x, sizeof(x)) != sizeof(x) || i < first_disk)
-                                continue;
-                        if (i >= first_stream)
-                                stream = true;
-                        else
-                                *disk_soft = true;
-                }
-                if (stream)
+                /* the pidfd (1) did not fire: the rest are eventfds */
+                if (drain_events(fds, 0, n, first_disk, first_stream, disk_soft))
                         stream_disks(p);
         }
 }
